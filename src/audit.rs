@@ -1,0 +1,673 @@
+//! The audit store: an SQLite log of every run, every decision and every API mutation. The only
+//! code in zt-janitor that speaks SQL.
+//!
+//! Mutations follow an intent/outcome protocol: the intent is committed before the request is
+//! sent, the outcome after. A crash in between leaves an intent without outcome, which
+//! [`AuditStore::pending_mutations`] hands to the next run for reconciliation.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+
+use crate::cloudflare::RegistrationId;
+use crate::config::Mode;
+use crate::plan::Plan;
+
+/// Rows per multi-row INSERT; 13 bound values each stays far below SQLite's variable limit.
+const INSERT_BATCH: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit database directory {dir} cannot be created: {source}; create it or point [audit] path at a writable place")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the audit database {path}: {source}; check that the directory is writable, the disk is not full, and the file is a zt-janitor SQLite database")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot prepare the audit database {path} (schema migration failed): {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("audit database write failed: {0}; no further action is taken without an audit trail")]
+    Write(#[source] sqlx::Error),
+    #[error("audit database query failed: {0}")]
+    Read(#[source] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunId(pub i64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MutationId(pub i64);
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    Applied,
+    Planned,
+    Refused,
+    Aborted,
+    Failed,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Applied => "applied",
+            RunOutcome::Planned => "planned",
+            RunOutcome::Refused => "refused",
+            RunOutcome::Aborted => "aborted",
+            RunOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MutationKind {
+    BulkDelete,
+    Delete,
+    Revoke,
+}
+
+impl MutationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MutationKind::BulkDelete => "bulk_delete",
+            MutationKind::Delete => "delete",
+            MutationKind::Revoke => "revoke",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "bulk_delete" => Some(MutationKind::BulkDelete),
+            "delete" => Some(MutationKind::Delete),
+            "revoke" => Some(MutationKind::Revoke),
+            _ => None,
+        }
+    }
+}
+
+/// Status of one planned action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionStatus {
+    Planned,
+    Excluded,
+    NotAttempted,
+    InFlight,
+    Done,
+    AlreadyGone,
+    Failed,
+}
+
+impl ActionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Planned => "planned",
+            ActionStatus::Excluded => "excluded",
+            ActionStatus::NotAttempted => "not_attempted",
+            ActionStatus::InFlight => "in_flight",
+            ActionStatus::Done => "done",
+            ActionStatus::AlreadyGone => "already_gone",
+            ActionStatus::Failed => "failed",
+        }
+    }
+}
+
+/// What happened to one API mutation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutationResult {
+    /// `ok`, `already_gone`, `error`, `reconciled_done` or `reconciled_not_done`.
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub cf_error_code: Option<i64>,
+    pub cf_error_message: Option<String>,
+}
+
+/// Final figures of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub pages: Option<u64>,
+    pub seen_total: Option<u64>,
+    pub seen_active: Option<u64>,
+    pub seen_revoked: Option<u64>,
+    pub candidates: Option<u64>,
+    pub excluded: Option<u64>,
+    pub actions_done: u64,
+    pub actions_failed: u64,
+    pub api_requests: u64,
+}
+
+/// A mutation whose outcome was never recorded.
+#[derive(Debug, Clone)]
+pub struct PendingMutation {
+    pub id: MutationId,
+    pub run_id: RunId,
+    pub kind: MutationKind,
+    pub resource_ids: Vec<RegistrationId>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub mode: String,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub seen_total: Option<i64>,
+    pub candidates: Option<i64>,
+    pub excluded: Option<i64>,
+    pub actions_done: Option<i64>,
+    pub actions_failed: Option<i64>,
+    pub api_requests: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub decided_at: String,
+    pub rule: String,
+    pub action: String,
+    pub resource_id: String,
+    pub user_email: Option<String>,
+    pub device_name: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub reason: String,
+    pub excluded_by: Option<String>,
+    pub status: String,
+    pub status_detail: Option<String>,
+    pub mutation_id: Option<i64>,
+    pub mutation_completed_at: Option<String>,
+    pub http_status: Option<i64>,
+    pub snapshot: String,
+}
+
+/// Filters of `zt-janitor audit actions`; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct ActionFilter {
+    pub run_id: Option<i64>,
+    pub rule: Option<String>,
+    pub user_email: Option<String>,
+    pub resource_id: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+#[derive(Clone)]
+pub struct AuditStore {
+    pool: SqlitePool,
+    path: PathBuf,
+    /// Wall time spent in write methods, for the benchmark's audit-overhead figure.
+    write_nanos: Arc<AtomicU64>,
+}
+
+/// Adds the time until drop to the store's write counter.
+struct WriteTimer<'a>(&'a AtomicU64, std::time::Instant);
+
+impl Drop for WriteTimer<'_> {
+    fn drop(&mut self) {
+        self.0
+            .fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl AuditStore {
+    /// Opens (creating if missing) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, AuditError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| AuditError::CreateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
+        }
+        let open_err = |source| AuditError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed intent must survive power loss, not only a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        // One connection: writes are serial anyway, and it keeps transactions simple.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| AuditError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(AuditStore {
+            pool,
+            path: path.to_owned(),
+            write_nanos: Arc::default(),
+        })
+    }
+
+    fn timer(&self) -> WriteTimer<'_> {
+        WriteTimer(&self.write_nanos, std::time::Instant::now())
+    }
+
+    /// Total wall time spent writing, since open.
+    pub fn write_time(&self) -> Duration {
+        Duration::from_nanos(self.write_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Rows in (runs, actions, mutations).
+    pub async fn row_counts(&self) -> Result<(i64, i64, i64), AuditError> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM actions),
+                    (SELECT count(*) FROM mutations)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the database answers; used by the readiness probe.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs left unfinished by a crash are closed as failed, so `audit runs` never shows a run
+    /// as still going when no process is running it.
+    pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> Result<u64, AuditError> {
+        let _timer = self.timer();
+        let done = sqlx::query(
+            "UPDATE runs SET outcome = 'failed', finished_at = ?1,
+                 reason = 'interrupted: the process stopped before the run finished'
+             WHERE outcome IS NULL",
+        )
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn begin_run(&self, mode: Mode, started: DateTime<Utc>) -> Result<RunId, AuditError> {
+        let _timer = self.timer();
+        let id = sqlx::query("INSERT INTO runs (started_at, mode) VALUES (?1, ?2)")
+            .bind(ts(started))
+            .bind(mode.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(AuditError::Write)?
+            .last_insert_rowid();
+        Ok(RunId(id))
+    }
+
+    pub async fn finish_run(
+        &self,
+        run: RunId,
+        outcome: RunOutcome,
+        reason: Option<&str>,
+        summary: &RunSummary,
+        finished: DateTime<Utc>,
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        let n = |v: Option<u64>| v.map(|v| v as i64);
+        sqlx::query(
+            "UPDATE runs SET finished_at = ?2, outcome = ?3, reason = ?4, pages = ?5,
+                 seen_total = ?6, seen_active = ?7, seen_revoked = ?8, candidates = ?9,
+                 excluded = ?10, actions_done = ?11, actions_failed = ?12, api_requests = ?13
+             WHERE id = ?1",
+        )
+        .bind(run.0)
+        .bind(ts(finished))
+        .bind(outcome.as_str())
+        .bind(reason)
+        .bind(n(summary.pages))
+        .bind(n(summary.seen_total))
+        .bind(n(summary.seen_active))
+        .bind(n(summary.seen_revoked))
+        .bind(n(summary.candidates))
+        .bind(n(summary.excluded))
+        .bind(summary.actions_done as i64)
+        .bind(summary.actions_failed as i64)
+        .bind(summary.api_requests as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?;
+        Ok(())
+    }
+
+    /// Records every decision of `plan` in one transaction. Returns the action row ids in the
+    /// order of `plan.candidates`.
+    pub async fn record_plan(&self, run: RunId, plan: &Plan) -> Result<Vec<i64>, AuditError> {
+        let _timer = self.timer();
+        let decided_at = ts(plan.generated_at);
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        let mut ids = Vec::with_capacity(plan.candidates.len());
+        for batch in plan.candidates.chunks(INSERT_BATCH) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO actions (run_id, decided_at, rule, action, resource_type, resource_id,
+                     user_email, device_name, last_seen_at, reason, excluded_by, status, snapshot) ",
+            );
+            q.push_values(batch, |mut row, c| {
+                let status = if c.excluded_by.is_some() {
+                    ActionStatus::Excluded
+                } else {
+                    ActionStatus::Planned
+                };
+                row.push_bind(run.0)
+                    .push_bind(&decided_at)
+                    .push_bind(&c.rule)
+                    .push_bind(c.action.to_string())
+                    .push_bind("device_registration")
+                    .push_bind(c.id.as_str())
+                    .push_bind(c.user_email.as_deref())
+                    .push_bind(&c.device_name)
+                    .push_bind(c.last_seen_at.to_string())
+                    .push_bind(&c.reason)
+                    .push_bind(c.excluded_by.as_deref())
+                    .push_bind(status.as_str())
+                    .push_bind(c.snapshot.get());
+            });
+            q.push(" RETURNING id");
+            let rows = q
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+            ids.extend(rows.iter().map(|r| r.get::<i64, _>(0)));
+        }
+        tx.commit().await.map_err(AuditError::Write)?;
+        Ok(ids)
+    }
+
+    /// Sets the status of the given actions in one transaction.
+    pub async fn set_action_status(
+        &self,
+        action_ids: &[i64],
+        status: ActionStatus,
+        detail: Option<&str>,
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        for batch in action_ids.chunks(INSERT_BATCH) {
+            let mut q = QueryBuilder::new("UPDATE actions SET status = ");
+            q.push_bind(status.as_str())
+                .push(", status_detail = ")
+                .push_bind(detail)
+                .push(" WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in batch {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+        }
+        tx.commit().await.map_err(AuditError::Write)
+    }
+
+    /// Commits the intent of one API call before it is sent: the mutation row, and the actions
+    /// it carries marked in flight.
+    pub async fn record_intent(
+        &self,
+        run: RunId,
+        kind: MutationKind,
+        method: &str,
+        path: &str,
+        ids: &[RegistrationId],
+        action_ids: &[i64],
+        at: DateTime<Utc>,
+    ) -> Result<MutationId, AuditError> {
+        let _timer = self.timer();
+        let resource_ids = serde_json::to_string(&ids).expect("ids serialize");
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        let id = sqlx::query(
+            "INSERT INTO mutations (run_id, kind, method, path, resource_ids, intent_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(run.0)
+        .bind(kind.as_str())
+        .bind(method)
+        .bind(path)
+        .bind(resource_ids)
+        .bind(ts(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(AuditError::Write)?
+        .last_insert_rowid();
+        for batch in action_ids.chunks(INSERT_BATCH) {
+            let mut q =
+                QueryBuilder::new("UPDATE actions SET status = 'in_flight', mutation_id = ");
+            q.push_bind(id).push(" WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for a in batch {
+                sep.push_bind(*a);
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+        }
+        tx.commit().await.map_err(AuditError::Write)?;
+        Ok(MutationId(id))
+    }
+
+    /// Completes a mutation and, when `action_status` is given, every action it carried.
+    /// `None` leaves the actions for a follow-up call (a bulk call split after a refusal).
+    pub async fn record_outcome(
+        &self,
+        mutation: MutationId,
+        result: &MutationResult,
+        action_status: Option<(ActionStatus, Option<&str>)>,
+        at: DateTime<Utc>,
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        sqlx::query(
+            "UPDATE mutations SET completed_at = ?2, outcome = ?3, http_status = ?4,
+                 cf_error_code = ?5, cf_error_message = ?6
+             WHERE id = ?1",
+        )
+        .bind(mutation.0)
+        .bind(ts(at))
+        .bind(result.outcome)
+        .bind(result.http_status.map(i64::from))
+        .bind(result.cf_error_code)
+        .bind(result.cf_error_message.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(AuditError::Write)?;
+        if let Some((status, detail)) = action_status {
+            sqlx::query(
+                "UPDATE actions SET status = ?2, status_detail = ?3 WHERE mutation_id = ?1",
+            )
+            .bind(mutation.0)
+            .bind(status.as_str())
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?;
+        }
+        tx.commit().await.map_err(AuditError::Write)
+    }
+
+    /// Sets the status of one resource's action within a mutation (reconciliation decides per id).
+    pub async fn set_mutation_action_status(
+        &self,
+        mutation: MutationId,
+        resource_id: &RegistrationId,
+        status: ActionStatus,
+        detail: &str,
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        sqlx::query(
+            "UPDATE actions SET status = ?3, status_detail = ?4
+             WHERE mutation_id = ?1 AND resource_id = ?2",
+        )
+        .bind(mutation.0)
+        .bind(resource_id.as_str())
+        .bind(status.as_str())
+        .bind(detail)
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?;
+        Ok(())
+    }
+
+    /// Intents whose outcome was never recorded: a crash happened between send and record.
+    pub async fn pending_mutations(&self) -> Result<Vec<PendingMutation>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT id, run_id, kind, resource_ids FROM mutations WHERE outcome IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let ids: Vec<String> = serde_json::from_str(r.get::<&str, _>(3)).ok()?;
+                Some(PendingMutation {
+                    id: MutationId(r.get(0)),
+                    run_id: RunId(r.get(1)),
+                    kind: MutationKind::parse(r.get(2))?,
+                    resource_ids: ids
+                        .iter()
+                        .filter_map(|s| RegistrationId::parse(s).ok())
+                        .collect(),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT id, started_at, finished_at, mode, outcome, reason, seen_total, candidates,
+                    excluded, actions_done, actions_failed, api_requests
+             FROM runs ORDER BY id DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        Ok(rows
+            .iter()
+            .map(|r| RunRow {
+                id: r.get(0),
+                started_at: r.get(1),
+                finished_at: r.get(2),
+                mode: r.get(3),
+                outcome: r.get(4),
+                reason: r.get(5),
+                seen_total: r.get(6),
+                candidates: r.get(7),
+                excluded: r.get(8),
+                actions_done: r.get(9),
+                actions_failed: r.get(10),
+                api_requests: r.get(11),
+            })
+            .collect())
+    }
+
+    pub async fn actions(&self, f: &ActionFilter) -> Result<Vec<ActionRow>, AuditError> {
+        let mut q = QueryBuilder::new(
+            "SELECT a.id, a.run_id, a.decided_at, a.rule, a.action, a.resource_id, a.user_email,
+                    a.device_name, a.last_seen_at, a.reason, a.excluded_by, a.status,
+                    a.status_detail, a.mutation_id, m.completed_at, m.http_status, a.snapshot
+             FROM actions a LEFT JOIN mutations m ON m.id = a.mutation_id WHERE 1 = 1",
+        );
+        if let Some(run) = f.run_id {
+            q.push(" AND a.run_id = ").push_bind(run);
+        }
+        if let Some(rule) = &f.rule {
+            q.push(" AND a.rule = ").push_bind(rule.clone());
+        }
+        if let Some(email) = &f.user_email {
+            q.push(" AND lower(a.user_email) = lower(")
+                .push_bind(email.clone())
+                .push(")");
+        }
+        if let Some(id) = &f.resource_id {
+            q.push(" AND a.resource_id = ").push_bind(id.clone());
+        }
+        if let Some(since) = f.since {
+            q.push(" AND a.decided_at >= ").push_bind(ts(since));
+        }
+        if let Some(until) = f.until {
+            q.push(" AND a.decided_at < ").push_bind(ts(until));
+        }
+        q.push(" ORDER BY a.id DESC LIMIT ").push_bind(f.limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(AuditError::Read)?;
+        Ok(rows
+            .iter()
+            .map(|r| ActionRow {
+                id: r.get(0),
+                run_id: r.get(1),
+                decided_at: r.get(2),
+                rule: r.get(3),
+                action: r.get(4),
+                resource_id: r.get(5),
+                user_email: r.get(6),
+                device_name: r.get(7),
+                last_seen_at: r.get(8),
+                reason: r.get(9),
+                excluded_by: r.get(10),
+                status: r.get(11),
+                status_detail: r.get(12),
+                mutation_id: r.get(13),
+                mutation_completed_at: r.get(14),
+                http_status: r.get(15),
+                snapshot: r.get(16),
+            })
+            .collect())
+    }
+}

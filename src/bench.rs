@@ -1,0 +1,336 @@
+//! `zt-janitor bench`: one plan-only cycle and one apply cycle over N registrations served by
+//! the fake API in a child process (so that this process's peak RSS is the janitor's alone),
+//! each into a fresh audit database, with the figures the performance targets are stated in.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use clap::Args;
+
+use crate::apply::StopSignal;
+use crate::audit::AuditStore;
+use crate::cloudflare::Endpoint;
+use crate::config::{Config, Mode};
+use crate::cycle::CycleContext;
+use crate::metrics::Metrics;
+use crate::rules::RuleSet;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Registrations the fake API serves.
+    #[arg(long, default_value_t = 100_000)]
+    registrations: usize,
+    /// Page size asked of the API (the fake caps it at --max-per-page).
+    #[arg(long, default_value_t = 1000)]
+    per_page: u32,
+    /// The fake API's page-size cap, as a real server has one.
+    #[arg(long, default_value_t = 1000)]
+    max_per_page: usize,
+    /// Ids per bulk delete call.
+    #[arg(long, default_value_t = 100)]
+    chunk: usize,
+    #[arg(long, default_value_t = 0.20)]
+    idle_share: f64,
+    #[arg(long, default_value_t = 0.05)]
+    revoked_share: f64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+const TOKEN: &str = "bench-token";
+const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+
+struct Figures {
+    wall: f64,
+    listing_requests: u64,
+    mutation_requests: u64,
+    other_requests: u64,
+    evaluated: u64,
+    candidates: u64,
+    audit_rows: i64,
+    audit_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("zt-janitor-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN)?;
+    let mut fake = FakeChild::spawn(&args)?;
+    println!(
+        "fake API: {} registrations ({:.0}% idle, {:.0}% revoked), page cap {}, at {}",
+        args.registrations,
+        args.idle_share * 100.0,
+        args.revoked_share * 100.0,
+        args.max_per_page,
+        fake.base_url
+    );
+
+    let plan = cycle(
+        &args,
+        &fake.base_url,
+        &token_file,
+        &dir.join("plan.db"),
+        Mode::Plan,
+    )
+    .await?;
+    reset_peak_rss();
+    let apply = cycle(
+        &args,
+        &fake.base_url,
+        &token_file,
+        &dir.join("apply.db"),
+        Mode::Apply,
+    )
+    .await?;
+    fake.stop();
+
+    let n = args.registrations as u64;
+    let pages = n
+        .div_ceil(u64::from(args.per_page.min(args.max_per_page as u32)))
+        .max(1);
+    let minimum = pages + apply.candidates.div_ceil(args.chunk as u64) + 1;
+    println!();
+    println!("| figure | plan-only cycle | apply cycle |");
+    println!("|---|---|---|");
+    let row = |name: &str, a: String, b: String| println!("| {name} | {a} | {b} |");
+    row(
+        "wall time",
+        format!("{:.2} s", plan.wall),
+        format!("{:.2} s", apply.wall),
+    );
+    row(
+        "API calls: list pages",
+        plan.listing_requests.to_string(),
+        apply.listing_requests.to_string(),
+    );
+    row(
+        "API calls: bulk delete / revoke / delete",
+        plan.mutation_requests.to_string(),
+        apply.mutation_requests.to_string(),
+    );
+    row(
+        "API calls: other",
+        plan.other_requests.to_string(),
+        apply.other_requests.to_string(),
+    );
+    row(
+        "API calls: theoretical minimum",
+        pages.to_string(),
+        format!("{minimum} (incl. +1 allowance)"),
+    );
+    row(
+        "registrations evaluated",
+        plan.evaluated.to_string(),
+        apply.evaluated.to_string(),
+    );
+    row(
+        "evaluated per second",
+        format!("{:.0}", plan.evaluated as f64 / plan.wall),
+        format!("{:.0}", apply.evaluated as f64 / apply.wall),
+    );
+    row(
+        "candidates",
+        plan.candidates.to_string(),
+        apply.candidates.to_string(),
+    );
+    row(
+        "audit rows written",
+        plan.audit_rows.to_string(),
+        apply.audit_rows.to_string(),
+    );
+    row(
+        "audit write time",
+        format!(
+            "{:.3} s ({:.1}%)",
+            plan.audit_seconds,
+            100.0 * plan.audit_seconds / plan.wall
+        ),
+        format!(
+            "{:.3} s ({:.1}%)",
+            apply.audit_seconds,
+            100.0 * apply.audit_seconds / apply.wall
+        ),
+    );
+    row(
+        "peak RSS (VmHWM)",
+        format!("{:.1} MiB", plan.peak_rss_kib as f64 / 1024.0),
+        format!("{:.1} MiB", apply.peak_rss_kib as f64 / 1024.0),
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+async fn cycle(
+    args: &BenchArgs,
+    base_url: &str,
+    token_file: &Path,
+    db: &Path,
+    mode: Mode,
+) -> Result<Figures> {
+    let text = format!(
+        r#"
+[cloudflare]
+account_id = "{ACCOUNT}"
+api_token_file = "{token}"
+base_url = "{base_url}"
+per_page = {per_page}
+bulk_chunk_size = {chunk}
+max_requests_per_cycle = 1000000
+
+[safety]
+mode = "{mode}"
+max_actions_per_run = 10000000
+max_fraction_per_run = 1.0
+
+[audit]
+path = "{db}"
+
+[[rule]]
+name = "idle-90d"
+resource = "device_registration"
+action = "delete"
+idle_days = 90
+
+[[rule]]
+name = "revoked"
+resource = "device_registration"
+action = "delete"
+revoked = true
+
+[[exclude]]
+name = "board"
+user_email = ["*@board.example.com"]
+"#,
+        token = token_file.display(),
+        per_page = args.per_page,
+        chunk = args.chunk,
+        db = db.display(),
+    );
+    let config = Config::from_toml_str(&text, Path::new("bench.toml"))?;
+    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
+    let audit = AuditStore::open(&config.audit.path).await?;
+    let metrics = Metrics::new();
+    let stop = StopSignal::default();
+    let ctx = CycleContext {
+        config: &config,
+        rules: &rules,
+        audit: &audit,
+        metrics: &metrics,
+        stop: &stop,
+    };
+    let started = Instant::now();
+    let report = ctx.run(Utc::now()).await?;
+    let wall = started.elapsed().as_secs_f64();
+    if report.reason.is_some() {
+        bail!(
+            "the {mode} cycle ended {}: {}",
+            report.outcome,
+            report.reason.unwrap_or_default()
+        );
+    }
+    let requests = |e: Endpoint| -> u64 {
+        ["2xx", "3xx", "4xx", "5xx", "error"]
+            .iter()
+            .map(|class| {
+                metrics
+                    .api_requests
+                    .with_label_values(&[e.label(), class])
+                    .get()
+            })
+            .sum()
+    };
+    let (runs, actions, mutations) = audit.row_counts().await?;
+    let figures = Figures {
+        wall,
+        listing_requests: requests(Endpoint::ListRegistrations),
+        mutation_requests: requests(Endpoint::BulkDeleteRegistrations)
+            + requests(Endpoint::RevokeRegistrations)
+            + requests(Endpoint::DeleteRegistration),
+        other_requests: requests(Endpoint::GetRegistration),
+        evaluated: report.summary.seen_total.unwrap_or(0),
+        candidates: report.summary.candidates.unwrap_or(0),
+        audit_rows: runs + actions + mutations,
+        audit_seconds: audit.write_time().as_secs_f64(),
+        peak_rss_kib: peak_rss_kib()?,
+    };
+    audit.close().await;
+    Ok(figures)
+}
+
+/// VmHWM of this process, in KiB.
+fn peak_rss_kib() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")
+}
+
+/// Resets VmHWM to the current RSS (Linux `clear_refs` value 5), so that each phase reports
+/// its own peak.
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!(
+            "warning: cannot reset the peak RSS ({e}); the apply figure includes the plan cycle"
+        );
+    }
+}
+
+struct FakeChild {
+    child: Child,
+    base_url: String,
+}
+
+impl FakeChild {
+    fn spawn(args: &BenchArgs) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args([
+                "fake-api",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                TOKEN,
+                "--account-id",
+                ACCOUNT,
+            ])
+            .args(["--registrations", &args.registrations.to_string()])
+            .args(["--seed", &args.seed.to_string()])
+            .args(["--idle-share", &args.idle_share.to_string()])
+            .args(["--revoked-share", &args.revoked_share.to_string()])
+            .args(["--max-per-page", &args.max_per_page.to_string()])
+            .args(["--max-bulk-ids", &args.chunk.max(100).to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the fake API")?;
+        let stdout = child.stdout.take().context("no stdout from the fake API")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let base_url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(str::to_owned)
+            .with_context(|| format!("the fake API did not say where it listens: {line:?}"))?;
+        Ok(FakeChild { child, base_url })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FakeChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

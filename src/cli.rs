@@ -1,0 +1,322 @@
+//! The command line: parses arguments, loads the config, sets up logging and calls into the
+//! library. The binary's `main` only calls [`main`]. Errors get their context here and are
+//! printed as one line with a hint.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use crate::apply::StopSignal;
+use crate::audit::{ActionFilter, AuditStore, RunOutcome};
+use crate::cloudflare::Client;
+use crate::config::{Config, LogFormat, Mode};
+use crate::cycle::CycleContext;
+use crate::metrics::Metrics;
+use crate::plan::build_plan;
+use crate::report::{self, Format};
+use crate::rules::RuleSet;
+use crate::secret::ApiToken;
+
+#[derive(Parser)]
+#[command(
+    name = "zt-janitor",
+    version,
+    about = "Keeps a Cloudflare Zero Trust account free of stale device registrations."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The TOML config file.
+    #[arg(
+        long,
+        short,
+        env = "ZT_JANITOR_CONFIG",
+        default_value = "/etc/zt-janitor/config.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List, evaluate the rules and print what would be done. Never mutates, never writes the audit log.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Format,
+    },
+    /// Run one cycle now: plan, record it in the audit log and, in apply mode, act.
+    /// Exit status: 0 applied/planned, 2 aborted/failed, 3 refused by the safety caps.
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Format,
+    },
+    /// Run as a daemon: cycles on the [schedule] cron, metrics on [metrics] listen.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Validate the config file and print the effective settings and rules.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        query: AuditQuery,
+    },
+    /// Serve the built-in fake Cloudflare API on loopback (for tests, benchmarks and trials).
+    FakeApi(crate::fake::FakeApiArgs),
+    /// Run a demo: a fake API with seeded data, two apply cycles of the daemon, and what they did.
+    Demo(crate::demo::DemoArgs),
+    /// Benchmark a full cycle over N registrations against the fake API.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Read this audit database instead of the one the config names.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Format,
+    /// At most this many rows, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+}
+
+#[derive(Subcommand)]
+enum AuditQuery {
+    /// Recent runs.
+    Runs {
+        #[command(flatten)]
+        common: AuditArgs,
+    },
+    /// Planned and performed actions, with the object as it was listed.
+    Actions {
+        #[command(flatten)]
+        common: AuditArgs,
+        #[arg(long)]
+        run: Option<i64>,
+        #[arg(long)]
+        rule: Option<String>,
+        /// User email, case-insensitive.
+        #[arg(long)]
+        user: Option<String>,
+        /// Registration id.
+        #[arg(long)]
+        resource: Option<String>,
+        /// RFC 3339 time; actions decided at or after it.
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// RFC 3339 time; actions decided before it.
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Plan { config, output } => {
+            let config = load(&config.config, None)?;
+            plan(&config, output).await
+        }
+        Command::Once { config, output } => {
+            let config = load(&config.config, None)?;
+            once(&config, output).await
+        }
+        Command::Run { config } => {
+            let cfg = load(&config.config, None)?;
+            crate::schedule::run_daemon(config.config.clone(), cfg, StopSignal::default(), |_| {})
+                .await
+                .context("the daemon stopped with an error")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(&config.config)?;
+            RuleSet::new(&cfg.rules, &cfg.exclusions)?;
+            print!("{}", cfg.describe());
+            println!("{}: OK", config.config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { query } => audit(query).await,
+        Command::FakeApi(args) => {
+            init_logging(LogFormat::Text, "info");
+            crate::fake::serve_from_args(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            init_logging(LogFormat::Text, "warn");
+            crate::demo::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            init_logging(LogFormat::Text, "warn");
+            crate::bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads the config and starts logging as it asks.
+fn load(path: &Path, level_override: Option<&str>) -> Result<Config> {
+    let config = Config::load(path)?;
+    init_logging(
+        config.logging.format,
+        level_override.unwrap_or(&config.logging.level),
+    );
+    Ok(config)
+}
+
+/// Logs go to stderr so that `--output json` on stdout stays parseable. `RUST_LOG` wins over
+/// the configured level.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn plan(config: &Config, output: Format) -> Result<ExitCode> {
+    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
+    let token = ApiToken::load(&config.cloudflare)?;
+    let client = Client::new(&config.cloudflare, token, Metrics::new())?;
+    let plan = build_plan(&client, &rules, &config.safety, Utc::now())
+        .await
+        .context("cannot build a plan")?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Format::Json => report::plan_json(&mut out, &plan, &rules)?,
+        _ => report::plan_text(&mut out, &plan, &rules)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn once(config: &Config, output: Format) -> Result<ExitCode> {
+    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
+    let audit = AuditStore::open(&config.audit.path).await?;
+    audit.close_interrupted_runs(Utc::now()).await?;
+    let metrics = Metrics::new();
+    let stop = StopSignal::default();
+    let ctx = CycleContext {
+        config,
+        rules: &rules,
+        audit: &audit,
+        metrics: &metrics,
+        stop: &stop,
+    };
+    let report = ctx.run(Utc::now()).await?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+        _ => {
+            if let Some(plan) = &report.plan {
+                report::plan_text(&mut out, plan, &rules)?;
+                writeln!(out)?;
+            }
+            report::cycle_text(&mut out, &report)?;
+            writeln!(out, "Audit log: {}", audit.path().display())?;
+        }
+    }
+    audit.close().await;
+    if config.safety.mode == Mode::Plan {
+        tracing::debug!("plan mode: nothing was changed");
+    }
+    Ok(match report.outcome {
+        RunOutcome::Applied | RunOutcome::Planned => ExitCode::SUCCESS,
+        RunOutcome::Refused => ExitCode::from(3),
+        RunOutcome::Aborted | RunOutcome::Failed => ExitCode::from(2),
+    })
+}
+
+async fn audit(query: AuditQuery) -> Result<ExitCode> {
+    let (common, filter) = match query {
+        AuditQuery::Runs { common } => (common, None),
+        AuditQuery::Actions {
+            common,
+            run,
+            rule,
+            user,
+            resource,
+            since,
+            until,
+        } => {
+            let filter = ActionFilter {
+                run_id: run,
+                rule,
+                user_email: user,
+                resource_id: resource,
+                since,
+                until,
+                limit: common.limit,
+            };
+            (common, Some(filter))
+        }
+    };
+    let path = match common.db {
+        Some(db) => db,
+        None => load(&common.config.config, Some("warn"))?.audit.path,
+    };
+    if !path.exists() {
+        anyhow::bail!(
+            "no audit database at {}: nothing has run with this config yet (or pass --db PATH)",
+            path.display()
+        );
+    }
+    let store = AuditStore::open(&path).await?;
+    let mut out = std::io::stdout().lock();
+    match filter {
+        None => report::runs(
+            &mut out,
+            &store.recent_runs(common.limit).await?,
+            common.output,
+        )?,
+        Some(f) => report::actions(&mut out, &store.actions(&f).await?, common.output)?,
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,12 @@
+//! Cloudflare API: the typed model and the HTTP client. Nothing else in the crate speaks HTTP to
+//! Cloudflare.
+
+pub mod client;
+pub mod error;
+pub mod model;
+
+pub use client::{Client, MutationOutcome, RegistrationPage, RetryPolicy};
+pub use error::{ApiError, CfErrorDetail, Endpoint};
+pub use model::{
+    AccountId, CursorInfo, Device, Registration, RegistrationId, RegistrationType, Stamp, User,
+};

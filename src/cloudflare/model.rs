@@ -1,0 +1,296 @@
+//! Typed views of the Cloudflare objects zt-janitor reads, parsed once at the edge.
+//!
+//! Parsing is deliberately lenient about timestamps (a registration with a broken `last_seen_at`
+//! is still listed, it just can never be idle) and strict about identity (`id`, `device`): an
+//! object we cannot identify makes the whole page untrustworthy.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A Cloudflare account id: 32 lowercase hex characters.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.len() == 32 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a Cloudflare account id: expected 32 lowercase hex characters \
+                 (copy it from the dashboard URL or the account overview page)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccountId({})", self.0)
+    }
+}
+
+/// A device registration id (a UUID in practice). Only URL-safe characters are accepted, since
+/// the id is put into request paths and query strings.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RegistrationId(String);
+
+impl RegistrationId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a registration id: expected a UUID such as \
+                 \"0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e\""
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RegistrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RegistrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RegistrationId({})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RegistrationId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A timestamp field as Cloudflare sent it. Missing and unparsable values are kept distinct
+/// from valid ones so that rules can refuse to act on them instead of guessing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Stamp {
+    Valid(DateTime<Utc>),
+    #[default]
+    Missing,
+    Invalid(String),
+}
+
+impl Stamp {
+    pub fn parse(raw: &str) -> Self {
+        match DateTime::parse_from_rfc3339(raw) {
+            Ok(t) => Stamp::Valid(t.with_timezone(&Utc)),
+            Err(_) => Stamp::Invalid(raw.to_owned()),
+        }
+    }
+
+    pub fn valid(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Stamp::Valid(t) => Some(*t),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stamp::Valid(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%SZ")),
+            Stamp::Missing => f.write_str("(missing)"),
+            Stamp::Invalid(raw) => write!(f, "(invalid: {raw:?})"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Stamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Anything that is not a string (a number, an object) is as unusable as a bad string.
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Stamp::Missing,
+            serde_json::Value::String(s) => Stamp::parse(&s),
+            other => Stamp::Invalid(other.to_string()),
+        })
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Stamp::Valid(t) => {
+                s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            }
+            Stamp::Missing => s.serialize_none(),
+            Stamp::Invalid(raw) => s.serialize_str(raw),
+        }
+    }
+}
+
+/// How a registration was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationType {
+    Warp,
+    BrowserExtension,
+}
+
+impl fmt::Display for RegistrationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegistrationType::Warp => "warp",
+            RegistrationType::BrowserExtension => "browser_extension",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Device {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub struct User {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One enrollment of the WARP client, as listed by
+/// `GET /accounts/{id}/devices/registrations`. Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Registration {
+    pub id: RegistrationId,
+    #[serde(default)]
+    pub created_at: Stamp,
+    #[serde(default)]
+    pub last_seen_at: Stamp,
+    /// Present and non-null exactly when the registration is revoked.
+    #[serde(default, deserialize_with = "present_stamp")]
+    pub revoked_at: Option<Stamp>,
+    /// Unknown values (a new registration type) parse as `None`, so no rule that asks for a
+    /// type can match them by accident.
+    #[serde(default, deserialize_with = "lenient_registration_type")]
+    pub registration_type: Option<RegistrationType>,
+    pub device: Device,
+    #[serde(default)]
+    pub user: Option<User>,
+}
+
+impl Registration {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+
+    pub fn user_email(&self) -> Option<&str> {
+        self.user.as_ref().and_then(|u| u.email.as_deref())
+    }
+}
+
+/// `null` and absent both mean "not revoked"; any other value (even a broken one) means revoked.
+fn present_stamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stamp>, D::Error> {
+    Ok(match Stamp::deserialize(d)? {
+        Stamp::Missing => None,
+        other => Some(other),
+    })
+}
+
+fn lenient_registration_type<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RegistrationType>, D::Error> {
+    let raw = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(raw.and_then(|v| serde_json::from_value(v).ok()))
+}
+
+/// `result_info` of a cursor-paginated listing.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CursorInfo {
+    #[serde(default)]
+    pub count: Option<u64>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub per_page: Option<u64>,
+}
+
+impl CursorInfo {
+    /// The cursor of the next page; `None` when the listing is complete.
+    pub fn next_cursor(&self) -> Option<&str> {
+        self.cursor.as_deref().filter(|c| !c.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_id_must_be_32_lowercase_hex() {
+        assert!(AccountId::parse("0123456789abcdef0123456789abcdef").is_ok());
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            assert!(AccountId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn registration_id_rejects_path_characters() {
+        assert!(RegistrationId::parse("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e").is_ok());
+        for bad in ["", "../x", "a b", "a?b", "a/b", "a&id=b"] {
+            assert!(RegistrationId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn registration_parses_lenient_timestamps_and_strict_identity() {
+        let json = r#"{"id":"r-1","created_at":"2026-01-29T00:57:57.925979Z","updated_at":"x",
+            "last_seen_at":"yesterday","key":"k","registration_type":"carrier_pigeon",
+            "device":{"id":"d","name":"n","client_version":null},"revoked_at":null,"new_field":[1]}"#;
+        let r: Registration = serde_json::from_str(json).unwrap();
+        assert!(matches!(r.created_at, Stamp::Valid(_)));
+        assert_eq!(r.last_seen_at, Stamp::Invalid("yesterday".into()));
+        assert_eq!(r.revoked_at, None);
+        assert_eq!(r.registration_type, None);
+        assert!(r.user.is_none());
+
+        let no_device = r#"{"id":"r-1","last_seen_at":"2026-01-29T00:57:57Z"}"#;
+        assert!(serde_json::from_str::<Registration>(no_device).is_err());
+    }
+
+    #[test]
+    fn revoked_at_with_any_value_means_revoked() {
+        let r: Registration = serde_json::from_str(
+            r#"{"id":"r","device":{"id":"d","name":"n"},"revoked_at":"garbage"}"#,
+        )
+        .unwrap();
+        assert!(r.is_revoked());
+    }
+}

@@ -1,0 +1,249 @@
+//! One cycle: reconcile interrupted mutations, list and plan, record every decision, then act
+//! if the mode and the caps allow. Shared by `once`, the daemon, the demo and the benchmark.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
+use crate::audit::{ActionStatus, AuditError, AuditStore, RunId, RunOutcome, RunSummary};
+use crate::cloudflare::Client;
+use crate::config::{Config, Mode};
+use crate::metrics::Metrics;
+use crate::plan::{build_plan, Plan};
+use crate::rules::RuleSet;
+use crate::secret::ApiToken;
+
+/// Everything a cycle needs; rebuilt when the config is reloaded.
+pub struct CycleContext<'a> {
+    pub config: &'a Config,
+    pub rules: &'a RuleSet,
+    pub audit: &'a AuditStore,
+    pub metrics: &'a Metrics,
+    pub stop: &'a StopSignal,
+}
+
+/// What a cycle did, for the summary line, the CLI and the tests.
+#[derive(Debug, Serialize)]
+pub struct CycleReport {
+    pub run_id: i64,
+    pub mode: Mode,
+    pub outcome: RunOutcome,
+    pub reason: Option<String>,
+    pub seconds: f64,
+    pub api_requests: u64,
+    #[serde(skip)]
+    pub plan: Option<Plan>,
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    #[serde(skip)]
+    pub apply: Option<ApplyReport>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// Without an audit trail nothing may be done; the caller should stop and say why.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl CycleContext<'_> {
+    /// Runs one cycle. Every outcome except a broken audit store is recorded as a run.
+    pub async fn run(&self, now: DateTime<Utc>) -> Result<CycleReport, CycleError> {
+        let started = Instant::now();
+        let mode = self.config.safety.mode;
+        let run = self.audit.begin_run(mode, now).await?;
+        let mut report = CycleReport {
+            run_id: run.0,
+            mode,
+            outcome: RunOutcome::Failed,
+            reason: None,
+            seconds: 0.0,
+            api_requests: 0,
+            plan: None,
+            summary: RunSummary::default(),
+            apply: None,
+        };
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(reason) => {
+                report.reason = Some(reason);
+                return self.finish(run, report, started).await;
+            }
+        };
+        let result = self.plan_and_act(&client, run, now, &mut report).await;
+        report.api_requests = u64::from(client.requests_sent());
+        report.summary.api_requests = report.api_requests;
+        if let Err(e) = result {
+            // The audit store failed mid-cycle; try to close the run, but report the cause.
+            report.outcome = RunOutcome::Failed;
+            report.reason = Some(e.to_string());
+            let _ = self.finish(run, report, started).await;
+            return Err(e);
+        }
+        self.finish(run, report, started).await
+    }
+
+    fn client(&self) -> Result<Client, String> {
+        let token = ApiToken::load(&self.config.cloudflare).map_err(|e| e.to_string())?;
+        Client::new(&self.config.cloudflare, token, self.metrics.clone()).map_err(|e| e.to_string())
+    }
+
+    async fn plan_and_act(
+        &self,
+        client: &Client,
+        run: RunId,
+        now: DateTime<Utc>,
+        report: &mut CycleReport,
+    ) -> Result<(), CycleError> {
+        match reconcile_pending(client, self.audit).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(mutations = n, "reconciled interrupted mutations"),
+            Err(e) => {
+                report.outcome = RunOutcome::Aborted;
+                report.reason = Some(e.to_string());
+                return Ok(());
+            }
+        }
+        // Listing is read-only, so a stop request may simply abandon it.
+        let listing = tokio::select! {
+            plan = build_plan(client, self.rules, &self.config.safety, now) => plan,
+            () = self.stop.stopped() => {
+                report.outcome = RunOutcome::Aborted;
+                report.reason = Some("shutdown requested while listing; nothing was done".to_owned());
+                return Ok(());
+            }
+        };
+        let plan = match listing {
+            Ok(plan) => plan,
+            Err(e) => {
+                report.outcome = RunOutcome::Aborted;
+                report.reason = Some(format!("{e}; nothing was done this run"));
+                return Ok(());
+            }
+        };
+        self.observe_plan(&plan);
+        let action_ids = self.audit.record_plan(run, &plan).await?;
+        let excluded = plan.excluded().count() as u64;
+        report.summary = RunSummary {
+            pages: Some(plan.pages),
+            seen_total: Some(plan.seen.total),
+            seen_active: Some(plan.seen.active),
+            seen_revoked: Some(plan.seen.revoked),
+            candidates: Some(plan.caps.actions),
+            excluded: Some(excluded),
+            ..RunSummary::default()
+        };
+        let actionable: Vec<i64> = plan
+            .candidates
+            .iter()
+            .zip(&action_ids)
+            .filter(|(c, _)| c.excluded_by.is_none())
+            .map(|(_, id)| *id)
+            .collect();
+        if self.config.safety.mode == Mode::Plan {
+            report.outcome = RunOutcome::Planned;
+        } else if !plan.caps.within() {
+            let reason = format!(
+                "refused by the blast-radius caps: {}; nothing was done. If this is intended, raise the cap in [safety] for one run",
+                plan.caps.violations.join("; ")
+            );
+            self.audit
+                .set_action_status(&actionable, ActionStatus::NotAttempted, Some(&reason))
+                .await?;
+            report.outcome = RunOutcome::Refused;
+            report.reason = Some(reason);
+        } else {
+            let executor = Executor {
+                client,
+                audit: self.audit,
+                metrics: self.metrics,
+                rules: self.rules,
+                run,
+                chunk_size: self.config.cloudflare.bulk_chunk_size,
+                stop: self.stop,
+            };
+            let applied = executor
+                .apply(&plan, &action_ids)
+                .await
+                .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
+            report.summary.actions_done = applied.done + applied.already_gone;
+            report.summary.actions_failed = applied.failed;
+            (report.outcome, report.reason) = match &applied.stopped_by {
+                None => (RunOutcome::Applied, None),
+                Some(why) if self.stop.is_stopped() => (
+                    RunOutcome::Aborted,
+                    Some(format!(
+                        "{why}; {} actions left for the next run",
+                        applied.not_attempted
+                    )),
+                ),
+                Some(why) => (RunOutcome::Failed, Some(why.clone())),
+            };
+            report.apply = Some(applied);
+        }
+        report.plan = Some(plan);
+        Ok(())
+    }
+
+    fn observe_plan(&self, plan: &Plan) {
+        let m = self.metrics;
+        m.registrations_seen
+            .with_label_values(&["active"])
+            .set(plan.seen.active as i64);
+        m.registrations_seen
+            .with_label_values(&["revoked"])
+            .set(plan.seen.revoked as i64);
+        m.candidates.reset();
+        for (rule, n) in plan.candidates_by_rule(self.rules) {
+            m.candidates.with_label_values(&[&rule]).set(n as i64);
+        }
+        m.excluded.set(plan.excluded().count() as i64);
+        for (kind, n) in plan.anomalies.by_label() {
+            m.anomalies.with_label_values(&[kind]).inc_by(n);
+        }
+    }
+
+    async fn finish(
+        &self,
+        run: RunId,
+        mut report: CycleReport,
+        started: Instant,
+    ) -> Result<CycleReport, CycleError> {
+        report.seconds = started.elapsed().as_secs_f64();
+        let finished = Utc::now();
+        self.audit
+            .finish_run(
+                run,
+                report.outcome,
+                report.reason.as_deref(),
+                &report.summary,
+                finished,
+            )
+            .await?;
+        let m = self.metrics;
+        m.runs.with_label_values(&[report.outcome.as_str()]).inc();
+        m.run_duration.observe(report.seconds);
+        m.last_run_timestamp.set(finished.timestamp());
+        if matches!(report.outcome, RunOutcome::Applied | RunOutcome::Planned) {
+            m.last_success_timestamp.set(finished.timestamp());
+        }
+        let s = &report.summary;
+        tracing::info!(
+            run = report.run_id,
+            mode = %report.mode,
+            outcome = %report.outcome,
+            reason = report.reason.as_deref().unwrap_or(""),
+            seen = s.seen_total.unwrap_or(0),
+            candidates = s.candidates.unwrap_or(0),
+            excluded = s.excluded.unwrap_or(0),
+            done = s.actions_done,
+            failed = s.actions_failed,
+            api_requests = report.api_requests,
+            seconds = format!("{:.3}", report.seconds),
+            "cycle finished"
+        );
+        Ok(report)
+    }
+}

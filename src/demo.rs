@@ -1,0 +1,191 @@
+//! `zt-janitor demo`: the whole product on one machine without a Cloudflare account. Starts the
+//! built-in fake API with seeded data, prints the plan, runs the real daemon in apply mode for
+//! two cycles, then shows what the audit log and the metrics say.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use clap::Args;
+
+use crate::apply::StopSignal;
+use crate::audit::{ActionFilter, AuditStore};
+use crate::cloudflare::Client;
+use crate::config::Config;
+use crate::fake::{FakeOptions, FakeServer};
+use crate::metrics::Metrics;
+use crate::plan::build_plan;
+use crate::report::{self, Format};
+use crate::rules::RuleSet;
+use crate::secret::ApiToken;
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The demo config (apply mode); its base_url, token and audit path are replaced.
+    #[arg(long, default_value = "config/demo.toml")]
+    config: PathBuf,
+    /// Registrations the fake API starts with.
+    #[arg(long, default_value_t = 2000)]
+    registrations: usize,
+    /// Where to keep the audit database (default: a new directory under the system temp dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// After the two cycles, keep the daemon and the fake running until Ctrl-C, so that
+    /// /metrics can be scraped by hand.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+const PLAN_ROWS_SHOWN: usize = 12;
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let mut config = Config::load(&args.config).with_context(|| {
+        format!("the demo needs its config; run it from the project folder or pass --config")
+    })?;
+    let state_dir = match args.state_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("zt-janitor-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+
+    let fake = FakeServer::start(FakeOptions {
+        account_id: config.cloudflare.account_id.to_string(),
+        registrations: args.registrations,
+        ..FakeOptions::default()
+    })
+    .await
+    .context("cannot start the fake Cloudflare API")?;
+    let token_file = state_dir.join("cloudflare-token");
+    write_private(&token_file, &fake.token())?;
+    config.cloudflare.base_url = fake.base_url();
+    config.cloudflare.api_token_file = Some(token_file);
+    config.audit.path = state_dir.join("audit.db");
+    config.metrics.listen = "127.0.0.1:0".parse().expect("valid address");
+    config.schedule.cron = "*/3 * * * * *".to_owned();
+    config.schedule.run_on_start = true;
+
+    println!(
+        "== Fake Cloudflare API: {} ({} registrations, seeded)",
+        fake.base_url(),
+        fake.len()
+    );
+    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
+    let client = Client::new(
+        &config.cloudflare,
+        ApiToken::load(&config.cloudflare)?,
+        Metrics::new(),
+    )?;
+    let plan = build_plan(&client, &rules, &config.safety, Utc::now()).await?;
+    println!(
+        "\n== Plan (first {PLAN_ROWS_SHOWN} of {} rows)",
+        plan.candidates.len()
+    );
+    let mut text = Vec::new();
+    report::plan_text(&mut text, &plan, &rules)?;
+    let text = String::from_utf8(text)?;
+    let mut lines = text.lines();
+    for line in lines.by_ref().take(PLAN_ROWS_SHOWN + 1) {
+        println!("{line}");
+    }
+    let summary: Vec<&str> = lines.skip_while(|l| !l.is_empty()).collect();
+    println!("...{}", summary.join("\n"));
+
+    println!(
+        "\n== Running the daemon in apply mode (cron {:?}) for two cycles",
+        config.schedule.cron
+    );
+    let stop = StopSignal::default();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let daemon = tokio::spawn(crate::schedule::run_daemon(
+        args.config.clone(),
+        config.clone(),
+        stop.clone(),
+        move |started| {
+            let _ = addr_tx.send(started.metrics_addr);
+        },
+    ));
+    let metrics_addr = addr_rx.await.context("the daemon did not start")?;
+    let audit = AuditStore::open(&config.audit.path).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while finished_runs(&audit).await? < 2 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon did not finish two cycles within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    println!();
+    report::runs(
+        &mut std::io::stdout(),
+        &audit.recent_runs(2).await?,
+        Format::Text,
+    )?;
+    println!(
+        "\nThe fake API now holds {} registrations; it saw {} mutation calls.",
+        fake.len(),
+        fake.mutations().len()
+    );
+    println!("\n== Latest audited actions");
+    let recent = audit
+        .actions(&ActionFilter {
+            limit: 5,
+            ..ActionFilter::default()
+        })
+        .await?;
+    report::actions(&mut std::io::stdout(), &recent, Format::Text)?;
+
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    let scrape = reqwest::get(&metrics_url).await?.text().await?;
+    println!("\n== Metrics ({metrics_url}), a few lines");
+    for line in scrape.lines().filter(|l| {
+        l.starts_with("zt_janitor_runs_total")
+            || l.starts_with("zt_janitor_actions_total")
+            || l.starts_with("zt_janitor_registrations_seen")
+    }) {
+        println!("{line}");
+    }
+    println!("\nAudit database: {}", config.audit.path.display());
+    println!(
+        "  zt-janitor audit runs --db {}",
+        config.audit.path.display()
+    );
+    println!(
+        "  zt-janitor audit actions --db {} --user user7@example.com",
+        config.audit.path.display()
+    );
+    if args.keep_running {
+        println!("\nThe daemon keeps running; metrics at {metrics_url}. Ctrl-C to stop.");
+        tokio::signal::ctrl_c().await?;
+    }
+    stop.stop();
+    daemon.await??;
+    audit.close().await;
+    fake.shutdown().await;
+    Ok(())
+}
+
+async fn finished_runs(audit: &AuditStore) -> Result<usize> {
+    Ok(audit
+        .recent_runs(10)
+        .await?
+        .iter()
+        .filter(|r| r.outcome.is_some())
+        .count())
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The standalone fake (`zt-janitor fake-api`): its command-line arguments and the serve loop.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+
+use super::{FakeOptions, FakeServer, FaultRule, DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN};
+
+/// Arguments of the fake Cloudflare API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FakeApiArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+
+    /// Number of registrations to generate.
+    #[arg(long, default_value_t = 1000)]
+    pub registrations: usize,
+
+    /// Seed of the data generator (same seed, same data).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// API token the fake accepts as `Authorization: Bearer <token>`.
+    #[arg(long, default_value = DEFAULT_TOKEN)]
+    pub token: String,
+
+    /// Account id served under /client/v4/accounts/{id}.
+    #[arg(long, default_value = DEFAULT_ACCOUNT_ID)]
+    pub account_id: String,
+
+    /// Share of registrations last seen 120-720 days ago.
+    #[arg(long, default_value_t = 0.2)]
+    pub idle_share: f64,
+
+    /// Share of registrations revoked 10-80 days ago.
+    #[arg(long, default_value_t = 0.05)]
+    pub revoked_share: f64,
+
+    /// Share of registrations without a user (none, or a service token's identity).
+    #[arg(long, default_value_t = 0.05)]
+    pub no_user_share: f64,
+
+    /// The generator's "now" (RFC 3339); default: the current time.
+    #[arg(long)]
+    pub now: Option<DateTime<Utc>>,
+
+    /// Largest page served.
+    #[arg(long, default_value_t = 1000)]
+    pub max_per_page: usize,
+
+    /// Most ids accepted by one bulk delete/revoke.
+    #[arg(long, default_value_t = 100)]
+    pub max_bulk_ids: usize,
+
+    /// Inject a fault, TARGET:FAULT[:WHEN] (repeatable), e.g. `bulk_delete:status=503:first=2`,
+    /// `list:status=429:retry_after=3:nth=2`, `delete_one:delay_ms=3000`,
+    /// `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`.
+    /// TARGET: list, get, delete_one, bulk_delete, revoke, any_mutation, any.
+    /// FAULT: status=CODE [retry_after=SECS], delay_ms=MS, reset, malformed_json, success_false,
+    /// wrong_auth, and for list only repeat_cursor, short_page, duplicate_ids.
+    /// WHEN: always (default), nth=N, first=N, p=PROB [seed=N].
+    #[arg(long = "fault", value_name = "RULE")]
+    pub faults: Vec<FaultRule>,
+}
+
+impl FakeApiArgs {
+    fn options(&self) -> FakeOptions {
+        FakeOptions {
+            account_id: self.account_id.clone(),
+            token: self.token.clone(),
+            seed: self.seed,
+            registrations: self.registrations,
+            idle_share: self.idle_share,
+            revoked_share: self.revoked_share,
+            no_user_share: self.no_user_share,
+            now: self.now.unwrap_or_else(Utc::now),
+            max_per_page: self.max_per_page,
+            max_bulk_ids: self.max_bulk_ids,
+        }
+    }
+}
+
+/// Starts the fake, prints one line saying where it listens, and serves until Ctrl-C.
+pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    let fake = FakeServer::start_on(args.listen, args.options())
+        .await
+        .with_context(|| format!("could not start the fake API on {}", args.listen))?;
+    fake.set_faults(args.faults.clone());
+    println!(
+        "fake Cloudflare API listening on {} (account {}, {} registrations, token from --token)",
+        fake.base_url(),
+        fake.account_id(),
+        fake.len()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("could not wait for Ctrl-C")?;
+    fake.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FakeApiArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let cli = Cli::try_parse_from(["fake"]).unwrap();
+        let opts = cli.args.options();
+        let defaults = FakeOptions::default();
+        assert_eq!(cli.args.listen, "127.0.0.1:8787".parse().unwrap());
+        assert_eq!(opts.token, defaults.token);
+        assert_eq!(opts.account_id, defaults.account_id);
+        assert_eq!(opts.idle_share, defaults.idle_share);
+        assert_eq!(opts.revoked_share, defaults.revoked_share);
+        assert_eq!(opts.no_user_share, defaults.no_user_share);
+        assert_eq!(opts.max_per_page, defaults.max_per_page);
+        assert_eq!(opts.max_bulk_ids, defaults.max_bulk_ids);
+    }
+
+    #[test]
+    fn faults_are_repeatable_and_bad_ones_are_refused() {
+        let cli = Cli::try_parse_from([
+            "fake",
+            "--fault",
+            "bulk_delete:status=503:first=2",
+            "--fault",
+            "list:repeat_cursor:nth=2",
+            "--now",
+            "2026-01-29T00:00:00Z",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.faults.len(), 2);
+        assert_eq!(
+            cli.args.now.unwrap().to_rfc3339(),
+            "2026-01-29T00:00:00+00:00"
+        );
+        let err = Cli::try_parse_from(["fake", "--fault", "list:explode"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("unknown part"), "{err}");
+    }
+}

@@ -1,0 +1,503 @@
+//! Fault injection: which requests misbehave, when, and how; the `--fault` text syntax; and the
+//! per-rule counters that decide whether a rule fires. How a fault is served is `server`'s job.
+//!
+//! Text syntax (`FaultRule::from_str`), parts separated by `:` in any order after the target:
+//!
+//! ```text
+//! TARGET:FAULT[:retry_after=SECS][:WHEN]
+//! TARGET  list | get | delete_one | bulk_delete | revoke | any_mutation | any
+//! FAULT   status=CODE (400-599) | delay_ms=MS | reset | malformed_json | success_false
+//!         | wrong_auth | repeat_cursor | short_page | duplicate_ids   (the last three: list only)
+//! WHEN    always (default) | nth=N | first=N | p=PROB[:seed=N]
+//! ```
+//!
+//! e.g. `bulk_delete:status=503:first=2`, `list:status=429:retry_after=3:nth=2`,
+//! `delete_one:delay_ms=3000:always`, `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::server::Op;
+
+/// The requests a rule applies to. `Revoke` is `POST .../registrations/revoke` only;
+/// unrevoke and the deprecated revoke are reached through `AnyMutation` and `Any`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ListRegistrations,
+    GetRegistration,
+    DeleteOne,
+    BulkDelete,
+    Revoke,
+    AnyMutation,
+    Any,
+}
+
+impl Endpoint {
+    fn matches(self, op: Op) -> bool {
+        match self {
+            Endpoint::ListRegistrations => op == Op::List,
+            Endpoint::GetRegistration => op == Op::GetOne,
+            Endpoint::DeleteOne => op == Op::DeleteOne,
+            Endpoint::BulkDelete => op == Op::BulkDelete,
+            Endpoint::Revoke => op == Op::Revoke,
+            Endpoint::AnyMutation => op.mutation_kind().is_some(),
+            Endpoint::Any => true,
+        }
+    }
+}
+
+/// Which of the matching requests a rule fires on. Counts are per rule and 1-based.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum When {
+    Always,
+    /// Only the n-th matching request.
+    Nth(u64),
+    /// The first n matching requests.
+    FirstN(u64),
+    /// Each matching request with probability `p`, drawn from a generator seeded with `seed`,
+    /// so a run is repeatable.
+    Probability {
+        p: f64,
+        seed: u64,
+    },
+}
+
+/// What happens to a request a rule fires on. Apart from `Delay`, a faulted mutation changes
+/// nothing (it is logged with `applied: false`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// An error envelope with this HTTP status; `retry_after` adds a `Retry-After` header
+    /// (seconds), as Cloudflare does on 429.
+    Status { code: u16, retry_after: Option<u64> },
+    /// The connection is reset without any HTTP response: the client sees a transport error.
+    ConnectionReset,
+    /// The request is served normally after the delay. A mutation takes effect after the delay,
+    /// so a client that gives up during it leaves the registration in place (the request is
+    /// still in the log, with status 0).
+    Delay(Duration),
+    /// HTTP 200 with the first half of the JSON body.
+    MalformedJson,
+    /// HTTP 500 with `success: false` and an error, but still carrying the `result` a read would
+    /// have returned, to catch clients that look at `result` before `success`.
+    SuccessFalse,
+    /// HTTP 403 with the authentication error, whatever the token.
+    WrongAuth,
+    /// Listing only: the page carries the request's own cursor, so following it loops forever.
+    RepeatCursor,
+    /// Listing only: about half a page and a cursor, even after the last item (allowed by the
+    /// docs; a correct client still lists everything).
+    ShortPageWithCursor,
+    /// Listing only: the page starts with the item the previous page ended with.
+    DuplicateIds,
+}
+
+impl Fault {
+    fn applies_to(&self, op: Op) -> bool {
+        !self.is_listing_only() || op == Op::List
+    }
+
+    fn is_listing_only(&self) -> bool {
+        matches!(
+            self,
+            Fault::RepeatCursor | Fault::ShortPageWithCursor | Fault::DuplicateIds
+        )
+    }
+}
+
+/// One fault injection rule. Rules are checked in order and the first that fires wins; every
+/// rule whose target matches counts the request, whether or not an earlier rule fired.
+/// A listing-only fault never fires on other requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultRule {
+    pub target: Endpoint,
+    pub when: When,
+    pub fault: Fault,
+}
+
+impl FaultRule {
+    pub fn new(target: Endpoint, when: When, fault: Fault) -> Self {
+        FaultRule {
+            target,
+            when,
+            fault,
+        }
+    }
+
+    pub fn always(target: Endpoint, fault: Fault) -> Self {
+        Self::new(target, When::Always, fault)
+    }
+
+    pub fn nth(target: Endpoint, n: u64, fault: Fault) -> Self {
+        Self::new(target, When::Nth(n), fault)
+    }
+
+    pub fn first(target: Endpoint, n: u64, fault: Fault) -> Self {
+        Self::new(target, When::FirstN(n), fault)
+    }
+}
+
+/// A `--fault` string that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid fault rule {rule:?}: {reason} (expected TARGET:FAULT[:WHEN], \
+     e.g. \"bulk_delete:status=503:first=2\" or \"list:repeat_cursor:nth=2\")"
+)]
+pub struct FaultParseError {
+    rule: String,
+    reason: String,
+}
+
+const TARGETS: &str = "list, get, delete_one, bulk_delete, revoke, any_mutation, any";
+const FAULTS: &str = "status=CODE, delay_ms=MS, reset, malformed_json, success_false, wrong_auth, \
+                      repeat_cursor, short_page, duplicate_ids";
+
+impl FromStr for FaultRule {
+    type Err = FaultParseError;
+
+    fn from_str(rule: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: String| FaultParseError {
+            rule: rule.to_owned(),
+            reason,
+        };
+        let mut parts = rule.split(':').map(str::trim);
+        let target = match parts.next().unwrap_or_default() {
+            "list" => Endpoint::ListRegistrations,
+            "get" => Endpoint::GetRegistration,
+            "delete_one" => Endpoint::DeleteOne,
+            "bulk_delete" => Endpoint::BulkDelete,
+            "revoke" => Endpoint::Revoke,
+            "any_mutation" => Endpoint::AnyMutation,
+            "any" => Endpoint::Any,
+            other => {
+                return Err(fail(format!(
+                    "unknown target {other:?}; use one of {TARGETS}"
+                )))
+            }
+        };
+
+        let mut fault = None;
+        let mut when = None;
+        let mut retry_after = None;
+        let mut seed = None;
+        for part in parts {
+            let (name, value) = match part.split_once('=') {
+                Some((name, value)) => (name.trim(), Some(value.trim())),
+                None => (part, None),
+            };
+            let number = |what: &str| -> Result<u64, FaultParseError> {
+                let raw =
+                    value.ok_or_else(|| fail(format!("{name} needs a value: {name}={what}")))?;
+                raw.parse()
+                    .map_err(|_| fail(format!("{name}={raw}: {raw:?} is not a whole number")))
+            };
+            let (new_fault, new_when) = match (name, value) {
+                ("status", _) => {
+                    let code = number("CODE")?;
+                    if !(400..=599).contains(&code) {
+                        return Err(fail(format!("status={code}: use an error status, 400-599")));
+                    }
+                    (
+                        Some(Fault::Status {
+                            code: code as u16,
+                            retry_after: None,
+                        }),
+                        None,
+                    )
+                }
+                ("delay_ms", _) => (
+                    Some(Fault::Delay(Duration::from_millis(number("MS")?))),
+                    None,
+                ),
+                ("reset", None) => (Some(Fault::ConnectionReset), None),
+                ("malformed_json", None) => (Some(Fault::MalformedJson), None),
+                ("success_false", None) => (Some(Fault::SuccessFalse), None),
+                ("wrong_auth", None) => (Some(Fault::WrongAuth), None),
+                ("repeat_cursor", None) => (Some(Fault::RepeatCursor), None),
+                ("short_page", None) => (Some(Fault::ShortPageWithCursor), None),
+                ("duplicate_ids", None) => (Some(Fault::DuplicateIds), None),
+                ("retry_after", _) => {
+                    retry_after = Some(number("SECS")?);
+                    (None, None)
+                }
+                ("always", None) => (None, Some(When::Always)),
+                ("nth", _) => match number("N")? {
+                    0 => return Err(fail("nth=0: requests are counted from 1".to_owned())),
+                    n => (None, Some(When::Nth(n))),
+                },
+                ("first", _) => (None, Some(When::FirstN(number("N")?))),
+                ("p", _) => {
+                    let raw = value.unwrap_or_default();
+                    match raw.parse::<f64>() {
+                        Ok(p) if (0.0..=1.0).contains(&p) => {
+                            (None, Some(When::Probability { p, seed: 0 }))
+                        }
+                        _ => {
+                            return Err(fail(format!("p={raw}: use a probability between 0 and 1")))
+                        }
+                    }
+                }
+                ("seed", _) => {
+                    seed = Some(number("N")?);
+                    (None, None)
+                }
+                _ => {
+                    return Err(fail(format!(
+                        "unknown part {part:?}; faults are {FAULTS}; \
+                         WHEN is always, nth=N, first=N or p=PROB[:seed=N]"
+                    )))
+                }
+            };
+            if let Some(new) = new_fault {
+                if fault.replace(new).is_some() {
+                    return Err(fail(
+                        "more than one fault; use one rule per fault".to_owned(),
+                    ));
+                }
+            }
+            if let Some(new) = new_when {
+                if when.replace(new).is_some() {
+                    return Err(fail("more than one of always, nth, first, p".to_owned()));
+                }
+            }
+        }
+
+        let mut fault =
+            fault.ok_or_else(|| fail(format!("no fault given; add one of {FAULTS}")))?;
+        if let Some(secs) = retry_after {
+            match &mut fault {
+                Fault::Status { retry_after, .. } => *retry_after = Some(secs),
+                _ => return Err(fail("retry_after only goes with status=CODE".to_owned())),
+            }
+        }
+        if fault.is_listing_only() && target != Endpoint::ListRegistrations {
+            return Err(fail(
+                "repeat_cursor, short_page and duplicate_ids only apply to list".to_owned(),
+            ));
+        }
+        let when = match (when.unwrap_or(When::Always), seed) {
+            (When::Probability { p, .. }, Some(seed)) => When::Probability { p, seed },
+            (_, Some(_)) => return Err(fail("seed only goes with p=PROB".to_owned())),
+            (when, None) => when,
+        };
+        Ok(FaultRule {
+            target,
+            when,
+            fault,
+        })
+    }
+}
+
+/// The installed rules and their counters.
+#[derive(Debug, Default)]
+pub(crate) struct FaultSet {
+    rules: Vec<ActiveRule>,
+}
+
+#[derive(Debug)]
+struct ActiveRule {
+    rule: FaultRule,
+    seen: u64,
+    rng: Option<StdRng>,
+}
+
+impl FaultSet {
+    pub(crate) fn new(rules: Vec<FaultRule>) -> Self {
+        let rules = rules
+            .into_iter()
+            .map(|rule| {
+                let rng = match rule.when {
+                    When::Probability { seed, .. } => Some(StdRng::seed_from_u64(seed)),
+                    _ => None,
+                };
+                ActiveRule { rule, seen: 0, rng }
+            })
+            .collect();
+        FaultSet { rules }
+    }
+
+    /// The fault to apply to this request, if any rule fires.
+    pub(crate) fn pick(&mut self, op: Op) -> Option<Fault> {
+        let mut chosen = None;
+        for active in &mut self.rules {
+            if !active.rule.target.matches(op) || !active.rule.fault.applies_to(op) {
+                continue;
+            }
+            active.seen += 1;
+            let fires = match active.rule.when {
+                When::Always => true,
+                When::Nth(n) => active.seen == n,
+                When::FirstN(n) => active.seen <= n,
+                When::Probability { p, .. } => {
+                    active.rng.as_mut().is_some_and(|rng| rng.gen::<f64>() < p)
+                }
+            };
+            if fires && chosen.is_none() {
+                chosen = Some(active.rule.fault.clone());
+            }
+        }
+        chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_rules_parse() {
+        let cases = [
+            (
+                "bulk_delete:status=503:first=2",
+                FaultRule::first(
+                    Endpoint::BulkDelete,
+                    2,
+                    Fault::Status {
+                        code: 503,
+                        retry_after: None,
+                    },
+                ),
+            ),
+            (
+                "list:status=429:retry_after=3:nth=2",
+                FaultRule::nth(
+                    Endpoint::ListRegistrations,
+                    2,
+                    Fault::Status {
+                        code: 429,
+                        retry_after: Some(3),
+                    },
+                ),
+            ),
+            (
+                "delete_one:delay_ms=3000:always",
+                FaultRule::always(Endpoint::DeleteOne, Fault::Delay(Duration::from_secs(3))),
+            ),
+            (
+                "list:repeat_cursor:nth=2",
+                FaultRule::nth(Endpoint::ListRegistrations, 2, Fault::RepeatCursor),
+            ),
+            (
+                "list:short_page",
+                FaultRule::always(Endpoint::ListRegistrations, Fault::ShortPageWithCursor),
+            ),
+            (
+                "list:duplicate_ids",
+                FaultRule::always(Endpoint::ListRegistrations, Fault::DuplicateIds),
+            ),
+            (
+                "get:malformed_json",
+                FaultRule::always(Endpoint::GetRegistration, Fault::MalformedJson),
+            ),
+            (
+                "revoke:success_false",
+                FaultRule::always(Endpoint::Revoke, Fault::SuccessFalse),
+            ),
+            (
+                "any:wrong_auth:first=1",
+                FaultRule::first(Endpoint::Any, 1, Fault::WrongAuth),
+            ),
+            (
+                "any_mutation:reset:p=0.1:seed=7",
+                FaultRule::new(
+                    Endpoint::AnyMutation,
+                    When::Probability { p: 0.1, seed: 7 },
+                    Fault::ConnectionReset,
+                ),
+            ),
+            (
+                "any_mutation:p=1:reset",
+                FaultRule::new(
+                    Endpoint::AnyMutation,
+                    When::Probability { p: 1.0, seed: 0 },
+                    Fault::ConnectionReset,
+                ),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(text.parse::<FaultRule>(), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn invalid_rules_say_what_is_wrong() {
+        let cases = [
+            ("", "unknown target"),
+            ("lst:status=500", "unknown target \"lst\""),
+            ("list", "no fault given"),
+            ("list:status=200", "400-599"),
+            ("list:status=abc", "not a whole number"),
+            ("list:status", "needs a value"),
+            ("list:status=500:reset", "more than one fault"),
+            ("list:reset:nth=1:first=2", "more than one of"),
+            ("list:reset:nth=0", "counted from 1"),
+            ("list:reset:p=1.5", "between 0 and 1"),
+            ("list:reset:seed=3", "seed only goes with p"),
+            (
+                "list:reset:retry_after=3",
+                "retry_after only goes with status",
+            ),
+            ("delete_one:repeat_cursor", "only apply to list"),
+            ("list:explode", "unknown part \"explode\""),
+        ];
+        for (text, needle) in cases {
+            let err = text.parse::<FaultRule>().expect_err(text).to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(err.contains("expected TARGET:FAULT"), "{err}");
+        }
+    }
+
+    #[test]
+    fn counters_are_per_rule_and_first_firing_rule_wins() {
+        let mut set = FaultSet::new(vec![
+            FaultRule::nth(Endpoint::DeleteOne, 2, Fault::ConnectionReset),
+            FaultRule::first(
+                Endpoint::AnyMutation,
+                3,
+                Fault::Status {
+                    code: 503,
+                    retry_after: None,
+                },
+            ),
+            FaultRule::always(Endpoint::Any, Fault::RepeatCursor),
+        ]);
+        let status = Some(Fault::Status {
+            code: 503,
+            retry_after: None,
+        });
+        assert_eq!(set.pick(Op::DeleteOne), status);
+        assert_eq!(set.pick(Op::DeleteOne), Some(Fault::ConnectionReset));
+        assert_eq!(
+            set.pick(Op::BulkDelete),
+            status,
+            "third mutation, counted despite the reset"
+        );
+        assert_eq!(
+            set.pick(Op::BulkDelete),
+            None,
+            "listing faults never hit mutations"
+        );
+        assert_eq!(set.pick(Op::List), Some(Fault::RepeatCursor));
+        assert_eq!(set.pick(Op::GetOne), None);
+    }
+
+    #[test]
+    fn probability_is_repeatable_for_a_seed() {
+        let draws = |seed| {
+            let mut set = FaultSet::new(vec![FaultRule::new(
+                Endpoint::Any,
+                When::Probability { p: 0.5, seed },
+                Fault::MalformedJson,
+            )]);
+            (0..64)
+                .map(|_| set.pick(Op::List).is_some())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(9), draws(9));
+        assert_ne!(draws(9), draws(10));
+        let fired = draws(9).iter().filter(|f| **f).count();
+        assert!((16..=48).contains(&fired), "{fired}");
+    }
+}

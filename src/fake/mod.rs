@@ -1,0 +1,370 @@
+//! A fake Cloudflare API v4 for device registrations, served over HTTP on loopback. Integration
+//! tests, benchmarks and the demo (`zt-janitor fake-api`) run the real client against it.
+//!
+//! It speaks the documented wire format exactly (see `shared/cloudflare-api.md`): base path
+//! `/client/v4`, the `success`/`errors`/`messages`/`result`/`result_info` envelope, Bearer
+//! authentication, cursor pagination, `status` defaulting to `active`, ids as repeated `id`
+//! query parameters. On top of that it records every request, logs every mutation at receipt,
+//! and injects faults on demand ([`FaultRule`]).
+//!
+//! Served under `/client/v4/accounts/{account}/devices`:
+//! - `GET registrations` (`status`, `per_page`, `cursor`, repeated `id`; others ignored)
+//! - `GET|DELETE registrations/{id}`
+//! - `DELETE registrations?id=..` (bulk), `POST registrations/revoke?id=..`, `POST registrations/unrevoke?id=..`
+//! - `POST revoke` (deprecated, body: JSON array of ids; served, and logged so tests can assert
+//!   it is never used)
+//!
+//! The fake owns no knowledge of zt-janitor's rules or client; it must never import them, so
+//! that it stays an independent check of the client's understanding of the API.
+
+mod args;
+mod conn;
+mod data;
+mod faults;
+mod server;
+mod store;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use args::{serve_from_args, FakeApiArgs};
+pub use data::{FakeRegistration, FAKE_TEAM};
+pub use faults::{Endpoint, Fault, FaultParseError, FaultRule, When};
+
+use conn::{ConnControl, FakeListener};
+use faults::FaultSet;
+use server::{lock, Clock, Log, Shared};
+use store::Store;
+
+/// The account id the fake serves unless told otherwise.
+pub const DEFAULT_ACCOUNT_ID: &str = "0123456789abcdef0123456789abcdef";
+/// The API token the fake accepts unless told otherwise.
+pub const DEFAULT_TOKEN: &str = "fake-token";
+
+/// What the fake serves. Generated data is a pure function of these options (except `token`,
+/// which only gates access).
+#[derive(Debug, Clone)]
+pub struct FakeOptions {
+    /// Requests for any other account get a 404 envelope (code 7003).
+    pub account_id: String,
+    /// Accepted as `Authorization: Bearer <token>`; anything else gets 403 (code 10000).
+    pub token: String,
+    /// Seed of the generator: the same seed and options give byte-identical registrations.
+    pub seed: u64,
+    /// How many registrations to generate (at most 4,000,000).
+    pub registrations: usize,
+    /// Share of registrations last seen 120–720 days before `now`. The others, unless revoked,
+    /// were last seen 0–20 days before `now`, so any idle threshold from 30 to 120 days counts
+    /// exactly the idle ones.
+    pub idle_share: f64,
+    /// Share of registrations revoked 10–80 days before `now` (last seen 1 hour to 2 days
+    /// before their revocation, so never idle by a 90-day rule).
+    pub revoked_share: f64,
+    /// Share of registrations without a person: alternately no `user` field and the
+    /// `non_identity@<team>.cloudflareaccess.com` identity of service tokens.
+    pub no_user_share: f64,
+    /// The generator's "today"; the fake's clock starts here and runs in real time.
+    pub now: DateTime<Utc>,
+    /// Largest page served, whatever `per_page` asks for.
+    pub max_per_page: usize,
+    /// Most ids one bulk delete/revoke/unrevoke accepts; more get HTTP 400.
+    pub max_bulk_ids: usize,
+}
+
+impl Default for FakeOptions {
+    fn default() -> Self {
+        FakeOptions {
+            account_id: DEFAULT_ACCOUNT_ID.to_owned(),
+            token: DEFAULT_TOKEN.to_owned(),
+            seed: 1,
+            registrations: 0,
+            idle_share: 0.2,
+            revoked_share: 0.05,
+            no_user_share: 0.05,
+            now: Utc::now(),
+            max_per_page: 1000,
+            max_bulk_ids: 100,
+        }
+    }
+}
+
+impl FakeOptions {
+    fn validate(&self) -> Result<(), String> {
+        let share = |name: &str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be between 0 and 1, got {value}"))
+            }
+        };
+        share("idle_share", self.idle_share)?;
+        share("revoked_share", self.revoked_share)?;
+        share("no_user_share", self.no_user_share)?;
+        if self.idle_share + self.revoked_share > 1.0 {
+            return Err("idle_share + revoked_share must not exceed 1".to_owned());
+        }
+        if self.max_per_page == 0 || self.max_bulk_ids == 0 {
+            return Err("max_per_page and max_bulk_ids must be at least 1".to_owned());
+        }
+        if self.registrations > data::MAX_GENERATED {
+            return Err(format!(
+                "at most {} registrations can be generated",
+                data::MAX_GENERATED
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Kinds of state-changing requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MutationKind {
+    /// `DELETE .../registrations/{id}`
+    DeleteOne,
+    /// `DELETE .../registrations?id=..`
+    BulkDelete,
+    /// `POST .../registrations/revoke?id=..`
+    Revoke,
+    /// `POST .../registrations/unrevoke?id=..`
+    Unrevoke,
+    /// `POST .../devices/revoke` (deprecated)
+    DeprecatedRevoke,
+}
+
+/// One mutation request, logged when it arrived (before faults) and completed when answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MutationRecord {
+    /// 1, 2, 3... in order of arrival.
+    pub seq: u64,
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    pub kind: MutationKind,
+    /// The ids the request named (path, query or body), as given.
+    pub ids: Vec<String>,
+    /// The ids whose state the request changed.
+    pub affected: Vec<String>,
+    /// HTTP status of the answer; 0 when none was sent (connection reset by a fault, or the
+    /// client went away during a delay).
+    pub status: u16,
+    /// Whether the request changed any state.
+    pub applied: bool,
+    /// On the fake's clock (see [`FakeOptions::now`]).
+    pub received_at: DateTime<Utc>,
+}
+
+/// Requests received per endpoint, failed and faulted ones included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub list_pages: u64,
+    pub get_one: u64,
+    pub delete_one: u64,
+    pub bulk_delete: u64,
+    pub revoke: u64,
+    pub unrevoke: u64,
+    pub deprecated_revoke: u64,
+    /// Everything, including requests to unknown paths.
+    pub total: u64,
+}
+
+/// Starts fakes.
+pub struct FakeServer;
+
+impl FakeServer {
+    /// Generates the data and serves it on a random loopback port, on the current runtime.
+    pub async fn start(opts: FakeOptions) -> io::Result<FakeHandle> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
+    }
+
+    /// Like [`FakeServer::start`], on `addr`. Invalid options are an `InvalidInput` error.
+    pub async fn start_on(addr: SocketAddr, opts: FakeOptions) -> io::Result<FakeHandle> {
+        opts.validate()
+            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (listener, listener_closed) = FakeListener::new(listener);
+
+        let FakeOptions {
+            account_id,
+            token,
+            seed,
+            now,
+            max_per_page,
+            max_bulk_ids,
+            ..
+        } = opts.clone();
+        // A million registrations take a moment: keep the runtime's worker threads free.
+        let store = tokio::task::spawn_blocking(move || Store::new(data::generate(&opts), seed))
+            .await
+            .map_err(io::Error::other)?;
+        let (shutdown, mut shutdown_requested) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            account_id,
+            max_per_page,
+            max_bulk_ids,
+            clock: Clock::starting_at(now),
+            token: Mutex::new(token),
+            store: Mutex::new(store),
+            faults: Mutex::new(FaultSet::default()),
+            log: Mutex::new(Log::default()),
+            shutdown,
+        });
+
+        let app = Router::new()
+            .fallback(server::handle)
+            .with_state(Arc::clone(&shared))
+            .into_make_service_with_connect_info::<ConnControl>();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = shutdown_requested.wait_for(|stop| *stop).await;
+            };
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(%err, "fake API server stopped");
+            }
+        });
+        Ok(FakeHandle {
+            shared,
+            addr,
+            listener_closed,
+        })
+    }
+}
+
+/// Control and inspection of a running fake. Clones share the same fake.
+#[derive(Clone)]
+pub struct FakeHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    listener_closed: watch::Receiver<()>,
+}
+
+impl std::fmt::Debug for FakeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeHandle")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/client/v4`, to use in place of `https://api.cloudflare.com/client/v4`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/client/v4", self.addr)
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.shared.account_id
+    }
+
+    pub fn token(&self) -> String {
+        lock(&self.shared.token).clone()
+    }
+
+    /// Accept `token` from now on (and nothing else).
+    pub fn set_token(&self, token: impl Into<String>) {
+        *lock(&self.shared.token) = token.into();
+    }
+
+    /// The fake's current time (see [`FakeOptions::now`]).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared.clock.now()
+    }
+
+    /// Ids of all stored registrations, revoked ones included, in listing order (sorted).
+    pub fn registration_ids(&self) -> Vec<String> {
+        lock(&self.shared.store).ids()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        lock(&self.shared.store).contains(id)
+    }
+
+    /// The registration exactly as `GET .../registrations/{id}` would return it.
+    pub fn get(&self, id: &str) -> Option<Value> {
+        let store = lock(&self.shared.store);
+        store
+            .get(id)
+            .and_then(|item| serde_json::to_value(item).ok())
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.shared.store).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores `object` exactly as given (broken timestamps, extra fields and all) under its
+    /// string `id`, replacing any registration with that id; returns the id. An object without
+    /// a string `id` is stored under `~raw-N`, listed after all UUIDs, and that key is returned.
+    pub fn insert_raw(&self, object: Value) -> String {
+        lock(&self.shared.store).insert_raw(object)
+    }
+
+    /// Stores a hand-made registration; returns its id.
+    pub fn insert(&self, registration: &FakeRegistration) -> String {
+        self.insert_raw(registration.to_json())
+    }
+
+    /// Every mutation request received so far, in order of arrival.
+    pub fn mutations(&self) -> Vec<MutationRecord> {
+        lock(&self.shared.log).mutations.clone()
+    }
+
+    /// Ids deleted through the API (one-by-one or bulk), in the order they were deleted.
+    pub fn deleted_ids(&self) -> Vec<String> {
+        self.affected_by(&[MutationKind::DeleteOne, MutationKind::BulkDelete])
+    }
+
+    /// Ids revoked through the API (either revoke endpoint), in order; a later unrevoke does
+    /// not remove an id from this list.
+    pub fn revoked_ids(&self) -> Vec<String> {
+        self.affected_by(&[MutationKind::Revoke, MutationKind::DeprecatedRevoke])
+    }
+
+    fn affected_by(&self, kinds: &[MutationKind]) -> Vec<String> {
+        lock(&self.shared.log)
+            .mutations
+            .iter()
+            .filter(|record| kinds.contains(&record.kind))
+            .flat_map(|record| record.affected.iter().cloned())
+            .collect()
+    }
+
+    pub fn request_counts(&self) -> RequestCounts {
+        lock(&self.shared.log).counts
+    }
+
+    /// Replaces the fault rules (and restarts their counters).
+    pub fn set_faults(&self, rules: Vec<FaultRule>) {
+        *lock(&self.shared.faults) = FaultSet::new(rules);
+    }
+
+    pub fn clear_faults(&self) {
+        self.set_faults(Vec::new());
+    }
+
+    /// Stops accepting connections and returns once the port is closed. Requests in flight
+    /// (e.g. delayed by a fault) are still answered; idle keep-alive connections are closed.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let mut closed = self.listener_closed.clone();
+        // Errs once the listener (the sender) is dropped, which is what we wait for.
+        while closed.changed().await.is_ok() {}
+    }
+}

@@ -1,0 +1,680 @@
+//! The HTTP side of the fake: routing of the Cloudflare paths, authentication, the JSON envelope,
+//! applying faults, and the log of requests and mutations. Registration data is `store`'s; this
+//! module only holds it behind a lock that is never held across an `.await`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::conn::ConnControl;
+use super::faults::{Fault, FaultSet};
+use super::store::{Cursor, Key, PageQuery, PageShape, StatusFilter, Store};
+use super::{MutationKind, MutationRecord, RequestCounts};
+
+/// Page size when the request names none (what many Cloudflare list endpoints use).
+pub(crate) const DEFAULT_PER_PAGE: usize = 100;
+/// The deprecated `POST .../devices/revoke` documents this limit; it does not follow
+/// `max_bulk_ids`.
+pub(crate) const DEPRECATED_REVOKE_MAX_IDS: usize = 200;
+
+/// Error codes. 10000, 7000, 7003 and 971 are the codes Cloudflare uses for these cases; the
+/// registration-specific ones are not published, so these are the fake's own, kept stable.
+mod code {
+    pub const NOT_FOUND: u32 = 1001;
+    pub const BAD_REQUEST: u32 = 1002;
+    pub const NO_ROUTE: u32 = 7000;
+    pub const METHOD_NOT_ALLOWED: u32 = 7001;
+    pub const BAD_ACCOUNT: u32 = 7003;
+    pub const RATE_LIMITED: u32 = 971;
+    pub const AUTHENTICATION: u32 = 10000;
+    pub const UNAVAILABLE: u32 = 10001;
+    pub const INTERNAL: u32 = 10002;
+}
+
+/// The fake's clock: `FakeOptions::now` at start-up, advancing in real time. Revocations and the
+/// log use it, so data generated around a pinned `now` stays consistent with later changes.
+pub(crate) struct Clock {
+    base: DateTime<Utc>,
+    started: Instant,
+}
+
+impl Clock {
+    pub(crate) fn starting_at(base: DateTime<Utc>) -> Self {
+        Clock {
+            base,
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.base + chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default()
+    }
+}
+
+/// Everything the handlers share; the public handle is a clone of the same `Arc`.
+pub(crate) struct Shared {
+    pub account_id: String,
+    pub max_per_page: usize,
+    pub max_bulk_ids: usize,
+    pub clock: Clock,
+    pub token: Mutex<String>,
+    pub store: Mutex<Store>,
+    pub faults: Mutex<FaultSet>,
+    pub log: Mutex<Log>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+pub(crate) struct Log {
+    pub mutations: Vec<MutationRecord>,
+    pub counts: RequestCounts,
+}
+
+/// A poisoned lock only means a test thread panicked mid-read; the data is still usable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The API operations the fake serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    List,
+    GetOne,
+    DeleteOne,
+    BulkDelete,
+    Revoke,
+    Unrevoke,
+    DeprecatedRevoke,
+}
+
+impl Op {
+    pub(crate) fn mutation_kind(self) -> Option<MutationKind> {
+        match self {
+            Op::List | Op::GetOne => None,
+            Op::DeleteOne => Some(MutationKind::DeleteOne),
+            Op::BulkDelete => Some(MutationKind::BulkDelete),
+            Op::Revoke => Some(MutationKind::Revoke),
+            Op::Unrevoke => Some(MutationKind::Unrevoke),
+            Op::DeprecatedRevoke => Some(MutationKind::DeprecatedRevoke),
+        }
+    }
+}
+
+enum Route {
+    Api { op: Op, account: String, id: String },
+    MethodNotAllowed,
+    NoRoute,
+}
+
+fn route(method: &Method, path: &str) -> Route {
+    let Some(rest) = path.strip_prefix("/client/v4/accounts/") else {
+        return Route::NoRoute;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (account, op, id) = match (segments.as_slice(), method) {
+        ([account, "devices", "registrations"], &Method::GET) => (account, Op::List, ""),
+        ([account, "devices", "registrations"], &Method::DELETE) => (account, Op::BulkDelete, ""),
+        ([account, "devices", "registrations", "revoke"], &Method::POST) => {
+            (account, Op::Revoke, "")
+        }
+        ([account, "devices", "registrations", "unrevoke"], &Method::POST) => {
+            (account, Op::Unrevoke, "")
+        }
+        ([account, "devices", "registrations", id], &Method::GET) if !id.is_empty() => {
+            (account, Op::GetOne, *id)
+        }
+        ([account, "devices", "registrations", id], &Method::DELETE) if !id.is_empty() => {
+            (account, Op::DeleteOne, *id)
+        }
+        ([account, "devices", "revoke"], &Method::POST) => (account, Op::DeprecatedRevoke, ""),
+        ([_, "devices", "registrations", ..] | [_, "devices", "revoke"], _) => {
+            return Route::MethodNotAllowed
+        }
+        _ => return Route::NoRoute,
+    };
+    Route::Api {
+        op,
+        account: percent_decode(account),
+        id: percent_decode(id),
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment (ids inserted by tests may need them).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| segment.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response before it becomes HTTP, so faults can still bend it.
+struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+    retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ApiError {
+    code: u32,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    success: bool,
+    errors: &'a [ApiError],
+    messages: &'a [ApiError],
+    result: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_info: Option<ResultInfo>,
+}
+
+#[derive(Serialize)]
+struct ResultInfo {
+    count: usize,
+    cursor: String,
+    per_page: usize,
+}
+
+impl Reply {
+    fn ok(result: impl Serialize, result_info: Option<ResultInfo>) -> Reply {
+        let envelope = Envelope {
+            success: true,
+            errors: &[],
+            messages: &[],
+            result,
+            result_info,
+        };
+        Reply {
+            status: StatusCode::OK,
+            body: serde_json::to_vec(&envelope).unwrap_or_default(),
+            retry_after: None,
+        }
+    }
+
+    fn error(status: StatusCode, code: u32, message: impl Into<String>) -> Reply {
+        let errors = [ApiError {
+            code,
+            message: message.into(),
+        }];
+        let envelope = Envelope {
+            success: false,
+            errors: &errors,
+            messages: &[],
+            result: Value::Null,
+            result_info: None,
+        };
+        Reply {
+            status,
+            body: serde_json::to_vec(&envelope).unwrap_or_default(),
+            retry_after: None,
+        }
+    }
+
+    fn authentication() -> Reply {
+        Reply::error(
+            StatusCode::FORBIDDEN,
+            code::AUTHENTICATION,
+            "Authentication error",
+        )
+    }
+
+    fn bad_request(message: impl Into<String>) -> Reply {
+        Reply::error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, message)
+    }
+
+    fn not_found() -> Reply {
+        Reply::error(
+            StatusCode::NOT_FOUND,
+            code::NOT_FOUND,
+            "Registration not found",
+        )
+    }
+
+    /// The envelope Cloudflare sends with an injected HTTP status.
+    fn injected(status: u16, retry_after: Option<u64>) -> Reply {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (code, message) = match status.as_u16() {
+            400 => (code::BAD_REQUEST, "Bad request"),
+            401 | 403 => (code::AUTHENTICATION, "Authentication error"),
+            404 => (code::NOT_FOUND, "Registration not found"),
+            429 => (
+                code::RATE_LIMITED,
+                "Please wait and consider throttling your request speed",
+            ),
+            502 => (code::INTERNAL, "Bad gateway"),
+            503 => (code::UNAVAILABLE, "Service temporarily unavailable"),
+            500..=599 => (code::INTERNAL, "Internal server error"),
+            _ => (code::BAD_REQUEST, "Request failed"),
+        };
+        Reply {
+            retry_after,
+            ..Reply::error(status, code, message)
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// What a request asked for, parsed once.
+struct Request {
+    op: Op,
+    account: String,
+    params: Result<Vec<(String, String)>, String>,
+    /// Path id (get/delete one), query ids (bulk) or body ids (deprecated revoke).
+    ids: Result<Vec<String>, String>,
+    authorization: Option<String>,
+    path: String,
+}
+
+/// The single entry point: every request goes through counting, logging, faults, auth.
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnControl>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let (op, account, id) = match route(&method, &path) {
+        Route::Api { op, account, id } => (op, account, id),
+        Route::MethodNotAllowed => {
+            lock(&shared.log).counts.total += 1;
+            return Reply::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                code::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+            )
+            .into_response();
+        }
+        Route::NoRoute => {
+            lock(&shared.log).counts.total += 1;
+            return Reply::error(
+                StatusCode::NOT_FOUND,
+                code::NO_ROUTE,
+                "No route for that URI",
+            )
+            .into_response();
+        }
+    };
+    let params = Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .map_err(|err| format!("Invalid query string: {err}"));
+    let ids = match op {
+        Op::GetOne | Op::DeleteOne => Ok(vec![id]),
+        Op::BulkDelete | Op::Revoke | Op::Unrevoke => params
+            .as_ref()
+            .map(|params| {
+                params
+                    .iter()
+                    .filter(|(k, _)| k == "id")
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .map_err(Clone::clone),
+        Op::DeprecatedRevoke => serde_json::from_slice::<Vec<String>>(&body)
+            .map_err(|_| "Request body must be a JSON array of registration ids".to_owned()),
+        Op::List => Ok(Vec::new()),
+    };
+    let request = Request {
+        op,
+        account,
+        params,
+        ids,
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        path,
+    };
+
+    let record = shared.receive(&request, &method);
+    let fault = lock(&shared.faults).pick(op);
+    let (reply, affected) = match fault {
+        None => shared.process(&request, PageShape::Normal),
+        Some(Fault::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            shared.process(&request, PageShape::Normal)
+        }
+        Some(Fault::RepeatCursor) => shared.process(&request, PageShape::RepeatCursor),
+        Some(Fault::ShortPageWithCursor) => {
+            shared.process(&request, PageShape::ShortPageWithCursor)
+        }
+        Some(Fault::DuplicateIds) => shared.process(&request, PageShape::DuplicateIds),
+        Some(Fault::Status { code, retry_after }) => {
+            (Reply::injected(code, retry_after), Vec::new())
+        }
+        Some(Fault::WrongAuth) => (Reply::authentication(), Vec::new()),
+        Some(Fault::MalformedJson) => {
+            let mut reply = shared.read_only(&request);
+            reply.body.truncate(reply.body.len() / 2);
+            reply.status = StatusCode::OK;
+            (reply, Vec::new())
+        }
+        Some(Fault::SuccessFalse) => (success_false(shared.read_only(&request)), Vec::new()),
+        Some(Fault::ConnectionReset) => {
+            conn.reset();
+            tracing::debug!(path = %request.path, "fake API reset the connection");
+            // Never written: the connection fails first. Status 0 in the log says so.
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    if let Some(index) = record {
+        shared.finish(index, reply.status.as_u16(), affected);
+    }
+    tracing::debug!(%method, path = %request.path, status = reply.status.as_u16(), "fake API request");
+    reply.into_response()
+}
+
+/// The reply of a read as it would be served; a mutation's success reply, without applying it.
+impl Shared {
+    fn read_only(&self, request: &Request) -> Reply {
+        match request.op {
+            Op::List | Op::GetOne => self.process(request, PageShape::Normal).0,
+            _ => Reply::ok(Value::Null, None),
+        }
+    }
+}
+
+/// Turns `reply` into HTTP 500 with `success: false` and an error, keeping its `result`.
+fn success_false(reply: Reply) -> Reply {
+    let mut envelope: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    envelope["success"] = Value::Bool(false);
+    envelope["errors"] =
+        serde_json::json!([{"code": code::INTERNAL, "message": "Internal server error"}]);
+    Reply {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        body: serde_json::to_vec(&envelope).unwrap_or_default(),
+        retry_after: None,
+    }
+}
+
+impl Shared {
+    /// Counts the request and, for a mutation, logs it before anything can fail; returns the
+    /// log index to complete later.
+    fn receive(&self, request: &Request, method: &Method) -> Option<usize> {
+        let mut log = lock(&self.log);
+        let counts = &mut log.counts;
+        counts.total += 1;
+        match request.op {
+            Op::List => counts.list_pages += 1,
+            Op::GetOne => counts.get_one += 1,
+            Op::DeleteOne => counts.delete_one += 1,
+            Op::BulkDelete => counts.bulk_delete += 1,
+            Op::Revoke => counts.revoke += 1,
+            Op::Unrevoke => counts.unrevoke += 1,
+            Op::DeprecatedRevoke => counts.deprecated_revoke += 1,
+        }
+        let kind = request.op.mutation_kind()?;
+        let index = log.mutations.len();
+        log.mutations.push(MutationRecord {
+            seq: index as u64 + 1,
+            method: method.to_string(),
+            path: request.path.clone(),
+            kind,
+            ids: request.ids.clone().unwrap_or_default(),
+            affected: Vec::new(),
+            status: 0,
+            applied: false,
+            received_at: self.clock.now(),
+        });
+        Some(index)
+    }
+
+    fn finish(&self, index: usize, status: u16, affected: Vec<String>) {
+        if let Some(record) = lock(&self.log).mutations.get_mut(index) {
+            record.status = status;
+            record.applied = !affected.is_empty();
+            record.affected = affected;
+        }
+    }
+
+    fn authorized(&self, request: &Request) -> bool {
+        let token = lock(&self.token);
+        request
+            .authorization
+            .as_deref()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .is_some_and(|given| given == token.as_str())
+    }
+
+    /// Serves the request as the real API would; returns the ids whose state changed.
+    fn process(&self, request: &Request, shape: PageShape) -> (Reply, Vec<String>) {
+        if !self.authorized(request) {
+            return (Reply::authentication(), Vec::new());
+        }
+        if request.account != self.account_id {
+            let message = format!(
+                "Could not route to {}, perhaps your object identifier is invalid?",
+                request.path
+            );
+            return (
+                Reply::error(StatusCode::NOT_FOUND, code::BAD_ACCOUNT, message),
+                Vec::new(),
+            );
+        }
+        let params = match &request.params {
+            Ok(params) => params,
+            Err(message) => return (Reply::bad_request(message.clone()), Vec::new()),
+        };
+        let ids = match &request.ids {
+            Ok(ids) => ids.as_slice(),
+            Err(message) => return (Reply::bad_request(message.clone()), Vec::new()),
+        };
+        let now = self.clock.now();
+        let mut store = lock(&self.store);
+        match request.op {
+            Op::List => match self.page_query(params) {
+                Ok(query) => {
+                    let page = store.page(&query, shape);
+                    let info = ResultInfo {
+                        count: page.items.len(),
+                        cursor: page.cursor,
+                        per_page: query.per_page,
+                    };
+                    (Reply::ok(&page.items, Some(info)), Vec::new())
+                }
+                Err(message) => (Reply::bad_request(message), Vec::new()),
+            },
+            Op::GetOne => match store.get(&ids[0]) {
+                Some(item) => (Reply::ok(item, None), Vec::new()),
+                None => (Reply::not_found(), Vec::new()),
+            },
+            Op::DeleteOne => {
+                if store.remove(&ids[0]) {
+                    (Reply::ok(Value::Null, None), ids.to_vec())
+                } else {
+                    (Reply::not_found(), Vec::new())
+                }
+            }
+            Op::BulkDelete | Op::Revoke | Op::Unrevoke | Op::DeprecatedRevoke => {
+                let max = if request.op == Op::DeprecatedRevoke {
+                    DEPRECATED_REVOKE_MAX_IDS
+                } else {
+                    self.max_bulk_ids
+                };
+                if ids.is_empty() {
+                    return (
+                        Reply::bad_request("No registration ids given: pass at least one id"),
+                        Vec::new(),
+                    );
+                }
+                if ids.len() > max {
+                    let message = format!(
+                        "Too many ids: {} given, at most {max} per request",
+                        ids.len()
+                    );
+                    return (Reply::bad_request(message), Vec::new());
+                }
+                // Ids that do not exist are skipped without an error, so retrying a bulk call
+                // that already succeeded is harmless; `affected` tells what really changed.
+                let affected = ids
+                    .iter()
+                    .filter(|id| match request.op {
+                        Op::BulkDelete => store.remove(id),
+                        Op::Unrevoke => store.unrevoke(id, now),
+                        _ => store.revoke(id, now),
+                    })
+                    .cloned()
+                    .collect();
+                (Reply::ok(Value::Null, None), affected)
+            }
+        }
+    }
+
+    fn page_query(&self, params: &[(String, String)]) -> Result<PageQuery, String> {
+        let mut query = PageQuery {
+            status: StatusFilter::Active,
+            per_page: DEFAULT_PER_PAGE.min(self.max_per_page),
+            cursor: Cursor::START,
+            ids: None,
+        };
+        for (name, value) in params {
+            match name.as_str() {
+                "status" => {
+                    query.status = StatusFilter::parse(value).ok_or_else(|| {
+                        format!("Invalid status {value:?}: use active, revoked or all")
+                    })?;
+                }
+                "per_page" => match value.parse::<usize>() {
+                    Ok(n) if n > 0 => query.per_page = n.min(self.max_per_page),
+                    _ => {
+                        return Err(format!(
+                            "Invalid per_page {value:?}: use a positive whole number"
+                        ))
+                    }
+                },
+                "cursor" => {
+                    query.cursor = Cursor::decode(value).ok_or_else(|| {
+                        "Invalid cursor: pass result_info.cursor unchanged".to_owned()
+                    })?;
+                }
+                "id" => {
+                    query
+                        .ids
+                        .get_or_insert_with(BTreeSet::new)
+                        .insert(Key::parse(value));
+                }
+                // sort_by, sort_order, seen_before, search, ...: accepted and ignored, the fake
+                // always lists by ascending id.
+                _ => {}
+            }
+        }
+        Ok(query)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_cover_the_documented_paths() {
+        let base = "/client/v4/accounts/acc/devices";
+        let cases = [
+            (Method::GET, format!("{base}/registrations"), Some(Op::List)),
+            (
+                Method::DELETE,
+                format!("{base}/registrations"),
+                Some(Op::BulkDelete),
+            ),
+            (
+                Method::POST,
+                format!("{base}/registrations/revoke"),
+                Some(Op::Revoke),
+            ),
+            (
+                Method::POST,
+                format!("{base}/registrations/unrevoke"),
+                Some(Op::Unrevoke),
+            ),
+            (
+                Method::GET,
+                format!("{base}/registrations/r-1"),
+                Some(Op::GetOne),
+            ),
+            (
+                Method::DELETE,
+                format!("{base}/registrations/r-1"),
+                Some(Op::DeleteOne),
+            ),
+            (
+                Method::POST,
+                format!("{base}/revoke"),
+                Some(Op::DeprecatedRevoke),
+            ),
+            (Method::GET, format!("{base}/registrations/"), None),
+            (Method::GET, "/client/v4/zones/z/devices".to_owned(), None),
+        ];
+        for (method, path, expected) in cases {
+            let got = match route(&method, &path) {
+                Route::Api { op, account, .. } => {
+                    assert_eq!(account, "acc");
+                    Some(op)
+                }
+                _ => None,
+            };
+            assert_eq!(got, expected, "{method} {path}");
+        }
+        assert!(matches!(
+            route(&Method::PUT, &format!("{base}/registrations")),
+            Route::MethodNotAllowed
+        ));
+    }
+
+    #[test]
+    fn path_ids_are_percent_decoded() {
+        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn injected_statuses_use_cloudflare_envelopes() {
+        let reply = Reply::injected(429, Some(3));
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["success"], false);
+        assert_eq!(body["errors"][0]["code"], code::RATE_LIMITED);
+        let response = reply.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+}

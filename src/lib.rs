@@ -1,0 +1,24 @@
+//! zt-janitor: keeps a Cloudflare Zero Trust account free of stale device registrations.
+//!
+//! One module per concern: `config` (settings), `secret` (the API token), `cloudflare` (model
+//! and the only HTTP client), `rules` (pure decisions), `plan` (listing through the rules),
+//! `apply` (the executor), `audit` (the only SQL), `cycle` (one run end to end), `metrics` and
+//! `http` (observability), `schedule` (the daemon), `report` (rendering), `cli`, and the
+//! built-in `fake` API with the `demo` and `bench` commands built on it.
+
+pub mod apply;
+pub mod audit;
+pub mod bench;
+pub mod cli;
+pub mod cloudflare;
+pub mod config;
+pub mod cycle;
+pub mod demo;
+pub mod fake;
+pub mod http;
+pub mod metrics;
+pub mod plan;
+pub mod report;
+pub mod rules;
+pub mod schedule;
+pub mod secret;

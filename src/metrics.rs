@@ -1,0 +1,201 @@
+//! Prometheus metrics: one registry per process, with typed handles for every metric the
+//! daemon exports. Owns metric names and labels; rendering over HTTP lives in `http`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Cheap to clone: every handle is an `Arc` inside.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub registrations_seen: IntGaugeVec,
+    pub candidates: IntGaugeVec,
+    pub excluded: IntGauge,
+    pub anomalies: IntCounterVec,
+    pub actions: IntCounterVec,
+    pub runs: IntCounterVec,
+    pub run_duration: Histogram,
+    pub last_run_timestamp: IntGauge,
+    pub last_success_timestamp: IntGauge,
+    pub api_requests: IntCounterVec,
+    pub api_latency: HistogramVec,
+    pub api_retries: IntCounterVec,
+    pub skipped_ticks: IntCounter,
+    pub config_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            registrations_seen: IntGaugeVec::new(
+                Opts::new(
+                    "zt_janitor_registrations_seen",
+                    "Device registrations listed in the last complete cycle, by status.",
+                ),
+                &["status"],
+            )
+            .expect("valid metric"),
+            candidates: IntGaugeVec::new(
+                Opts::new(
+                    "zt_janitor_candidates",
+                    "Registrations selected for action in the last complete cycle, by rule.",
+                ),
+                &["rule"],
+            )
+            .expect("valid metric"),
+            excluded: IntGauge::new(
+                "zt_janitor_excluded",
+                "Registrations a rule selected but an exclusion protected, last complete cycle.",
+            )
+            .expect("valid metric"),
+            anomalies: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_registration_anomalies_total",
+                    "Registrations with data zt-janitor refused to trust (never idle candidates).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            actions: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_actions_total",
+                    "Actions attempted on registrations, by rule, action and outcome.",
+                ),
+                &["rule", "action", "outcome"],
+            )
+            .expect("valid metric"),
+            runs: IntCounterVec::new(
+                Opts::new("zt_janitor_runs_total", "Cycles run, by outcome."),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            run_duration: Histogram::with_opts(
+                HistogramOpts::new("zt_janitor_run_duration_seconds", "Wall time of one cycle.")
+                    .buckets(vec![
+                        0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+                    ]),
+            )
+            .expect("valid metric"),
+            last_run_timestamp: IntGauge::new(
+                "zt_janitor_last_run_timestamp_seconds",
+                "Unix time the last cycle finished, whatever its outcome.",
+            )
+            .expect("valid metric"),
+            last_success_timestamp: IntGauge::new(
+                "zt_janitor_last_success_timestamp_seconds",
+                "Unix time the last cycle finished as applied or planned.",
+            )
+            .expect("valid metric"),
+            api_requests: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_cloudflare_requests_total",
+                    "Requests sent to the Cloudflare API, by endpoint and status class.",
+                ),
+                &["endpoint", "status_class"],
+            )
+            .expect("valid metric"),
+            api_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "zt_janitor_cloudflare_request_duration_seconds",
+                    "Latency of Cloudflare API requests, by endpoint.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+            api_retries: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_cloudflare_retries_total",
+                    "Cloudflare API requests retried after a 429, 5xx or network error.",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+            skipped_ticks: IntCounter::new(
+                "zt_janitor_skipped_ticks_total",
+                "Schedule ticks skipped because a cycle was still running.",
+            )
+            .expect("valid metric"),
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_config_reloads_total",
+                    "Config reloads, by result.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "zt_janitor_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m.register_all(build_info);
+        m
+    }
+
+    fn register_all(&self, build_info: IntGaugeVec) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.registrations_seen.clone()),
+            Box::new(self.candidates.clone()),
+            Box::new(self.excluded.clone()),
+            Box::new(self.anomalies.clone()),
+            Box::new(self.actions.clone()),
+            Box::new(self.runs.clone()),
+            Box::new(self.run_duration.clone()),
+            Box::new(self.last_run_timestamp.clone()),
+            Box::new(self.last_success_timestamp.clone()),
+            Box::new(self.api_requests.clone()),
+            Box::new(self.api_latency.clone()),
+            Box::new(self.api_retries.clone()),
+            Box::new(self.skipped_ticks.clone()),
+            Box::new(self.config_reloads.clone()),
+            Box::new(build_info),
+        ];
+        for c in collectors {
+            self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics_with_build_info() {
+        let m = Metrics::new();
+        m.runs.with_label_values(&["applied"]).inc();
+        let text = m.render();
+        assert!(text.contains("zt_janitor_runs_total{outcome=\"applied\"} 1"));
+        assert!(text.contains("zt_janitor_build_info{version=\""));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("zt_janitor_"), "unprefixed metric: {line}");
+        }
+    }
+}

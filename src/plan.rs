@@ -1,0 +1,457 @@
+//! The planner: streams every page of the registration listing through the rules and keeps only
+//! what a rule selected, so memory grows with the number of candidates, not of registrations.
+//! It never mutates anything. A listing it cannot fully trust (a failed page, a cursor that
+//! loops, an id seen twice, an object without identity) yields an error, never a partial plan.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::cloudflare::{ApiError, Client, Registration, RegistrationId, RegistrationPage, Stamp};
+use crate::config::{Action, SafetySettings};
+use crate::rules::{Anomaly, RuleSet, Verdict};
+
+/// Where pages come from: the Cloudflare client in production, a vector in unit tests.
+pub trait RegistrationSource {
+    fn page(
+        &self,
+        cursor: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<RegistrationPage, ApiError>> + Send;
+}
+
+impl RegistrationSource for Client {
+    async fn page(&self, cursor: Option<&str>) -> Result<RegistrationPage, ApiError> {
+        self.list_registrations_page(cursor).await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("listing page {page} failed: {source}")]
+    Listing {
+        page: u64,
+        #[source]
+        source: ApiError,
+    },
+    #[error("listing page {page} repeats a cursor already followed: the listing would loop; nothing will be done on data that may be incomplete")]
+    CursorLoop { page: u64 },
+    #[error("listing page {page} repeats registration {id}, already listed: the listing is inconsistent; nothing will be done on data that may be wrong")]
+    DuplicateId { page: u64, id: String },
+    #[error("listing page {page}, item {index}: not a usable registration ({message}); nothing will be done on data that could not be read")]
+    Malformed {
+        page: u64,
+        index: usize,
+        message: String,
+    },
+}
+
+/// A registration a rule selected for action.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub rule: String,
+    pub action: Action,
+    pub id: RegistrationId,
+    pub user_email: Option<String>,
+    pub device_name: String,
+    pub last_seen_at: Stamp,
+    pub reason: String,
+    /// Set when an exclusion protects it; such a candidate is never acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded_by: Option<String>,
+    /// The object exactly as listed, for the audit log.
+    #[serde(skip)]
+    pub snapshot: Box<RawValue>,
+    #[serde(skip)]
+    pub registration: Registration,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct SeenCounts {
+    pub total: u64,
+    pub active: u64,
+    pub revoked: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct AnomalyCounts {
+    pub unparsable_last_seen_at: u64,
+    pub future_last_seen_at: u64,
+    pub no_activity_timestamp: u64,
+}
+
+impl AnomalyCounts {
+    fn count(&mut self, a: Anomaly) {
+        match a {
+            Anomaly::UnparsableLastSeen => self.unparsable_last_seen_at += 1,
+            Anomaly::FutureLastSeen => self.future_last_seen_at += 1,
+            Anomaly::NoActivityTimestamp => self.no_activity_timestamp += 1,
+        }
+    }
+
+    pub fn by_label(&self) -> [(&'static str, u64); 3] {
+        [
+            (
+                Anomaly::UnparsableLastSeen.label(),
+                self.unparsable_last_seen_at,
+            ),
+            (Anomaly::FutureLastSeen.label(), self.future_last_seen_at),
+            (
+                Anomaly::NoActivityTimestamp.label(),
+                self.no_activity_timestamp,
+            ),
+        ]
+    }
+}
+
+/// What the blast-radius caps say about a plan.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CapCheck {
+    pub actions: u64,
+    pub max_actions_per_run: u64,
+    pub max_fraction_per_run: f64,
+    /// The most actions the fraction cap allows for the registrations seen.
+    pub fraction_limit: u64,
+    /// Why the run must not act; empty when within both caps.
+    pub violations: Vec<String>,
+}
+
+impl CapCheck {
+    pub fn new(actions: u64, seen: u64, safety: &SafetySettings) -> Self {
+        // floor: a 10% cap over 15 registrations allows 1 action, not 2.
+        let fraction_limit = (safety.max_fraction_per_run * seen as f64).floor() as u64;
+        let mut violations = Vec::new();
+        if actions > safety.max_actions_per_run {
+            violations.push(format!(
+                "{actions} actions exceed max_actions_per_run = {}",
+                safety.max_actions_per_run
+            ));
+        }
+        if actions > fraction_limit {
+            violations.push(format!(
+                "{actions} actions exceed max_fraction_per_run = {} of {seen} registrations seen (limit {fraction_limit})",
+                safety.max_fraction_per_run
+            ));
+        }
+        CapCheck {
+            actions,
+            max_actions_per_run: safety.max_actions_per_run,
+            max_fraction_per_run: safety.max_fraction_per_run,
+            fraction_limit,
+            violations,
+        }
+    }
+
+    pub fn within(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub generated_at: DateTime<Utc>,
+    pub pages: u64,
+    pub seen: SeenCounts,
+    /// Candidates and protected matches, in listing order.
+    pub candidates: Vec<Candidate>,
+    pub anomalies: AnomalyCounts,
+    pub caps: CapCheck,
+}
+
+impl Plan {
+    /// Candidates that will be acted on (not excluded).
+    pub fn actionable(&self) -> impl Iterator<Item = &Candidate> {
+        self.candidates.iter().filter(|c| c.excluded_by.is_none())
+    }
+
+    pub fn excluded(&self) -> impl Iterator<Item = &Candidate> {
+        self.candidates.iter().filter(|c| c.excluded_by.is_some())
+    }
+
+    /// Actionable candidates per rule, every configured rule listed (zero included).
+    pub fn candidates_by_rule(&self, rules: &RuleSet) -> BTreeMap<String, u64> {
+        let mut by_rule: BTreeMap<String, u64> =
+            rules.rules().iter().map(|r| (r.name.clone(), 0)).collect();
+        for c in self.actionable() {
+            *by_rule.entry(c.rule.clone()).or_default() += 1;
+        }
+        by_rule
+    }
+}
+
+/// Lists everything from `source` and evaluates it at `now`.
+pub async fn build_plan<S: RegistrationSource>(
+    source: &S,
+    rules: &RuleSet,
+    safety: &SafetySettings,
+    now: DateTime<Utc>,
+) -> Result<Plan, PlanError> {
+    let mut seen = SeenCounts::default();
+    let mut anomalies = AnomalyCounts::default();
+    let mut candidates = Vec::new();
+    // Fingerprints, not ids: 8 bytes per registration. A collision (odds ~1e-8 at 1M ids) can
+    // only abort a cycle, never cause an action.
+    let mut ids_seen: HashSet<u64> = HashSet::new();
+    let mut cursors_seen: HashSet<u64> = HashSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0u64;
+    loop {
+        pages += 1;
+        let page = source
+            .page(cursor.as_deref())
+            .await
+            .map_err(|source| PlanError::Listing {
+                page: pages,
+                source,
+            })?;
+        for (index, raw) in page.items.into_iter().enumerate() {
+            let reg: Registration =
+                serde_json::from_str(raw.get()).map_err(|e| PlanError::Malformed {
+                    page: pages,
+                    index,
+                    message: e.to_string(),
+                })?;
+            if !ids_seen.insert(fingerprint(reg.id.as_str())) {
+                return Err(PlanError::DuplicateId {
+                    page: pages,
+                    id: reg.id.to_string(),
+                });
+            }
+            seen.total += 1;
+            if reg.is_revoked() {
+                seen.revoked += 1;
+            } else {
+                seen.active += 1;
+            }
+            let eval = rules.evaluate(&reg, now);
+            if let Some(a) = eval.anomaly {
+                tracing::warn!(registration = %reg.id, anomaly = a.label(), last_seen_at = %reg.last_seen_at, "registration data not trusted for idle rules");
+                anomalies.count(a);
+            }
+            let (rule, why, excluded_by) = match eval.verdict {
+                Verdict::Keep => continue,
+                Verdict::Act { rule, why } => (rule, why, None),
+                Verdict::Excluded {
+                    rule,
+                    why,
+                    exclusion,
+                } => (rule, why, Some(exclusion.to_owned())),
+            };
+            candidates.push(Candidate {
+                rule: rule.name.clone(),
+                action: rule.action,
+                id: reg.id.clone(),
+                user_email: reg.user_email().map(str::to_owned),
+                device_name: reg.device.name.clone(),
+                last_seen_at: reg.last_seen_at.clone(),
+                reason: why.to_string(),
+                excluded_by,
+                snapshot: raw,
+                registration: reg,
+            });
+        }
+        match page.next_cursor {
+            None => break,
+            Some(next) => {
+                if !cursors_seen.insert(fingerprint(&next)) {
+                    return Err(PlanError::CursorLoop { page: pages });
+                }
+                cursor = Some(next);
+            }
+        }
+    }
+    let actionable = candidates
+        .iter()
+        .filter(|c| c.excluded_by.is_none())
+        .count() as u64;
+    Ok(Plan {
+        generated_at: now,
+        pages,
+        seen,
+        caps: CapCheck::new(actionable, seen.total, safety),
+        candidates,
+        anomalies,
+    })
+}
+
+fn fingerprint(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Mode, Resource, RuleSettings};
+    use std::sync::Mutex;
+
+    /// Serves fixed pages; page `i` answers cursor `"c{i}"` and points at the next one.
+    struct Pages {
+        pages: Vec<Vec<String>>,
+        cursors: Vec<Option<String>>,
+        asked: Mutex<Vec<Option<String>>>,
+    }
+
+    impl Pages {
+        fn new(pages: Vec<Vec<String>>) -> Self {
+            let n = pages.len();
+            let cursors = (0..n)
+                .map(|i| (i + 1 < n).then(|| format!("c{}", i + 1)))
+                .collect();
+            Pages {
+                pages,
+                cursors,
+                asked: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl RegistrationSource for Pages {
+        async fn page(&self, cursor: Option<&str>) -> Result<RegistrationPage, ApiError> {
+            self.asked.lock().unwrap().push(cursor.map(str::to_owned));
+            let i = match cursor {
+                None => 0,
+                Some(c) => c[1..].parse::<usize>().unwrap(),
+            };
+            Ok(RegistrationPage {
+                items: self.pages[i]
+                    .iter()
+                    .map(|s| RawValue::from_string(s.clone()).unwrap())
+                    .collect(),
+                next_cursor: self.cursors[i].clone(),
+            })
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-06-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn item(id: &str, last_seen: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","created_at":"2025-01-01T00:00:00Z","updated_at":"2025-01-01T00:00:00Z","last_seen_at":"{last_seen}","key":"k","registration_type":"warp","device":{{"id":"d-{id}","name":"laptop-{id}"}},"user":{{"email":"{id}@example.com"}}}}"#
+        )
+    }
+
+    fn rules() -> RuleSet {
+        RuleSet::new(
+            &[RuleSettings {
+                name: "idle-90d".into(),
+                resource: Resource::DeviceRegistration,
+                action: Action::Delete,
+                idle_days: Some(90),
+                revoked: false,
+                revoked_min_days: None,
+                active_only: false,
+                registration_type: None,
+            }],
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn safety(max_actions: u64, fraction: f64) -> SafetySettings {
+        SafetySettings {
+            mode: Mode::Plan,
+            max_actions_per_run: max_actions,
+            max_fraction_per_run: fraction,
+        }
+    }
+
+    const OLD: &str = "2025-06-01T00:00:00Z";
+    const NEW: &str = "2026-05-30T00:00:00Z";
+
+    #[tokio::test]
+    async fn follows_the_cursor_to_the_end_including_short_and_empty_pages() {
+        let source = Pages::new(vec![
+            vec![item("a", OLD), item("b", NEW), item("c", NEW)],
+            vec![item("d", OLD)],
+            vec![],
+            vec![item("e", OLD), item("f", NEW)],
+        ]);
+        let plan = build_plan(&source, &rules(), &safety(10, 1.0), now())
+            .await
+            .unwrap();
+        assert_eq!(plan.pages, 4);
+        assert_eq!(plan.seen.total, 6);
+        let ids: Vec<_> = plan.candidates.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "d", "e"]);
+        assert_eq!(
+            *source.asked.lock().unwrap(),
+            [
+                None,
+                Some("c1".into()),
+                Some("c2".into()),
+                Some("c3".into())
+            ]
+        );
+        assert!(plan.caps.within());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_cursor_aborts() {
+        let mut source = Pages::new(vec![vec![item("a", OLD)], vec![item("b", OLD)]]);
+        source.cursors[1] = Some("c1".into());
+        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PlanError::CursorLoop { page: 2 }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_duplicated_id_aborts() {
+        let source = Pages::new(vec![vec![item("a", OLD)], vec![item("a", OLD)]]);
+        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PlanError::DuplicateId { page: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_object_without_identity_aborts() {
+        let source = Pages::new(vec![vec![item("a", OLD), r#"{"last_seen_at":"x"}"#.into()]]);
+        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PlanError::Malformed {
+                    page: 1,
+                    index: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn caps_table() {
+        // (actions, seen, max_actions, max_fraction, within)
+        let cases = [
+            (0, 0, 10, 0.1, true),
+            (10, 100, 10, 0.1, true),
+            (11, 1000, 10, 0.1, false),
+            (11, 100, 50, 0.1, false),
+            (1, 15, 50, 0.1, true),
+            (2, 15, 50, 0.1, false),
+            (1, 5, 50, 0.1, false),
+        ];
+        for (actions, seen, max, fraction, within) in cases {
+            let check = CapCheck::new(actions, seen, &safety(max, fraction));
+            assert_eq!(
+                check.within(),
+                within,
+                "{actions} of {seen}, cap {max}/{fraction}: {check:?}"
+            );
+        }
+    }
+}

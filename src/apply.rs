@@ -9,7 +9,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 
 use crate::audit::{
-    ActionStatus, AuditError, AuditStore, MutationId, MutationKind, MutationResult, RunId,
+    ActionStatus, AuditError, AuditStore, Intent, MutationId, MutationKind, MutationResult, RunId,
 };
 use crate::cloudflare::{ApiError, Client, Endpoint, MutationOutcome, RegistrationId};
 use crate::config::Action;
@@ -155,7 +155,15 @@ impl Executor<'_> {
             let (kind, method, path) = describe_call(action, &ids);
             let mutation = self
                 .audit
-                .record_intent(self.run, kind, method, &path, &ids, &action_ids, Utc::now())
+                .record_intent(&Intent {
+                    run: self.run,
+                    kind,
+                    method,
+                    path: &path,
+                    ids: &ids,
+                    action_ids: &action_ids,
+                    at: Utc::now(),
+                })
                 .await?;
             report.mutations += 1;
             let result = match kind {

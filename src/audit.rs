@@ -160,6 +160,18 @@ pub struct RunSummary {
     pub api_requests: u64,
 }
 
+/// An API call about to be sent, and the actions it carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Intent<'a> {
+    pub run: RunId,
+    pub kind: MutationKind,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub ids: &'a [RegistrationId],
+    pub action_ids: &'a [i64],
+    pub at: DateTime<Utc>,
+}
+
 /// A mutation whose outcome was never recorded.
 #[derive(Debug, Clone)]
 pub struct PendingMutation {
@@ -453,17 +465,17 @@ impl AuditStore {
 
     /// Commits the intent of one API call before it is sent: the mutation row, and the actions
     /// it carries marked in flight.
-    pub async fn record_intent(
-        &self,
-        run: RunId,
-        kind: MutationKind,
-        method: &str,
-        path: &str,
-        ids: &[RegistrationId],
-        action_ids: &[i64],
-        at: DateTime<Utc>,
-    ) -> Result<MutationId, AuditError> {
+    pub async fn record_intent(&self, intent: &Intent<'_>) -> Result<MutationId, AuditError> {
         let _timer = self.timer();
+        let Intent {
+            run,
+            kind,
+            method,
+            path,
+            ids,
+            action_ids,
+            at,
+        } = *intent;
         let resource_ids = serde_json::to_string(&ids).expect("ids serialize");
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         let id = sqlx::query(

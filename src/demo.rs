@@ -40,9 +40,8 @@ pub struct DemoArgs {
 const PLAN_ROWS_SHOWN: usize = 12;
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let mut config = Config::load(&args.config).with_context(|| {
-        format!("the demo needs its config; run it from the project folder or pass --config")
-    })?;
+    let mut config = Config::load(&args.config)
+        .context("the demo needs its config; run it from the project folder or pass --config")?;
     let state_dir = match args.state_dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("zt-janitor-demo-{}", std::process::id())),
@@ -128,14 +127,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fake.len(),
         fake.mutations().len()
     );
-    println!("\n== Latest audited actions");
-    let recent = audit
+    let first_run = audit.recent_runs(2).await?.last().map(|r| r.id);
+    println!("\n== What the first cycle did (5 of its audited actions)");
+    let done = audit
         .actions(&ActionFilter {
+            run_id: first_run,
             limit: 5,
             ..ActionFilter::default()
         })
         .await?;
-    report::actions(&mut std::io::stdout(), &recent, Format::Text)?;
+    report::actions(&mut std::io::stdout(), &done, Format::Text)?;
+    let example_user = done
+        .iter()
+        .find_map(|a| a.user_email.clone())
+        .unwrap_or_else(|| "someone@example.com".to_owned());
 
     let metrics_url = format!("http://{metrics_addr}/metrics");
     let scrape = reqwest::get(&metrics_url).await?.text().await?;
@@ -153,7 +158,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         config.audit.path.display()
     );
     println!(
-        "  zt-janitor audit actions --db {} --user user7@example.com",
+        "  zt-janitor audit actions --db {} --user {example_user}",
         config.audit.path.display()
     );
     if args.keep_running {

@@ -14,16 +14,19 @@ use tokio::net::TcpListener;
 use crate::audit::{AuditStore, RunOutcome};
 use crate::metrics::Metrics;
 
+/// The outcome of the last cycle and why.
+type LastCycle = Option<(RunOutcome, Option<String>)>;
+
 /// What readiness depends on, updated by the scheduler after every cycle.
 #[derive(Clone, Default)]
-pub struct Health(Arc<Mutex<Option<(RunOutcome, Option<String>)>>>);
+pub struct Health(Arc<Mutex<LastCycle>>);
 
 impl Health {
     pub fn record(&self, outcome: RunOutcome, reason: Option<String>) {
         *self.0.lock().expect("health lock") = Some((outcome, reason));
     }
 
-    fn last(&self) -> Option<(RunOutcome, Option<String>)> {
+    fn last(&self) -> LastCycle {
         self.0.lock().expect("health lock").clone()
     }
 }

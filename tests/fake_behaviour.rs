@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use reqwest::Method;
 use serde_json::{json, Value};
 use zt_janitor::fake::{
-    Endpoint, Fault, FakeHandle, FakeOptions, FakeRegistration, FakeServer, FaultRule, MutationKind,
+    Endpoint, FakeHandle, FakeOptions, FakeRegistration, FakeServer, Fault, FaultRule, MutationKind,
 };
 
 fn now() -> DateTime<Utc> {
@@ -34,24 +34,47 @@ impl Reply {
 
 impl Api {
     async fn start(opts: FakeOptions) -> Api {
-        let fake = FakeServer::start(FakeOptions { now: now(), ..opts }).await.expect("fake starts");
-        Api { fake, http: reqwest::Client::new() }
+        let fake = FakeServer::start(FakeOptions { now: now(), ..opts })
+            .await
+            .expect("fake starts");
+        Api {
+            fake,
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn with(registrations: usize) -> Api {
-        Api::start(FakeOptions { registrations, revoked_share: 0.2, ..FakeOptions::default() }).await
+        Api::start(FakeOptions {
+            registrations,
+            revoked_share: 0.2,
+            ..FakeOptions::default()
+        })
+        .await
     }
 
     fn url(&self, rest: &str) -> String {
-        format!("{}/accounts/{}/devices/{rest}", self.fake.base_url(), self.fake.account_id())
+        format!(
+            "{}/accounts/{}/devices/{rest}",
+            self.fake.base_url(),
+            self.fake.account_id()
+        )
     }
 
     async fn send_as(&self, method: Method, rest: &str, token: &str) -> Reply {
-        let response =
-            self.http.request(method, self.url(rest)).bearer_auth(token).send().await.expect("request reaches the fake");
+        let response = self
+            .http
+            .request(method, self.url(rest))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request reaches the fake");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        Reply { status, headers, text: response.text().await.expect("body arrives") }
+        Reply {
+            status,
+            headers,
+            text: response.text().await.expect("body arrives"),
+        }
     }
 
     async fn send(&self, method: Method, rest: &str) -> Reply {
@@ -59,7 +82,8 @@ impl Api {
     }
 
     async fn list(&self, query: &str) -> Reply {
-        self.send(Method::GET, &format!("registrations?{query}")).await
+        self.send(Method::GET, &format!("registrations?{query}"))
+            .await
     }
 
     /// Follows cursors to the end; returns the pages' items.
@@ -87,11 +111,17 @@ impl Api {
 }
 
 fn ids(items: &[Value]) -> Vec<String> {
-    items.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+    items
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn query_ids(ids: &[String]) -> String {
-    ids.iter().map(|id| format!("id={id}")).collect::<Vec<_>>().join("&")
+    ids.iter()
+        .map(|id| format!("id={id}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[tokio::test]
@@ -100,7 +130,13 @@ async fn status_defaults_to_active_and_all_includes_revoked() {
     let revoked = api.revoked_in_store();
     assert!(!revoked.is_empty());
 
-    let default: Vec<String> = api.pages("per_page=1000").await.concat().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    let default: Vec<String> = api
+        .pages("per_page=1000")
+        .await
+        .concat()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(default.len(), 200 - revoked.len());
     assert!(default.iter().all(|id| !revoked.contains(id)));
 
@@ -115,8 +151,13 @@ async fn status_defaults_to_active_and_all_includes_revoked() {
 
 #[tokio::test]
 async fn per_page_is_capped_and_defaults_to_100() {
-    let api = Api::start(FakeOptions { registrations: 400, revoked_share: 0.0, max_per_page: 150, ..FakeOptions::default() })
-        .await;
+    let api = Api::start(FakeOptions {
+        registrations: 400,
+        revoked_share: 0.0,
+        max_per_page: 150,
+        ..FakeOptions::default()
+    })
+    .await;
     let capped = api.list("per_page=1000").await.json();
     assert_eq!(capped["result"].as_array().unwrap().len(), 150);
     assert_eq!(capped["result_info"]["per_page"], 150);
@@ -138,17 +179,34 @@ async fn pagination_returns_every_id_once_even_with_deletions_between_pages() {
     let mut deleted_unserved = Vec::new();
     let mut cursor = String::new();
     for round in 0.. {
-        let body = api.list(&format!("status=all&per_page=25&cursor={cursor}")).await.json();
+        let body = api
+            .list(&format!("status=all&per_page=25&cursor={cursor}"))
+            .await
+            .json();
         let page = ids(body["result"].as_array().unwrap());
         served.extend(page.iter().cloned());
         // Every other page, delete the item the cursor points at; always delete one the listing
         // has not reached yet.
         if let Some(last) = page.last().filter(|_| round % 2 == 0) {
-            assert_eq!(api.send(Method::DELETE, &format!("registrations/{last}")).await.status, 200);
+            assert_eq!(
+                api.send(Method::DELETE, &format!("registrations/{last}"))
+                    .await
+                    .status,
+                200
+            );
         }
-        let ahead = all.iter().rev().find(|id| !served.contains(id) && !deleted_unserved.contains(*id)).cloned();
+        let ahead = all
+            .iter()
+            .rev()
+            .find(|id| !served.contains(id) && !deleted_unserved.contains(*id))
+            .cloned();
         if let Some(ahead) = ahead {
-            assert_eq!(api.send(Method::DELETE, &format!("registrations/{ahead}")).await.status, 200);
+            assert_eq!(
+                api.send(Method::DELETE, &format!("registrations/{ahead}"))
+                    .await
+                    .status,
+                200
+            );
             deleted_unserved.push(ahead);
         }
         cursor = body["result_info"]["cursor"].as_str().unwrap().to_owned();
@@ -169,7 +227,12 @@ async fn bulk_delete_deletes_present_ids_and_is_logged() {
     let all = api.fake.registration_ids();
     let missing = "00000000-0000-4000-8000-000000000000".to_owned();
     let wanted = vec![all[1].clone(), all[2].clone(), missing.clone()];
-    let reply = api.send(Method::DELETE, &format!("registrations?{}", query_ids(&wanted))).await;
+    let reply = api
+        .send(
+            Method::DELETE,
+            &format!("registrations?{}", query_ids(&wanted)),
+        )
+        .await;
     assert_eq!(reply.status, 200);
     let body = reply.json();
     assert_eq!(body["success"], true);
@@ -180,7 +243,10 @@ async fn bulk_delete_deletes_present_ids_and_is_logged() {
     let log = api.fake.mutations();
     assert_eq!(log.len(), 1);
     let record = &log[0];
-    assert_eq!((record.seq, record.kind, record.status, record.applied), (1, MutationKind::BulkDelete, 200, true));
+    assert_eq!(
+        (record.seq, record.kind, record.status, record.applied),
+        (1, MutationKind::BulkDelete, 200, true)
+    );
     assert_eq!(record.method, "DELETE");
     assert_eq!(record.ids, wanted);
     assert_eq!(record.affected, [all[1].clone(), all[2].clone()]);
@@ -190,10 +256,20 @@ async fn bulk_delete_deletes_present_ids_and_is_logged() {
 
 #[tokio::test]
 async fn more_than_max_bulk_ids_is_refused_with_400() {
-    let api = Api::start(FakeOptions { registrations: 30, max_bulk_ids: 10, ..FakeOptions::default() }).await;
+    let api = Api::start(FakeOptions {
+        registrations: 30,
+        max_bulk_ids: 10,
+        ..FakeOptions::default()
+    })
+    .await;
     let all = api.fake.registration_ids();
     for (count, status) in [(11, 400), (0, 400), (10, 200)] {
-        let reply = api.send(Method::DELETE, &format!("registrations?{}", query_ids(&all[..count]))).await;
+        let reply = api
+            .send(
+                Method::DELETE,
+                &format!("registrations?{}", query_ids(&all[..count])),
+            )
+            .await;
         assert_eq!(reply.status, status, "{count} ids");
         if status == 400 {
             assert_eq!(reply.json()["success"], false);
@@ -201,31 +277,71 @@ async fn more_than_max_bulk_ids_is_refused_with_400() {
     }
     assert_eq!(api.fake.len(), 20, "only the 10-id call deleted");
     let log = api.fake.mutations();
-    assert_eq!(log.iter().map(|r| (r.status, r.applied)).collect::<Vec<_>>(), [(400, false), (400, false), (200, true)]);
+    assert_eq!(
+        log.iter()
+            .map(|r| (r.status, r.applied))
+            .collect::<Vec<_>>(),
+        [(400, false), (400, false), (200, true)]
+    );
 
-    let reply = api.send(Method::POST, &format!("registrations/revoke?{}", query_ids(&all[10..20]))).await;
-    assert_eq!(reply.status, 200, "exactly max_bulk_ids is fine for revoke too");
+    let reply = api
+        .send(
+            Method::POST,
+            &format!("registrations/revoke?{}", query_ids(&all[10..20])),
+        )
+        .await;
+    assert_eq!(
+        reply.status, 200,
+        "exactly max_bulk_ids is fine for revoke too"
+    );
     let too_many: Vec<String> = (0..11).map(|i| format!("id-{i}")).collect();
-    let reply = api.send(Method::POST, &format!("registrations/revoke?{}", query_ids(&too_many))).await;
+    let reply = api
+        .send(
+            Method::POST,
+            &format!("registrations/revoke?{}", query_ids(&too_many)),
+        )
+        .await;
     assert_eq!(reply.status, 400);
 }
 
 #[tokio::test]
 async fn revoke_sets_revoked_at_and_unrevoke_clears_it() {
-    let api = Api::start(FakeOptions { registrations: 20, revoked_share: 0.0, ..FakeOptions::default() }).await;
+    let api = Api::start(FakeOptions {
+        registrations: 20,
+        revoked_share: 0.0,
+        ..FakeOptions::default()
+    })
+    .await;
     let id = api.fake.registration_ids()[3].clone();
-    let reply = api.send(Method::POST, &format!("registrations/revoke?id={id}")).await;
+    let reply = api
+        .send(Method::POST, &format!("registrations/revoke?id={id}"))
+        .await;
     assert_eq!(reply.status, 200);
     assert!(reply.json()["result"].is_null());
 
-    let served = api.send(Method::GET, &format!("registrations/{id}")).await.json();
-    let revoked_at = served["result"]["revoked_at"].as_str().expect("revoked_at is set");
+    let served = api
+        .send(Method::GET, &format!("registrations/{id}"))
+        .await
+        .json();
+    let revoked_at = served["result"]["revoked_at"]
+        .as_str()
+        .expect("revoked_at is set");
     let revoked_at = DateTime::parse_from_rfc3339(revoked_at).unwrap();
-    assert!((revoked_at.with_timezone(&Utc) - now()).num_seconds().abs() < 60, "revoked on the fake's clock");
-    assert_eq!(api.fake.revoked_ids(), [id.clone()]);
-    assert!(ids(&api.pages("status=active").await.concat()).iter().all(|i| *i != id));
+    assert!(
+        (revoked_at.with_timezone(&Utc) - now()).num_seconds().abs() < 60,
+        "revoked on the fake's clock"
+    );
+    assert_eq!(api.fake.revoked_ids(), vec![id.clone()]);
+    assert!(ids(&api.pages("status=active").await.concat())
+        .iter()
+        .all(|i| *i != id));
 
-    assert_eq!(api.send(Method::POST, &format!("registrations/unrevoke?id={id}")).await.status, 200);
+    assert_eq!(
+        api.send(Method::POST, &format!("registrations/unrevoke?id={id}"))
+            .await
+            .status,
+        200
+    );
     assert!(api.fake.get(&id).unwrap()["revoked_at"].is_null());
     let kinds: Vec<MutationKind> = api.fake.mutations().iter().map(|r| r.kind).collect();
     assert_eq!(kinds, [MutationKind::Revoke, MutationKind::Unrevoke]);
@@ -233,11 +349,20 @@ async fn revoke_sets_revoked_at_and_unrevoke_clears_it() {
 
 #[tokio::test]
 async fn deprecated_revoke_works_and_shows_in_the_log() {
-    let api = Api::start(FakeOptions { registrations: 10, revoked_share: 0.0, ..FakeOptions::default() }).await;
+    let api = Api::start(FakeOptions {
+        registrations: 10,
+        revoked_share: 0.0,
+        ..FakeOptions::default()
+    })
+    .await;
     let id = api.fake.registration_ids()[0].clone();
     let response = api
         .http
-        .post(format!("{}/accounts/{}/devices/revoke", api.fake.base_url(), api.fake.account_id()))
+        .post(format!(
+            "{}/accounts/{}/devices/revoke",
+            api.fake.base_url(),
+            api.fake.account_id()
+        ))
         .bearer_auth(api.fake.token())
         .json(&json!([id]))
         .send()
@@ -258,24 +383,52 @@ async fn bad_credentials_get_403_code_10000_and_change_nothing() {
     let no_header = api.http.get(api.url("registrations")).send().await.unwrap();
     assert_eq!(no_header.status(), 403);
     let body: Value = no_header.json().await.unwrap();
-    assert_eq!(body["errors"][0], json!({"code": 10000, "message": "Authentication error"}));
+    assert_eq!(
+        body["errors"][0],
+        json!({"code": 10000, "message": "Authentication error"})
+    );
 
-    let wrong = api.send_as(Method::DELETE, &format!("registrations/{id}"), "not-the-token").await;
+    let wrong = api
+        .send_as(
+            Method::DELETE,
+            &format!("registrations/{id}"),
+            "not-the-token",
+        )
+        .await;
     assert_eq!(wrong.status, 403);
     assert!(api.fake.contains(&id));
     let record = &api.fake.mutations()[0];
     assert_eq!((record.status, record.applied), (403, false));
 
     api.fake.set_token("rotated");
-    assert_eq!(api.send_as(Method::GET, "registrations", "fake-token").await.status, 403);
-    assert_eq!(api.send_as(Method::GET, "registrations", "rotated").await.status, 200);
-    assert_eq!(api.fake.request_counts().list_pages, 3, "failed requests are counted");
+    assert_eq!(
+        api.send_as(Method::GET, "registrations", "fake-token")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        api.send_as(Method::GET, "registrations", "rotated")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        api.fake.request_counts().list_pages,
+        3,
+        "failed requests are counted"
+    );
 }
 
 #[tokio::test]
 async fn missing_registrations_and_unknown_paths_get_404_envelopes() {
     let api = Api::with(5).await;
-    let missing = api.send(Method::DELETE, "registrations/00000000-0000-4000-8000-000000000000").await;
+    let missing = api
+        .send(
+            Method::DELETE,
+            "registrations/00000000-0000-4000-8000-000000000000",
+        )
+        .await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["errors"][0]["code"], 1001);
     let unknown = api.send(Method::GET, "nonsense").await;
@@ -289,13 +442,24 @@ async fn raw_registrations_are_served_verbatim_and_deletable() {
     let api = Api::with(5).await;
     let raw = json!({"id": "raw-1", "last_seen_at": "last tuesday", "device": {"id": "d", "name": "n"}, "surprise": [1]});
     assert_eq!(api.fake.insert_raw(raw.clone()), "raw-1");
-    let seen = FakeRegistration { user_email: None, ..FakeRegistration::new("typed-1", now()) };
+    let seen = FakeRegistration {
+        user_email: None,
+        ..FakeRegistration::new("typed-1", now())
+    };
     api.fake.insert(&seen);
 
     let listed = api.pages("status=all").await.concat();
     assert!(listed.contains(&raw));
-    assert!(listed.contains(&seen.to_json()) || listed.iter().any(|r| r["id"] == "typed-1" && r.get("user").is_none()));
-    assert_eq!(api.send(Method::DELETE, "registrations/raw-1").await.status, 200);
+    assert!(
+        listed.contains(&seen.to_json())
+            || listed
+                .iter()
+                .any(|r| r["id"] == "typed-1" && r.get("user").is_none())
+    );
+    assert_eq!(
+        api.send(Method::DELETE, "registrations/raw-1").await.status,
+        200
+    );
     assert!(!api.fake.contains("raw-1"));
 }
 
@@ -306,7 +470,12 @@ async fn same_seed_serves_byte_identical_pages() {
     let page_a = a.list("status=all&per_page=50").await.text;
     let page_b = b.list("status=all&per_page=50").await.text;
     assert_eq!(page_a, page_b);
-    let c = Api::start(FakeOptions { registrations: 120, seed: 2, ..FakeOptions::default() }).await;
+    let c = Api::start(FakeOptions {
+        registrations: 120,
+        seed: 2,
+        ..FakeOptions::default()
+    })
+    .await;
     assert_ne!(c.list("status=all&per_page=50").await.text, page_a);
 }
 
@@ -316,7 +485,10 @@ async fn status_fault_429_carries_retry_after_then_recovers() {
     api.fake.set_faults(vec![FaultRule::first(
         Endpoint::ListRegistrations,
         1,
-        Fault::Status { code: 429, retry_after: Some(7) },
+        Fault::Status {
+            code: 429,
+            retry_after: Some(7),
+        },
     )]);
     let limited = api.list("").await;
     assert_eq!(limited.status, 429);
@@ -333,14 +505,22 @@ async fn faulted_mutations_are_logged_but_not_applied() {
     api.fake.set_faults(vec![FaultRule::first(
         Endpoint::BulkDelete,
         1,
-        Fault::Status { code: 503, retry_after: None },
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
     )]);
     let path = format!("registrations?{}", query_ids(&all[..3]));
     assert_eq!(api.send(Method::DELETE, &path).await.status, 503);
     assert_eq!(api.fake.len(), 30);
     assert_eq!(api.send(Method::DELETE, &path).await.status, 200);
     let log = api.fake.mutations();
-    assert_eq!(log.iter().map(|r| (r.status, r.applied)).collect::<Vec<_>>(), [(503, false), (200, true)]);
+    assert_eq!(
+        log.iter()
+            .map(|r| (r.status, r.applied))
+            .collect::<Vec<_>>(),
+        [(503, false), (200, true)]
+    );
     assert_eq!(api.fake.len(), 27);
 }
 
@@ -349,36 +529,66 @@ async fn repeat_cursor_hands_back_the_request_cursor() {
     let api = Api::with(60).await;
     let first = api.list("status=all&per_page=20").await.json();
     let cursor = first["result_info"]["cursor"].as_str().unwrap().to_owned();
-    api.fake.set_faults(vec![FaultRule::always(Endpoint::ListRegistrations, Fault::RepeatCursor)]);
+    api.fake.set_faults(vec![FaultRule::always(
+        Endpoint::ListRegistrations,
+        Fault::RepeatCursor,
+    )]);
     for _ in 0..3 {
-        let again = api.list(&format!("status=all&per_page=20&cursor={cursor}")).await.json();
-        assert_eq!(again["result_info"]["cursor"], cursor.as_str(), "following it loops forever");
+        let again = api
+            .list(&format!("status=all&per_page=20&cursor={cursor}"))
+            .await
+            .json();
+        assert_eq!(
+            again["result_info"]["cursor"],
+            cursor.as_str(),
+            "following it loops forever"
+        );
     }
     let start = api.list("status=all&per_page=20").await.json();
     let start_cursor = start["result_info"]["cursor"].as_str().unwrap().to_owned();
     assert!(!start_cursor.is_empty());
-    let looped = api.list(&format!("status=all&per_page=20&cursor={start_cursor}")).await.json();
-    assert_eq!(looped["result"], start["result"], "a repeated first-page cursor serves page one again");
+    let looped = api
+        .list(&format!("status=all&per_page=20&cursor={start_cursor}"))
+        .await
+        .json();
+    assert_eq!(
+        looped["result"], start["result"],
+        "a repeated first-page cursor serves page one again"
+    );
 }
 
 #[tokio::test]
 async fn duplicate_ids_repeat_the_previous_pages_last_item() {
     let api = Api::with(60).await;
-    api.fake.set_faults(vec![FaultRule::nth(Endpoint::ListRegistrations, 2, Fault::DuplicateIds)]);
+    api.fake.set_faults(vec![FaultRule::nth(
+        Endpoint::ListRegistrations,
+        2,
+        Fault::DuplicateIds,
+    )]);
     let pages = api.pages("status=all&per_page=20").await;
     assert_eq!(pages[1][0]["id"], pages[0][19]["id"]);
     let all = ids(&pages.concat());
     let unique: HashSet<&String> = all.iter().collect();
-    assert_eq!((all.len(), unique.len()), (61, 60), "one duplicate, nothing lost");
+    assert_eq!(
+        (all.len(), unique.len()),
+        (61, 60),
+        "one duplicate, nothing lost"
+    );
 }
 
 #[tokio::test]
 async fn short_pages_with_cursor_still_list_everything() {
     let api = Api::with(45).await;
-    api.fake.set_faults(vec![FaultRule::always(Endpoint::ListRegistrations, Fault::ShortPageWithCursor)]);
+    api.fake.set_faults(vec![FaultRule::always(
+        Endpoint::ListRegistrations,
+        Fault::ShortPageWithCursor,
+    )]);
     let pages = api.pages("status=all&per_page=10").await;
     assert!(pages.iter().all(|p| p.len() <= 5));
-    assert!(pages.last().unwrap().is_empty(), "the cursor outlives the last item");
+    assert!(
+        pages.last().unwrap().is_empty(),
+        "the cursor outlives the last item"
+    );
     assert_eq!(ids(&pages.concat()), api.fake.registration_ids());
 }
 
@@ -386,9 +596,17 @@ async fn short_pages_with_cursor_still_list_everything() {
 async fn delayed_delete_still_deletes_after_the_delay() {
     let api = Api::with(10).await;
     let id = api.fake.registration_ids()[0].clone();
-    api.fake.set_faults(vec![FaultRule::always(Endpoint::DeleteOne, Fault::Delay(Duration::from_millis(300)))]);
+    api.fake.set_faults(vec![FaultRule::always(
+        Endpoint::DeleteOne,
+        Fault::Delay(Duration::from_millis(300)),
+    )]);
     let started = Instant::now();
-    assert_eq!(api.send(Method::DELETE, &format!("registrations/{id}")).await.status, 200);
+    assert_eq!(
+        api.send(Method::DELETE, &format!("registrations/{id}"))
+            .await
+            .status,
+        200
+    );
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(!api.fake.contains(&id));
 }
@@ -397,9 +615,19 @@ async fn delayed_delete_still_deletes_after_the_delay() {
 async fn a_client_gone_during_a_delay_leaves_the_registration_in_place() {
     let api = Api::with(10).await;
     let id = api.fake.registration_ids()[0].clone();
-    api.fake.set_faults(vec![FaultRule::always(Endpoint::DeleteOne, Fault::Delay(Duration::from_millis(500)))]);
-    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
-    let result = impatient.delete(api.url(&format!("registrations/{id}"))).bearer_auth(api.fake.token()).send().await;
+    api.fake.set_faults(vec![FaultRule::always(
+        Endpoint::DeleteOne,
+        Fault::Delay(Duration::from_millis(500)),
+    )]);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let result = impatient
+        .delete(api.url(&format!("registrations/{id}")))
+        .bearer_auth(api.fake.token())
+        .send()
+        .await;
     assert!(result.unwrap_err().is_timeout());
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(api.fake.contains(&id));
@@ -411,14 +639,38 @@ async fn a_client_gone_during_a_delay_leaves_the_registration_in_place() {
 async fn connection_reset_is_a_transport_error_and_changes_nothing() {
     let api = Api::with(10).await;
     let id = api.fake.registration_ids()[0].clone();
-    api.fake.set_faults(vec![FaultRule::first(Endpoint::AnyMutation, 1, Fault::ConnectionReset)]);
+    api.fake.set_faults(vec![FaultRule::first(
+        Endpoint::AnyMutation,
+        1,
+        Fault::ConnectionReset,
+    )]);
     let url = api.url(&format!("registrations/{id}"));
-    let err = api.http.delete(&url).bearer_auth(api.fake.token()).send().await.expect_err("no response");
+    let err = api
+        .http
+        .delete(&url)
+        .bearer_auth(api.fake.token())
+        .send()
+        .await
+        .expect_err("no response");
     assert!(!err.is_status() && !err.is_timeout(), "{err:?}");
     assert!(api.fake.contains(&id));
-    assert_eq!(api.http.delete(&url).bearer_auth(api.fake.token()).send().await.unwrap().status(), 200);
+    assert_eq!(
+        api.http
+            .delete(&url)
+            .bearer_auth(api.fake.token())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let log = api.fake.mutations();
-    assert_eq!(log.iter().map(|r| (r.status, r.applied)).collect::<Vec<_>>(), [(0, false), (200, true)]);
+    assert_eq!(
+        log.iter()
+            .map(|r| (r.status, r.applied))
+            .collect::<Vec<_>>(),
+        [(0, false), (200, true)]
+    );
 }
 
 #[tokio::test]
@@ -426,21 +678,34 @@ async fn malformed_json_success_false_and_wrong_auth() {
     let api = Api::with(10).await;
     let id = api.fake.registration_ids()[0].clone();
 
-    api.fake.set_faults(vec![FaultRule::always(Endpoint::ListRegistrations, Fault::MalformedJson)]);
+    api.fake.set_faults(vec![FaultRule::always(
+        Endpoint::ListRegistrations,
+        Fault::MalformedJson,
+    )]);
     let truncated = api.list("").await;
     assert_eq!(truncated.status, 200);
     assert!(serde_json::from_str::<Value>(&truncated.text).is_err());
 
-    api.fake.set_faults(vec![FaultRule::always(Endpoint::GetRegistration, Fault::SuccessFalse)]);
+    api.fake.set_faults(vec![FaultRule::always(
+        Endpoint::GetRegistration,
+        Fault::SuccessFalse,
+    )]);
     let failed = api.send(Method::GET, &format!("registrations/{id}")).await;
     assert_eq!(failed.status, 500);
     let body = failed.json();
     assert_eq!(body["success"], false);
     assert!(!body["errors"].as_array().unwrap().is_empty());
-    assert_eq!(body["result"]["id"], id.as_str(), "a result is present despite the failure");
+    assert_eq!(
+        body["result"]["id"],
+        id.as_str(),
+        "a result is present despite the failure"
+    );
 
-    api.fake.set_faults(vec![FaultRule::always(Endpoint::Any, Fault::WrongAuth)]);
-    let denied = api.send(Method::DELETE, &format!("registrations/{id}")).await;
+    api.fake
+        .set_faults(vec![FaultRule::always(Endpoint::Any, Fault::WrongAuth)]);
+    let denied = api
+        .send(Method::DELETE, &format!("registrations/{id}"))
+        .await;
     assert_eq!(denied.status, 403);
     assert_eq!(denied.json()["errors"][0]["code"], 10000);
     assert!(api.fake.contains(&id));

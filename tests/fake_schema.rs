@@ -7,11 +7,15 @@ use jsonschema::Validator;
 use serde_json::{json, Value};
 use zt_janitor::fake::{FakeHandle, FakeOptions, FakeRegistration, FakeServer};
 
-const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/cloudflare-schemas.json");
+const SCHEMAS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/cloudflare-schemas.json"
+);
 
 /// A definition used as the root schema, so its `#/$defs/...` references resolve.
 fn validator(definition: &str) -> Validator {
-    let text = std::fs::read_to_string(SCHEMAS).expect("shared/cloudflare-schemas.json is readable");
+    let text =
+        std::fs::read_to_string(SCHEMAS).expect("shared/cloudflare-schemas.json is readable");
     let schemas: Value = serde_json::from_str(&text).expect("schemas are JSON");
     let schema = &schemas["definitions"][definition];
     assert!(schema.is_object(), "no definition {definition}");
@@ -45,7 +49,10 @@ fn envelope_validator(success: bool) -> Validator {
 
 fn assert_valid(validator: &Validator, instance: &Value, what: &str) {
     if let Err(err) = validator.validate(instance) {
-        panic!("{what} does not match the schema: {err} at {}\n{instance:#}", err.instance_path);
+        panic!(
+            "{what} does not match the schema: {err} at {}\n{instance:#}",
+            err.instance_path
+        );
     }
 }
 
@@ -66,7 +73,11 @@ async fn start() -> FakeHandle {
 }
 
 fn url(fake: &FakeHandle, rest: &str) -> String {
-    format!("{}/accounts/{}/devices/{rest}", fake.base_url(), fake.account_id())
+    format!(
+        "{}/accounts/{}/devices/{rest}",
+        fake.base_url(),
+        fake.account_id()
+    )
 }
 
 async fn get(fake: &FakeHandle, rest: &str, token: Option<&str>) -> (u16, Value) {
@@ -76,7 +87,10 @@ async fn get(fake: &FakeHandle, rest: &str, token: Option<&str>) -> (u16, Value)
     }
     let response = request.send().await.expect("request reaches the fake");
     let status = response.status().as_u16();
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(content_type, "application/json");
     (status, response.json().await.expect("body is JSON"))
 }
@@ -94,8 +108,12 @@ async fn every_listed_registration_matches_the_schema() {
     let mut cursor = String::new();
     let mut pages = 0;
     loop {
-        let (status, body) =
-            get(&fake, &format!("registrations?status=all&per_page=97&cursor={cursor}"), Some(&token)).await;
+        let (status, body) = get(
+            &fake,
+            &format!("registrations?status=all&per_page=97&cursor={cursor}"),
+            Some(&token),
+        )
+        .await;
         assert_eq!(status, 200);
         assert_valid(&envelope, &body, "list envelope");
         assert_valid(&result_info, &body["result_info"], "result_info");
@@ -106,13 +124,19 @@ async fn every_listed_registration_matches_the_schema() {
             assert_valid(&registration, item, "registration");
             for field in ["created_at", "updated_at", "last_seen_at"] {
                 let stamp = item[field].as_str().unwrap();
-                assert!(DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with('Z'), "{stamp}");
+                assert!(
+                    DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with('Z'),
+                    "{stamp}"
+                );
                 assert!(stamp.contains('.'), "no fractional seconds: {stamp}");
             }
             seen.push(item.clone());
         }
         pages += 1;
-        cursor = body["result_info"]["cursor"].as_str().expect("cursor is a string").to_owned();
+        cursor = body["result_info"]["cursor"]
+            .as_str()
+            .expect("cursor is a string")
+            .to_owned();
         if cursor.is_empty() {
             break;
         }
@@ -120,14 +144,27 @@ async fn every_listed_registration_matches_the_schema() {
 
     assert_eq!(seen.len(), 501);
     assert_eq!(pages, 6, "501 items at 97 per page");
-    assert!(seen.iter().any(|r| r.get("user").is_none()), "some registrations have no user");
     assert!(
-        seen.iter().any(|r| r["user"]["email"].as_str().is_some_and(|e| e.starts_with("non_identity@"))),
+        seen.iter().any(|r| r.get("user").is_none()),
+        "some registrations have no user"
+    );
+    assert!(
+        seen.iter().any(|r| r["user"]["email"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("non_identity@"))),
         "some registrations show a service token's identity"
     );
-    assert!(seen.iter().any(|r| r["revoked_at"].is_string()), "some registrations are revoked");
-    assert!(seen.iter().any(|r| r["revoked_at"].is_null()), "some registrations are active");
-    assert!(seen.iter().any(|r| r["registration_type"] == "browser_extension"));
+    assert!(
+        seen.iter().any(|r| r["revoked_at"].is_string()),
+        "some registrations are revoked"
+    );
+    assert!(
+        seen.iter().any(|r| r["revoked_at"].is_null()),
+        "some registrations are active"
+    );
+    assert!(seen
+        .iter()
+        .any(|r| r["registration_type"] == "browser_extension"));
 }
 
 #[tokio::test]
@@ -136,14 +173,21 @@ async fn get_one_matches_the_schema() {
     let registration = validator("DeviceRegistration");
     let envelope = envelope_validator(true);
     let ids = fake.registration_ids();
-    let revoked = ids.iter().find(|id| fake.get(id).unwrap()["revoked_at"].is_string()).unwrap();
+    let revoked = ids
+        .iter()
+        .find(|id| fake.get(id).unwrap()["revoked_at"].is_string())
+        .unwrap();
     for id in [&ids[0], revoked] {
         let (status, body) = get(&fake, &format!("registrations/{id}"), Some(&fake.token())).await;
         assert_eq!(status, 200);
         assert_valid(&envelope, &body, "get envelope");
         assert!(body.get("result_info").is_none());
         assert_valid(&registration, &body["result"], "registration");
-        assert_eq!(body["result"], fake.get(id).unwrap(), "the handle shows what is served");
+        assert_eq!(
+            body["result"],
+            fake.get(id).unwrap(),
+            "the handle shows what is served"
+        );
     }
 }
 
@@ -156,8 +200,18 @@ async fn error_envelopes_have_the_cloudflare_shape() {
     let cases = [
         ("registrations".to_owned(), None, 403, 10000),
         ("registrations".to_owned(), Some("wrong-token"), 403, 10000),
-        ("registrations/00000000-0000-4000-8000-000000000000".to_owned(), Some(token.as_str()), 404, 1001),
-        (format!("registrations/{id}"), Some("wrong-token"), 403, 10000),
+        (
+            "registrations/00000000-0000-4000-8000-000000000000".to_owned(),
+            Some(token.as_str()),
+            404,
+            1001,
+        ),
+        (
+            format!("registrations/{id}"),
+            Some("wrong-token"),
+            403,
+            10000,
+        ),
     ];
     for (rest, token, status, code) in cases {
         let (got, body) = get(&fake, &rest, token).await;
@@ -166,8 +220,16 @@ async fn error_envelopes_have_the_cloudflare_shape() {
         assert_eq!(body["errors"][0]["code"], code, "{rest}: {body}");
     }
 
-    let other_account = format!("{}/accounts/ffffffffffffffffffffffffffffffff/devices/registrations", fake.base_url());
-    let response = reqwest::Client::new().get(other_account).bearer_auth(&token).send().await.unwrap();
+    let other_account = format!(
+        "{}/accounts/ffffffffffffffffffffffffffffffff/devices/registrations",
+        fake.base_url()
+    );
+    let response = reqwest::Client::new()
+        .get(other_account)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_valid(&failure, &body, "wrong-account envelope");
@@ -191,6 +253,11 @@ async fn the_schema_check_itself_rejects_broken_registrations() {
     }
     let mut missing = good.clone();
     missing.as_object_mut().unwrap().remove("key");
-    assert!(registration.validate(&missing).is_err(), "required fields not checked");
-    assert!(envelope_validator(true).validate(&json!({"success": true, "result": []})).is_err());
+    assert!(
+        registration.validate(&missing).is_err(),
+        "required fields not checked"
+    );
+    assert!(envelope_validator(true)
+        .validate(&json!({"success": true, "result": []}))
+        .is_err());
 }

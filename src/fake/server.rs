@@ -111,13 +111,13 @@ impl Op {
 
 enum Route {
     Api { op: Op, account: String, id: String },
-    MethodNotAllowed,
-    NoRoute,
+    WrongMethod,
+    Unknown,
 }
 
 fn route(method: &Method, path: &str) -> Route {
     let Some(rest) = path.strip_prefix("/client/v4/accounts/") else {
-        return Route::NoRoute;
+        return Route::Unknown;
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let (account, op, id) = match (segments.as_slice(), method) {
@@ -137,9 +137,9 @@ fn route(method: &Method, path: &str) -> Route {
         }
         ([account, "devices", "revoke"], &Method::POST) => (account, Op::DeprecatedRevoke, ""),
         ([_, "devices", "registrations", ..] | [_, "devices", "revoke"], _) => {
-            return Route::MethodNotAllowed
+            return Route::WrongMethod
         }
-        _ => return Route::NoRoute,
+        _ => return Route::Unknown,
     };
     Route::Api {
         op,
@@ -316,7 +316,7 @@ pub(crate) async fn handle(
     let path = uri.path().to_owned();
     let (op, account, id) = match route(&method, &path) {
         Route::Api { op, account, id } => (op, account, id),
-        Route::MethodNotAllowed => {
+        Route::WrongMethod => {
             lock(&shared.log).counts.total += 1;
             return Reply::error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -325,7 +325,7 @@ pub(crate) async fn handle(
             )
             .into_response();
         }
-        Route::NoRoute => {
+        Route::Unknown => {
             lock(&shared.log).counts.total += 1;
             return Reply::error(
                 StatusCode::NOT_FOUND,
@@ -402,16 +402,6 @@ pub(crate) async fn handle(
     }
     tracing::debug!(%method, path = %request.path, status = reply.status.as_u16(), "fake API request");
     reply.into_response()
-}
-
-/// The reply of a read as it would be served; a mutation's success reply, without applying it.
-impl Shared {
-    fn read_only(&self, request: &Request) -> Reply {
-        match request.op {
-            Op::List | Op::GetOne => self.process(request, PageShape::Normal).0,
-            _ => Reply::ok(Value::Null, None),
-        }
-    }
 }
 
 /// Turns `reply` into HTTP 500 with `success: false` and an error, keeping its `result`.
@@ -560,6 +550,15 @@ impl Shared {
         }
     }
 
+    /// A read's reply as it would be served, or a mutation's success reply without applying
+    /// it: the material `MalformedJson` and `SuccessFalse` bend.
+    fn read_only(&self, request: &Request) -> Reply {
+        match request.op {
+            Op::List | Op::GetOne => self.process(request, PageShape::Normal).0,
+            _ => Reply::ok(Value::Null, None),
+        }
+    }
+
     fn page_query(&self, params: &[(String, String)]) -> Result<PageQuery, String> {
         let mut query = PageQuery {
             status: StatusFilter::Active,
@@ -656,7 +655,7 @@ mod tests {
         }
         assert!(matches!(
             route(&Method::PUT, &format!("{base}/registrations")),
-            Route::MethodNotAllowed
+            Route::WrongMethod
         ));
     }
 

@@ -101,7 +101,7 @@ impl Stored {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub(crate) enum Item<'a> {
-    Generated(RegistrationJson),
+    Generated(Box<RegistrationJson>),
     Raw(&'a Value),
 }
 
@@ -256,7 +256,7 @@ impl Store {
 
     fn item<'a>(&'a self, key: &Key, stored: &'a Stored) -> Item<'a> {
         match stored {
-            Stored::Generated(r) => Item::Generated(r.render(key, &self.ctx)),
+            Stored::Generated(r) => Item::Generated(Box::new(r.render(key, &self.ctx))),
             Stored::Raw(v) => Item::Raw(v),
         }
     }

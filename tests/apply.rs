@@ -1,0 +1,386 @@
+//! Apply and audit against the fake API: exactly the candidates are deleted, caps and partial
+//! listings stop everything, 404 means already gone, interrupted intents are reconciled, bulk
+//! delete is used, and the audit log answers "who deleted my laptop's registration?".
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use chrono::Utc;
+use common::{days_ago, Env, Settings};
+use sqlx::Row;
+use zt_janitor::audit::{AuditStore, Intent, MutationKind, RunOutcome};
+use zt_janitor::cloudflare::RegistrationId;
+use zt_janitor::config::Mode;
+use zt_janitor::fake::{
+    Endpoint as FaultEndpoint, FakeOptions, FakeRegistration, Fault, FaultRule,
+};
+
+fn opts(n: usize) -> FakeOptions {
+    FakeOptions {
+        registrations: n,
+        seed: 3,
+        ..FakeOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_deletes_exactly_the_candidates_in_bulk_chunks() {
+    let now = Utc::now();
+    let env = Env::start(
+        opts(600),
+        Settings {
+            chunk: 25,
+            per_page: 100,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let board = env.fake.insert(&FakeRegistration {
+        user_email: Some("chair@board.example.com".into()),
+        ..FakeRegistration::new("bbbbbbbb-0000-4000-8000-000000000001", days_ago(now, 300))
+    });
+    let before: BTreeSet<String> = env.fake.registration_ids().into_iter().collect();
+    let expected = env.expected_candidates(now);
+
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
+
+    let after: BTreeSet<String> = env.fake.registration_ids().into_iter().collect();
+    let deleted: BTreeSet<String> = before.difference(&after).cloned().collect();
+    assert_eq!(deleted, expected, "the fake lost exactly the candidates");
+    assert_eq!(env.mutated_ids(), expected, "no other id was ever touched");
+    assert!(after.contains(&board), "the excluded registration stays");
+
+    let m = expected.len() as u64;
+    let counts = env.fake.request_counts();
+    assert_eq!(
+        counts.bulk_delete,
+        m.div_ceil(25),
+        "one bulk call per chunk of 25"
+    );
+    assert_eq!(
+        counts.delete_one + counts.revoke + counts.deprecated_revoke,
+        0
+    );
+    env.assert_every_mutation_audited().await;
+
+    let pool = env.sql().await;
+    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM actions WHERE status = 'done'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(done as u64, m);
+    let excluded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM actions WHERE status = 'excluded' AND resource_id = ?1",
+    )
+    .bind(&board)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        excluded, 1,
+        "the protected match is recorded as a decision too"
+    );
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM mutations WHERE outcome IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+
+    // A second run finds nothing more to do.
+    let again = env.once().await;
+    assert_eq!(again.outcome, RunOutcome::Applied);
+    assert_eq!(again.summary.candidates, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_over_the_caps_refuses_the_whole_run() {
+    let env = Env::start(
+        opts(300),
+        Settings {
+            max_actions: 10,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Refused);
+    assert!(report.reason.unwrap().contains("max_actions_per_run = 10"));
+    assert!(env.fake.mutations().is_empty(), "nothing may be deleted");
+
+    let env = Env::start(
+        opts(300),
+        Settings {
+            max_fraction: 0.05,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Refused);
+    assert!(report
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("max_fraction_per_run"));
+    assert!(env.fake.mutations().is_empty());
+    let outcomes = env.run_outcomes().await;
+    assert_eq!(outcomes[0].0, "refused");
+    let pool = env.sql().await;
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT status FROM actions WHERE excluded_by IS NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, ["not_attempted"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_listing_page_aborts_the_run_and_nothing_is_deleted() {
+    let env = Env::start(
+        opts(300),
+        Settings {
+            per_page: 50,
+            max_retries: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    // Page 3 fails on the first try and on its retry.
+    env.fake.set_faults(vec![
+        FaultRule::nth(
+            FaultEndpoint::ListRegistrations,
+            3,
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+        ),
+        FaultRule::nth(
+            FaultEndpoint::ListRegistrations,
+            4,
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+        ),
+    ]);
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Aborted);
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("page 3") && reason.contains("nothing was done"),
+        "{reason}"
+    );
+    assert!(env.fake.mutations().is_empty());
+    assert_eq!(env.run_outcomes().await[0].0, "aborted");
+    let pool = env.sql().await;
+    let actions: i64 = sqlx::query_scalar("SELECT count(*) FROM actions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(actions, 0, "no decision is recorded from a partial listing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_on_delete_is_recorded_as_already_gone() {
+    let now = Utc::now();
+    let env = Env::start(opts(0), Settings::default()).await;
+    let id = env.fake.insert(&FakeRegistration::new(
+        "cccccccc-0000-4000-8000-000000000001",
+        days_ago(now, 200),
+    ));
+    // Someone else deletes it between our listing and our delete.
+    env.fake.set_faults(vec![FaultRule::always(
+        FaultEndpoint::DeleteOne,
+        Fault::Status {
+            code: 404,
+            retry_after: None,
+        },
+    )]);
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
+    let pool = env.sql().await;
+    let row = sqlx::query(
+        "SELECT a.status, m.outcome, m.http_status, m.kind FROM actions a JOIN mutations m ON m.id = a.mutation_id WHERE a.resource_id = ?1",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>(0), "already_gone");
+    assert_eq!(row.get::<String, _>(1), "already_gone");
+    assert_eq!(row.get::<i64, _>(2), 404);
+    assert_eq!(row.get::<String, _>(3), "delete");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_bulk_call_is_split_down_to_single_deletes() {
+    let env = Env::start(
+        FakeOptions {
+            max_bulk_ids: 10,
+            ..opts(400)
+        },
+        Settings {
+            chunk: 40,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let expected = env.expected_candidates(Utc::now());
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
+    assert_eq!(env.mutated_ids(), expected);
+    let refused = env
+        .fake
+        .mutations()
+        .iter()
+        .filter(|m| m.status == 400)
+        .count();
+    assert!(refused > 0, "the fake refused the 40-id calls");
+    env.assert_every_mutation_audited().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
+    let now = Utc::now();
+    let env = Env::start(opts(0), Settings::default()).await;
+    let gone = env.fake.insert(&FakeRegistration::new(
+        "dddddddd-0000-4000-8000-000000000001",
+        days_ago(now, 200),
+    ));
+    let kept = env.fake.insert(&FakeRegistration::new(
+        "dddddddd-0000-4000-8000-000000000002",
+        days_ago(now, 200),
+    ));
+    // A plan-mode run records the decisions; then we play the crash: intents recorded, one
+    // call reached Cloudflare, and the process died before recording either outcome.
+    env.write_config(&Settings {
+        mode: "plan",
+        ..Settings::default()
+    });
+    env.once().await;
+    let audit = AuditStore::open(&env.db_path).await.unwrap();
+    let run = audit.begin_run(Mode::Apply, now).await.unwrap();
+    let pool = env.sql().await;
+    for id in [&gone, &kept] {
+        let action: i64 = sqlx::query_scalar("SELECT id FROM actions WHERE resource_id = ?1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let rid = RegistrationId::parse(id).unwrap();
+        audit
+            .record_intent(&Intent {
+                run,
+                kind: MutationKind::Delete,
+                method: "DELETE",
+                path: "/devices/registrations/x",
+                ids: &[rid],
+                action_ids: &[action],
+                at: now,
+            })
+            .await
+            .unwrap();
+    }
+    audit.close().await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .delete(format!(
+            "{}/accounts/{}/devices/registrations/{gone}",
+            env.fake.base_url(),
+            env.fake.account_id()
+        ))
+        .bearer_auth(env.fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+
+    env.write_config(&Settings::default());
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
+    let outcomes: Vec<(String, String)> = sqlx::query(
+        "SELECT resource_ids, outcome FROM mutations WHERE outcome LIKE 'reconciled%' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes[0].0.contains(&gone) && outcomes[0].1 == "reconciled_done");
+    assert!(outcomes[1].0.contains(&kept) && outcomes[1].1 == "reconciled_not_done");
+    // The one that did not happen is planned again and deleted by this run.
+    assert!(!env.fake.contains(&kept));
+    let crashed_run: String = sqlx::query_scalar("SELECT outcome FROM runs WHERE id = ?1")
+        .bind(run.0)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        crashed_run, "failed",
+        "the interrupted run is closed as failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_answers_who_deleted_my_laptop() {
+    let now = Utc::now();
+    let env = Env::start(opts(200), Settings::default()).await;
+    let laptop = env.fake.insert(&FakeRegistration {
+        user_email: Some("dana@example.com".into()),
+        device_name: "dana-thinkpad".into(),
+        ..FakeRegistration::new("eeeeeeee-0000-4000-8000-000000000001", days_ago(now, 120))
+    });
+    let listed = env.fake.get(&laptop).unwrap();
+    env.once().await;
+    assert!(!env.fake.contains(&laptop));
+
+    let pool = env.sql().await;
+    let row = sqlx::query(
+        "SELECT a.rule, a.reason, a.snapshot, m.completed_at, m.kind, m.outcome, r.mode
+         FROM actions a
+         JOIN mutations m ON m.id = a.mutation_id
+         JOIN runs r ON r.id = a.run_id
+         WHERE a.user_email = 'dana@example.com' AND a.device_name = 'dana-thinkpad'
+           AND a.action = 'delete' AND a.status = 'done'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>(0), "idle-90d");
+    assert!(row.get::<String, _>(1).starts_with("idle 120d >= 90d"));
+    let snapshot: serde_json::Value = serde_json::from_str(row.get::<&str, _>(2)).unwrap();
+    assert_eq!(
+        snapshot, listed,
+        "the snapshot is the object exactly as listed"
+    );
+    assert!(row.get::<Option<String>, _>(3).is_some());
+    assert_eq!(row.get::<String, _>(5), "ok");
+    assert_eq!(row.get::<String, _>(6), "apply");
+
+    // The CLI answers the same question.
+    let out = env.binary(&[
+        "audit",
+        "actions",
+        "--user",
+        "DANA@example.com",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["resource_id"], laptop.as_str());
+    assert_eq!(rows[0]["status"], "done");
+    let csv = env.binary(&["audit", "actions", "--resource", &laptop, "--output", "csv"]);
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert!(csv.starts_with("id,run_id,decided_at,rule") && csv.contains("dana-thinkpad"));
+}

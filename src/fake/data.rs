@@ -4,6 +4,8 @@
 //!
 //! This module knows nothing about HTTP, locking or ordering; `store` arranges the records.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -238,17 +240,11 @@ impl GenRegistration {
             deleted_at: None,
             key_type: if masque { "secp256r1" } else { "curve25519" },
             tunnel_type: if masque { "masque" } else { "wireguard" },
-            virtual_ipv4: format!(
-                "100.{}.{}.{}",
-                64 + (ordinal >> 16),
-                (ordinal >> 8) & 0xff,
-                ordinal & 0xff
-            ),
-            virtual_ipv6: format!(
-                "2606:4700:110:8000::{:x}:{:x}",
-                ordinal >> 16,
-                ordinal & 0xffff
-            ),
+            // One address each in the CGNAT range and a /64 of Cloudflare's, like real WARP IPs.
+            virtual_ipv4: Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + ordinal)
+                .to_string(),
+            virtual_ipv6: Ipv6Addr::from((0x2606_4700_0110_8000_u128 << 64) | u128::from(ordinal))
+                .to_string(),
         }
     }
 }
@@ -523,6 +519,13 @@ mod tests {
             .as_str()
             .is_some_and(|e| e.starts_with("non_identity@"))));
         assert!(all.iter().all(|r| r["key"].as_str().unwrap().len() >= 44));
+        let v4: Ipv4Addr = one["virtual_ipv4"].as_str().unwrap().parse().unwrap();
+        assert!(
+            v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]),
+            "{v4}"
+        );
+        let v6: Ipv6Addr = one["virtual_ipv6"].as_str().unwrap().parse().unwrap();
+        assert_eq!(v6.segments()[..4], [0x2606, 0x4700, 0x110, 0x8000]);
     }
 
     #[test]

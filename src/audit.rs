@@ -5,10 +5,11 @@
 //! sent, the outcome after. A crash in between leaves an intent without outcome, which
 //! [`AuditStore::pending_mutations`] hands to the next run for reconciliation.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -28,6 +29,15 @@ pub enum AuditError {
     #[error("audit database directory {dir} cannot be created: {source}; create it or point [audit] path at a writable place")]
     CreateDir {
         dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another zt-janitor process is using the audit database {path}; stop it or point [audit] path elsewhere")]
+    Locked { path: PathBuf },
+    #[error("cannot lock the audit database {path} through {lock}: {source}; check that the directory is writable and the disk is not full")]
+    Lock {
+        path: PathBuf,
+        lock: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -234,6 +244,9 @@ pub struct ActionFilter {
 pub struct AuditStore {
     pool: SqlitePool,
     path: PathBuf,
+    /// The exclusive lock on `<path>.lock` that keeps a second writer out, held until
+    /// [`AuditStore::close`] or the last clone is dropped; `None` for a read-only store.
+    lock: Arc<Mutex<Option<File>>>,
     /// Wall time spent in write methods, for the benchmark's audit-overhead figure.
     write_nanos: Arc<AtomicU64>,
 }
@@ -248,12 +261,48 @@ impl Drop for WriteTimer<'_> {
     }
 }
 
+/// Takes the exclusive advisory lock on `<path>.lock`. A sibling file rather than the database
+/// itself, so that SQLite's own locking is left alone; the kernel drops the lock when the
+/// process dies, so a crash never leaves a stale lock behind.
+fn lock_exclusively(path: &Path) -> Result<File, AuditError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let lock_err = |source| AuditError::Lock {
+        path: path.to_owned(),
+        lock: lock_path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(AuditError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(TryLockError::Error(source)) => Err(lock_err(source)),
+    }
+}
+
+/// SQLite opens any file lazily; reading the schema is what tells a database from garbage.
+async fn check_readable(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT count(*) FROM sqlite_master")
+        .fetch_one(pool)
+        .await
+        .map(drop)
+}
+
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 impl AuditStore {
-    /// Opens (creating if missing) the database at `path` and applies pending migrations.
+    /// Opens (creating if missing) the database at `path` for writing and applies pending
+    /// migrations. Only one process may write: the others get [`AuditError::Locked`].
     pub async fn open(path: &Path) -> Result<Self, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| AuditError::CreateDir {
@@ -261,6 +310,7 @@ impl AuditStore {
                 source,
             })?;
         }
+        let lock = lock_exclusively(path)?;
         let open_err = |source| AuditError::Open {
             path: path.to_owned(),
             source,
@@ -280,6 +330,7 @@ impl AuditStore {
             .connect_with(options)
             .await
             .map_err(open_err)?;
+        check_readable(&pool).await.map_err(open_err)?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -290,6 +341,33 @@ impl AuditStore {
         Ok(AuditStore {
             pool,
             path: path.to_owned(),
+            lock: Arc::new(Mutex::new(Some(lock))),
+            write_nanos: Arc::default(),
+        })
+    }
+
+    /// Opens an existing database for reading only: no lock, no migration, no write. For
+    /// readers (the `audit` command, the demo) that may run while a daemon writes.
+    pub async fn open_read_only(path: &Path) -> Result<Self, AuditError> {
+        let open_err = |source| AuditError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(open_err)?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        check_readable(&pool).await.map_err(open_err)?;
+        Ok(AuditStore {
+            pool,
+            path: path.to_owned(),
+            lock: Arc::default(),
             write_nanos: Arc::default(),
         })
     }
@@ -324,23 +402,38 @@ impl AuditStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Closes the database and releases the writer's lock, for every clone.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Runs left unfinished by a crash are closed as failed, so `audit runs` never shows a run
-    /// as still going when no process is running it.
+    /// as still going when no process is running it; their actions that never reached an API
+    /// call are marked not attempted, so none is left looking planned. Actions in flight stay
+    /// for [`AuditStore::pending_mutations`] to reconcile.
     pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> Result<u64, AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        sqlx::query(
+            "UPDATE actions SET status = 'not_attempted',
+                 status_detail = 'interrupted: the process stopped before acting on it'
+             WHERE status = 'planned'
+               AND run_id IN (SELECT id FROM runs WHERE outcome IS NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(AuditError::Write)?;
         let done = sqlx::query(
             "UPDATE runs SET outcome = 'failed', finished_at = ?1,
                  reason = 'interrupted: the process stopped before the run finished'
              WHERE outcome IS NULL",
         )
         .bind(ts(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
+        tx.commit().await.map_err(AuditError::Write)?;
         Ok(done.rows_affected())
     }
 

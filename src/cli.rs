@@ -307,7 +307,7 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
             path.display()
         );
     }
-    let store = AuditStore::open(&path).await?;
+    let store = AuditStore::open_read_only(&path).await?;
     let mut out = std::io::stdout().lock();
     match filter {
         None => report::runs(

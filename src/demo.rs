@@ -106,7 +106,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         },
     ));
     let metrics_addr = addr_rx.await.context("the daemon did not start")?;
-    let audit = AuditStore::open(&config.audit.path).await?;
+    let audit = AuditStore::open_read_only(&config.audit.path).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while finished_runs(&audit).await? < 2 {
         anyhow::ensure!(

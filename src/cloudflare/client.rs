@@ -179,7 +179,7 @@ impl Client {
         id: &RegistrationId,
     ) -> Result<MutationOutcome, ApiError> {
         let url = format!("{}/{}", self.registrations_url(), id);
-        self.mutate(Endpoint::DeleteRegistration, Method::DELETE, &url, &[])
+        self.mutate(Endpoint::DeleteRegistration, Method::DELETE, &url, &[], 1)
             .await
     }
 
@@ -195,6 +195,7 @@ impl Client {
             Method::DELETE,
             &url,
             &query,
+            ids.len(),
         )
         .await
     }
@@ -207,23 +208,32 @@ impl Client {
     ) -> Result<MutationOutcome, ApiError> {
         let query: Vec<(&str, &str)> = ids.iter().map(|id| ("id", id.as_str())).collect();
         let url = format!("{}/revoke", self.registrations_url());
-        self.mutate(Endpoint::RevokeRegistrations, Method::POST, &url, &query)
-            .await
+        self.mutate(
+            Endpoint::RevokeRegistrations,
+            Method::POST,
+            &url,
+            &query,
+            ids.len(),
+        )
+        .await
     }
 
+    /// A 404 means "already gone" only for a call naming one id: for several, it does not say
+    /// which is missing, so it stays an error and the executor asks again in smaller parts.
     async fn mutate(
         &self,
         endpoint: Endpoint,
         method: Method,
         url: &str,
         query: &[(&str, &str)],
+        ids_named: usize,
     ) -> Result<MutationOutcome, ApiError> {
         match self
             .send::<serde::de::IgnoredAny>(endpoint, method, url, query)
             .await
         {
             Ok(env) => Ok(MutationOutcome::Done { status: env.status }),
-            Err(e) if e.is_not_found() => Ok(MutationOutcome::AlreadyGone),
+            Err(e) if e.is_not_found() && ids_named == 1 => Ok(MutationOutcome::AlreadyGone),
             Err(e) => Err(e),
         }
     }

@@ -58,6 +58,9 @@ pub struct Settings<'a> {
     pub max_actions: u64,
     pub max_fraction: f64,
     pub max_retries: u32,
+    pub request_timeout_secs: u64,
+    /// Extra lines of the `[cloudflare]` table (e.g. `max_requests_per_cycle = 3`).
+    pub cloudflare_extra: &'a str,
     pub rules: &'a str,
     /// Extra top-level tables (e.g. `[schedule]`, `[metrics]`).
     pub extra: &'a str,
@@ -72,6 +75,8 @@ impl Default for Settings<'_> {
             max_actions: 100_000,
             max_fraction: 1.0,
             max_retries: 2,
+            request_timeout_secs: 5,
+            cloudflare_extra: "",
             rules: STANDARD_RULES,
             extra: "",
         }
@@ -107,7 +112,8 @@ base_url = "{base}"
 per_page = {per_page}
 bulk_chunk_size = {chunk}
 max_retries = {retries}
-request_timeout_secs = 5
+request_timeout_secs = {timeout}
+{cloudflare_extra}
 
 [safety]
 mode = "{mode}"
@@ -125,6 +131,8 @@ path = "{db}"
             per_page = s.per_page,
             chunk = s.chunk,
             retries = s.max_retries,
+            timeout = s.request_timeout_secs,
+            cloudflare_extra = s.cloudflare_extra,
             mode = s.mode,
             max_actions = s.max_actions,
             max_fraction = s.max_fraction,
@@ -141,17 +149,21 @@ path = "{db}"
 
     /// Runs one cycle in this process, as `zt-janitor once` does.
     pub async fn once(&self) -> CycleReport {
+        self.once_with(&Metrics::new()).await
+    }
+
+    /// [`Env::once`], recording into `metrics` so the test can read them.
+    pub async fn once_with(&self, metrics: &Metrics) -> CycleReport {
         let config = self.config();
         let rules = RuleSet::new(&config.rules, &config.exclusions).unwrap();
         let audit = AuditStore::open(&config.audit.path).await.unwrap();
         audit.close_interrupted_runs(Utc::now()).await.unwrap();
-        let metrics = Metrics::new();
         let stop = StopSignal::default();
         let report = CycleContext {
             config: &config,
             rules: &rules,
             audit: &audit,
-            metrics: &metrics,
+            metrics,
             stop: &stop,
         }
         .run(Utc::now())
@@ -228,26 +240,49 @@ path = "{db}"
             .collect()
     }
 
+    /// Mutation requests the fake received that no audit row names (same ids), as
+    /// `#seq kind (n ids)` lines.
+    pub async fn unaudited_mutations(&self) -> Vec<String> {
+        let audited: Vec<Vec<String>> = self
+            .audited_mutations()
+            .await
+            .into_iter()
+            .map(|(_, mut ids, _)| {
+                ids.sort();
+                ids
+            })
+            .collect();
+        self.fake
+            .mutations()
+            .into_iter()
+            .filter(|m| {
+                let mut ids = m.ids.clone();
+                ids.sort();
+                !audited.contains(&ids)
+            })
+            .map(|m| format!("#{} {:?} ({} ids)", m.seq, m.kind, m.ids.len()))
+            .collect()
+    }
+
     /// Asserts that every mutation request the fake received has an audit row naming the
     /// same ids.
     pub async fn assert_every_mutation_audited(&self) {
-        let audited = self.audited_mutations().await;
-        for m in self.fake.mutations() {
-            let mut ids = m.ids.clone();
-            ids.sort();
-            let found = audited.iter().any(|(_, a, _)| {
-                let mut a = a.clone();
-                a.sort();
-                a == ids
-            });
-            assert!(
-                found,
-                "mutation #{} ({:?}, {} ids) has no audit row",
-                m.seq,
-                m.kind,
-                m.ids.len()
-            );
-        }
+        let missing = self.unaudited_mutations().await;
+        assert!(
+            missing.is_empty(),
+            "mutations without audit row: {missing:?}"
+        );
+    }
+
+    /// Ids the fake saw deleted or revoked more than once.
+    pub fn ids_mutated_twice(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        self.fake
+            .mutations()
+            .into_iter()
+            .flat_map(|m| m.affected)
+            .filter(|id| !seen.insert(id.clone()))
+            .collect()
     }
 
     pub async fn run_outcomes(&self) -> Vec<(String, Option<String>)> {

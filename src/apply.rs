@@ -92,7 +92,12 @@ impl Executor<'_> {
                 continue;
             }
             // Defence in depth: the exclusions are asked again right before acting.
-            if let Some(exclusion) = self.rules.exclusion_for(&candidate.registration) {
+            let protected = self.rules.exclusion_for_parts(
+                &candidate.id,
+                candidate.user_email.as_deref(),
+                &candidate.device_name,
+            );
+            if let Some(exclusion) = protected {
                 self.audit
                     .set_action_status(
                         &[action_id],

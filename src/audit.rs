@@ -19,7 +19,8 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::cloudflare::RegistrationId;
 use crate::config::Mode;
-use crate::plan::Plan;
+use crate::plan::Candidate;
+use serde_json::value::RawValue;
 
 /// Rows per multi-row INSERT; 13 bound values each stays far below SQLite's variable limit.
 const INSERT_BATCH: usize = 500;
@@ -484,14 +485,19 @@ impl AuditStore {
         Ok(())
     }
 
-    /// Records every decision of `plan` in one transaction. Returns the action row ids in the
-    /// order of `plan.candidates`.
-    pub async fn record_plan(&self, run: RunId, plan: &Plan) -> Result<Vec<i64>, AuditError> {
+    /// Records decisions in one transaction and takes their snapshots out of memory. Returns
+    /// the action row ids in the order of `candidates`.
+    pub async fn record_decisions(
+        &self,
+        run: RunId,
+        decided_at: DateTime<Utc>,
+        candidates: &mut [Candidate],
+    ) -> Result<Vec<i64>, AuditError> {
         let _timer = self.timer();
-        let decided_at = ts(plan.generated_at);
+        let decided_at = ts(decided_at);
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
-        let mut ids = Vec::with_capacity(plan.candidates.len());
-        for batch in plan.candidates.chunks(INSERT_BATCH) {
+        let mut ids = Vec::with_capacity(candidates.len());
+        for batch in candidates.chunks(INSERT_BATCH) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO actions (run_id, decided_at, rule, action, resource_type, resource_id,
                      user_email, device_name, last_seen_at, reason, excluded_by, status, snapshot) ",
@@ -511,10 +517,10 @@ impl AuditStore {
                     .push_bind(c.user_email.as_deref())
                     .push_bind(&c.device_name)
                     .push_bind(c.last_seen_at.to_string())
-                    .push_bind(&c.reason)
+                    .push_bind(c.why.to_string())
                     .push_bind(c.excluded_by.as_deref())
                     .push_bind(status.as_str())
-                    .push_bind(c.snapshot.get());
+                    .push_bind(c.snapshot.as_deref().map_or("null", RawValue::get));
             });
             q.push(" RETURNING id");
             let rows = q
@@ -525,6 +531,9 @@ impl AuditStore {
             ids.extend(rows.iter().map(|r| r.get::<i64, _>(0)));
         }
         tx.commit().await.map_err(AuditError::Write)?;
+        for c in candidates.iter_mut() {
+            c.snapshot = None;
+        }
         Ok(ids)
     }
 

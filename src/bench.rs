@@ -39,6 +39,10 @@ pub struct BenchArgs {
     revoked_share: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Latency the fake API adds to every request, to see the cycle as it runs against a real,
+    /// remote API (0: loopback speed, where the janitor's own costs dominate).
+    #[arg(long, default_value_t = 0)]
+    api_latency_ms: u64,
 }
 
 const TOKEN: &str = "bench-token";
@@ -63,11 +67,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     std::fs::write(&token_file, TOKEN)?;
     let mut fake = FakeChild::spawn(&args)?;
     println!(
-        "fake API: {} registrations ({:.0}% idle, {:.0}% revoked), page cap {}, at {}",
+        "fake API: {} registrations ({:.0}% idle, {:.0}% revoked), page cap {}, latency {} ms, at {}",
         args.registrations,
         args.idle_share * 100.0,
         args.revoked_share * 100.0,
         args.max_per_page,
+        args.api_latency_ms,
         fake.base_url
     );
 
@@ -308,6 +313,17 @@ impl FakeChild {
             .args(["--revoked-share", &args.revoked_share.to_string()])
             .args(["--max-per-page", &args.max_per_page.to_string()])
             .args(["--max-bulk-ids", &args.chunk.max(100).to_string()])
+            .args(
+                (args.api_latency_ms > 0)
+                    .then(|| {
+                        [
+                            "--fault".to_owned(),
+                            format!("any:delay_ms={}", args.api_latency_ms),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -11,9 +11,13 @@ use crate::audit::{ActionStatus, AuditError, AuditStore, RunId, RunOutcome, RunS
 use crate::cloudflare::Client;
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
-use crate::plan::{build_plan, Plan};
+use crate::plan::{Candidate, Plan, Planner};
 use crate::rules::RuleSet;
 use crate::secret::ApiToken;
+
+/// Decisions are written to the audit log in batches of this many, so that at most this many
+/// snapshots are held in memory.
+const RECORD_BATCH: usize = 2000;
 
 /// Everything a cycle needs; rebuilt when the config is reloaded.
 pub struct CycleContext<'a> {
@@ -106,25 +110,15 @@ impl CycleContext<'_> {
                 return Ok(());
             }
         }
-        // Listing is read-only, so a stop request may simply abandon it.
-        let listing = tokio::select! {
-            plan = build_plan(client, self.rules, &self.config.safety, now) => plan,
-            () = self.stop.stopped() => {
+        let (plan, action_ids) = match self.list_and_record(client, run, now).await? {
+            Ok(listed) => listed,
+            Err(reason) => {
                 report.outcome = RunOutcome::Aborted;
-                report.reason = Some("shutdown requested while listing; nothing was done".to_owned());
-                return Ok(());
-            }
-        };
-        let plan = match listing {
-            Ok(plan) => plan,
-            Err(e) => {
-                report.outcome = RunOutcome::Aborted;
-                report.reason = Some(format!("{e}; nothing was done this run"));
+                report.reason = Some(reason);
                 return Ok(());
             }
         };
         self.observe_plan(&plan);
-        let action_ids = self.audit.record_plan(run, &plan).await?;
         let excluded = plan.excluded().count() as u64;
         report.summary = RunSummary {
             pages: Some(plan.pages),
@@ -185,6 +179,52 @@ impl CycleContext<'_> {
         }
         report.plan = Some(plan);
         Ok(())
+    }
+
+    /// Lists through the planner, recording decisions in batches as pages arrive, so that the
+    /// objects' snapshots never accumulate in memory. Returns the plan and the action rows of
+    /// its candidates, or why the listing cannot be trusted (then no recorded decision is
+    /// ever acted on).
+    async fn list_and_record(
+        &self,
+        client: &Client,
+        run: RunId,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(Plan, Vec<i64>), String>, CycleError> {
+        let mut planner = Planner::new(client, self.rules, now);
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut action_ids: Vec<i64> = Vec::new();
+        loop {
+            // Listing is read-only, so a stop request may simply abandon it.
+            let next = tokio::select! {
+                page = planner.next_page() => page.map_err(|e| format!("{e}; nothing was done this run")),
+                () = self.stop.stopped() => Err("shutdown requested while listing; nothing was done".to_owned()),
+            };
+            let complete = match next {
+                Ok(Some(page)) => {
+                    candidates.extend(page);
+                    false
+                }
+                Ok(None) => true,
+                Err(reason) => {
+                    self.audit
+                        .set_action_status(&action_ids, ActionStatus::NotAttempted, Some(&reason))
+                        .await?;
+                    return Ok(Err(reason));
+                }
+            };
+            let unrecorded = &mut candidates[action_ids.len()..];
+            if complete || unrecorded.len() >= RECORD_BATCH {
+                let ids = self.audit.record_decisions(run, now, unrecorded).await?;
+                action_ids.extend(ids);
+            }
+            if complete {
+                return Ok(Ok((
+                    planner.finish(candidates, &self.config.safety),
+                    action_ids,
+                )));
+            }
+        }
     }
 
     fn observe_plan(&self, plan: &Plan) {

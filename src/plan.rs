@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::cloudflare::{ApiError, Client, Registration, RegistrationId, RegistrationPage, Stamp};
 use crate::config::{Action, SafetySettings};
-use crate::rules::{Anomaly, RuleSet, Verdict};
+use crate::rules::{Anomaly, RuleSet, Verdict, Why};
 
 /// Where pages come from: the Cloudflare client in production, a vector in unit tests.
 pub trait RegistrationSource {
@@ -58,15 +58,20 @@ pub struct Candidate {
     pub user_email: Option<String>,
     pub device_name: String,
     pub last_seen_at: Stamp,
-    pub reason: String,
+    /// Why the rule selected it; rendered as `reason`.
+    #[serde(rename = "reason", serialize_with = "display")]
+    pub why: Why,
     /// Set when an exclusion protects it; such a candidate is never acted on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub excluded_by: Option<String>,
-    /// The object exactly as listed, for the audit log.
+    /// The object exactly as listed, for the audit log; taken once recorded, so that memory
+    /// holds only the small fields above.
     #[serde(skip)]
-    pub snapshot: Box<RawValue>,
-    #[serde(skip)]
-    pub registration: Registration,
+    pub snapshot: Option<Box<RawValue>>,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -182,54 +187,95 @@ impl Plan {
     }
 }
 
-/// Lists everything from `source` and evaluates it at `now`.
+/// Lists everything from `source` and evaluates it at `now`, keeping every candidate (and its
+/// snapshot) in memory. The cycle uses [`Planner`] directly to hand snapshots to the audit log
+/// as it goes instead.
 pub async fn build_plan<S: RegistrationSource>(
     source: &S,
     rules: &RuleSet,
     safety: &SafetySettings,
     now: DateTime<Utc>,
 ) -> Result<Plan, PlanError> {
-    let mut seen = SeenCounts::default();
-    let mut anomalies = AnomalyCounts::default();
+    let mut planner = Planner::new(source, rules, now);
     let mut candidates = Vec::new();
+    while let Some(page) = planner.next_page().await? {
+        candidates.extend(page);
+    }
+    Ok(planner.finish(candidates, safety))
+}
+
+/// The listing, one page at a time. Each call to [`Planner::next_page`] fetches and evaluates
+/// one page; a page that makes the listing untrustworthy ends it with an error.
+pub struct Planner<'a, S> {
+    source: &'a S,
+    rules: &'a RuleSet,
+    now: DateTime<Utc>,
+    seen: SeenCounts,
+    anomalies: AnomalyCounts,
     // Fingerprints, not ids: 8 bytes per registration. A collision (odds ~1e-8 at 1M ids) can
     // only abort a cycle, never cause an action.
-    let mut ids_seen: HashSet<u64> = HashSet::new();
-    let mut cursors_seen: HashSet<u64> = HashSet::new();
-    let mut cursor: Option<String> = None;
-    let mut pages = 0u64;
-    loop {
-        pages += 1;
-        let page = source
-            .page(cursor.as_deref())
+    ids_seen: HashSet<u64>,
+    cursors_seen: HashSet<u64>,
+    cursor: Option<String>,
+    pages: u64,
+    done: bool,
+}
+
+impl<'a, S: RegistrationSource> Planner<'a, S> {
+    pub fn new(source: &'a S, rules: &'a RuleSet, now: DateTime<Utc>) -> Self {
+        Planner {
+            source,
+            rules,
+            now,
+            seen: SeenCounts::default(),
+            anomalies: AnomalyCounts::default(),
+            ids_seen: HashSet::new(),
+            cursors_seen: HashSet::new(),
+            cursor: None,
+            pages: 0,
+            done: false,
+        }
+    }
+
+    /// The candidates of the next page (possibly none), or `None` once the cursor ran out.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Candidate>>, PlanError> {
+        if self.done {
+            return Ok(None);
+        }
+        self.pages += 1;
+        let page_no = self.pages;
+        let page = self
+            .source
+            .page(self.cursor.as_deref())
             .await
             .map_err(|source| PlanError::Listing {
-                page: pages,
+                page: page_no,
                 source,
             })?;
+        let mut candidates = Vec::new();
         for (index, raw) in page.items.into_iter().enumerate() {
             let reg: Registration =
                 serde_json::from_str(raw.get()).map_err(|e| PlanError::Malformed {
-                    page: pages,
+                    page: page_no,
                     index,
                     message: e.to_string(),
                 })?;
-            if !ids_seen.insert(fingerprint(reg.id.as_str())) {
+            if !self.ids_seen.insert(fingerprint(reg.id.as_str())) {
                 return Err(PlanError::DuplicateId {
-                    page: pages,
+                    page: page_no,
                     id: reg.id.to_string(),
                 });
             }
-            seen.total += 1;
+            self.seen.total += 1;
             if reg.is_revoked() {
-                seen.revoked += 1;
+                self.seen.revoked += 1;
             } else {
-                seen.active += 1;
+                self.seen.active += 1;
             }
-            let eval = rules.evaluate(&reg, now);
+            let eval = self.rules.evaluate(&reg, self.now);
             if let Some(a) = eval.anomaly {
                 tracing::warn!(registration = %reg.id, anomaly = a.label(), last_seen_at = %reg.last_seen_at, "registration data not trusted for idle rules");
-                anomalies.count(a);
+                self.anomalies.count(a);
             }
             let (rule, why, excluded_by) = match eval.verdict {
                 Verdict::Keep => continue,
@@ -247,34 +293,38 @@ pub async fn build_plan<S: RegistrationSource>(
                 user_email: reg.user_email().map(str::to_owned),
                 device_name: reg.device.name.clone(),
                 last_seen_at: reg.last_seen_at.clone(),
-                reason: why.to_string(),
+                why,
                 excluded_by,
-                snapshot: raw,
-                registration: reg,
+                snapshot: Some(raw),
             });
         }
         match page.next_cursor {
-            None => break,
+            None => self.done = true,
             Some(next) => {
-                if !cursors_seen.insert(fingerprint(&next)) {
-                    return Err(PlanError::CursorLoop { page: pages });
+                if !self.cursors_seen.insert(fingerprint(&next)) {
+                    return Err(PlanError::CursorLoop { page: page_no });
                 }
-                cursor = Some(next);
+                self.cursor = Some(next);
             }
         }
+        Ok(Some(candidates))
     }
-    let actionable = candidates
-        .iter()
-        .filter(|c| c.excluded_by.is_none())
-        .count() as u64;
-    Ok(Plan {
-        generated_at: now,
-        pages,
-        seen,
-        caps: CapCheck::new(actionable, seen.total, safety),
-        candidates,
-        anomalies,
-    })
+
+    /// The plan over a complete listing: `candidates` are all the pages' candidates, in order.
+    pub fn finish(self, candidates: Vec<Candidate>, safety: &SafetySettings) -> Plan {
+        let actionable = candidates
+            .iter()
+            .filter(|c| c.excluded_by.is_none())
+            .count() as u64;
+        Plan {
+            generated_at: self.now,
+            pages: self.pages,
+            seen: self.seen,
+            caps: CapCheck::new(actionable, self.seen.total, safety),
+            candidates,
+            anomalies: self.anomalies,
+        }
+    }
 }
 
 fn fingerprint(s: &str) -> u64 {

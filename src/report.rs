@@ -34,8 +34,8 @@ pub fn plan_text(out: &mut dyn Write, plan: &Plan, rules: &RuleSet) -> io::Resul
                 c.device_name.clone(),
                 c.last_seen_at.to_string(),
                 match &c.excluded_by {
-                    None => c.reason.clone(),
-                    Some(by) => format!("{}; protected by {by}", c.reason),
+                    None => c.why.to_string(),
+                    Some(by) => format!("{}; protected by {by}", c.why),
                 },
             ]
         })

@@ -169,9 +169,20 @@ impl RuleSet {
 
     /// The name of the first exclusion protecting `reg`, if any.
     pub fn exclusion_for(&self, reg: &Registration) -> Option<&str> {
+        self.exclusion_for_parts(&reg.id, reg.user_email(), &reg.device.name)
+    }
+
+    /// [`RuleSet::exclusion_for`] from the only fields exclusions look at, so that a planned
+    /// candidate can be checked again without keeping the whole registration.
+    pub fn exclusion_for_parts(
+        &self,
+        id: &RegistrationId,
+        user_email: Option<&str>,
+        device_name: &str,
+    ) -> Option<&str> {
         self.exclusions
             .iter()
-            .find(|e| e.protects(reg))
+            .find(|e| e.protects(id, user_email, device_name))
             .map(|e| e.name.as_str())
     }
 }
@@ -264,12 +275,12 @@ impl Exclusion {
         })
     }
 
-    fn protects(&self, reg: &Registration) -> bool {
-        let email = reg.user_email().filter(|e| !e.is_empty());
+    fn protects(&self, id: &RegistrationId, user_email: Option<&str>, device_name: &str) -> bool {
+        let email = user_email.filter(|e| !e.is_empty());
         (self.no_user && email.is_none_or(is_service_identity))
             || email.is_some_and(|e| self.user_emails.is_match(e))
-            || self.device_names.is_match(&reg.device.name)
-            || self.registration_ids.contains(&reg.id)
+            || self.device_names.is_match(device_name)
+            || self.registration_ids.contains(id)
     }
 }
 

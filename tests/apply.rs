@@ -384,3 +384,57 @@ async fn the_audit_answers_who_deleted_my_laptop() {
     let csv = String::from_utf8(csv.stdout).unwrap();
     assert!(csv.starts_with("id,run_id,decided_at,rule") && csv.contains("dana-thinkpad"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decisions_recorded_before_a_listing_failure_are_never_acted_on() {
+    // Enough candidates that the first batches of decisions reach the audit log before the
+    // last page fails.
+    let env = Env::start(
+        FakeOptions {
+            idle_share: 0.3,
+            ..opts(10_000)
+        },
+        Settings {
+            per_page: 1000,
+            max_retries: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.fake.set_faults(vec![
+        FaultRule::nth(
+            FaultEndpoint::ListRegistrations,
+            10,
+            Fault::Status {
+                code: 502,
+                retry_after: None,
+            },
+        ),
+        FaultRule::nth(
+            FaultEndpoint::ListRegistrations,
+            11,
+            Fault::Status {
+                code: 502,
+                retry_after: None,
+            },
+        ),
+    ]);
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Aborted);
+    assert!(env.fake.mutations().is_empty(), "nothing may be deleted");
+    let pool = env.sql().await;
+    let statuses: Vec<(String, i64)> =
+        sqlx::query("SELECT status, count(*) FROM actions GROUP BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0].0, "not_attempted");
+    assert!(
+        statuses[0].1 >= 2000,
+        "a batch was recorded before the failure: {statuses:?}"
+    );
+}

@@ -288,7 +288,7 @@ fn cases() -> Vec<Case> {
         case(
             "list duplicates ids",
             vec![FaultRule::nth(List, 2, Fault::DuplicateIds)],
-            stopped(Aborted, "repeats registration", false),
+            stopped(Aborted, "more than once", false),
         ),
         Case {
             settings: Settings {

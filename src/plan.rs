@@ -187,9 +187,8 @@ impl Plan {
     }
 }
 
-/// Lists everything from `source` and evaluates it at `now`, keeping every candidate (and its
-/// snapshot) in memory. The cycle uses [`Planner`] directly to hand snapshots to the audit log
-/// as it goes instead.
+/// Lists everything from `source` and evaluates it at `now`, for display: snapshots are
+/// dropped as pages arrive. The cycle uses [`Planner`] directly to hand them to the audit log.
 pub async fn build_plan<S: RegistrationSource>(
     source: &S,
     rules: &RuleSet,
@@ -199,7 +198,10 @@ pub async fn build_plan<S: RegistrationSource>(
     let mut planner = Planner::new(source, rules, now);
     let mut candidates = Vec::new();
     while let Some(page) = planner.next_page().await? {
-        candidates.extend(page);
+        candidates.extend(page.into_iter().map(|c| Candidate {
+            snapshot: None,
+            ..c
+        }));
     }
     Ok(planner.finish(candidates, safety))
 }

@@ -289,12 +289,32 @@ fn lock_exclusively(path: &Path) -> Result<File, AuditError> {
     }
 }
 
-/// SQLite opens any file lazily; reading the schema is what tells a database from garbage.
-async fn check_readable(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT count(*) FROM sqlite_master")
-        .fetch_one(pool)
+/// One connection to the database at `path` with the options `mode` adds, checked to be a
+/// readable SQLite database: SQLite opens any file lazily, and reading the schema is what tells
+/// a database from garbage. One connection: writes are serial anyway, and it keeps
+/// transactions simple.
+async fn connect(
+    path: &Path,
+    mode: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+) -> Result<SqlitePool, AuditError> {
+    let open_err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let options = SqliteConnectOptions::from_str("sqlite:")
+        .map_err(open_err)?
+        .filename(path)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(mode(options))
         .await
-        .map(drop)
+        .map_err(open_err)?;
+    sqlx::query("SELECT count(*) FROM sqlite_master")
+        .fetch_one(&pool)
+        .await
+        .map_err(open_err)?;
+    Ok(pool)
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -312,26 +332,14 @@ impl AuditStore {
             })?;
         }
         let lock = lock_exclusively(path)?;
-        let open_err = |source| AuditError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(open_err)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed intent must survive power loss, not only a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        // One connection: writes are serial anyway, and it keeps transactions simple.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        check_readable(&pool).await.map_err(open_err)?;
+        let pool = connect(path, |o| {
+            o.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a committed intent must survive power loss, not only a process crash.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+        })
+        .await?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -350,21 +358,7 @@ impl AuditStore {
     /// Opens an existing database for reading only: no lock, no migration, no write. For
     /// readers (the `audit` command, the demo) that may run while a daemon writes.
     pub async fn open_read_only(path: &Path) -> Result<Self, AuditError> {
-        let open_err = |source| AuditError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(open_err)?
-            .filename(path)
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        check_readable(&pool).await.map_err(open_err)?;
+        let pool = connect(path, |o| o.read_only(true)).await?;
         Ok(AuditStore {
             pool,
             path: path.to_owned(),

@@ -257,7 +257,7 @@ impl Executor<'_> {
             self.metrics
                 .actions
                 .with_label_values(&[&c.rule, &c.action.to_string(), outcome])
-                .inc_by(1);
+                .inc();
         }
     }
 }

@@ -44,10 +44,10 @@ pub enum MutationOutcome {
 }
 
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
-    pub base: Duration,
-    pub max_wait: Duration,
+struct RetryPolicy {
+    max_retries: u32,
+    base: Duration,
+    max_wait: Duration,
 }
 
 pub struct Client {
@@ -109,12 +109,6 @@ impl Client {
             deadline: Instant::now() + settings.cycle_deadline(),
             metrics,
         })
-    }
-
-    /// Overrides the retry timing (tests use millisecond backoffs).
-    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
     }
 
     /// Requests sent so far in this cycle, retries included.

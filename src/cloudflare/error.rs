@@ -118,10 +118,6 @@ impl ApiError {
         self.status() == Some(404)
     }
 
-    pub fn is_auth(&self) -> bool {
-        matches!(self.status(), Some(401 | 403))
-    }
-
     /// The first Cloudflare error code and message, for the audit log.
     pub fn cf_error(&self) -> Option<&CfErrorDetail> {
         match self {

@@ -5,7 +5,7 @@ pub mod client;
 pub mod error;
 pub mod model;
 
-pub use client::{Client, MutationOutcome, RegistrationPage, RetryPolicy};
+pub use client::{Client, MutationOutcome, RegistrationPage};
 pub use error::{ApiError, CfErrorDetail, Endpoint};
 pub use model::{
     AccountId, CursorInfo, Device, Registration, RegistrationId, RegistrationType, Stamp, User,

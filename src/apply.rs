@@ -1,21 +1,31 @@
 //! The executor: carries out an approved plan through the Cloudflare client, one bulk call per
-//! chunk, writing each mutation's intent to the audit store before sending it and its outcome
-//! after. Also reconciles intents a crash left without an outcome.
+//! chunk. Every call's intent is committed to the audit store before the call is sent, and its
+//! outcome after. Also reconciles intents a crash left without an outcome.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::Notify;
 
 use crate::audit::{
-    ActionStatus, AuditError, AuditStore, Intent, MutationId, MutationKind, MutationResult, RunId,
+    ActionStatus, AuditError, AuditStore, Intent, JournalEntry, MutationId, MutationKind,
+    MutationResult, Outcome, RunId, Withdrawal,
 };
 use crate::cloudflare::{ApiError, Client, Endpoint, MutationOutcome, RegistrationId};
 use crate::config::Action;
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan};
 use crate::rules::RuleSet;
+
+/// Calls go out in groups, and the intents of the next group are committed while the current
+/// group's calls are in flight, so the audit log's commits overlap the network instead of
+/// adding to it. A group is one call while the API is slower than the audit disk (a remote
+/// API) and doubles, up to this many calls, while the audit write is the slower one. A crash
+/// leaves at most two groups' intents to reconcile.
+const MAX_GROUP: usize = 8;
 
 /// Set when the process is asked to stop: the executor finishes the call in flight, records
 /// it, and starts no other; a listing in progress is abandoned.
@@ -80,18 +90,130 @@ struct Item<'p> {
     action_id: i64,
 }
 
+/// One API call: what it does and the actions it carries.
+#[derive(Clone, Copy)]
+struct Call<'q, 'p> {
+    action: Action,
+    items: &'q [Item<'p>],
+}
+
+/// A call whose intent is committed, so it may be sent.
+#[derive(Clone, Copy)]
+struct Journaled<'q, 'p> {
+    call: Call<'q, 'p>,
+    mutation: MutationId,
+}
+
+/// How sending one group went.
+struct Sent<'q, 'p> {
+    /// Outcomes of the calls made, not yet written.
+    outcomes: Vec<Outcome>,
+    /// Calls whose intents are committed but which were not sent: the run stopped first.
+    unsent: Vec<Journaled<'q, 'p>>,
+    took: Duration,
+}
+
 impl Executor<'_> {
     /// Applies every actionable candidate of `plan`; `action_ids` are the audit rows of
     /// `plan.candidates`, in order. Stops at the first call that fails for a reason other
     /// than a refused bulk size: a broken API or token is not hammered with more calls.
     pub async fn apply(&self, plan: &Plan, action_ids: &[i64]) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
-        let mut queue: Vec<Item> = Vec::new();
+        let queue = self
+            .still_unprotected(plan, action_ids, &mut report)
+            .await?;
+        let by_action: Vec<(Action, Vec<Item>)> = [Action::Delete, Action::Revoke]
+            .into_iter()
+            .map(|action| {
+                let items = queue
+                    .iter()
+                    .copied()
+                    .filter(|i| i.candidate.action == action)
+                    .collect();
+                (action, items)
+            })
+            .collect();
+        let mut calls: VecDeque<Call> = by_action
+            .iter()
+            .flat_map(|(action, items)| {
+                items.chunks(self.chunk_size.max(1)).map(|items| Call {
+                    action: *action,
+                    items,
+                })
+            })
+            .collect();
+
+        let mut group_size = 1;
+        let mut group = self
+            .journal(take(&mut calls, group_size), Vec::new())
+            .await?;
+        let mut unwritten: Vec<Outcome> = Vec::new();
+        while !group.is_empty() {
+            let next = if self.stop.is_stopped() {
+                Vec::new()
+            } else {
+                take(&mut calls, group_size)
+            };
+            let write_started = Instant::now();
+            let (written, sent) = self
+                .audit
+                .alongside(
+                    async {
+                        let ids = self.journal(next, std::mem::take(&mut unwritten)).await;
+                        (ids, write_started.elapsed())
+                    },
+                    self.send_group(&group, &mut report),
+                )
+                .await;
+            let (next, write_took) = written;
+            let (next, sent) = (next?, sent?);
+            unwritten = sent.outcomes;
+            if let Some(reason) = report.stopped_by.clone() {
+                let unsent: Vec<Journaled> = sent.unsent.into_iter().chain(next).collect();
+                report.not_attempted += unsent
+                    .iter()
+                    .map(|j| j.call.items.len() as u64)
+                    .sum::<u64>();
+                let entry = JournalEntry {
+                    outcomes: unwritten,
+                    withdrawal: Some(Withdrawal {
+                        mutations: unsent.iter().map(|j| j.mutation).collect(),
+                        reason: reason.clone(),
+                    }),
+                    intents: Vec::new(),
+                };
+                self.audit.write_journal(self.run, &entry).await?;
+                for call in calls {
+                    self.skip(call.items, &reason, &mut report).await?;
+                }
+                return Ok(report);
+            }
+            group_size = resize(group_size, write_took, sent.took);
+            group = next;
+        }
+        if !unwritten.is_empty() {
+            let entry = JournalEntry {
+                outcomes: unwritten,
+                ..JournalEntry::default()
+            };
+            self.audit.write_journal(self.run, &entry).await?;
+        }
+        Ok(report)
+    }
+
+    /// The actionable candidates that no exclusion protects now. Defence in depth: the
+    /// exclusions are asked again right before acting.
+    async fn still_unprotected<'p>(
+        &self,
+        plan: &'p Plan,
+        action_ids: &[i64],
+        report: &mut ApplyReport,
+    ) -> Result<Vec<Item<'p>>, AuditError> {
+        let mut queue = Vec::new();
         for (candidate, &action_id) in plan.candidates.iter().zip(action_ids) {
             if candidate.excluded_by.is_some() {
                 continue;
             }
-            // Defence in depth: the exclusions are asked again right before acting.
             let protected = self.rules.exclusion_for_parts(
                 &candidate.id,
                 candidate.user_email.as_deref(),
@@ -113,111 +235,118 @@ impl Executor<'_> {
                 action_id,
             });
         }
-        for action in [Action::Delete, Action::Revoke] {
-            let items: Vec<Item> = queue
-                .iter()
-                .copied()
-                .filter(|i| i.candidate.action == action)
-                .collect();
-            for chunk in items.chunks(self.chunk_size.max(1)) {
-                if report.stopped_by.is_none() && self.stop.is_stopped() {
-                    report.stopped_by = Some("shutdown requested".to_owned());
-                }
-                if report.stopped_by.is_some() {
-                    self.skip(chunk, &mut report).await?;
-                    continue;
-                }
-                if let Err(e) = self.send_chunk(action, chunk, &mut report).await? {
-                    report.stopped_by = Some(e.to_string());
-                }
-            }
-        }
-        Ok(report)
+        Ok(queue)
     }
 
-    async fn skip(&self, chunk: &[Item<'_>], report: &mut ApplyReport) -> Result<(), AuditError> {
-        let ids: Vec<i64> = chunk.iter().map(|i| i.action_id).collect();
-        let detail = report.stopped_by.as_deref();
-        self.audit
-            .set_action_status(&ids, ActionStatus::NotAttempted, detail)
-            .await?;
-        report.not_attempted += chunk.len() as u64;
-        Ok(())
-    }
-
-    /// Sends one chunk. A bulk call refused for its size (or its ids) is split in halves, down
-    /// to single calls. The inner `Err` is an API failure that should stop the run.
-    async fn send_chunk(
+    /// Commits `outcomes` and the intents of `calls` in one transaction.
+    async fn journal<'q, 'p>(
         &self,
-        action: Action,
-        chunk: &[Item<'_>],
+        calls: Vec<Call<'q, 'p>>,
+        outcomes: Vec<Outcome>,
+    ) -> Result<Vec<Journaled<'q, 'p>>, AuditError> {
+        let entry = JournalEntry {
+            outcomes,
+            withdrawal: None,
+            intents: calls.iter().map(|c| intent(c.action, c.items)).collect(),
+        };
+        let ids = self.audit.write_journal(self.run, &entry).await?;
+        Ok(calls
+            .into_iter()
+            .zip(ids)
+            .map(|(call, mutation)| Journaled { call, mutation })
+            .collect())
+    }
+
+    /// Sends the calls of a group in order until one fails or a stop is requested.
+    async fn send_group<'q, 'p>(
+        &self,
+        group: &[Journaled<'q, 'p>],
         report: &mut ApplyReport,
-    ) -> Result<Result<(), ApiError>, AuditError> {
-        let mut work: Vec<&[Item]> = vec![chunk];
-        while let Some(part) = work.pop() {
+    ) -> Result<Sent<'q, 'p>, AuditError> {
+        let started = Instant::now();
+        let mut sent = Sent {
+            outcomes: Vec::new(),
+            unsent: Vec::new(),
+            took: Duration::ZERO,
+        };
+        for (i, journaled) in group.iter().enumerate() {
+            if report.stopped_by.is_none() && self.stop.is_stopped() {
+                report.stopped_by = Some("shutdown requested".to_owned());
+            }
+            if report.stopped_by.is_some() {
+                sent.unsent.extend_from_slice(&group[i..]);
+                break;
+            }
+            self.send_call(*journaled, report, &mut sent).await?;
+        }
+        sent.took = started.elapsed();
+        Ok(sent)
+    }
+
+    /// Sends one call. A bulk call refused for its size (or its ids) is split in halves, down
+    /// to single calls; an API failure of another kind stops the run.
+    async fn send_call<'q, 'p>(
+        &self,
+        journaled: Journaled<'q, 'p>,
+        report: &mut ApplyReport,
+        sent: &mut Sent<'q, 'p>,
+    ) -> Result<(), AuditError> {
+        let action = journaled.call.action;
+        let mut work = vec![journaled];
+        while let Some(Journaled { call, mutation }) = work.pop() {
+            let part = call.items;
             let ids: Vec<RegistrationId> = part.iter().map(|i| i.candidate.id.clone()).collect();
-            let action_ids: Vec<i64> = part.iter().map(|i| i.action_id).collect();
-            let (kind, method, path) = describe_call(action, &ids);
-            let mutation = self
-                .audit
-                .record_intent(&Intent {
-                    run: self.run,
-                    kind,
-                    method,
-                    path: &path,
-                    ids: &ids,
-                    action_ids: &action_ids,
-                    at: Utc::now(),
-                })
-                .await?;
             report.mutations += 1;
-            let result = match kind {
+            let result = match call_kind(action, ids.len()) {
                 MutationKind::Delete => self.client.delete_registration(&ids[0]).await,
                 MutationKind::BulkDelete => self.client.bulk_delete_registrations(&ids).await,
                 MutationKind::Revoke => self.client.revoke_registrations(&ids).await,
             };
             match result {
-                Ok(outcome) => {
-                    self.record_success(mutation, outcome, part, report).await?;
-                }
+                Ok(outcome) => sent
+                    .outcomes
+                    .push(self.success(mutation, outcome, part, report)),
                 Err(e) if part.len() > 1 && refused_as_too_large(&e) => {
                     tracing::warn!(ids = part.len(), error = %e, "bulk call refused; splitting it");
-                    self.audit
-                        .record_outcome(mutation, &failure(&e), None, Utc::now())
-                        .await?;
                     let (a, b) = part.split_at(part.len() / 2);
-                    work.push(b);
-                    work.push(a);
+                    let refused = Outcome {
+                        mutation,
+                        result: failure(&e),
+                        action_status: None,
+                        at: Utc::now(),
+                    };
+                    let halves = [a, b].map(|items| Call { action, items }).to_vec();
+                    let mut halves = self.journal(halves, vec![refused]).await?;
+                    // Popped from the end: the first half goes first.
+                    halves.reverse();
+                    work.extend(halves);
                 }
                 Err(e) => {
                     let detail = e.to_string();
-                    self.audit
-                        .record_outcome(
-                            mutation,
-                            &failure(&e),
-                            Some((ActionStatus::Failed, Some(&detail))),
-                            Utc::now(),
-                        )
-                        .await?;
+                    sent.outcomes.push(Outcome {
+                        mutation,
+                        result: failure(&e),
+                        action_status: Some((ActionStatus::Failed, Some(detail.clone()))),
+                        at: Utc::now(),
+                    });
                     self.count(part, "failed");
                     report.failed += part.len() as u64;
-                    for rest in work.drain(..) {
-                        self.skip(rest, report).await?;
-                    }
-                    return Ok(Err(e));
+                    report.stopped_by = Some(detail);
+                    sent.unsent.append(&mut work);
+                    return Ok(());
                 }
             }
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
-    async fn record_success(
+    fn success(
         &self,
         mutation: MutationId,
         outcome: MutationOutcome,
         part: &[Item<'_>],
         report: &mut ApplyReport,
-    ) -> Result<(), AuditError> {
+    ) -> Outcome {
         let (result, status, label) = match outcome {
             MutationOutcome::Done { status } => (
                 MutationResult {
@@ -240,14 +369,31 @@ impl Executor<'_> {
                 "already_gone",
             ),
         };
-        self.audit
-            .record_outcome(mutation, &result, Some((status, None)), Utc::now())
-            .await?;
         self.count(part, label);
         match status {
             ActionStatus::AlreadyGone => report.already_gone += part.len() as u64,
             _ => report.done += part.len() as u64,
         }
+        Outcome {
+            mutation,
+            result,
+            action_status: Some((status, None)),
+            at: Utc::now(),
+        }
+    }
+
+    /// Marks actions that never got an intent as not attempted.
+    async fn skip(
+        &self,
+        items: &[Item<'_>],
+        reason: &str,
+        report: &mut ApplyReport,
+    ) -> Result<(), AuditError> {
+        let ids: Vec<i64> = items.iter().map(|i| i.action_id).collect();
+        self.audit
+            .set_action_status(&ids, ActionStatus::NotAttempted, Some(reason))
+            .await?;
+        report.not_attempted += items.len() as u64;
         Ok(())
     }
 
@@ -256,30 +402,53 @@ impl Executor<'_> {
             let c = item.candidate;
             self.metrics
                 .actions
-                .with_label_values(&[&c.rule, &c.action.to_string(), outcome])
+                .with_label_values(&[&c.rule, c.action.as_str(), outcome])
                 .inc();
         }
     }
 }
 
-/// The call that carries `ids`, as the audit log records it.
-fn describe_call(action: Action, ids: &[RegistrationId]) -> (MutationKind, &'static str, String) {
+fn take<'q, 'p>(calls: &mut VecDeque<Call<'q, 'p>>, n: usize) -> Vec<Call<'q, 'p>> {
+    let n = n.min(calls.len());
+    calls.drain(..n).collect()
+}
+
+/// Doubles the group while the audit write took longer than the calls it ran beside (the
+/// calls waited for it), and halves it once the write takes under a quarter of their time.
+fn resize(size: usize, write: Duration, calls: Duration) -> usize {
+    if write > calls {
+        (size * 2).min(MAX_GROUP)
+    } else if write * 4 < calls {
+        (size / 2).max(1)
+    } else {
+        size
+    }
+}
+
+fn call_kind(action: Action, ids: usize) -> MutationKind {
     match (action, ids) {
-        (Action::Delete, [one]) => (
-            MutationKind::Delete,
-            "DELETE",
-            format!("/devices/registrations/{one}"),
-        ),
-        (Action::Delete, _) => (
-            MutationKind::BulkDelete,
-            "DELETE",
-            "/devices/registrations?id=…".to_owned(),
-        ),
-        (Action::Revoke, _) => (
-            MutationKind::Revoke,
-            "POST",
-            "/devices/registrations/revoke?id=…".to_owned(),
-        ),
+        (Action::Delete, 1) => MutationKind::Delete,
+        (Action::Delete, _) => MutationKind::BulkDelete,
+        (Action::Revoke, _) => MutationKind::Revoke,
+    }
+}
+
+/// The intent of the call that carries `items`, as the audit log records it.
+fn intent(action: Action, items: &[Item<'_>]) -> Intent {
+    let ids: Vec<RegistrationId> = items.iter().map(|i| i.candidate.id.clone()).collect();
+    let kind = call_kind(action, ids.len());
+    let (method, path) = match kind {
+        MutationKind::Delete => ("DELETE", format!("/devices/registrations/{}", ids[0])),
+        MutationKind::BulkDelete => ("DELETE", "/devices/registrations?id=…".to_owned()),
+        MutationKind::Revoke => ("POST", "/devices/registrations/revoke?id=…".to_owned()),
+    };
+    Intent {
+        kind,
+        method,
+        path,
+        ids,
+        action_ids: items.iter().map(|i| i.action_id).collect(),
+        at: Utc::now(),
     }
 }
 
@@ -347,9 +516,16 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
             cf_error_code: None,
             cf_error_message: None,
         };
-        audit
-            .record_outcome(m.id, &result, None, Utc::now())
-            .await?;
+        let entry = JournalEntry {
+            outcomes: vec![Outcome {
+                mutation: m.id,
+                result,
+                action_status: None,
+                at: Utc::now(),
+            }],
+            ..JournalEntry::default()
+        };
+        audit.write_journal(m.run_id, &entry).await?;
         tracing::info!(
             mutation = m.id.0,
             run = m.run_id.0,

@@ -6,11 +6,12 @@
 //! [`AuditStore::pending_mutations`] hands to the next run for reconciliation.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -172,15 +173,40 @@ pub struct RunSummary {
 }
 
 /// An API call about to be sent, and the actions it carries.
-#[derive(Debug, Clone, Copy)]
-pub struct Intent<'a> {
-    pub run: RunId,
+#[derive(Debug, Clone)]
+pub struct Intent {
     pub kind: MutationKind,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub ids: &'a [RegistrationId],
-    pub action_ids: &'a [i64],
+    pub method: &'static str,
+    pub path: String,
+    pub ids: Vec<RegistrationId>,
+    pub action_ids: Vec<i64>,
     pub at: DateTime<Utc>,
+}
+
+/// What a sent call came to. `action_status` `None` leaves the call's actions for follow-up
+/// calls (a bulk call split after a refusal).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub mutation: MutationId,
+    pub result: MutationResult,
+    pub action_status: Option<(ActionStatus, Option<String>)>,
+    pub at: DateTime<Utc>,
+}
+
+/// Intents whose calls will never be sent (the run stopped first), and why.
+#[derive(Debug, Clone)]
+pub struct Withdrawal {
+    pub mutations: Vec<MutationId>,
+    pub reason: String,
+}
+
+/// One transaction of the executor's journal, applied in this order: outcomes of calls made,
+/// intents withdrawn, intents of the calls about to be sent.
+#[derive(Debug, Clone, Default)]
+pub struct JournalEntry {
+    pub outcomes: Vec<Outcome>,
+    pub withdrawal: Option<Withdrawal>,
+    pub intents: Vec<Intent>,
 }
 
 /// A mutation whose outcome was never recorded.
@@ -248,17 +274,57 @@ pub struct AuditStore {
     /// The exclusive lock on `<path>.lock` that keeps a second writer out, held until
     /// [`AuditStore::close`] or the last clone is dropped; `None` for a read-only store.
     lock: Arc<Mutex<Option<File>>>,
-    /// Wall time spent in write methods, for the benchmark's audit-overhead figure.
-    write_nanos: Arc<AtomicU64>,
+    clock: Arc<WriteClock>,
+}
+
+/// Where the audit's wall time went, for the benchmark's overhead figures.
+#[derive(Default)]
+struct WriteClock {
+    /// Spent in write methods.
+    writing: AtomicU64,
+    /// The part of `writing` that ran while the caller's other work went on
+    /// ([`AuditStore::alongside`]), so did not lengthen the cycle.
+    overlapped: AtomicU64,
 }
 
 /// Adds the time until drop to the store's write counter.
-struct WriteTimer<'a>(&'a AtomicU64, std::time::Instant);
+struct WriteTimer<'a>(&'a AtomicU64, Instant);
 
 impl Drop for WriteTimer<'_> {
     fn drop(&mut self) {
-        self.0
-            .fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.0.fetch_add(nanos(self.1.elapsed()), Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// An audit write running on a task of its own while the caller goes on.
+pub struct BackgroundWrite<T> {
+    handle: tokio::task::JoinHandle<(Result<T, AuditError>, Duration)>,
+    clock: Arc<WriteClock>,
+}
+
+impl<T> BackgroundWrite<T> {
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits for the write. The part of it that ran while the caller did other work is
+    /// counted as overlapped.
+    pub async fn finish(self) -> Result<T, AuditError> {
+        let waiting = Instant::now();
+        let (result, took) = match self.handle.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("audit write task cancelled: {e}"),
+        };
+        self.clock.overlapped.fetch_add(
+            nanos(took.saturating_sub(waiting.elapsed())),
+            Ordering::Relaxed,
+        );
+        result
     }
 }
 
@@ -351,7 +417,7 @@ impl AuditStore {
             pool,
             path: path.to_owned(),
             lock: Arc::new(Mutex::new(Some(lock))),
-            write_nanos: Arc::default(),
+            clock: Arc::default(),
         })
     }
 
@@ -363,17 +429,42 @@ impl AuditStore {
             pool,
             path: path.to_owned(),
             lock: Arc::default(),
-            write_nanos: Arc::default(),
+            clock: Arc::default(),
         })
     }
 
     fn timer(&self) -> WriteTimer<'_> {
-        WriteTimer(&self.write_nanos, std::time::Instant::now())
+        WriteTimer(&self.clock.writing, Instant::now())
     }
 
     /// Total wall time spent writing, since open.
     pub fn write_time(&self) -> Duration {
-        Duration::from_nanos(self.write_nanos.load(Ordering::Relaxed))
+        Duration::from_nanos(self.clock.writing.load(Ordering::Relaxed))
+    }
+
+    /// The part of [`AuditStore::write_time`] that overlapped other work.
+    pub fn overlapped_time(&self) -> Duration {
+        Duration::from_nanos(self.clock.overlapped.load(Ordering::Relaxed))
+    }
+
+    /// Runs an audit write and other work (API calls) concurrently and returns both results.
+    /// SQLite runs on its own thread, so the write's commit and fsync proceed while the
+    /// other work waits on the network; the time they share is counted as overlapped.
+    pub async fn alongside<W: Future, O: Future>(
+        &self,
+        write: W,
+        other: O,
+    ) -> (W::Output, O::Output) {
+        async fn timed<F: Future>(f: F, start: Instant) -> (F::Output, Duration) {
+            let out = f.await;
+            (out, start.elapsed())
+        }
+        let start = Instant::now();
+        let ((w, w_took), (o, o_took)) = tokio::join!(timed(write, start), timed(other, start));
+        self.clock
+            .overlapped
+            .fetch_add(nanos(w_took.min(o_took)), Ordering::Relaxed);
+        (w, o)
     }
 
     /// Rows in (runs, actions, mutations).
@@ -490,22 +581,33 @@ impl AuditStore {
         let _timer = self.timer();
         let decided_at = ts(decided_at);
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
-        let mut ids = Vec::with_capacity(candidates.len());
-        for batch in candidates.chunks(INSERT_BATCH) {
+        // This connection is the only writer (the lock file), so within the transaction the
+        // ids after the current maximum are ours to assign; no need to ask for each back.
+        let last: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM actions")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?;
+        let ids: Vec<i64> = (last + 1..).take(candidates.len()).collect();
+        for (batch, batch_ids) in candidates
+            .chunks(INSERT_BATCH)
+            .zip(ids.chunks(INSERT_BATCH))
+        {
             let mut q = QueryBuilder::new(
-                "INSERT INTO actions (run_id, decided_at, rule, action, resource_type, resource_id,
-                     user_email, device_name, last_seen_at, reason, excluded_by, status, snapshot) ",
+                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_type,
+                     resource_id, user_email, device_name, last_seen_at, reason, excluded_by,
+                     status) ",
             );
-            q.push_values(batch, |mut row, c| {
+            q.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
                 let status = if c.excluded_by.is_some() {
                     ActionStatus::Excluded
                 } else {
                     ActionStatus::Planned
                 };
-                row.push_bind(run.0)
+                row.push_bind(*id)
+                    .push_bind(run.0)
                     .push_bind(&decided_at)
                     .push_bind(&c.rule)
-                    .push_bind(c.action.to_string())
+                    .push_bind(c.action.as_str())
                     .push_bind("device_registration")
                     .push_bind(c.id.as_str())
                     .push_bind(c.user_email.as_deref())
@@ -513,22 +615,47 @@ impl AuditStore {
                     .push_bind(c.last_seen_at.to_string())
                     .push_bind(c.why.to_string())
                     .push_bind(c.excluded_by.as_deref())
-                    .push_bind(status.as_str())
-                    .push_bind(c.snapshot.as_deref().map_or("null", RawValue::get));
+                    .push_bind(status.as_str());
             });
-            q.push(" RETURNING id");
-            let rows = q
-                .build()
-                .fetch_all(&mut *tx)
+            q.build()
+                .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?;
-            ids.extend(rows.iter().map(|r| r.get::<i64, _>(0)));
+            let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body) ");
+            q.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
+                row.push_bind(*id)
+                    .push_bind(c.snapshot.as_deref().map_or("null", RawValue::get));
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
         }
         tx.commit().await.map_err(AuditError::Write)?;
         for c in candidates.iter_mut() {
             c.snapshot = None;
         }
         Ok(ids)
+    }
+
+    /// Records a batch of decisions on a task of its own, so that listing goes on meanwhile.
+    /// The batch comes back, snapshots dropped, with its action row ids.
+    pub fn record_decisions_in_background(
+        &self,
+        run: RunId,
+        decided_at: DateTime<Utc>,
+        mut batch: Vec<Candidate>,
+    ) -> BackgroundWrite<(Vec<i64>, Vec<Candidate>)> {
+        let store = self.clone();
+        let handle = tokio::spawn(async move {
+            let started = Instant::now();
+            let ids = store.record_decisions(run, decided_at, &mut batch).await;
+            (ids.map(|ids| (ids, batch)), started.elapsed())
+        });
+        BackgroundWrite {
+            handle,
+            clock: Arc::clone(&self.clock),
+        }
     }
 
     /// Sets the status of the given actions in one transaction.
@@ -559,90 +686,98 @@ impl AuditStore {
         tx.commit().await.map_err(AuditError::Write)
     }
 
-    /// Commits the intent of one API call before it is sent: the mutation row, and the actions
-    /// it carries marked in flight.
-    pub async fn record_intent(&self, intent: &Intent<'_>) -> Result<MutationId, AuditError> {
-        let _timer = self.timer();
-        let Intent {
-            run,
-            kind,
-            method,
-            path,
-            ids,
-            action_ids,
-            at,
-        } = *intent;
-        let resource_ids = serde_json::to_string(&ids).expect("ids serialize");
-        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
-        let id = sqlx::query(
-            "INSERT INTO mutations (run_id, kind, method, path, resource_ids, intent_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(run.0)
-        .bind(kind.as_str())
-        .bind(method)
-        .bind(path)
-        .bind(resource_ids)
-        .bind(ts(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(AuditError::Write)?
-        .last_insert_rowid();
-        for batch in action_ids.chunks(INSERT_BATCH) {
-            let mut q =
-                QueryBuilder::new("UPDATE actions SET status = 'in_flight', mutation_id = ");
-            q.push_bind(id).push(" WHERE id IN (");
-            let mut sep = q.separated(", ");
-            for a in batch {
-                sep.push_bind(*a);
-            }
-            q.push(")");
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(AuditError::Write)?;
-        }
-        tx.commit().await.map_err(AuditError::Write)?;
-        Ok(MutationId(id))
-    }
-
-    /// Completes a mutation and, when `action_status` is given, every action it carried.
-    /// `None` leaves the actions for a follow-up call (a bulk call split after a refusal).
-    pub async fn record_outcome(
+    /// Commits one journal entry in one transaction and returns the mutation ids of its
+    /// intents, in order. Once this returns, the intents are durable and their calls may be
+    /// sent: a crash from here on leaves them for [`AuditStore::pending_mutations`].
+    pub async fn write_journal(
         &self,
-        mutation: MutationId,
-        result: &MutationResult,
-        action_status: Option<(ActionStatus, Option<&str>)>,
-        at: DateTime<Utc>,
-    ) -> Result<(), AuditError> {
+        run: RunId,
+        entry: &JournalEntry,
+    ) -> Result<Vec<MutationId>, AuditError> {
         let _timer = self.timer();
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
-        sqlx::query(
-            "UPDATE mutations SET completed_at = ?2, outcome = ?3, http_status = ?4,
-                 cf_error_code = ?5, cf_error_message = ?6
-             WHERE id = ?1",
-        )
-        .bind(mutation.0)
-        .bind(ts(at))
-        .bind(result.outcome)
-        .bind(result.http_status.map(i64::from))
-        .bind(result.cf_error_code)
-        .bind(result.cf_error_message.as_deref())
-        .execute(&mut *tx)
-        .await
-        .map_err(AuditError::Write)?;
-        if let Some((status, detail)) = action_status {
+        for o in &entry.outcomes {
             sqlx::query(
-                "UPDATE actions SET status = ?2, status_detail = ?3 WHERE mutation_id = ?1",
+                "UPDATE mutations SET completed_at = ?2, outcome = ?3, http_status = ?4,
+                     cf_error_code = ?5, cf_error_message = ?6
+                 WHERE id = ?1",
             )
-            .bind(mutation.0)
-            .bind(status.as_str())
-            .bind(detail)
+            .bind(o.mutation.0)
+            .bind(ts(o.at))
+            .bind(o.result.outcome)
+            .bind(o.result.http_status.map(i64::from))
+            .bind(o.result.cf_error_code)
+            .bind(o.result.cf_error_message.as_deref())
             .execute(&mut *tx)
             .await
             .map_err(AuditError::Write)?;
+            if let Some((status, detail)) = &o.action_status {
+                sqlx::query(
+                    "UPDATE actions SET status = ?2, status_detail = ?3 WHERE mutation_id = ?1",
+                )
+                .bind(o.mutation.0)
+                .bind(status.as_str())
+                .bind(detail.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+            }
         }
-        tx.commit().await.map_err(AuditError::Write)
+        if let Some(w) = &entry.withdrawal {
+            // A call never sent is no mutation: its row goes, its actions were not attempted.
+            for m in &w.mutations {
+                sqlx::query(
+                    "UPDATE actions SET status = 'not_attempted', status_detail = ?2,
+                         mutation_id = NULL
+                     WHERE mutation_id = ?1",
+                )
+                .bind(m.0)
+                .bind(&w.reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+                sqlx::query("DELETE FROM mutations WHERE id = ?1 AND outcome IS NULL")
+                    .bind(m.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(AuditError::Write)?;
+            }
+        }
+        let mut ids = Vec::with_capacity(entry.intents.len());
+        for intent in &entry.intents {
+            let resource_ids = serde_json::to_string(&intent.ids).expect("ids serialize");
+            let id = sqlx::query(
+                "INSERT INTO mutations (run_id, kind, method, path, resource_ids, intent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(run.0)
+            .bind(intent.kind.as_str())
+            .bind(intent.method)
+            .bind(&intent.path)
+            .bind(resource_ids)
+            .bind(ts(intent.at))
+            .execute(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?
+            .last_insert_rowid();
+            for batch in intent.action_ids.chunks(INSERT_BATCH) {
+                let mut q =
+                    QueryBuilder::new("UPDATE actions SET status = 'in_flight', mutation_id = ");
+                q.push_bind(id).push(" WHERE id IN (");
+                let mut sep = q.separated(", ");
+                for a in batch {
+                    sep.push_bind(*a);
+                }
+                q.push(")");
+                q.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(AuditError::Write)?;
+            }
+            ids.push(MutationId(id));
+        }
+        tx.commit().await.map_err(AuditError::Write)?;
+        Ok(ids)
     }
 
     /// Sets the status of one resource's action within a mutation (reconciliation decides per id).
@@ -726,8 +861,10 @@ impl AuditStore {
         let mut q = QueryBuilder::new(
             "SELECT a.id, a.run_id, a.decided_at, a.rule, a.action, a.resource_id, a.user_email,
                     a.device_name, a.last_seen_at, a.reason, a.excluded_by, a.status,
-                    a.status_detail, a.mutation_id, m.completed_at, m.http_status, a.snapshot
-             FROM actions a LEFT JOIN mutations m ON m.id = a.mutation_id WHERE 1 = 1",
+                    a.status_detail, a.mutation_id, m.completed_at, m.http_status, s.body
+             FROM actions a LEFT JOIN mutations m ON m.id = a.mutation_id
+                  LEFT JOIN snapshots s ON s.action_id = a.id
+             WHERE 1 = 1",
         );
         if let Some(run) = f.run_id {
             q.push(" AND a.run_id = ").push_bind(run);

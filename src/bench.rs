@@ -68,6 +68,7 @@ struct Figures {
     candidates: u64,
     audit_rows: i64,
     audit_seconds: f64,
+    audit_waited_seconds: f64,
     peak_rss_kib: u64,
 }
 
@@ -138,6 +139,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             "{:.3} s ({:.1}%)",
             x.audit_seconds,
             100.0 * x.audit_seconds / x.wall
+        )
+    });
+    row("cycle waiting on audit writes", &|x| {
+        format!(
+            "{:.3} s ({:.1}%)",
+            x.audit_waited_seconds,
+            100.0 * x.audit_waited_seconds / x.wall
         )
     });
     row("peak RSS (VmHWM)", &|x| {
@@ -238,6 +246,10 @@ user_email = ["*@board.example.com"]
         candidates: report.summary.candidates.unwrap_or(0),
         audit_rows: runs + actions + mutations,
         audit_seconds: audit.write_time().as_secs_f64(),
+        audit_waited_seconds: audit
+            .write_time()
+            .saturating_sub(audit.overlapped_time())
+            .as_secs_f64(),
         peak_rss_kib: peak_rss_kib()?,
     };
     audit.close().await;

@@ -207,12 +207,18 @@ pub enum Action {
     Revoke,
 }
 
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Action::Delete => "delete",
             Action::Revoke => "revoke",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
-use crate::audit::{ActionStatus, AuditError, AuditStore, RunId, RunOutcome, RunSummary};
+use crate::audit::{
+    ActionStatus, AuditError, AuditStore, BackgroundWrite, RunId, RunOutcome, RunSummary,
+};
 use crate::cloudflare::Client;
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
@@ -192,37 +194,58 @@ impl CycleContext<'_> {
         now: DateTime<Utc>,
     ) -> Result<Result<(Plan, Vec<i64>), String>, CycleError> {
         let mut planner = Planner::new(client, self.rules, now);
-        let mut candidates: Vec<Candidate> = Vec::new();
+        // Recorded (snapshots dropped, ids known) and not yet handed to a write, in order.
+        let mut recorded: Vec<Candidate> = Vec::new();
         let mut action_ids: Vec<i64> = Vec::new();
+        let mut pending: Vec<Candidate> = Vec::new();
+        let mut writing: Option<BackgroundWrite<(Vec<i64>, Vec<Candidate>)>> = None;
         loop {
+            // One batch is written at a time while pages keep coming; a disk slower than the
+            // API makes the listing wait rather than the snapshots pile up.
+            let write_done = writing.as_ref().is_some_and(BackgroundWrite::is_finished);
+            if write_done || pending.len() >= 2 * RECORD_BATCH {
+                if let Some(write) = writing.take() {
+                    let (ids, batch) = write.finish().await?;
+                    action_ids.extend(ids);
+                    recorded.extend(batch);
+                }
+            }
+            if writing.is_none() && pending.len() >= RECORD_BATCH {
+                let batch = std::mem::take(&mut pending);
+                writing = Some(self.audit.record_decisions_in_background(run, now, batch));
+            }
             // Listing is read-only, so a stop request may simply abandon it.
             let next = tokio::select! {
                 page = planner.next_page() => page.map_err(|e| format!("{e}; nothing was done this run")),
                 () = self.stop.stopped() => Err("shutdown requested while listing; nothing was done".to_owned()),
             };
-            let complete = match next {
-                Ok(Some(page)) => {
-                    candidates.extend(page);
-                    false
+            match next {
+                Ok(Some(page)) => pending.extend(page),
+                Ok(None) => {
+                    if let Some(write) = writing.take() {
+                        let (ids, batch) = write.finish().await?;
+                        action_ids.extend(ids);
+                        recorded.extend(batch);
+                    }
+                    let ids = self.audit.record_decisions(run, now, &mut pending).await?;
+                    action_ids.extend(ids);
+                    recorded.append(&mut pending);
+                    return Ok(Ok((
+                        planner.finish(recorded, &self.config.safety),
+                        action_ids,
+                    )));
                 }
-                Ok(None) => true,
                 Err(reason) => {
+                    // Decisions already on their way are recorded too, then none is acted on.
+                    if let Some(write) = writing.take() {
+                        let (ids, _) = write.finish().await?;
+                        action_ids.extend(ids);
+                    }
                     self.audit
                         .set_action_status(&action_ids, ActionStatus::NotAttempted, Some(&reason))
                         .await?;
                     return Ok(Err(reason));
                 }
-            };
-            let unrecorded = &mut candidates[action_ids.len()..];
-            if complete || unrecorded.len() >= RECORD_BATCH {
-                let ids = self.audit.record_decisions(run, now, unrecorded).await?;
-                action_ids.extend(ids);
-            }
-            if complete {
-                return Ok(Ok((
-                    planner.finish(candidates, &self.config.safety),
-                    action_ids,
-                )));
             }
         }
     }

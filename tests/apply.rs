@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use common::{days_ago, Env, Settings};
 use sqlx::Row;
-use zt_janitor::audit::{AuditStore, Intent, MutationKind, RunOutcome};
+use zt_janitor::audit::{AuditStore, Intent, JournalEntry, MutationKind, RunOutcome};
 use zt_janitor::cloudflare::RegistrationId;
 use zt_janitor::config::Mode;
 use zt_janitor::fake::{
@@ -271,18 +271,18 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
             .await
             .unwrap();
         let rid = RegistrationId::parse(id).unwrap();
-        audit
-            .record_intent(&Intent {
-                run,
+        let entry = JournalEntry {
+            intents: vec![Intent {
                 kind: MutationKind::Delete,
                 method: "DELETE",
-                path: "/devices/registrations/x",
-                ids: &[rid],
-                action_ids: &[action],
+                path: "/devices/registrations/x".to_owned(),
+                ids: vec![rid],
+                action_ids: vec![action],
                 at: now,
-            })
-            .await
-            .unwrap();
+            }],
+            ..JournalEntry::default()
+        };
+        audit.write_journal(run, &entry).await.unwrap();
     }
     audit.close().await;
     let client = reqwest::Client::new();
@@ -341,8 +341,9 @@ async fn the_audit_answers_who_deleted_my_laptop() {
 
     let pool = env.sql().await;
     let row = sqlx::query(
-        "SELECT a.rule, a.reason, a.snapshot, m.completed_at, m.kind, m.outcome, r.mode
+        "SELECT a.rule, a.reason, s.body, m.completed_at, m.kind, m.outcome, r.mode
          FROM actions a
+         JOIN snapshots s ON s.action_id = a.id
          JOIN mutations m ON m.id = a.mutation_id
          JOIN runs r ON r.id = a.run_id
          WHERE a.user_email = 'dana@example.com' AND a.device_name = 'dana-thinkpad'

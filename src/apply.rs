@@ -2,7 +2,7 @@
 //! chunk. Every call's intent is committed to the audit store before the call is sent, and its
 //! outcome after. Also reconciles intents a crash left without an outcome.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::audit::{
     ActionStatus, AuditError, AuditStore, Intent, JournalEntry, MutationId, MutationKind,
-    MutationResult, Outcome, RunId, Withdrawal,
+    MutationResult, Outcome, RunId, Settled, Withdrawal,
 };
 use crate::cloudflare::{ApiError, Client, Endpoint, MutationOutcome, RegistrationId};
 use crate::config::Action;
@@ -24,8 +24,8 @@ use crate::rules::RuleSet;
 /// group's calls are in flight, so the audit log's commits overlap the network instead of
 /// adding to it. A group is one call while the API is slower than the audit disk (a remote
 /// API) and doubles, up to this many calls, while the audit write is the slower one. A crash
-/// leaves at most two groups' intents to reconcile.
-const MAX_GROUP: usize = 8;
+/// leaves at most two groups' intents to reconcile, one filtered listing per hundred ids.
+const MAX_GROUP: usize = 32;
 
 /// Set when the process is asked to stop: the executor finishes the call in flight, records
 /// it, and starts no other; a listing in progress is abandoned.
@@ -170,14 +170,13 @@ impl Executor<'_> {
             unwritten = sent.outcomes;
             if let Some(reason) = report.stopped_by.clone() {
                 let unsent: Vec<Journaled> = sent.unsent.into_iter().chain(next).collect();
-                report.not_attempted += unsent
-                    .iter()
-                    .map(|j| j.call.items.len() as u64)
-                    .sum::<u64>();
+                let actions = action_ids_of(unsent.iter().flat_map(|j| j.call.items));
+                report.not_attempted += actions.len() as u64;
                 let entry = JournalEntry {
                     outcomes: unwritten,
                     withdrawal: Some(Withdrawal {
                         mutations: unsent.iter().map(|j| j.mutation).collect(),
+                        actions,
                         reason: reason.clone(),
                     }),
                     intents: Vec::new(),
@@ -312,7 +311,7 @@ impl Executor<'_> {
                     let refused = Outcome {
                         mutation,
                         result: failure(&e),
-                        action_status: None,
+                        settles: None,
                         at: Utc::now(),
                     };
                     let halves = [a, b].map(|items| Call { action, items }).to_vec();
@@ -326,7 +325,11 @@ impl Executor<'_> {
                     sent.outcomes.push(Outcome {
                         mutation,
                         result: failure(&e),
-                        action_status: Some((ActionStatus::Failed, Some(detail.clone()))),
+                        settles: Some(Settled {
+                            actions: action_ids_of(part),
+                            status: ActionStatus::Failed,
+                            detail: Some(detail.clone()),
+                        }),
                         at: Utc::now(),
                     });
                     self.count(part, "failed");
@@ -377,7 +380,11 @@ impl Executor<'_> {
         Outcome {
             mutation,
             result,
-            action_status: Some((status, None)),
+            settles: Some(Settled {
+                actions: action_ids_of(part),
+                status,
+                detail: None,
+            }),
             at: Utc::now(),
         }
     }
@@ -406,6 +413,10 @@ impl Executor<'_> {
                 .inc();
         }
     }
+}
+
+fn action_ids_of<'a, 'p: 'a>(items: impl IntoIterator<Item = &'a Item<'p>>) -> Vec<i64> {
+    items.into_iter().map(|i| i.action_id).collect()
 }
 
 fn take<'q, 'p>(calls: &mut VecDeque<Call<'q, 'p>>, n: usize) -> Vec<Call<'q, 'p>> {
@@ -447,7 +458,6 @@ fn intent(action: Action, items: &[Item<'_>]) -> Intent {
         method,
         path,
         ids,
-        action_ids: items.iter().map(|i| i.action_id).collect(),
         at: Utc::now(),
     }
 }
@@ -478,17 +488,20 @@ fn failure(e: &ApiError) -> MutationResult {
     }
 }
 
+/// Ids per reconciliation lookup: about 4 KB of URL, as for a bulk call.
+const IDS_PER_LOOKUP: usize = 100;
+
 /// Reconciles intents a crash left without outcome: asks Cloudflare whether each object is in
 /// the state the call wanted and records what it finds. Returns how many were reconciled.
 pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u64, ReconcileError> {
     let pending = audit.pending_mutations().await?;
     for m in &pending {
+        let now = current_state(client, &m.resource_ids).await?;
         let mut all_done = true;
         for id in &m.resource_ids {
-            let current = client.get_registration(id).await?;
             let done = match m.kind {
-                MutationKind::Delete | MutationKind::BulkDelete => current.is_none(),
-                MutationKind::Revoke => current.as_ref().is_some_and(|r| r.is_revoked()),
+                MutationKind::Delete | MutationKind::BulkDelete => !now.contains_key(id),
+                MutationKind::Revoke => now.get(id) == Some(&Presence::Revoked),
             };
             all_done &= done;
             let (status, detail) = if done {
@@ -503,7 +516,7 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
                 )
             };
             audit
-                .set_mutation_action_status(m.id, id, status, detail)
+                .set_mutation_action_status(m, id, status, detail)
                 .await?;
         }
         let result = MutationResult {
@@ -520,7 +533,7 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
             outcomes: vec![Outcome {
                 mutation: m.id,
                 result,
-                action_status: None,
+                settles: None,
                 at: Utc::now(),
             }],
             ..JournalEntry::default()
@@ -538,10 +551,89 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
     Ok(pending.len() as u64)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Active,
+    Revoked,
+}
+
+/// What Cloudflare holds now of `ids`: one filtered listing per hundred ids rather than a GET
+/// each, followed to its end. An id missing from the map does not exist.
+async fn current_state(
+    client: &Client,
+    ids: &[RegistrationId],
+) -> Result<HashMap<RegistrationId, Presence>, ReconcileError> {
+    /// Only what reconciliation needs, so that an object odd in other fields still answers.
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        id: RegistrationId,
+        #[serde(default)]
+        revoked_at: Option<serde_json::Value>,
+    }
+    let mut found = HashMap::new();
+    for lookup in ids.chunks(IDS_PER_LOOKUP) {
+        let mut cursor: Option<String> = None;
+        let mut followed = HashSet::new();
+        loop {
+            let page = client
+                .list_registrations_with_ids_page(lookup, cursor.as_deref())
+                .await?;
+            for raw in &page.items {
+                let listed: Listed = serde_json::from_str(raw.get())
+                    .map_err(|e| ReconcileError::Unreadable(e.to_string()))?;
+                let presence = match listed.revoked_at {
+                    Some(v) if !v.is_null() => Presence::Revoked,
+                    _ => Presence::Active,
+                };
+                found.insert(listed.id, presence);
+            }
+            match page.next_cursor {
+                None => break,
+                Some(next) if followed.insert(next.clone()) => cursor = Some(next),
+                Some(_) => {
+                    return Err(ReconcileError::Unreadable(
+                        "the listing repeats a cursor".to_owned(),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("cannot reconcile an interrupted mutation: {0}")]
     Api(#[from] ApiError),
+    #[error("cannot reconcile an interrupted mutation: Cloudflare's answer is unreadable ({0}); it stays pending and is tried again next run")]
+    Unreadable(String),
     #[error(transparent)]
     Audit(#[from] AuditError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_call_group_grows_while_the_audit_is_slower_and_shrinks_when_the_api_is() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // (size, write, calls, next size)
+            (1, ms(5), ms(1), 2),
+            (4, ms(5), ms(4), 8),
+            (MAX_GROUP, ms(50), ms(1), MAX_GROUP),
+            (8, ms(2), ms(4), 8),
+            (8, ms(1), ms(4), 8),
+            (8, ms(1), ms(400), 4),
+            (1, ms(1), ms(400), 1),
+        ];
+        for (size, write, calls, next) in cases {
+            assert_eq!(
+                resize(size, write, calls),
+                next,
+                "size {size}, write {write:?}, calls {calls:?}"
+            );
+        }
+    }
 }

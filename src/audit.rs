@@ -23,7 +23,7 @@ use crate::config::Mode;
 use crate::plan::Candidate;
 use serde_json::value::RawValue;
 
-/// Rows per multi-row INSERT; 13 bound values each stays far below SQLite's variable limit.
+/// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
 const INSERT_BATCH: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
@@ -172,31 +172,40 @@ pub struct RunSummary {
     pub api_requests: u64,
 }
 
-/// An API call about to be sent, and the actions it carries.
+/// An API call about to be sent. The registrations it names identify, within its run, the
+/// actions it carries.
 #[derive(Debug, Clone)]
 pub struct Intent {
     pub kind: MutationKind,
     pub method: &'static str,
     pub path: String,
     pub ids: Vec<RegistrationId>,
-    pub action_ids: Vec<i64>,
     pub at: DateTime<Utc>,
 }
 
-/// What a sent call came to. `action_status` `None` leaves the call's actions for follow-up
-/// calls (a bulk call split after a refusal).
+/// What a sent call came to. `settles` `None` leaves the call's actions for follow-up calls
+/// (a bulk call split after a refusal).
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub mutation: MutationId,
     pub result: MutationResult,
-    pub action_status: Option<(ActionStatus, Option<String>)>,
+    pub settles: Option<Settled>,
     pub at: DateTime<Utc>,
 }
 
-/// Intents whose calls will never be sent (the run stopped first), and why.
+/// The actions a call settled, and how.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub actions: Vec<i64>,
+    pub status: ActionStatus,
+    pub detail: Option<String>,
+}
+
+/// Intents whose calls will never be sent (the run stopped first), their actions, and why.
 #[derive(Debug, Clone)]
 pub struct Withdrawal {
     pub mutations: Vec<MutationId>,
+    pub actions: Vec<i64>,
     pub reason: String,
 }
 
@@ -505,7 +514,11 @@ impl AuditStore {
             "UPDATE actions SET status = 'not_attempted',
                  status_detail = 'interrupted: the process stopped before acting on it'
              WHERE status = 'planned'
-               AND run_id IN (SELECT id FROM runs WHERE outcome IS NULL)",
+               AND run_id IN (SELECT id FROM runs WHERE outcome IS NULL)
+               -- A call may have carried it: reconciliation settles those.
+               AND resource_id NOT IN (
+                   SELECT j.value FROM mutations m, json_each(m.resource_ids) j
+                   WHERE m.outcome IS NULL AND m.run_id = actions.run_id)",
         )
         .execute(&mut *tx)
         .await
@@ -667,6 +680,18 @@ impl AuditStore {
     ) -> Result<(), AuditError> {
         let _timer = self.timer();
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        self.set_action_status_in(&mut tx, action_ids, status, detail)
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)
+    }
+
+    async fn set_action_status_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        action_ids: &[i64],
+        status: ActionStatus,
+        detail: Option<&str>,
+    ) -> Result<(), AuditError> {
         for batch in action_ids.chunks(INSERT_BATCH) {
             let mut q = QueryBuilder::new("UPDATE actions SET status = ");
             q.push_bind(status.as_str())
@@ -679,11 +704,12 @@ impl AuditStore {
             }
             q.push(")");
             q.build()
-                .execute(&mut *tx)
+                .persistent(false)
+                .execute(&mut **tx)
                 .await
                 .map_err(AuditError::Write)?;
         }
-        tx.commit().await.map_err(AuditError::Write)
+        Ok(())
     }
 
     /// Commits one journal entry in one transaction and returns the mutation ids of its
@@ -695,47 +721,69 @@ impl AuditStore {
         entry: &JournalEntry,
     ) -> Result<Vec<MutationId>, AuditError> {
         let _timer = self.timer();
+        // Each statement is a round trip to SQLite's thread, so every part of the entry is
+        // one set-based statement (per batch of rows), however many calls it covers.
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
-        for o in &entry.outcomes {
-            sqlx::query(
-                "UPDATE mutations SET completed_at = ?2, outcome = ?3, http_status = ?4,
-                     cf_error_code = ?5, cf_error_message = ?6
-                 WHERE id = ?1",
-            )
-            .bind(o.mutation.0)
-            .bind(ts(o.at))
-            .bind(o.result.outcome)
-            .bind(o.result.http_status.map(i64::from))
-            .bind(o.result.cf_error_code)
-            .bind(o.result.cf_error_message.as_deref())
-            .execute(&mut *tx)
-            .await
-            .map_err(AuditError::Write)?;
-            if let Some((status, detail)) = &o.action_status {
-                sqlx::query(
-                    "UPDATE actions SET status = ?2, status_detail = ?3 WHERE mutation_id = ?1",
-                )
-                .bind(o.mutation.0)
-                .bind(status.as_str())
-                .bind(detail.as_deref())
+        for batch in entry.outcomes.chunks(INSERT_BATCH) {
+            let mut q = QueryBuilder::new(
+                "UPDATE mutations SET completed_at = v.column2, outcome = v.column3,
+                     http_status = v.column4, cf_error_code = v.column5,
+                     cf_error_message = v.column6
+                 FROM (",
+            );
+            q.push_values(batch, |mut row, o| {
+                row.push_bind(o.mutation.0)
+                    .push_bind(ts(o.at))
+                    .push_bind(o.result.outcome)
+                    .push_bind(o.result.http_status.map(i64::from))
+                    .push_bind(o.result.cf_error_code)
+                    .push_bind(o.result.cf_error_message.as_deref());
+            });
+            q.push(") AS v WHERE mutations.id = v.column1");
+            q.build()
+                .persistent(false)
                 .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?;
-            }
+        }
+        // An action row is written when decided and once more when its call is settled; the
+        // intent lives in the mutation row alone, which keeps a call's audit cost to one row
+        // update per action.
+        let settled: Vec<(MutationId, &Settled, i64)> = entry
+            .outcomes
+            .iter()
+            .filter_map(|o| o.settles.as_ref().map(|s| (o.mutation, s)))
+            .flat_map(|(m, s)| s.actions.iter().map(move |a| (m, s, *a)))
+            .collect();
+        for batch in settled.chunks(INSERT_BATCH) {
+            let mut q = QueryBuilder::new(
+                "UPDATE actions SET mutation_id = v.column2, status = v.column3,
+                     status_detail = v.column4
+                 FROM (",
+            );
+            q.push_values(batch, |mut row, (mutation, settled, action)| {
+                row.push_bind(*action)
+                    .push_bind(mutation.0)
+                    .push_bind(settled.status.as_str())
+                    .push_bind(settled.detail.as_deref());
+            });
+            q.push(") AS v WHERE actions.id = v.column1");
+            q.build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
         }
         if let Some(w) = &entry.withdrawal {
             // A call never sent is no mutation: its row goes, its actions were not attempted.
+            self.set_action_status_in(
+                &mut tx,
+                &w.actions,
+                ActionStatus::NotAttempted,
+                Some(&w.reason),
+            )
+            .await?;
             for m in &w.mutations {
-                sqlx::query(
-                    "UPDATE actions SET status = 'not_attempted', status_detail = ?2,
-                         mutation_id = NULL
-                     WHERE mutation_id = ?1",
-                )
-                .bind(m.0)
-                .bind(&w.reason)
-                .execute(&mut *tx)
-                .await
-                .map_err(AuditError::Write)?;
                 sqlx::query("DELETE FROM mutations WHERE id = ?1 AND outcome IS NULL")
                     .bind(m.0)
                     .execute(&mut *tx)
@@ -743,38 +791,40 @@ impl AuditStore {
                     .map_err(AuditError::Write)?;
             }
         }
-        let mut ids = Vec::with_capacity(entry.intents.len());
-        for intent in &entry.intents {
-            let resource_ids = serde_json::to_string(&intent.ids).expect("ids serialize");
-            let id = sqlx::query(
-                "INSERT INTO mutations (run_id, kind, method, path, resource_ids, intent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .bind(run.0)
-            .bind(intent.kind.as_str())
-            .bind(intent.method)
-            .bind(&intent.path)
-            .bind(resource_ids)
-            .bind(ts(intent.at))
-            .execute(&mut *tx)
+        if entry.intents.is_empty() {
+            tx.commit().await.map_err(AuditError::Write)?;
+            return Ok(Vec::new());
+        }
+        // The only writer assigns the ids after the current maximum itself (see
+        // `record_decisions`).
+        let last: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM mutations")
+            .fetch_one(&mut *tx)
             .await
-            .map_err(AuditError::Write)?
-            .last_insert_rowid();
-            for batch in intent.action_ids.chunks(INSERT_BATCH) {
-                let mut q =
-                    QueryBuilder::new("UPDATE actions SET status = 'in_flight', mutation_id = ");
-                q.push_bind(id).push(" WHERE id IN (");
-                let mut sep = q.separated(", ");
-                for a in batch {
-                    sep.push_bind(*a);
-                }
-                q.push(")");
-                q.build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(AuditError::Write)?;
-            }
-            ids.push(MutationId(id));
+            .map_err(AuditError::Write)?;
+        let ids: Vec<MutationId> = (last + 1..)
+            .take(entry.intents.len())
+            .map(MutationId)
+            .collect();
+        let with_ids: Vec<(MutationId, &Intent)> =
+            ids.iter().copied().zip(&entry.intents).collect();
+        for batch in with_ids.chunks(INSERT_BATCH) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO mutations (id, run_id, kind, method, path, resource_ids, intent_at) ",
+            );
+            q.push_values(batch, |mut row, (id, intent)| {
+                row.push_bind(id.0)
+                    .push_bind(run.0)
+                    .push_bind(intent.kind.as_str())
+                    .push_bind(intent.method)
+                    .push_bind(&intent.path)
+                    .push_bind(serde_json::to_string(&intent.ids).expect("ids serialize"))
+                    .push_bind(ts(intent.at));
+            });
+            q.build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
         }
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(ids)
@@ -783,17 +833,19 @@ impl AuditStore {
     /// Sets the status of one resource's action within a mutation (reconciliation decides per id).
     pub async fn set_mutation_action_status(
         &self,
-        mutation: MutationId,
+        mutation: &PendingMutation,
         resource_id: &RegistrationId,
         status: ActionStatus,
         detail: &str,
     ) -> Result<(), AuditError> {
         let _timer = self.timer();
+        // A registration is decided at most once per run, so run and id name the action.
         sqlx::query(
-            "UPDATE actions SET status = ?3, status_detail = ?4
-             WHERE mutation_id = ?1 AND resource_id = ?2",
+            "UPDATE actions SET status = ?4, status_detail = ?5, mutation_id = ?1
+             WHERE run_id = ?2 AND resource_id = ?3",
         )
-        .bind(mutation.0)
+        .bind(mutation.id.0)
+        .bind(mutation.run_id.0)
         .bind(resource_id.as_str())
         .bind(status.as_str())
         .bind(detail)

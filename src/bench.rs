@@ -119,7 +119,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     row("API calls: bulk delete / revoke / delete", &|x| {
         x.mutation_requests.to_string()
     });
-    row("API calls: other", &|x| x.other_requests.to_string());
+    row("API calls: other (reconciliation lookups)", &|x| {
+        x.other_requests.to_string()
+    });
     row("API calls: target (pages + chunks + 1)", &|x| {
         let chunks = if x.mutation_requests > 0 {
             x.candidates.div_ceil(args.chunk as u64)
@@ -241,7 +243,7 @@ user_email = ["*@board.example.com"]
         mutation_requests: requests(Endpoint::BulkDeleteRegistrations)
             + requests(Endpoint::RevokeRegistrations)
             + requests(Endpoint::DeleteRegistration),
-        other_requests: requests(Endpoint::GetRegistration),
+        other_requests: requests(Endpoint::FindRegistrations),
         evaluated: report.summary.seen_total.unwrap_or(0),
         candidates: report.summary.candidates.unwrap_or(0),
         audit_rows: runs + actions + mutations,

@@ -19,7 +19,7 @@ use crate::secret::ApiToken;
 
 /// Decisions are written to the audit log in batches of this many, so that at most this many
 /// snapshots are held in memory.
-const RECORD_BATCH: usize = 2000;
+const RECORD_BATCH: usize = 1000;
 
 /// Everything a cycle needs; rebuilt when the config is reloaded.
 pub struct CycleContext<'a> {

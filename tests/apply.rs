@@ -9,12 +9,16 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use common::{days_ago, Env, Settings};
 use sqlx::Row;
+use zt_janitor::apply::StopSignal;
 use zt_janitor::audit::{AuditStore, Intent, JournalEntry, MutationKind, RunOutcome};
 use zt_janitor::cloudflare::RegistrationId;
 use zt_janitor::config::Mode;
+use zt_janitor::cycle::CycleContext;
 use zt_janitor::fake::{
     Endpoint as FaultEndpoint, FakeOptions, FakeRegistration, Fault, FaultRule,
 };
+use zt_janitor::metrics::Metrics;
+use zt_janitor::rules::RuleSet;
 
 fn opts(n: usize) -> FakeOptions {
     FakeOptions {
@@ -264,12 +268,23 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
     let audit = AuditStore::open(&env.db_path).await.unwrap();
     let run = audit.begin_run(Mode::Apply, now).await.unwrap();
     let pool = env.sql().await;
+    let writer = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db_path.display()))
+        .await
+        .unwrap();
     for id in [&gone, &kept] {
-        let action: i64 = sqlx::query_scalar("SELECT id FROM actions WHERE resource_id = ?1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        // The crashed run decided them too: copy the plan run's decisions into it.
+        sqlx::query(
+            "INSERT INTO actions (run_id, decided_at, rule, action, resource_type, resource_id,
+                 user_email, device_name, last_seen_at, reason, status)
+             SELECT ?1, decided_at, rule, action, resource_type, resource_id, user_email,
+                 device_name, last_seen_at, reason, 'planned'
+             FROM actions WHERE resource_id = ?2",
+        )
+        .bind(run.0)
+        .bind(id)
+        .execute(&writer)
+        .await
+        .unwrap();
         let rid = RegistrationId::parse(id).unwrap();
         let entry = JournalEntry {
             intents: vec![Intent {
@@ -277,13 +292,13 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
                 method: "DELETE",
                 path: "/devices/registrations/x".to_owned(),
                 ids: vec![rid],
-                action_ids: vec![action],
                 at: now,
             }],
             ..JournalEntry::default()
         };
         audit.write_journal(run, &entry).await.unwrap();
     }
+    writer.close().await;
     audit.close().await;
     let client = reqwest::Client::new();
     let resp = client
@@ -313,6 +328,23 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
     assert_eq!(outcomes.len(), 2);
     assert!(outcomes[0].0.contains(&gone) && outcomes[0].1 == "reconciled_done");
     assert!(outcomes[1].0.contains(&kept) && outcomes[1].1 == "reconciled_not_done");
+    // The crashed run's actions say what became of them, and none is left hanging.
+    let statuses: Vec<(String, String)> = sqlx::query(
+        "SELECT resource_id, status FROM actions WHERE run_id = ?1 ORDER BY resource_id",
+    )
+    .bind(run.0)
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let mut expected = vec![
+        (gone.clone(), "done".to_owned()),
+        (kept.clone(), "failed".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(statuses, expected);
     // The one that did not happen is planned again and deleted by this run.
     assert!(!env.fake.contains(&kept));
     let crashed_run: String = sqlx::query_scalar("SELECT outcome FROM runs WHERE id = ?1")
@@ -438,4 +470,80 @@ async fn decisions_recorded_before_a_listing_failure_are_never_acted_on() {
         statuses[0].1 >= 2000,
         "a batch was recorded before the failure: {statuses:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_apply_withdraws_the_intents_of_calls_not_sent() {
+    let now = Utc::now();
+    let env = Env::start(
+        opts(0),
+        Settings {
+            chunk: 2,
+            ..Settings::default()
+        },
+    )
+    .await;
+    for i in 0..10 {
+        env.fake.insert(&FakeRegistration::new(
+            format!("cccccccc-0000-4000-8000-00000000000{i}"),
+            days_ago(now, 120),
+        ));
+    }
+    env.fake.set_faults(vec![FaultRule::always(
+        FaultEndpoint::BulkDelete,
+        Fault::Delay(std::time::Duration::from_millis(500)),
+    )]);
+    let config = env.config();
+    let rules = RuleSet::new(&config.rules, &config.exclusions).unwrap();
+    let audit = AuditStore::open(&config.audit.path).await.unwrap();
+    let stop = StopSignal::default();
+    let stopper = {
+        let (stop, fake) = (stop.clone(), env.fake.clone());
+        tokio::spawn(async move {
+            while fake.mutations().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            stop.stop();
+        })
+    };
+    let report = CycleContext {
+        config: &config,
+        rules: &rules,
+        audit: &audit,
+        metrics: &Metrics::new(),
+        stop: &stop,
+    }
+    .run(Utc::now())
+    .await
+    .unwrap();
+    stopper.await.unwrap();
+    audit.close().await;
+
+    assert_eq!(report.outcome, RunOutcome::Aborted, "{:?}", report.reason);
+    // The call in flight finished; no other was sent.
+    assert_eq!(env.fake.mutations().len(), 1);
+    assert_eq!(env.mutated_ids().len(), 2);
+    let pool = env.sql().await;
+    let mutations: Vec<Option<String>> = sqlx::query_scalar("SELECT outcome FROM mutations")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        mutations,
+        [Some("ok".to_owned())],
+        "the intents of calls never sent are withdrawn, none is left pending"
+    );
+    let statuses: Vec<(String, i64)> =
+        sqlx::query("SELECT status, count(*) FROM actions GROUP BY status ORDER BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert_eq!(
+        statuses,
+        [("done".to_owned(), 2), ("not_attempted".to_owned(), 8)]
+    );
+    env.assert_every_mutation_audited().await;
 }

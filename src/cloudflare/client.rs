@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::error::{ApiError, CfErrorDetail, Endpoint};
-use super::model::{AccountId, CursorInfo, Registration, RegistrationId};
+use super::model::{AccountId, CursorInfo, RegistrationId};
 use crate::config::CloudflareSettings;
 use crate::metrics::Metrics;
 use crate::secret::ApiToken;
@@ -129,17 +129,38 @@ impl Client {
         &self,
         cursor: Option<&str>,
     ) -> Result<RegistrationPage, ApiError> {
+        self.list_page(Endpoint::ListRegistrations, &[], cursor)
+            .await
+    }
+
+    /// One page of the registrations among `ids` (`...&id=A&id=B`), any status. Follow the
+    /// cursor to the end: an id the complete answer leaves out does not exist.
+    pub async fn list_registrations_with_ids_page(
+        &self,
+        ids: &[RegistrationId],
+        cursor: Option<&str>,
+    ) -> Result<RegistrationPage, ApiError> {
+        self.list_page(Endpoint::FindRegistrations, ids, cursor)
+            .await
+    }
+
+    async fn list_page(
+        &self,
+        endpoint: Endpoint,
+        ids: &[RegistrationId],
+        cursor: Option<&str>,
+    ) -> Result<RegistrationPage, ApiError> {
         let per_page = self.per_page.to_string();
         let mut query: Vec<(&str, &str)> = vec![("status", "all"), ("per_page", &per_page)];
+        query.extend(ids.iter().map(|id| ("id", id.as_str())));
         if let Some(c) = cursor {
             query.push(("cursor", c));
         }
         let url = self.registrations_url();
-        let env: Envelope<Vec<Box<RawValue>>> = self
-            .send(Endpoint::ListRegistrations, Method::GET, &url, &query)
-            .await?;
+        let env: Envelope<Vec<Box<RawValue>>> =
+            self.send(endpoint, Method::GET, &url, &query).await?;
         let items = env.result.ok_or(ApiError::Decode {
-            endpoint: Endpoint::ListRegistrations,
+            endpoint,
             status: env.status,
             message: "the listing has no `result` array".to_owned(),
         })?;
@@ -149,22 +170,6 @@ impl Client {
             .and_then(|i| i.next_cursor())
             .map(str::to_owned);
         Ok(RegistrationPage { items, next_cursor })
-    }
-
-    /// `GET .../devices/registrations/{id}`; `None` when it does not exist.
-    pub async fn get_registration(
-        &self,
-        id: &RegistrationId,
-    ) -> Result<Option<Registration>, ApiError> {
-        let url = format!("{}/{}", self.registrations_url(), id);
-        match self
-            .send::<Registration>(Endpoint::GetRegistration, Method::GET, &url, &[])
-            .await
-        {
-            Ok(env) => Ok(env.result),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// `DELETE .../devices/registrations/{id}`. A 404 means already gone, not an error.

@@ -9,7 +9,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     ListRegistrations,
-    GetRegistration,
+    /// The registrations among given ids (reconciliation).
+    FindRegistrations,
     DeleteRegistration,
     BulkDeleteRegistrations,
     RevokeRegistrations,
@@ -19,7 +20,7 @@ impl Endpoint {
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::ListRegistrations => "list_registrations",
-            Endpoint::GetRegistration => "get_registration",
+            Endpoint::FindRegistrations => "find_registrations",
             Endpoint::DeleteRegistration => "delete_registration",
             Endpoint::BulkDeleteRegistrations => "bulk_delete_registrations",
             Endpoint::RevokeRegistrations => "revoke_registrations",
@@ -29,7 +30,7 @@ impl Endpoint {
     /// The token permission the call needs, for error hints.
     pub fn permission(self) -> &'static str {
         match self {
-            Endpoint::ListRegistrations | Endpoint::GetRegistration => "Zero Trust Read",
+            Endpoint::ListRegistrations | Endpoint::FindRegistrations => "Zero Trust Read",
             _ => "Zero Trust Write",
         }
     }

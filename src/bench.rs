@@ -77,6 +77,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let token_file = dir.join("token");
     std::fs::write(&token_file, TOKEN)?;
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let mut fake = FakeChild::spawn(&args)?;
     println!(
         "fake API: {} registrations ({:.0}% idle, {:.0}% revoked), page cap {}, latency {} ms, at {}",

@@ -166,6 +166,11 @@ impl CycleContext<'_> {
                 .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
             report.summary.actions_done = applied.done + applied.already_gone;
             report.summary.actions_failed = applied.failed;
+            // Defence in depth: an exclusion that matched only at apply time counts too.
+            report.summary.excluded = report
+                .summary
+                .excluded
+                .map(|n| n + applied.excluded_at_apply);
             (report.outcome, report.reason) = match &applied.stopped_by {
                 None => (RunOutcome::Applied, None),
                 Some(why) if self.stop.is_stopped() => (

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::Notify;
@@ -105,12 +105,12 @@ struct Journaled<'q, 'p> {
 }
 
 /// How sending one group went.
+#[derive(Default)]
 struct Sent<'q, 'p> {
     /// Outcomes of the calls made, not yet written.
     outcomes: Vec<Outcome>,
     /// Calls whose intents are committed but which were not sent: the run stopped first.
     unsent: Vec<Journaled<'q, 'p>>,
-    took: Duration,
 }
 
 impl Executor<'_> {
@@ -154,40 +154,34 @@ impl Executor<'_> {
             } else {
                 take(&mut calls, group_size)
             };
-            let write_started = Instant::now();
-            let (written, sent) = self
+            let ((next, write_took), (sent, calls_took)) = self
                 .audit
                 .alongside(
-                    async {
-                        let ids = self.journal(next, std::mem::take(&mut unwritten)).await;
-                        (ids, write_started.elapsed())
-                    },
+                    self.journal(next, std::mem::take(&mut unwritten)),
                     self.send_group(&group, &mut report),
                 )
                 .await;
-            let (next, write_took) = written;
             let (next, sent) = (next?, sent?);
             unwritten = sent.outcomes;
             if let Some(reason) = report.stopped_by.clone() {
+                // Calls journaled but not sent, and calls never journaled: none goes out.
                 let unsent: Vec<Journaled> = sent.unsent.into_iter().chain(next).collect();
-                let actions = action_ids_of(unsent.iter().flat_map(|j| j.call.items));
+                let never = calls.iter().flat_map(|c| c.items);
+                let actions = action_ids_of(unsent.iter().flat_map(|j| j.call.items).chain(never));
                 report.not_attempted += actions.len() as u64;
                 let entry = JournalEntry {
                     outcomes: unwritten,
                     withdrawal: Some(Withdrawal {
                         mutations: unsent.iter().map(|j| j.mutation).collect(),
                         actions,
-                        reason: reason.clone(),
+                        reason,
                     }),
                     intents: Vec::new(),
                 };
                 self.audit.write_journal(self.run, &entry).await?;
-                for call in calls {
-                    self.skip(call.items, &reason, &mut report).await?;
-                }
                 return Ok(report);
             }
-            group_size = resize(group_size, write_took, sent.took);
+            group_size = resize(group_size, write_took, calls_took);
             group = next;
         }
         if !unwritten.is_empty() {
@@ -262,12 +256,7 @@ impl Executor<'_> {
         group: &[Journaled<'q, 'p>],
         report: &mut ApplyReport,
     ) -> Result<Sent<'q, 'p>, AuditError> {
-        let started = Instant::now();
-        let mut sent = Sent {
-            outcomes: Vec::new(),
-            unsent: Vec::new(),
-            took: Duration::ZERO,
-        };
+        let mut sent = Sent::default();
         for (i, journaled) in group.iter().enumerate() {
             if report.stopped_by.is_none() && self.stop.is_stopped() {
                 report.stopped_by = Some("shutdown requested".to_owned());
@@ -278,7 +267,6 @@ impl Executor<'_> {
             }
             self.send_call(*journaled, report, &mut sent).await?;
         }
-        sent.took = started.elapsed();
         Ok(sent)
     }
 
@@ -387,21 +375,6 @@ impl Executor<'_> {
             }),
             at: Utc::now(),
         }
-    }
-
-    /// Marks actions that never got an intent as not attempted.
-    async fn skip(
-        &self,
-        items: &[Item<'_>],
-        reason: &str,
-        report: &mut ApplyReport,
-    ) -> Result<(), AuditError> {
-        let ids: Vec<i64> = items.iter().map(|i| i.action_id).collect();
-        self.audit
-            .set_action_status(&ids, ActionStatus::NotAttempted, Some(reason))
-            .await?;
-        report.not_attempted += items.len() as u64;
-        Ok(())
     }
 
     fn count(&self, part: &[Item<'_>], outcome: &str) {

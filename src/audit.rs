@@ -24,6 +24,9 @@ use crate::plan::Candidate;
 use serde_json::value::RawValue;
 
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
+/// Statements whose row count changes from call to call are built with `persistent(false)`: a
+/// prepared statement of hundreds of rows holds a lot of memory, and the cache would keep one
+/// per length.
 const INSERT_BATCH: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +204,8 @@ pub struct Settled {
     pub detail: Option<String>,
 }
 
-/// Intents whose calls will never be sent (the run stopped first), their actions, and why.
+/// Calls that will never be sent (the run stopped first): the intents committed for some of
+/// them, the actions of all of them (not attempted), and why.
 #[derive(Debug, Clone)]
 pub struct Withdrawal {
     pub mutations: Vec<MutationId>,
@@ -392,6 +396,21 @@ async fn connect(
     Ok(pool)
 }
 
+/// The next `n` row ids of `table`. This connection is the only writer (the lock file), so
+/// within the transaction the ids after the current maximum are ours to assign; a multi-row
+/// INSERT then needs no id handed back per row.
+async fn next_ids(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    table: &'static str,
+    n: usize,
+) -> Result<std::ops::Range<i64>, AuditError> {
+    let last: i64 = sqlx::query_scalar(&format!("SELECT coalesce(max(id), 0) FROM {table}"))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(AuditError::Write)?;
+    Ok(last + 1..last + 1 + n as i64)
+}
+
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -456,24 +475,25 @@ impl AuditStore {
         Duration::from_nanos(self.clock.overlapped.load(Ordering::Relaxed))
     }
 
-    /// Runs an audit write and other work (API calls) concurrently and returns both results.
-    /// SQLite runs on its own thread, so the write's commit and fsync proceed while the
-    /// other work waits on the network; the time they share is counted as overlapped.
+    /// Runs an audit write and other work (API calls) concurrently and returns both results,
+    /// each with how long it took. SQLite runs on its own thread, so the write's commit and
+    /// fsync proceed while the other work waits on the network; the time they share is
+    /// counted as overlapped.
     pub async fn alongside<W: Future, O: Future>(
         &self,
         write: W,
         other: O,
-    ) -> (W::Output, O::Output) {
+    ) -> ((W::Output, Duration), (O::Output, Duration)) {
         async fn timed<F: Future>(f: F, start: Instant) -> (F::Output, Duration) {
             let out = f.await;
             (out, start.elapsed())
         }
         let start = Instant::now();
-        let ((w, w_took), (o, o_took)) = tokio::join!(timed(write, start), timed(other, start));
+        let (written, done) = tokio::join!(timed(write, start), timed(other, start));
         self.clock
             .overlapped
-            .fetch_add(nanos(w_took.min(o_took)), Ordering::Relaxed);
-        (w, o)
+            .fetch_add(nanos(written.1.min(done.1)), Ordering::Relaxed);
+        (written, done)
     }
 
     /// Rows in (runs, actions, mutations).
@@ -594,13 +614,9 @@ impl AuditStore {
         let _timer = self.timer();
         let decided_at = ts(decided_at);
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
-        // This connection is the only writer (the lock file), so within the transaction the
-        // ids after the current maximum are ours to assign; no need to ask for each back.
-        let last: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM actions")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(AuditError::Write)?;
-        let ids: Vec<i64> = (last + 1..).take(candidates.len()).collect();
+        let ids: Vec<i64> = next_ids(&mut tx, "actions", candidates.len())
+            .await?
+            .collect();
         for (batch, batch_ids) in candidates
             .chunks(INSERT_BATCH)
             .zip(ids.chunks(INSERT_BATCH))
@@ -795,14 +811,8 @@ impl AuditStore {
             tx.commit().await.map_err(AuditError::Write)?;
             return Ok(Vec::new());
         }
-        // The only writer assigns the ids after the current maximum itself (see
-        // `record_decisions`).
-        let last: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM mutations")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(AuditError::Write)?;
-        let ids: Vec<MutationId> = (last + 1..)
-            .take(entry.intents.len())
+        let ids: Vec<MutationId> = next_ids(&mut tx, "mutations", entry.intents.len())
+            .await?
             .map(MutationId)
             .collect();
         let with_ids: Vec<(MutationId, &Intent)> =

@@ -17,8 +17,8 @@ use crate::plan::{Candidate, Plan, Planner};
 use crate::rules::RuleSet;
 use crate::secret::ApiToken;
 
-/// Decisions are written to the audit log in batches of this many, so that at most this many
-/// snapshots are held in memory.
+/// Decisions are written to the audit log in batches of this many, so that no more than a
+/// few batches' snapshots are in memory at once.
 const RECORD_BATCH: usize = 1000;
 
 /// Everything a cycle needs; rebuilt when the config is reloaded.
@@ -199,55 +199,30 @@ impl CycleContext<'_> {
         now: DateTime<Utc>,
     ) -> Result<Result<(Plan, Vec<i64>), String>, CycleError> {
         let mut planner = Planner::new(client, self.rules, now);
-        // Recorded (snapshots dropped, ids known) and not yet handed to a write, in order.
-        let mut recorded: Vec<Candidate> = Vec::new();
-        let mut action_ids: Vec<i64> = Vec::new();
-        let mut pending: Vec<Candidate> = Vec::new();
-        let mut writing: Option<BackgroundWrite<(Vec<i64>, Vec<Candidate>)>> = None;
+        let mut log = DecisionLog::new(self.audit, run, now);
         loop {
-            // One batch is written at a time while pages keep coming; a disk slower than the
-            // API makes the listing wait rather than the snapshots pile up.
-            let write_done = writing.as_ref().is_some_and(BackgroundWrite::is_finished);
-            if write_done || pending.len() >= 2 * RECORD_BATCH {
-                if let Some(write) = writing.take() {
-                    let (ids, batch) = write.finish().await?;
-                    action_ids.extend(ids);
-                    recorded.extend(batch);
-                }
-            }
-            if writing.is_none() && pending.len() >= RECORD_BATCH {
-                let batch = std::mem::take(&mut pending);
-                writing = Some(self.audit.record_decisions_in_background(run, now, batch));
-            }
+            log.pace().await?;
             // Listing is read-only, so a stop request may simply abandon it.
             let next = tokio::select! {
                 page = planner.next_page() => page.map_err(|e| format!("{e}; nothing was done this run")),
                 () = self.stop.stopped() => Err("shutdown requested while listing; nothing was done".to_owned()),
             };
             match next {
-                Ok(Some(page)) => pending.extend(page),
+                Ok(Some(page)) => log.add(page),
                 Ok(None) => {
-                    if let Some(write) = writing.take() {
-                        let (ids, batch) = write.finish().await?;
-                        action_ids.extend(ids);
-                        recorded.extend(batch);
-                    }
-                    let ids = self.audit.record_decisions(run, now, &mut pending).await?;
-                    action_ids.extend(ids);
-                    recorded.append(&mut pending);
-                    return Ok(Ok((
-                        planner.finish(recorded, &self.config.safety),
-                        action_ids,
-                    )));
+                    let (candidates, action_ids) = log.finish().await?;
+                    let plan = planner.finish(candidates, &self.config.safety);
+                    return Ok(Ok((plan, action_ids)));
                 }
                 Err(reason) => {
                     // Decisions already on their way are recorded too, then none is acted on.
-                    if let Some(write) = writing.take() {
-                        let (ids, _) = write.finish().await?;
-                        action_ids.extend(ids);
-                    }
+                    log.settle().await?;
                     self.audit
-                        .set_action_status(&action_ids, ActionStatus::NotAttempted, Some(&reason))
+                        .set_action_status(
+                            &log.action_ids,
+                            ActionStatus::NotAttempted,
+                            Some(&reason),
+                        )
                         .await?;
                     return Ok(Err(reason));
                 }
@@ -313,5 +288,79 @@ impl CycleContext<'_> {
             "cycle finished"
         );
         Ok(report)
+    }
+}
+
+/// Decisions on their way to the audit log, in listing order: recorded ones (snapshots
+/// dropped, row ids known), one batch being written in the background, and the rest.
+struct DecisionLog<'a> {
+    audit: &'a AuditStore,
+    run: RunId,
+    decided_at: DateTime<Utc>,
+    recorded: Vec<Candidate>,
+    action_ids: Vec<i64>,
+    writing: Option<BackgroundWrite<(Vec<i64>, Vec<Candidate>)>>,
+    pending: Vec<Candidate>,
+}
+
+impl<'a> DecisionLog<'a> {
+    fn new(audit: &'a AuditStore, run: RunId, decided_at: DateTime<Utc>) -> Self {
+        DecisionLog {
+            audit,
+            run,
+            decided_at,
+            recorded: Vec::new(),
+            action_ids: Vec::new(),
+            writing: None,
+            pending: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, decisions: Vec<Candidate>) {
+        self.pending.extend(decisions);
+    }
+
+    /// Collects a finished write and starts the next once a batch is full. One batch is
+    /// written at a time while pages keep coming; a disk slower than the API makes the
+    /// listing wait rather than the snapshots pile up.
+    async fn pace(&mut self) -> Result<(), AuditError> {
+        let write_done = self
+            .writing
+            .as_ref()
+            .is_some_and(BackgroundWrite::is_finished);
+        if write_done || self.pending.len() >= 2 * RECORD_BATCH {
+            self.settle().await?;
+        }
+        if self.writing.is_none() && self.pending.len() >= RECORD_BATCH {
+            let batch = std::mem::take(&mut self.pending);
+            self.writing = Some(self.audit.record_decisions_in_background(
+                self.run,
+                self.decided_at,
+                batch,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for the write in flight, if any.
+    async fn settle(&mut self) -> Result<(), AuditError> {
+        if let Some(write) = self.writing.take() {
+            let (ids, batch) = write.finish().await?;
+            self.action_ids.extend(ids);
+            self.recorded.extend(batch);
+        }
+        Ok(())
+    }
+
+    /// Records the rest; returns every decision with its action row id, in order.
+    async fn finish(mut self) -> Result<(Vec<Candidate>, Vec<i64>), AuditError> {
+        self.settle().await?;
+        let ids = self
+            .audit
+            .record_decisions(self.run, self.decided_at, &mut self.pending)
+            .await?;
+        self.action_ids.extend(ids);
+        self.recorded.append(&mut self.pending);
+        Ok((self.recorded, self.action_ids))
     }
 }

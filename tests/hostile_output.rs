@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::Output;
+use std::process::{Command, Output};
 
 use chrono::Utc;
 use common::{days_ago, Env, Settings};
@@ -333,4 +333,32 @@ async fn audit_limit_must_be_between_one_and_a_million() {
     assert_eq!(table_rows(&runs, "RUN").len(), 1, "{runs}");
     let runs = stdout(&env.binary(&["audit", "runs"]));
     assert_eq!(table_rows(&runs, "RUN").len(), 2, "{runs}");
+}
+
+#[test]
+fn check_config_refuses_credentials_in_base_url_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+         base_url = \"https://admin:secret@api.example.com/client/v4\"\n\n\
+         [[rule]]\nname = \"r\"\nresource = \"device_registration\"\naction = \"delete\"\n\
+         idle_days = 90\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zt-janitor"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains("secret") && !stderr.contains("secret"),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains(":3:12: [cloudflare] base_url"), "{stderr}");
+    assert!(stderr.contains("user name or password"), "{stderr}");
 }

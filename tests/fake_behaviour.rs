@@ -722,3 +722,201 @@ async fn shutdown_closes_the_port() {
     let fresh = reqwest::Client::new();
     assert!(fresh.get(api.url("registrations")).send().await.is_err());
 }
+
+/// The hostile server's answers: each does exactly what its fault promises, and the log says
+/// what really changed.
+#[tokio::test]
+async fn hostile_mutation_faults_claim_more_or_less_than_they_do() {
+    let api = Api::with(40).await;
+    let all = api.fake.registration_ids();
+    let bulk = |ids: &[String]| format!("registrations?{}", query_ids(ids));
+
+    api.fake.set_faults(vec![FaultRule::first(
+        Endpoint::BulkDelete,
+        1,
+        Fault::PartialApply,
+    )]);
+    let reply = api.send(Method::DELETE, &bulk(&all[..3])).await;
+    assert_eq!(
+        (reply.status, reply.json()["success"].clone()),
+        (200, json!(true))
+    );
+    assert!(!api.fake.contains(&all[0]));
+    assert!(api.fake.contains(&all[1]) && api.fake.contains(&all[2]));
+
+    for (status, body_empty) in [(200, false), (202, false), (204, true)] {
+        api.fake.set_faults(vec![FaultRule::first(
+            Endpoint::AnyMutation,
+            1,
+            Fault::Noop { status },
+        )]);
+        let reply = api.send(Method::DELETE, &bulk(&all[1..3])).await;
+        assert_eq!(reply.status, status);
+        assert_eq!(
+            reply.text.is_empty(),
+            body_empty,
+            "{status}: {}",
+            reply.text
+        );
+        assert!(api.fake.contains(&all[1]), "noop {status} deleted");
+    }
+
+    api.fake.set_faults(vec![FaultRule::first(
+        Endpoint::AnyMutation,
+        1,
+        Fault::NoopWithErrors,
+    )]);
+    let body = api.send(Method::DELETE, &bulk(&all[1..3])).await.json();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["errors"].as_array().unwrap().len(), 2);
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&all[1]));
+    assert!(api.fake.contains(&all[1]));
+
+    api.fake.set_faults(vec![FaultRule::first(
+        Endpoint::DeleteOne,
+        1,
+        Fault::Empty204,
+    )]);
+    let reply = api
+        .send(Method::DELETE, &format!("registrations/{}", all[1]))
+        .await;
+    assert_eq!((reply.status, reply.text.as_str()), (204, ""));
+    assert!(!api.fake.contains(&all[1]));
+
+    api.fake.set_faults(vec![FaultRule::first(
+        Endpoint::DeleteOne,
+        1,
+        Fault::ErrorsNull,
+    )]);
+    let body = api
+        .send(Method::DELETE, &format!("registrations/{}", all[2]))
+        .await
+        .json();
+    assert_eq!(
+        (body["success"].clone(), body["errors"].clone()),
+        (json!(true), Value::Null)
+    );
+    assert!(!api.fake.contains(&all[2]));
+
+    api.fake.set_faults(vec![FaultRule::first(
+        Endpoint::DeleteOne,
+        1,
+        Fault::ApplyThenStatus(502),
+    )]);
+    let reply = api
+        .send(Method::DELETE, &format!("registrations/{}", all[3]))
+        .await;
+    assert_eq!(reply.status, 502);
+    assert!(!api.fake.contains(&all[3]), "applied before the 502");
+    let last = api.fake.mutations().pop().unwrap();
+    assert_eq!((last.status, last.applied), (502, true));
+}
+
+#[tokio::test]
+async fn error_codes_html_and_raw_retry_after() {
+    let api = Api::with(10).await;
+    let all = api.fake.registration_ids();
+    let rule: FaultRule = "any_mutation:status=404:code=7003".parse().unwrap();
+    api.fake.set_faults(vec![rule]);
+    let reply = api
+        .send(Method::DELETE, &format!("registrations/{}", all[0]))
+        .await;
+    assert_eq!(
+        (reply.status, reply.json()["errors"][0]["code"].clone()),
+        (404, json!(7003))
+    );
+    assert!(api.fake.contains(&all[0]));
+
+    api.fake.set_faults(vec!["get:html=404".parse().unwrap()]);
+    let reply = api
+        .send(Method::GET, &format!("registrations/{}", all[0]))
+        .await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(serde_json::from_str::<Value>(&reply.text).is_err());
+
+    api.fake.set_faults(vec![
+        "list:retry_after_raw=1e300:first=1".parse().unwrap(),
+        "list:retry_after_ms_raw=99999999999999999999999:nth=1"
+            .parse()
+            .unwrap(),
+    ]);
+    let reply = api.list("status=all").await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers["retry-after"], "1e300");
+    let reply = api.list("status=all").await;
+    assert_eq!(reply.status, 200, "both rules counted the first request");
+
+    api.fake
+        .set_faults(vec!["list:partial_errors".parse().unwrap()]);
+    let body = api.list("status=all").await.json();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["errors"][0]["code"], 1020);
+    assert_eq!(body["result"].as_array().unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn id_filtered_faults_hit_only_calls_naming_that_id() {
+    let api = Api::with(10).await;
+    let all = api.fake.registration_ids();
+    let stuck = all[4].clone();
+    api.fake.set_faults(vec![format!(
+        "any_mutation:status=400:code=2001:id={stuck}"
+    )
+    .parse()
+    .unwrap()]);
+    let bulk = format!("registrations?{}", query_ids(&all[3..6]));
+    let body = api.send(Method::DELETE, &bulk).await.json();
+    assert_eq!(body["errors"][0]["code"], 2001);
+    assert_eq!(api.fake.len(), 10, "the whole bulk call is refused");
+    for id in &all[3..6] {
+        let status = api
+            .send(Method::DELETE, &format!("registrations/{id}"))
+            .await
+            .status;
+        assert_eq!(status, if *id == stuck { 400 } else { 200 }, "{id}");
+    }
+    assert!(api.fake.contains(&stuck));
+    assert_eq!(api.fake.len(), 8);
+}
+
+#[tokio::test]
+async fn redirects_point_at_the_same_call_elsewhere() {
+    let api = Api::with(5).await;
+    let other = "http://127.0.0.1:9/client/v4";
+    let rule: FaultRule = format!("any:redirect302={other}").parse().unwrap();
+    assert_eq!(
+        rule.fault,
+        Fault::Redirect {
+            status: 302,
+            location: other.to_owned()
+        }
+    );
+    api.fake.set_faults(vec![rule]);
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_follow
+        .delete(api.url("registrations?id=a"))
+        .bearer_auth(api.fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers()["location"],
+        format!(
+            "{other}/accounts/{}/devices/registrations?id=a",
+            api.fake.account_id()
+        )
+        .as_str()
+    );
+    assert_eq!(api.fake.len(), 5);
+}

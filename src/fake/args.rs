@@ -57,9 +57,12 @@ pub struct FakeApiArgs {
     /// `list:status=429:retry_after=3:nth=2`, `delete_one:delay_ms=3000`,
     /// `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`.
     /// TARGET: list, get, delete_one, bulk_delete, revoke, any_mutation, any.
-    /// FAULT: status=CODE [retry_after=SECS], delay_ms=MS, reset, malformed_json, success_false,
-    /// wrong_auth, and for list only repeat_cursor, short_page, duplicate_ids.
-    /// WHEN: always (default), nth=N, first=N, p=PROB [seed=N].
+    /// FAULT: status=CODE [retry_after=SECS | code=N], delay_ms=MS, reset, malformed_json,
+    /// success_false, wrong_auth, and for list only repeat_cursor, short_page, duplicate_ids,
+    /// partial_errors. Hostile answers: retry_after_raw=TEXT, retry_after_ms_raw=TEXT, html=CODE,
+    /// errors_null, partial_apply, noop[=200|202|204], noop_with_errors, empty_204,
+    /// apply_then_status=CODE, redirect=URL / redirect302=URL (last part).
+    /// WHEN: always (default), nth=N, first=N, p=PROB [seed=N]; id=ID limits it to calls naming ID.
     #[arg(long = "fault", value_name = "RULE")]
     pub faults: Vec<FaultRule>,
 }

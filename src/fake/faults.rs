@@ -4,15 +4,24 @@
 //! Text syntax (`FaultRule::from_str`), parts separated by `:` in any order after the target:
 //!
 //! ```text
-//! TARGET:FAULT[:retry_after=SECS][:WHEN]
+//! TARGET:FAULT[:retry_after=SECS|:code=N][:WHEN][:id=ID]
 //! TARGET  list | get | delete_one | bulk_delete | revoke | any_mutation | any
 //! FAULT   status=CODE (400-599) | delay_ms=MS | reset | malformed_json | success_false
 //!         | wrong_auth | repeat_cursor | short_page | duplicate_ids   (the last three: list only)
+//!         | retry_after_raw=TEXT | retry_after_ms_raw=TEXT | html=CODE | errors_null
+//!         | partial_errors (list only) | partial_apply | noop[=200|202|204] | noop_with_errors
+//!         | empty_204 | apply_then_status=CODE | redirect=URL | redirect302=URL (last part)
 //! WHEN    always (default) | nth=N | first=N | p=PROB[:seed=N]
+//! id=ID   only requests naming ID (in the path or as an `id` query parameter) match and count
 //! ```
 //!
 //! e.g. `bulk_delete:status=503:first=2`, `list:status=429:retry_after=3:nth=2`,
-//! `delete_one:delay_ms=3000:always`, `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`.
+//! `delete_one:delay_ms=3000:always`, `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`,
+//! `any_mutation:status=400:code=2001:id=0b9a…`, `any:redirect=http://127.0.0.1:9/client/v4`.
+//!
+//! The faults after `duplicate_ids` are a hostile server's answers: what a proxy, a partial
+//! outage or an API that claims more than it did may send. They exist so that every such answer
+//! stays in the test suite.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -92,6 +101,33 @@ pub enum Fault {
     ShortPageWithCursor,
     /// Listing only: the page starts with the item the previous page ended with.
     DuplicateIds,
+    /// An error envelope with this HTTP status and this Cloudflare error code.
+    Error { status: u16, code: u32 },
+    /// HTTP 429 whose `Retry-After` and/or `retry-after-ms` carry this text verbatim.
+    RawRetryAfter {
+        seconds: Option<String>,
+        millis: Option<String>,
+    },
+    /// A redirect: `Location` is `location` followed by the request's path below
+    /// `/client/v4` and its query, so it can point at the same call on another server.
+    Redirect { status: u16, location: String },
+    /// Mutation: only the first id named is changed; the answer is a plain success.
+    PartialApply,
+    /// Mutation: a success answer (200/202 with an envelope, 204 with no body) that changes
+    /// nothing.
+    Noop { status: u16 },
+    /// Mutation: 200 `success: true` with an `errors` entry per id named; changes nothing.
+    NoopWithErrors,
+    /// Mutation: applied, answered 204 with an empty body.
+    Empty204,
+    /// Served normally, with `"errors": null` and `"messages": null` in the envelope.
+    ErrorsNull,
+    /// Listing only: the page is served with `success: true` and a non-empty `errors`.
+    PartialErrors,
+    /// Mutation: applied, then answered with this status's error envelope.
+    ApplyThenStatus(u16),
+    /// This status with an HTML body: a proxy answering, not Cloudflare.
+    Html(u16),
 }
 
 impl Fault {
@@ -102,7 +138,10 @@ impl Fault {
     fn is_listing_only(&self) -> bool {
         matches!(
             self,
-            Fault::RepeatCursor | Fault::ShortPageWithCursor | Fault::DuplicateIds
+            Fault::RepeatCursor
+                | Fault::ShortPageWithCursor
+                | Fault::DuplicateIds
+                | Fault::PartialErrors
         )
     }
 }
@@ -115,6 +154,8 @@ pub struct FaultRule {
     pub target: Endpoint,
     pub when: When,
     pub fault: Fault,
+    /// Only requests naming this id match (and are counted).
+    pub only_id: Option<String>,
 }
 
 impl FaultRule {
@@ -123,6 +164,15 @@ impl FaultRule {
             target,
             when,
             fault,
+            only_id: None,
+        }
+    }
+
+    /// Restricts the rule to requests that name `id` (path or `id` query parameter).
+    pub fn for_id(self, id: impl Into<String>) -> Self {
+        FaultRule {
+            only_id: Some(id.into()),
+            ..self
         }
     }
 
@@ -152,7 +202,10 @@ pub struct FaultParseError {
 
 const TARGETS: &str = "list, get, delete_one, bulk_delete, revoke, any_mutation, any";
 const FAULTS: &str = "status=CODE, delay_ms=MS, reset, malformed_json, success_false, wrong_auth, \
-                      repeat_cursor, short_page, duplicate_ids";
+                      repeat_cursor, short_page, duplicate_ids, retry_after_raw=TEXT, \
+                      retry_after_ms_raw=TEXT, html=CODE, errors_null, partial_errors, \
+                      partial_apply, noop[=STATUS], noop_with_errors, empty_204, \
+                      apply_then_status=CODE, redirect=URL, redirect302=URL";
 
 impl FromStr for FaultRule {
     type Err = FaultParseError;
@@ -162,7 +215,26 @@ impl FromStr for FaultRule {
             rule: rule.to_owned(),
             reason,
         };
-        let mut parts = rule.split(':').map(str::trim);
+        // A redirect's URL holds colons of its own: it takes the rest of the rule.
+        let (rule_parts, redirect) = match rule.find(":redirect") {
+            Some(at) => {
+                let (head, tail) = rule.split_at(at);
+                let tail = &tail[1..];
+                let (name, url) = tail.split_once('=').unwrap_or((tail, ""));
+                let status = match name {
+                    "redirect" => 307,
+                    "redirect302" => 302,
+                    other => return Err(fail(format!("unknown part {other:?}"))),
+                };
+                if url.is_empty() {
+                    return Err(fail(format!("{name} needs a value: {name}=URL")));
+                }
+                let location = url.to_owned();
+                (head, Some(Fault::Redirect { status, location }))
+            }
+            None => (rule, None),
+        };
+        let mut parts = rule_parts.split(':').map(str::trim);
         let target = match parts.next().unwrap_or_default() {
             "list" => Endpoint::ListRegistrations,
             "get" => Endpoint::GetRegistration,
@@ -178,9 +250,11 @@ impl FromStr for FaultRule {
             }
         };
 
-        let mut fault = None;
+        let mut fault = redirect;
         let mut when = None;
         let mut retry_after = None;
+        let mut error_code = None;
+        let mut only_id = None;
         let mut seed = None;
         for part in parts {
             let (name, value) = match part.split_once('=') {
@@ -192,6 +266,18 @@ impl FromStr for FaultRule {
                     value.ok_or_else(|| fail(format!("{name} needs a value: {name}={what}")))?;
                 raw.parse()
                     .map_err(|_| fail(format!("{name}={raw}: {raw:?} is not a whole number")))
+            };
+            let status_number = |what: &str, range: std::ops::RangeInclusive<u64>| {
+                let n = number(what)?;
+                if range.contains(&n) {
+                    Ok(n as u16)
+                } else {
+                    Err(fail(format!(
+                        "{name}={n}: use a status from {} to {}",
+                        range.start(),
+                        range.end()
+                    )))
+                }
             };
             let (new_fault, new_when) = match (name, value) {
                 ("status", _) => {
@@ -218,6 +304,45 @@ impl FromStr for FaultRule {
                 ("repeat_cursor", None) => (Some(Fault::RepeatCursor), None),
                 ("short_page", None) => (Some(Fault::ShortPageWithCursor), None),
                 ("duplicate_ids", None) => (Some(Fault::DuplicateIds), None),
+                ("retry_after_raw", Some(raw)) => (
+                    Some(Fault::RawRetryAfter {
+                        seconds: Some(raw.to_owned()),
+                        millis: None,
+                    }),
+                    None,
+                ),
+                ("retry_after_ms_raw", Some(raw)) => (
+                    Some(Fault::RawRetryAfter {
+                        seconds: None,
+                        millis: Some(raw.to_owned()),
+                    }),
+                    None,
+                ),
+                ("html", _) => (Some(Fault::Html(status_number("CODE", 300..=599)?)), None),
+                ("errors_null", None) => (Some(Fault::ErrorsNull), None),
+                ("partial_errors", None) => (Some(Fault::PartialErrors), None),
+                ("partial_apply", None) => (Some(Fault::PartialApply), None),
+                ("noop", None) => (Some(Fault::Noop { status: 200 }), None),
+                ("noop", Some(_)) => (
+                    Some(Fault::Noop {
+                        status: status_number("STATUS", 200..=299)?,
+                    }),
+                    None,
+                ),
+                ("noop_with_errors", None) => (Some(Fault::NoopWithErrors), None),
+                ("empty_204", None) => (Some(Fault::Empty204), None),
+                ("apply_then_status", _) => (
+                    Some(Fault::ApplyThenStatus(status_number("CODE", 400..=599)?)),
+                    None,
+                ),
+                ("code", _) => {
+                    error_code = Some(number("N")?);
+                    (None, None)
+                }
+                ("id", Some(id)) if !id.is_empty() => {
+                    only_id = Some(id.to_owned());
+                    (None, None)
+                }
                 ("retry_after", _) => {
                     retry_after = Some(number("SECS")?);
                     (None, None)
@@ -272,9 +397,20 @@ impl FromStr for FaultRule {
                 _ => return Err(fail("retry_after only goes with status=CODE".to_owned())),
             }
         }
+        if let Some(code) = error_code {
+            fault = match fault {
+                Fault::Status { code: status, .. } => Fault::Error {
+                    status,
+                    code: u32::try_from(code)
+                        .map_err(|_| fail(format!("code={code}: too large")))?,
+                },
+                _ => return Err(fail("code only goes with status=CODE".to_owned())),
+            };
+        }
         if fault.is_listing_only() && target != Endpoint::ListRegistrations {
             return Err(fail(
-                "repeat_cursor, short_page and duplicate_ids only apply to list".to_owned(),
+                "repeat_cursor, short_page, duplicate_ids and partial_errors only apply to list"
+                    .to_owned(),
             ));
         }
         let when = match (when.unwrap_or(When::Always), seed) {
@@ -286,6 +422,7 @@ impl FromStr for FaultRule {
             target,
             when,
             fault,
+            only_id,
         })
     }
 }
@@ -318,12 +455,17 @@ impl FaultSet {
         FaultSet { rules }
     }
 
-    /// The fault to apply to this request, if any rule fires.
-    pub(crate) fn pick(&mut self, op: Op) -> Option<Fault> {
+    /// The fault to apply to this request, which names `ids`, if any rule fires.
+    pub(crate) fn pick(&mut self, op: Op, ids: &[String]) -> Option<Fault> {
         let mut chosen = None;
         for active in &mut self.rules {
             if !active.rule.target.matches(op) || !active.rule.fault.applies_to(op) {
                 continue;
+            }
+            if let Some(only) = &active.rule.only_id {
+                if !ids.contains(only) {
+                    continue;
+                }
             }
             active.seen += 1;
             let fires = match active.rule.when {
@@ -422,6 +564,86 @@ mod tests {
     }
 
     #[test]
+    fn hostile_rules_parse() {
+        let cases = [
+            (
+                "delete_one:status=404:code=7003",
+                FaultRule::always(
+                    Endpoint::DeleteOne,
+                    Fault::Error {
+                        status: 404,
+                        code: 7003,
+                    },
+                ),
+            ),
+            (
+                "any_mutation:status=400:code=2001:id=abc",
+                FaultRule::always(
+                    Endpoint::AnyMutation,
+                    Fault::Error {
+                        status: 400,
+                        code: 2001,
+                    },
+                )
+                .for_id("abc"),
+            ),
+            (
+                "list:retry_after_raw=1e300",
+                FaultRule::always(
+                    Endpoint::ListRegistrations,
+                    Fault::RawRetryAfter {
+                        seconds: Some("1e300".into()),
+                        millis: None,
+                    },
+                ),
+            ),
+            (
+                "bulk_delete:noop=202:first=1",
+                FaultRule::first(Endpoint::BulkDelete, 1, Fault::Noop { status: 202 }),
+            ),
+            (
+                "any:nth=2:redirect=http://127.0.0.1:1/client/v4",
+                FaultRule::nth(
+                    Endpoint::Any,
+                    2,
+                    Fault::Redirect {
+                        status: 307,
+                        location: "http://127.0.0.1:1/client/v4".into(),
+                    },
+                ),
+            ),
+            (
+                "delete_one:apply_then_status=502:first=1",
+                FaultRule::first(Endpoint::DeleteOne, 1, Fault::ApplyThenStatus(502)),
+            ),
+            (
+                "revoke:noop",
+                FaultRule::always(Endpoint::Revoke, Fault::Noop { status: 200 }),
+            ),
+            (
+                "list:partial_errors",
+                FaultRule::always(Endpoint::ListRegistrations, Fault::PartialErrors),
+            ),
+            (
+                "get:html=404",
+                FaultRule::always(Endpoint::GetRegistration, Fault::Html(404)),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(text.parse::<FaultRule>(), Ok(expected), "{text}");
+        }
+        for (text, needle) in [
+            ("list:reset:code=3", "code only goes with status"),
+            ("list:noop=500", "from 200 to 299"),
+            ("any:redirect=", "needs a value"),
+            ("bulk_delete:partial_errors", "only apply to list"),
+        ] {
+            let err = text.parse::<FaultRule>().expect_err(text).to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn invalid_rules_say_what_is_wrong() {
         let cases = [
             ("", "unknown target"),
@@ -467,20 +689,20 @@ mod tests {
             code: 503,
             retry_after: None,
         });
-        assert_eq!(set.pick(Op::DeleteOne), status);
-        assert_eq!(set.pick(Op::DeleteOne), Some(Fault::ConnectionReset));
+        assert_eq!(set.pick(Op::DeleteOne, &[]), status);
+        assert_eq!(set.pick(Op::DeleteOne, &[]), Some(Fault::ConnectionReset));
         assert_eq!(
-            set.pick(Op::BulkDelete),
+            set.pick(Op::BulkDelete, &[]),
             status,
             "third mutation, counted despite the reset"
         );
         assert_eq!(
-            set.pick(Op::BulkDelete),
+            set.pick(Op::BulkDelete, &[]),
             None,
             "listing faults never hit mutations"
         );
-        assert_eq!(set.pick(Op::List), Some(Fault::RepeatCursor));
-        assert_eq!(set.pick(Op::GetOne), None);
+        assert_eq!(set.pick(Op::List, &[]), Some(Fault::RepeatCursor));
+        assert_eq!(set.pick(Op::GetOne, &[]), None);
     }
 
     #[test]
@@ -492,7 +714,7 @@ mod tests {
                 Fault::MalformedJson,
             )]);
             (0..64)
-                .map(|_| set.pick(Op::List).is_some())
+                .map(|_| set.pick(Op::List, &[]).is_some())
                 .collect::<Vec<_>>()
         };
         assert_eq!(draws(9), draws(9));

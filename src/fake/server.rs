@@ -177,6 +177,8 @@ struct Reply {
     status: StatusCode,
     body: Vec<u8>,
     retry_after: Option<u64>,
+    /// Headers a fault adds verbatim (raw `Retry-After`, `Location`, a content type).
+    extra_headers: Vec<(header::HeaderName, String)>,
 }
 
 #[derive(Serialize)]
@@ -215,6 +217,7 @@ impl Reply {
             status: StatusCode::OK,
             body: serde_json::to_vec(&envelope).unwrap_or_default(),
             retry_after: None,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -234,6 +237,7 @@ impl Reply {
             status,
             body: serde_json::to_vec(&envelope).unwrap_or_default(),
             retry_after: None,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -279,15 +283,41 @@ impl Reply {
         }
     }
 
+    /// A success answer with no body (HTTP 204).
+    fn no_content() -> Reply {
+        Reply {
+            status: StatusCode::NO_CONTENT,
+            body: Vec::new(),
+            retry_after: None,
+            extra_headers: Vec::new(),
+        }
+    }
+
+    /// The envelope rewritten by `edit`, for faults that bend a served answer.
+    fn edit_envelope(mut self, edit: impl FnOnce(&mut Value)) -> Reply {
+        if let Ok(mut envelope) = serde_json::from_slice::<Value>(&self.body) {
+            edit(&mut envelope);
+            self.body = serde_json::to_vec(&envelope).unwrap_or_default();
+        }
+        self
+    }
+
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        if self.status != StatusCode::NO_CONTENT && !self.status.is_redirection() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.extra_headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
         }
         response
     }
@@ -302,6 +332,25 @@ struct Request {
     ids: Result<Vec<String>, String>,
     authorization: Option<String>,
     path: String,
+    query: Option<String>,
+}
+
+impl Request {
+    /// Every id the request names: path, query or body ids, and `id` filters of a listing.
+    fn named_ids(&self) -> Vec<String> {
+        let mut ids = self.ids.clone().unwrap_or_default();
+        if let Ok(params) = &self.params {
+            if self.op == Op::List {
+                ids.extend(
+                    params
+                        .iter()
+                        .filter(|(k, _)| k == "id")
+                        .map(|(_, v)| v.clone()),
+                );
+            }
+        }
+        ids
+    }
 }
 
 /// The single entry point: every request goes through counting, logging, faults, auth.
@@ -364,10 +413,11 @@ pub(crate) async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         path,
+        query: uri.query().map(str::to_owned),
     };
 
     let record = shared.receive(&request, &method);
-    let fault = lock(&shared.faults).pick(op);
+    let fault = lock(&shared.faults).pick(op, &request.named_ids());
     let (reply, affected) = match fault {
         None => shared.process(&request, PageShape::Normal),
         Some(Fault::Delay(delay)) => {
@@ -396,12 +446,148 @@ pub(crate) async fn handle(
             // Never written: the connection fails first. Status 0 in the log says so.
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
+        Some(other) => hostile(&shared, &request, other),
     };
     if let Some(index) = record {
         shared.finish(index, reply.status.as_u16(), affected);
     }
     tracing::debug!(%method, path = %request.path, status = reply.status.as_u16(), "fake API request");
     reply.into_response()
+}
+
+/// The answers of a hostile or confused server (see [`Fault`] from `Error` on).
+fn hostile(shared: &Shared, request: &Request, fault: Fault) -> (Reply, Vec<String>) {
+    match fault {
+        Fault::Error { status, code } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            let message = match code {
+                code::BAD_ACCOUNT | code::NO_ROUTE => {
+                    format!(
+                        "Could not route to {}, perhaps your object identifier is invalid?",
+                        request.path
+                    )
+                }
+                2001 => "Registration cannot be deleted".to_owned(),
+                _ => format!("Request failed (code {code})"),
+            };
+            (Reply::error(status, code, message), Vec::new())
+        }
+        Fault::RawRetryAfter { seconds, millis } => {
+            let mut reply = Reply::injected(429, None);
+            if let Some(v) = seconds {
+                reply.extra_headers.push((header::RETRY_AFTER, v));
+            }
+            if let Some(v) = millis {
+                reply
+                    .extra_headers
+                    .push((header::HeaderName::from_static("retry-after-ms"), v));
+            }
+            (reply, Vec::new())
+        }
+        Fault::Redirect { status, location } => {
+            let below = request
+                .path
+                .strip_prefix("/client/v4")
+                .unwrap_or(&request.path);
+            let query = request
+                .query
+                .as_deref()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let reply = Reply {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::TEMPORARY_REDIRECT),
+                body: Vec::new(),
+                retry_after: None,
+                extra_headers: vec![(header::LOCATION, format!("{location}{below}{query}"))],
+            };
+            (reply, Vec::new())
+        }
+        Fault::PartialApply => {
+            let first = Request {
+                ids: request
+                    .ids
+                    .as_ref()
+                    .map(|ids| ids.iter().take(1).cloned().collect())
+                    .map_err(Clone::clone),
+                params: request.params.clone(),
+                account: request.account.clone(),
+                authorization: request.authorization.clone(),
+                path: request.path.clone(),
+                query: request.query.clone(),
+                op: request.op,
+            };
+            let (_, affected) = shared.process(&first, PageShape::Normal);
+            (Reply::ok(Value::Null, None), affected)
+        }
+        Fault::Noop { status: 204 } => (Reply::no_content(), Vec::new()),
+        Fault::Noop { status } => {
+            let mut reply = Reply::ok(Value::Null, None);
+            reply.status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            (reply, Vec::new())
+        }
+        Fault::NoopWithErrors => {
+            let errors: Vec<Value> = request
+                .ids
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(
+                    |id| serde_json::json!({"code": 1003, "message": format!("{id}: not deleted")}),
+                )
+                .collect();
+            let reply = Reply::ok(Value::Null, None)
+                .edit_envelope(|env| env["errors"] = Value::Array(errors));
+            (reply, Vec::new())
+        }
+        Fault::Empty204 => {
+            let (reply, affected) = shared.process(request, PageShape::Normal);
+            if reply.status.is_success() {
+                (Reply::no_content(), affected)
+            } else {
+                (reply, affected)
+            }
+        }
+        Fault::ErrorsNull => {
+            let (reply, affected) = shared.process(request, PageShape::Normal);
+            let reply = reply.edit_envelope(|env| {
+                env["errors"] = Value::Null;
+                env["messages"] = Value::Null;
+            });
+            (reply, affected)
+        }
+        Fault::PartialErrors => {
+            let (reply, affected) = shared.process(request, PageShape::Normal);
+            let reply = reply.edit_envelope(|env| {
+                env["errors"] = serde_json::json!([
+                    {"code": 1020, "message": "partial results: shard 2 unavailable"}
+                ]);
+            });
+            (reply, affected)
+        }
+        Fault::ApplyThenStatus(status) => {
+            let (_, affected) = shared.process(request, PageShape::Normal);
+            (Reply::injected(status, None), affected)
+        }
+        Fault::Html(status) => {
+            let reply = Reply {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND),
+                body: b"<html><body><h1>Not Found</h1>nginx</body></html>".to_vec(),
+                retry_after: None,
+                extra_headers: vec![(header::CONTENT_TYPE, "text/html".to_owned())],
+            };
+            (reply, Vec::new())
+        }
+        // Served by `handle` itself.
+        Fault::Status { .. }
+        | Fault::ConnectionReset
+        | Fault::Delay(_)
+        | Fault::MalformedJson
+        | Fault::SuccessFalse
+        | Fault::WrongAuth
+        | Fault::RepeatCursor
+        | Fault::ShortPageWithCursor
+        | Fault::DuplicateIds => shared.process(request, PageShape::Normal),
+    }
 }
 
 /// Turns `reply` into HTTP 500 with `success: false` and an error, keeping its `result`.
@@ -414,6 +600,7 @@ fn success_false(reply: Reply) -> Reply {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         body: serde_json::to_vec(&envelope).unwrap_or_default(),
         retry_after: None,
+        extra_headers: Vec::new(),
     }
 }
 

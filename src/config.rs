@@ -1495,8 +1495,10 @@ mod tests {
                 "from 1 to 3600",
             ),
         ];
+        // Otherwise valid, so the bound is the only thing refused.
+        let rest = "resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\n";
         for (line, col, key, fragment) in cases {
-            let message = load(&format!("{CF}{line}\n{RULE}"))
+            let message = load(&format!("{CF}{line}\n{RULE}{rest}"))
                 .expect_err(line)
                 .to_string();
             let place = format!("zt.toml:3:{col}: [cloudflare] {key}: ");
@@ -1505,7 +1507,8 @@ mod tests {
                 "{line}: got {message}"
             );
         }
-        let max = format!("{CF}cycle_deadline_secs = 604800\nrequest_timeout_secs = 3600\n{RULE}resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\n");
+        let max =
+            format!("{CF}cycle_deadline_secs = 604800\nrequest_timeout_secs = 3600\n{RULE}{rest}");
         let config = load(&max).expect("the largest values are accepted");
         assert_eq!(
             config.cloudflare.cycle_deadline(),
@@ -1568,7 +1571,7 @@ mod tests {
             ("bulk_chunk_size too big", format!("{CF}bulk_chunk_size = 5000\n{RULE}"),
                 3, 19, "[cloudflare] bulk_chunk_size", "from 1 to 1000"),
             ("request_timeout_secs zero", format!("{CF}request_timeout_secs = 0\n{RULE}"),
-                3, 24, "[cloudflare] request_timeout_secs", "at least 1"),
+                3, 24, "[cloudflare] request_timeout_secs", "from 1 to 3600"),
             ("max_retries too many", format!("{CF}max_retries = 21\n{RULE}"),
                 3, 15, "[cloudflare] max_retries", "from 0 to 20"),
             ("max_actions_per_run zero", format!("{MINIMAL}[safety]\nmax_actions_per_run = 0\n"),

@@ -283,7 +283,7 @@ async fn huge_retry_after_values_end_the_cycle_without_a_panic() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_binary_survives_a_huge_retry_after_and_closes_its_run() {
     let env = Env::start(opts(50, 3), Settings::default()).await;
     env.fake.set_faults(vec![FaultRule::always(

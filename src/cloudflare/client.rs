@@ -81,8 +81,9 @@ pub struct ClientBuildError(String);
 
 #[derive(Deserialize)]
 struct Envelope<T> {
+    /// Absent in an answer that is not Cloudflare's envelope at all.
     #[serde(default)]
-    success: bool,
+    success: Option<bool>,
     #[serde(default, deserialize_with = "null_as_empty")]
     errors: Vec<CfErrorDetail>,
     result: Option<T>,
@@ -462,7 +463,7 @@ fn parse_answer<T: DeserializeOwned>(
     if expected == Body::Optional && body.iter().all(u8::is_ascii_whitespace) {
         // A mutation answered 204 (or 200) with no body: done, nothing more to read.
         return Ok(Envelope {
-            success: true,
+            success: Some(true),
             errors: Vec::new(),
             result: None,
             result_info: None,
@@ -474,7 +475,14 @@ fn parse_answer<T: DeserializeOwned>(
         status: code,
         message: e.to_string(),
     })?;
-    if !env.success {
+    let Some(success) = env.success else {
+        return Err(ApiError::Decode {
+            endpoint,
+            status: code,
+            message: "the answer is JSON but not Cloudflare's envelope (no `success`)".to_owned(),
+        });
+    };
+    if !success {
         return Err(ApiError::Api {
             endpoint,
             status: code,
@@ -787,8 +795,17 @@ mod tests {
         assert_eq!(read(200, null_errors, Body::Required).unwrap().status, 200);
         assert_eq!(read(204, "", Body::Optional).unwrap().status, 204);
         assert_eq!(read(200, " \n", Body::Optional).unwrap().status, 200);
+        for garbled in ["", "{}", "[]", "<html></html>", r#"{"success":"yes"}"#] {
+            assert!(
+                matches!(
+                    read(200, garbled, Body::Required),
+                    Err(ApiError::Decode { .. })
+                ),
+                "{garbled:?}"
+            );
+        }
         assert!(matches!(
-            read(200, "", Body::Required),
+            read(200, "{}", Body::Optional),
             Err(ApiError::Decode { .. })
         ));
         assert!(matches!(

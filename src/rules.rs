@@ -7,7 +7,9 @@
 //! cannot be parsed, a time in the future (beyond [`FUTURE_TOLERANCE`] of clock skew), a
 //! `last_seen_at` before `created_at`, no activity timestamp at all, or a `deleted_at` that is
 //! set makes the registration an [`Anomaly`]: it is kept, whatever the rules say, and counted.
-//! No rule guesses around a field it cannot trust.
+//! No rule guesses around a field it cannot trust. (An unknown `registration_type` is not an
+//! anomaly: it is a type Cloudflare added, read as "no known type", which no rule asking for a
+//! type matches.)
 //!
 //! Idleness is measured from the later of `last_seen_at` and `created_at`, so a registration
 //! created yesterday is never idle however old its `last_seen_at` claims to be. A revoke rule

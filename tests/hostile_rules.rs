@@ -16,6 +16,12 @@ use zt_janitor::audit::RunOutcome;
 use zt_janitor::fake::{FakeOptions, FakeRegistration};
 use zt_janitor::metrics::Metrics;
 
+/// The tests of this file run one at a time. A child process that another test spawns (the
+/// real binary) holds copies of this process's file descriptors until it execs, the audit
+/// database's lock among them, so a test that opens the same database twice in a row could
+/// briefly find it still locked.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A hand-made registration last seen at `last_seen`, with `patch`'s fields replacing its own.
 fn object(id: &str, last_seen: DateTime<Utc>, patch: Value) -> Value {
     let mut o = FakeRegistration::new(id, last_seen).to_json();
@@ -42,6 +48,7 @@ fn anomalies(metrics: &Metrics, kind: &str) -> u64 {
 /// as an anomaly in the plan, its text and the metric.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_revoked_at_makes_a_registration_untouchable_by_every_rule() {
+    let _serial = SERIAL.lock().await;
     let now = Utc::now();
     let env = Env::start(FakeOptions::default(), Settings::default()).await;
     let unreadable = [
@@ -112,6 +119,7 @@ async fn an_unreadable_revoked_at_makes_a_registration_untouchable_by_every_rule
 /// are anomalies that no rule acts on. The reason names the timestamp measured from.
 #[tokio::test(flavor = "multi_thread")]
 async fn idleness_is_measured_from_the_later_timestamp_and_impossible_times_are_untouchable() {
+    let _serial = SERIAL.lock().await;
     let now = Utc::now();
     let env = Env::start(FakeOptions::default(), Settings::default()).await;
     let stamp = |t: DateTime<Utc>| json!(t.to_rfc3339());
@@ -234,6 +242,7 @@ revoked = true
 /// revoked twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoke_rule_leaves_revoked_registrations_to_the_delete_rule_behind_it() {
+    let _serial = SERIAL.lock().await;
     let now = Utc::now();
     let env = Env::start(
         FakeOptions::default(),
@@ -270,6 +279,7 @@ async fn a_revoke_rule_leaves_revoked_registrations_to_the_delete_rule_behind_it
 /// earlier rule takes, and says nothing about an order that works.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_config_warns_about_a_rule_shadowed_by_an_earlier_one() {
+    let _serial = SERIAL.lock().await;
     let env = Env::start(
         FakeOptions::default(),
         Settings {
@@ -337,6 +347,7 @@ no_user = true
 /// `audit actions --user` finds a user whatever the case of the letters.
 #[tokio::test(flavor = "multi_thread")]
 async fn exclusions_and_the_user_filter_ignore_case_as_promised() {
+    let _serial = SERIAL.lock().await;
     let now = Utc::now();
     let env = Env::start(
         FakeOptions::default(),
@@ -390,6 +401,7 @@ async fn exclusions_and_the_user_filter_ignore_case_as_promised() {
 /// A registration with `deleted_at` set is never selected, and is counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registration_with_deleted_at_is_never_selected() {
+    let _serial = SERIAL.lock().await;
     let now = Utc::now();
     let env = Env::start(FakeOptions::default(), Settings::default()).await;
     let deleted = env.fake.insert_raw(object(
@@ -413,6 +425,7 @@ async fn a_registration_with_deleted_at_is_never_selected() {
 /// done, and no inflated `seen_total` is recorded.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_uuid_in_two_cases_aborts_the_listing_as_a_duplicate() {
+    let _serial = SERIAL.lock().await;
     let now = Utc::now();
     let env = Env::start(FakeOptions::default(), Settings::default()).await;
     let lower = "aaaaaaaa-0000-4000-8000-0000000000ab";

@@ -185,8 +185,11 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
-            RuleSet::new(&cfg.rules, &cfg.exclusions)?;
+            let rules = RuleSet::new(&cfg.rules, &cfg.exclusions)?;
             print!("{}", cfg.describe());
+            for warning in rules.warnings() {
+                println!("warning: {warning}");
+            }
             println!("{}: OK", config.config.display());
             Ok(ExitCode::SUCCESS)
         }

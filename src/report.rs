@@ -93,7 +93,7 @@ pub fn plan_text(out: &mut dyn Write, plan: &Plan, rules: &RuleSet) -> io::Resul
     if !anomalies.is_empty() {
         writeln!(
             out,
-            "Untrusted data (never idle candidates): {}",
+            "Untrusted data (no rule acts on these): {}",
             anomalies.join(", ")
         )?;
     }

@@ -420,9 +420,10 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
 
 /// Takes the exclusive advisory lock on `<path>.lock`. A sibling file rather than the database
 /// itself, so that SQLite's own locking is left alone; the kernel drops the lock when the
-/// process dies, so a crash never leaves a stale lock behind. `path` must be canonical.
-fn lock_exclusively(path: &Path) -> Result<File, AuditError> {
-    let mut name = path.as_os_str().to_owned();
+/// process dies, so a crash never leaves a stale lock behind. The lock is named after `real`,
+/// the canonical path; errors name `path`, as configured.
+fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> {
+    let mut name = real.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
     let lock_err = |source| AuditError::Lock {
@@ -533,7 +534,7 @@ impl AuditStore {
         }
         // Locked and opened by its real name: a symlink is the same database.
         let real = canonical(path)?;
-        let lock = lock_exclusively(&real)?;
+        let lock = lock_exclusively(path, &real)?;
         let health = Arc::<StoreHealth>::default();
         let pool = connect(&real, &health, |o| {
             o.create_if_missing(true)

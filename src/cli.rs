@@ -269,7 +269,17 @@ async fn once(config: &Config, output: Format) -> Result<ExitCode> {
         .run(Utc::now())
         .await
     })
-    .await?;
+    .await;
+    let report = match report {
+        Ok(report) => report,
+        Err(e @ crate::cycle::CycleError::Panicked(_)) => {
+            // The run is recorded as failed, and exits as a failed run does.
+            eprintln!("error: {e}");
+            audit.close().await;
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut out = std::io::stdout().lock();
     match output {
         Format::Json => {

@@ -451,12 +451,14 @@ fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> {
 /// a database from garbage. One connection: writes are serial anyway, and it keeps
 /// transactions simple.
 ///
-/// The pool never hands out a connection that a failed write may have left inside a
-/// transaction: sqlx counts transaction depth itself, and after a COMMIT that fails (a full
-/// disk) it still believes the transaction open, so every later `begin()` on that connection
-/// became a SAVEPOINT inside a transaction that was never committed: writes that reported
-/// success and never reached the disk. Such a connection is closed on release, the store is
-/// marked broken, and the next acquire opens a fresh connection.
+/// The pool never hands out a connection that a failed write left inside a transaction. When
+/// a write inside a transaction fails on a full disk through one of sqlx's cached statements,
+/// the rollback sqlx queues does not take (the failed statement is never reset), so SQLite
+/// stays inside the transaction and sqlx's own depth count stays at one: every later
+/// statement ran inside that transaction and every later `begin()` became a SAVEPOINT in it,
+/// all reporting success and none ever reaching the disk (issue 10, item 1). Such a
+/// connection is closed on release, the store is marked broken, and the next acquire opens a
+/// fresh connection.
 async fn connect(
     path: &Path,
     health: &Arc<StoreHealth>,

@@ -14,8 +14,14 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{days_ago, Env, Settings};
 use sqlx::Row;
-use zt_janitor::audit::AuditStore;
+use zt_janitor::audit::{AuditStore, Intent, JournalEntry, MutationKind as AuditMutationKind};
+use zt_janitor::cloudflare::Client;
+use zt_janitor::config::Mode;
 use zt_janitor::fake::{FakeOptions, FakeRegistration};
+use zt_janitor::metrics::Metrics;
+use zt_janitor::plan::build_plan;
+use zt_janitor::rules::RuleSet;
+use zt_janitor::secret::ApiToken;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -309,6 +315,87 @@ async fn a_full_audit_disk_stops_every_action_until_writes_work_again() {
         expected,
         "every deletion is recorded as done"
     );
+}
+
+/// Issue 10, item 1, the cause: a write that fails on a full disk inside a transaction left
+/// the connection inside a transaction that sqlx could no longer close, so every later write
+/// on it reported success and never reached the disk. A write reported committed after the
+/// failure must be in the file, read through a connection of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failed_write_a_write_reported_committed_is_on_disk() {
+    let mut env = Env::start(
+        FakeOptions {
+            registrations: 3000,
+            seed: 106,
+            ..FakeOptions::default()
+        },
+        Settings::default(),
+    )
+    .await;
+    let Some(_tmpfs) = Tmpfs::mount(&env.dir.path().join("auditfs"), "8m") else {
+        eprintln!(
+            "SKIP after_a_failed_write_a_write_reported_committed_is_on_disk: cannot mount a \
+             tmpfs here (needs root or CAP_SYS_ADMIN)"
+        );
+        return;
+    };
+    env.db_path = env.dir.path().join("auditfs/audit.db");
+    let config = env.config();
+    let rules = RuleSet::new(&config.rules, &config.exclusions).unwrap();
+    let client = Client::new(
+        &config.cloudflare,
+        ApiToken::load(&config.cloudflare).unwrap(),
+        Metrics::new(),
+    )
+    .unwrap();
+    let mut plan = build_plan(&client, &rules, &config.safety, Utc::now())
+        .await
+        .unwrap();
+    assert!(plan.candidates.len() > 500, "the fixture has candidates");
+
+    let store = AuditStore::open(&env.db_path).await.unwrap();
+    let run = store.begin_run(Mode::Apply, Utc::now()).await.unwrap();
+    let filler = env.dir.path().join("auditfs/filler");
+    fill(&filler, 64 * 1024);
+    // Twice, as two cycles would: the second time sqlx's cached statements are reused.
+    for _ in 0..2 {
+        let recorded = store
+            .record_decisions(run, Utc::now(), &mut plan.candidates)
+            .await;
+        assert!(
+            recorded.is_err(),
+            "hundreds of snapshots cannot fit in 64 KiB"
+        );
+    }
+    std::fs::remove_file(&filler).unwrap();
+
+    let second = store.begin_run(Mode::Apply, Utc::now()).await;
+    let intents = JournalEntry {
+        intents: vec![Intent {
+            kind: AuditMutationKind::Delete,
+            method: "DELETE",
+            path: "/accounts/x/devices/registrations/y".to_owned(),
+            ids: vec![plan.candidates[0].id.clone()],
+            at: Utc::now(),
+        }],
+        ..JournalEntry::default()
+    };
+    let journal = store.write_journal(run, &intents).await;
+    let reader = env.sql().await;
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&reader)
+        .await
+        .unwrap();
+    let mutations: i64 = sqlx::query_scalar("SELECT count(*) FROM mutations")
+        .fetch_one(&reader)
+        .await
+        .unwrap();
+    reader.close().await;
+    store.close().await;
+    second.expect("with space back, a run can begin");
+    journal.expect("with space back, an intent can be committed");
+    assert_eq!(runs, 2, "a run reported begun is in the file");
+    assert_eq!(mutations, 1, "an intent reported committed is in the file");
 }
 
 /// Issue 10, item 9: deleting the audit database under a running daemon stops it acting: no

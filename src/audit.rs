@@ -453,7 +453,8 @@ fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> {
 ///
 /// The pool never hands out a connection that a failed write left inside a transaction. When
 /// a write inside a transaction fails on a full disk through one of sqlx's cached statements,
-/// the rollback sqlx queues does not take (the failed statement is never reset), so SQLite
+/// the rollback sqlx queues does not take effect (seen only once the cached statement is
+/// reused, so apparently because the failed statement is still in progress), so SQLite
 /// stays inside the transaction and sqlx's own depth count stays at one: every later
 /// statement ran inside that transaction and every later `begin()` became a SAVEPOINT in it,
 /// all reporting success and none ever reaching the disk (issue 10, item 1). Such a

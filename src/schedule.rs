@@ -294,7 +294,10 @@ impl Daemon {
             match scheduler.add(new_job).await {
                 Ok(id) => {
                     if let Err(e) = scheduler.remove(job).await {
-                        tracing::warn!(error = %e, "the previous schedule could not be removed");
+                        // Two schedules would run: keep the old one, and the old config.
+                        let _ = scheduler.remove(&id).await;
+                        *self.loaded.write().expect("config lock") = old;
+                        return Err(ReloadError::Schedule(DaemonError::Scheduler(e)));
                     }
                     *job = id;
                     *cron = new_cron;

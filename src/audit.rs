@@ -422,7 +422,7 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
 /// itself, so that SQLite's own locking is left alone; the kernel drops the lock when the
 /// process dies, so a crash never leaves a stale lock behind. The lock is named after `real`,
 /// the canonical path; errors name `path`, as configured.
-fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> {
+async fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> {
     let mut name = real.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
@@ -437,14 +437,28 @@ fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> {
         .write(true)
         .open(&lock_path)
         .map_err(lock_err)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(AuditError::Locked {
-            path: path.to_owned(),
-        }),
-        Err(TryLockError::Error(source)) => Err(lock_err(source)),
+    // A process that forks (to spawn a child) copies every descriptor, ours included, and the
+    // copy holds the lock until the child execs, milliseconds later. A lock released by its
+    // owner can so stay held for a moment: ask again for a short while before calling it taken.
+    let give_up = Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(AuditError::Locked {
+                    path: path.to_owned(),
+                })
+            }
+            Err(TryLockError::Error(source)) => return Err(lock_err(source)),
+        }
     }
 }
+
+/// How long opening the store waits for a lock that another process holds.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// One connection to the database at `path` with the options `mode` adds, checked to be a
 /// readable SQLite database: SQLite opens any file lazily, and reading the schema is what tells
@@ -537,7 +551,7 @@ impl AuditStore {
         }
         // Locked and opened by its real name: a symlink is the same database.
         let real = canonical(path)?;
-        let lock = lock_exclusively(path, &real)?;
+        let lock = lock_exclusively(path, &real).await?;
         let health = Arc::<StoreHealth>::default();
         let pool = connect(&real, &health, |o| {
             o.create_if_missing(true)

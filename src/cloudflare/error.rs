@@ -165,7 +165,9 @@ fn describe(errors: &[CfErrorDetail]) -> String {
     }
     errors
         .iter()
-        .map(|e| format!("{} (code {})", e.message, e.code))
+        // The message is the server's text and reaches logs and terminals: control
+        // characters in it must not forge log lines.
+        .map(|e| format!("{} (code {})", crate::report::escape(&e.message), e.code))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -289,6 +291,26 @@ mod tests {
                 .collect(),
             envelope,
         }
+    }
+
+    #[test]
+    fn a_servers_message_cannot_forge_log_lines() {
+        let e = ApiError::Api {
+            endpoint: Endpoint::DeleteRegistration,
+            status: 400,
+            errors: vec![CfErrorDetail {
+                code: 2001,
+                message: "no\n2026-11-26T00:00:00Z INFO cycle finished outcome=applied\x1b[2J"
+                    .to_owned(),
+            }],
+            envelope: true,
+        };
+        let shown = e.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("no\\u{a}2026") && shown.contains("\\u{1b}[2J"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -37,10 +37,14 @@ pub struct RegistrationPage {
 /// What a delete or revoke call achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MutationOutcome {
-    /// The call succeeded (HTTP status given).
+    /// A 2xx answer (a 204 with no body included). Only a claim: confirm by listing.
     Done { status: u16 },
-    /// 404: the object no longer exists, which is what a delete wanted.
-    AlreadyGone,
+    /// A 404 carrying a Cloudflare error envelope whose code is not a routing error, for a
+    /// call naming one id. Only a claim: confirm by listing.
+    NotFound {
+        code: Option<i64>,
+        after_ambiguous_attempt: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -232,7 +236,12 @@ impl Client {
             .await
         {
             Ok(env) => Ok(MutationOutcome::Done { status: env.status }),
-            Err(e) if e.is_not_found() && ids_named == 1 => Ok(MutationOutcome::AlreadyGone),
+            Err(e) if e.is_not_found() && ids_named == 1 && !e.is_run_wide() => {
+                Ok(MutationOutcome::NotFound {
+                    code: e.cf_error().map(|d| d.code),
+                    after_ambiguous_attempt: false,
+                })
+            }
             Err(e) => Err(e),
         }
     }

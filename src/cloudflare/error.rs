@@ -127,6 +127,18 @@ impl ApiError {
         }
     }
 
+    /// Whether the failure concerns the whole run rather than the ids the call named.
+    pub fn is_run_wide(&self) -> bool {
+        match self {
+            ApiError::Api { status, errors, .. } => {
+                let routing =
+                    errors.is_empty() || errors.iter().any(|e| matches!(e.code, 7000 | 7003));
+                matches!(status, 401 | 403 | 429) || *status >= 500 || (*status == 404 && routing)
+            }
+            _ => true,
+        }
+    }
+
     /// Whether the same request may succeed if sent again: rate limits, server errors,
     /// network failures and garbled bodies. Every call zt-janitor makes is idempotent.
     pub fn is_retryable(&self) -> bool {

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub api_retries: IntCounterVec,
     pub skipped_ticks: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub stuck_resources: IntGauge,
 }
 
 impl Metrics {
@@ -127,6 +128,12 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            stuck_resources: IntGauge::new(
+                "zt_janitor_stuck_resources",
+                "Registrations left out of the last apply run because their call failed for them \
+                 alone, the same way, in each of the runs before (action status `stuck`).",
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -160,6 +167,7 @@ impl Metrics {
             Box::new(self.api_retries.clone()),
             Box::new(self.skipped_ticks.clone()),
             Box::new(self.config_reloads.clone()),
+            Box::new(self.stuck_resources.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

@@ -3,12 +3,9 @@
 //! outcome after. Also reconciles intents a crash left without an outcome.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Notify;
 
 use crate::audit::{
     ActionStatus, AuditError, AuditStore, Intent, JournalEntry, MutationId, MutationKind,
@@ -34,33 +31,7 @@ const MAX_GROUP: usize = 32;
 /// day at the default six-hour schedule.
 pub const STUCK_AFTER_RUNS: u32 = 3;
 
-/// Set when the process is asked to stop: the executor finishes the call in flight, records
-/// it, and starts no other; a listing in progress is abandoned.
-#[derive(Debug, Clone, Default)]
-pub struct StopSignal(Arc<(AtomicBool, Notify)>);
-
-impl StopSignal {
-    pub fn stop(&self) {
-        self.0 .0.store(true, Ordering::SeqCst);
-        self.0 .1.notify_waiters();
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.0 .0.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once [`StopSignal::stop`] has been called.
-    pub async fn stopped(&self) {
-        loop {
-            // Register interest before checking, so a stop in between is not missed.
-            let notified = self.0 .1.notified();
-            if self.is_stopped() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
+pub use crate::stop::StopSignal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -529,7 +500,7 @@ impl Executor<'_> {
                         failure(&e),
                         Claim::Failed {
                             detail,
-                            maybe_acted: e.is_retryable(),
+                            maybe_acted: e.leaves_outcome_unknown(),
                         },
                     )
                 }

@@ -30,6 +30,10 @@ const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_MAX_RETRIES: u32 = 5;
 const DEFAULT_MAX_REQUESTS_PER_CYCLE: u32 = 1000;
 const DEFAULT_CYCLE_DEADLINE_SECS: u64 = 1800;
+/// Longest cycle deadline accepted: a week. Far larger values overflow the clock.
+pub const MAX_CYCLE_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+/// Longest per-request timeout accepted: an hour.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
 const DEFAULT_MAX_ACTIONS_PER_RUN: u64 = 50;
 const DEFAULT_MAX_FRACTION_PER_RUN: f64 = 0.10;
 const DEFAULT_AUDIT_PATH: &str = "/var/lib/zt-janitor/audit.db";
@@ -82,14 +86,14 @@ pub struct CloudflareSettings {
     pub per_page: u32,
     /// `bulk_chunk_size`: registration ids per bulk delete/revoke call, 1..=1000. Default: 100.
     pub bulk_chunk_size: usize,
-    /// `request_timeout_secs`: timeout of one HTTP request, at least 1. Default: 30.
+    /// `request_timeout_secs`: timeout of one HTTP request, 1..=3600. Default: 30.
     pub request_timeout_secs: u64,
     /// `max_retries`: retries of a failed request (429, 5xx, network), 0..=20. Default: 5.
     pub max_retries: u32,
     /// `max_requests_per_cycle`: client-side request budget of one cycle, at least 1.
     /// Default: 1000 (Cloudflare allows 1200 requests per 5 minutes per token).
     pub max_requests_per_cycle: u32,
-    /// `cycle_deadline_secs`: a cycle still running after this long is abandoned, at least 1.
+    /// `cycle_deadline_secs`: a cycle still running after this long is abandoned, 1..=604800.
     /// Default: 1800.
     pub cycle_deadline_secs: u64,
 }
@@ -714,7 +718,7 @@ impl Validator<'_> {
             request_timeout_secs: self.number_or(
                 &raw.request_timeout_secs,
                 &key("request_timeout_secs"),
-                1..=i64::MAX,
+                1..=MAX_REQUEST_TIMEOUT_SECS as i64,
                 DEFAULT_REQUEST_TIMEOUT_SECS,
                 "",
             )?,
@@ -735,7 +739,7 @@ impl Validator<'_> {
             cycle_deadline_secs: self.number_or(
                 &raw.cycle_deadline_secs,
                 &key("cycle_deadline_secs"),
-                1..=i64::MAX,
+                1..=MAX_CYCLE_DEADLINE_SECS as i64,
                 DEFAULT_CYCLE_DEADLINE_SECS,
                 "",
             )?,
@@ -1470,6 +1474,49 @@ mod tests {
     }
 
     #[test]
+    fn time_limits_are_bounded_so_no_clock_arithmetic_overflows() {
+        let cases = [
+            (
+                "cycle_deadline_secs = 9223372036854775807",
+                23,
+                "cycle_deadline_secs",
+                "from 1 to 604800",
+            ),
+            (
+                "cycle_deadline_secs = 604801",
+                23,
+                "cycle_deadline_secs",
+                "from 1 to 604800",
+            ),
+            (
+                "request_timeout_secs = 9223372036854775807",
+                24,
+                "request_timeout_secs",
+                "from 1 to 3600",
+            ),
+        ];
+        // Otherwise valid, so the bound is the only thing refused.
+        let rest = "resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\n";
+        for (line, col, key, fragment) in cases {
+            let message = load(&format!("{CF}{line}\n{RULE}{rest}"))
+                .expect_err(line)
+                .to_string();
+            let place = format!("zt.toml:3:{col}: [cloudflare] {key}: ");
+            assert!(
+                message.starts_with(&place) && message.contains(fragment),
+                "{line}: got {message}"
+            );
+        }
+        let max =
+            format!("{CF}cycle_deadline_secs = 604800\nrequest_timeout_secs = 3600\n{RULE}{rest}");
+        let config = load(&max).expect("the largest values are accepted");
+        assert_eq!(
+            config.cloudflare.cycle_deadline(),
+            Duration::from_secs(604_800)
+        );
+    }
+
+    #[test]
     fn bad_configs_are_reported_at_the_right_place_with_a_fix() {
         // (case, file, line, col, key, part of the message)
         let cases: Vec<(&str, String, usize, usize, &str, &str)> = vec![
@@ -1524,7 +1571,7 @@ mod tests {
             ("bulk_chunk_size too big", format!("{CF}bulk_chunk_size = 5000\n{RULE}"),
                 3, 19, "[cloudflare] bulk_chunk_size", "from 1 to 1000"),
             ("request_timeout_secs zero", format!("{CF}request_timeout_secs = 0\n{RULE}"),
-                3, 24, "[cloudflare] request_timeout_secs", "at least 1"),
+                3, 24, "[cloudflare] request_timeout_secs", "from 1 to 3600"),
             ("max_retries too many", format!("{CF}max_retries = 21\n{RULE}"),
                 3, 15, "[cloudflare] max_retries", "from 0 to 20"),
             ("max_actions_per_run zero", format!("{MINIMAL}[safety]\nmax_actions_per_run = 0\n"),

@@ -93,7 +93,9 @@ impl CycleContext<'_> {
 
     fn client(&self) -> Result<Client, String> {
         let token = ApiToken::load(&self.config.cloudflare).map_err(|e| e.to_string())?;
-        Client::new(&self.config.cloudflare, token, self.metrics.clone()).map_err(|e| e.to_string())
+        Client::new(&self.config.cloudflare, token, self.metrics.clone())
+            .map(|c| c.with_stop(self.stop.clone()))
+            .map_err(|e| e.to_string())
     }
 
     async fn plan_and_act(

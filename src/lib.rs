@@ -22,3 +22,4 @@ pub mod report;
 pub mod rules;
 pub mod schedule;
 pub mod secret;
+pub mod stop;

@@ -2,28 +2,33 @@
 //!
 //! Every call goes through [`Client::send`], which enforces the per-cycle request budget and
 //! deadline, retries what is safe to retry (429, 5xx, network errors, garbled bodies — all calls
-//! made here are idempotent: a repeated delete answers 404, which means "gone"), honours
-//! `Retry-After`, and records metrics.
+//! made here are idempotent), honours `Retry-After` within bounds, stops waiting when the
+//! process is asked to stop, and records metrics. Redirects are never followed: the token would
+//! go with them.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
+use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::error::{ApiError, CfErrorDetail, Endpoint};
 use super::model::{AccountId, CursorInfo, RegistrationId};
-use crate::config::CloudflareSettings;
+use crate::config::{CloudflareSettings, MAX_CYCLE_DEADLINE_SECS};
 use crate::metrics::Metrics;
 use crate::secret::ApiToken;
+use crate::stop::StopSignal;
 
 const USER_AGENT: &str = concat!("zt-janitor/", env!("CARGO_PKG_VERSION"));
-/// Longest single wait between retries, whatever `Retry-After` asks for.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
+/// Longest single wait between retries, whatever `Retry-After` asks for (and never past the
+/// cycle deadline).
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 
 /// One page of the registration listing. Items stay raw JSON so that the audit log can keep
@@ -34,13 +39,15 @@ pub struct RegistrationPage {
     pub next_cursor: Option<String>,
 }
 
-/// What a delete or revoke call achieved.
+/// What a delete or revoke call was answered. Both are only claims: confirm by listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MutationOutcome {
-    /// A 2xx answer (a 204 with no body included). Only a claim: confirm by listing.
+    /// A 2xx answer (a 204 with no body included).
     Done { status: u16 },
     /// A 404 carrying a Cloudflare error envelope whose code is not a routing error, for a
-    /// call naming one id. Only a claim: confirm by listing.
+    /// call naming one id. `after_ambiguous_attempt`: an earlier attempt of the same call ended
+    /// without a trustworthy answer (5xx, transport error, timeout, garbled body), so the
+    /// server may have acted and the 404 may be this run's own deletion.
     NotFound {
         code: Option<i64>,
         after_ambiguous_attempt: bool,
@@ -65,6 +72,7 @@ pub struct Client {
     requests_sent: AtomicU32,
     deadline: Instant,
     metrics: Metrics,
+    stop: StopSignal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +81,37 @@ pub struct ClientBuildError(String);
 
 #[derive(Deserialize)]
 struct Envelope<T> {
+    /// Absent in an answer that is not Cloudflare's envelope at all.
     #[serde(default)]
-    success: bool,
-    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default, deserialize_with = "null_as_empty")]
     errors: Vec<CfErrorDetail>,
     result: Option<T>,
     #[serde(default)]
     result_info: Option<CursorInfo>,
     #[serde(skip)]
     status: u16,
+}
+
+/// What an error answer must look like to be Cloudflare's: a JSON object with `success: false`
+/// and an `errors` array (or null). A proxy's HTML, an empty body or other JSON is not.
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    success: bool,
+    #[serde(deserialize_with = "null_as_empty")]
+    errors: Vec<CfErrorDetail>,
+}
+
+/// `"errors": null` reads as no errors.
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CfErrorDetail>, D::Error> {
+    Ok(Option::<Vec<CfErrorDetail>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Whether a 2xx answer may come without a body: a mutation's may (204), a listing's may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Required,
+    Optional,
 }
 
 impl Client {
@@ -93,6 +123,8 @@ impl Client {
     ) -> Result<Self, ClientBuildError> {
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
+            // A redirect would carry the token to wherever it points; a 3xx is an error.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.request_timeout())
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -110,9 +142,17 @@ impl Client {
             },
             budget_limit: settings.max_requests_per_cycle,
             requests_sent: AtomicU32::new(0),
-            deadline: Instant::now() + settings.cycle_deadline(),
+            deadline: deadline_after(settings.cycle_deadline()),
             metrics,
+            stop: StopSignal::default(),
         })
+    }
+
+    /// A stop request cuts any retry wait short; the call then fails with
+    /// [`ApiError::Stopped`]. A request already on the wire is not cut: its answer is read.
+    pub fn with_stop(mut self, stop: StopSignal) -> Client {
+        self.stop = stop;
+        self
     }
 
     /// Requests sent so far in this cycle, retries included.
@@ -161,8 +201,16 @@ impl Client {
             query.push(("cursor", c));
         }
         let url = self.registrations_url();
-        let env: Envelope<Vec<Box<RawValue>>> =
-            self.send(endpoint, Method::GET, &url, &query).await?;
+        let env: Envelope<Vec<Box<RawValue>>> = self
+            .send(
+                endpoint,
+                Method::GET,
+                &url,
+                &query,
+                Body::Required,
+                &mut false,
+            )
+            .await?;
         let items = env.result.ok_or(ApiError::Decode {
             endpoint,
             status: env.status,
@@ -176,7 +224,8 @@ impl Client {
         Ok(RegistrationPage { items, next_cursor })
     }
 
-    /// `DELETE .../devices/registrations/{id}`. A 404 means already gone, not an error.
+    /// `DELETE .../devices/registrations/{id}`. A 404 with Cloudflare's envelope and a code
+    /// other than a routing error is [`MutationOutcome::NotFound`]; any other 404 is an error.
     pub async fn delete_registration(
         &self,
         id: &RegistrationId,
@@ -221,8 +270,6 @@ impl Client {
         .await
     }
 
-    /// A 404 means "already gone" only for a call naming one id: for several, it does not say
-    /// which is missing, so it stays an error and the executor asks again in smaller parts.
     async fn mutate(
         &self,
         endpoint: Endpoint,
@@ -231,49 +278,70 @@ impl Client {
         query: &[(&str, &str)],
         ids_named: usize,
     ) -> Result<MutationOutcome, ApiError> {
-        match self
-            .send::<serde::de::IgnoredAny>(endpoint, method, url, query)
-            .await
-        {
-            Ok(env) => Ok(MutationOutcome::Done { status: env.status }),
-            Err(e) if e.is_not_found() && ids_named == 1 && !e.is_run_wide() => {
-                Ok(MutationOutcome::NotFound {
-                    code: e.cf_error().map(|d| d.code),
-                    after_ambiguous_attempt: false,
-                })
-            }
-            Err(e) => Err(e),
-        }
+        let mut ambiguous = false;
+        let result = self
+            .send::<serde::de::IgnoredAny>(
+                endpoint,
+                method,
+                url,
+                query,
+                Body::Optional,
+                &mut ambiguous,
+            )
+            .await;
+        mutation_outcome(result.map(|env| env.status), ids_named, ambiguous)
     }
 
+    /// Sends a request, retrying what may succeed when sent again. `ambiguous` is set when an
+    /// attempt ended without a trustworthy answer (the server may have acted).
     async fn send<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         method: Method,
         url: &str,
         query: &[(&str, &str)],
+        body: Body,
+        ambiguous: &mut bool,
     ) -> Result<Envelope<T>, ApiError> {
         let mut attempt = 0;
         loop {
-            let (result, retry_after) = self.send_once(endpoint, method.clone(), url, query).await;
+            let (result, retry_after) = self
+                .send_once(endpoint, method.clone(), url, query, body)
+                .await;
             let err = match result {
                 Ok(env) => return Ok(env),
-                Err(e) if !e.is_retryable() || attempt >= self.retry.max_retries => return Err(e),
                 Err(e) => e,
             };
+            *ambiguous |= err.leaves_outcome_unknown();
+            if !err.is_retryable() || attempt >= self.retry.max_retries {
+                return Err(err);
+            }
             attempt += 1;
+            // `retry_after` is already bounded by the parser; the backoff by its ceiling.
             let wait = retry_after
                 .unwrap_or_else(|| backoff(&self.retry, attempt))
                 .min(self.retry.max_wait);
-            if Instant::now() + wait > self.deadline {
-                return Err(err);
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if wait > left {
+                return Err(ApiError::WaitPastDeadline {
+                    endpoint,
+                    wait_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                    left_secs: left.as_secs(),
+                    last: Box::new(err),
+                });
+            }
+            if self.stop.is_stopped() {
+                return Err(ApiError::Stopped { endpoint });
             }
             tracing::warn!(%endpoint, attempt, wait_ms = wait.as_millis() as u64, error = %err, "retrying Cloudflare API call");
             self.metrics
                 .api_retries
                 .with_label_values(&[endpoint.label()])
                 .inc();
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.stop.stopped() => return Err(ApiError::Stopped { endpoint }),
+            }
         }
     }
 
@@ -284,6 +352,7 @@ impl Client {
         method: Method,
         url: &str,
         query: &[(&str, &str)],
+        body: Body,
     ) -> (Result<Envelope<T>, ApiError>, Option<Duration>) {
         if Instant::now() >= self.deadline {
             return (Err(ApiError::DeadlineExceeded { endpoint }), None);
@@ -304,10 +373,18 @@ impl Client {
             .await;
         let (result, retry_after, class) = match response {
             Err(e) => (Err(transport_error(endpoint, &e)), None, "error"),
+            Ok(resp) if resp.status().is_redirection() => {
+                let err = ApiError::Redirect {
+                    endpoint,
+                    status: resp.status().as_u16(),
+                    location_host: location_host(&resp),
+                };
+                (Err(err), None, "3xx")
+            }
             Ok(resp) => {
                 let status = resp.status();
-                let retry_after = retry_after(resp.headers());
-                let result = read_envelope(endpoint, status, resp).await;
+                let retry_after = retry_after(resp.headers(), Utc::now(), self.retry.max_wait);
+                let result = read_envelope(endpoint, status, resp, body).await;
                 (result, retry_after, status_class(status))
             }
         };
@@ -323,34 +400,98 @@ impl Client {
     }
 }
 
+/// The outcome of a delete or revoke from its final answer. A 404 means "not found" only for a
+/// call naming one id (for several it does not say which is missing), only with Cloudflare's
+/// envelope (a proxy or a wrong route answers 404 too), and only without a routing error code.
+fn mutation_outcome(
+    answer: Result<u16, ApiError>,
+    ids_named: usize,
+    after_ambiguous_attempt: bool,
+) -> Result<MutationOutcome, ApiError> {
+    match answer {
+        Ok(status) => Ok(MutationOutcome::Done { status }),
+        Err(ApiError::Api {
+            status: 404,
+            envelope: true,
+            errors,
+            ..
+        }) if ids_named == 1 && !errors.iter().any(CfErrorDetail::is_routing) => {
+            Ok(MutationOutcome::NotFound {
+                code: errors.first().map(|e| e.code),
+                after_ambiguous_attempt,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn read_envelope<T: DeserializeOwned>(
     endpoint: Endpoint,
     status: StatusCode,
     resp: reqwest::Response,
+    expected: Body,
 ) -> Result<Envelope<T>, ApiError> {
-    let code = status.as_u16();
     let body = resp
         .bytes()
         .await
         .map_err(|e| transport_error(endpoint, &e))?;
+    parse_answer(endpoint, status, &body, expected)
+}
+
+/// Reads an answer's body: an error status is an error, with or without Cloudflare's envelope;
+/// a success must be an envelope with `success: true` and no errors (or no body at all, where
+/// `expected` allows it).
+fn parse_answer<T: DeserializeOwned>(
+    endpoint: Endpoint,
+    status: StatusCode,
+    body: &[u8],
+    expected: Body,
+) -> Result<Envelope<T>, ApiError> {
+    let code = status.as_u16();
     if !status.is_success() {
         // Error bodies are usually envelopes, but a proxy may answer with HTML.
-        let errors = serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(&body)
-            .map(|env| env.errors)
-            .unwrap_or_default();
+        let envelope = serde_json::from_slice::<ErrorEnvelope>(body)
+            .ok()
+            .filter(|env| !env.success);
         return Err(ApiError::Api {
             endpoint,
             status: code,
-            errors,
+            envelope: envelope.is_some(),
+            errors: envelope.map(|env| env.errors).unwrap_or_default(),
         });
     }
-    let mut env: Envelope<T> = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+    if expected == Body::Optional && body.iter().all(u8::is_ascii_whitespace) {
+        // A mutation answered 204 (or 200) with no body: done, nothing more to read.
+        return Ok(Envelope {
+            success: Some(true),
+            errors: Vec::new(),
+            result: None,
+            result_info: None,
+            status: code,
+        });
+    }
+    let mut env: Envelope<T> = serde_json::from_slice(body).map_err(|e| ApiError::Decode {
         endpoint,
         status: code,
         message: e.to_string(),
     })?;
-    if !env.success {
+    let Some(success) = env.success else {
+        return Err(ApiError::Decode {
+            endpoint,
+            status: code,
+            message: "the answer is JSON but not Cloudflare's envelope (no `success`)".to_owned(),
+        });
+    };
+    if !success {
         return Err(ApiError::Api {
+            endpoint,
+            status: code,
+            errors: env.errors,
+            envelope: true,
+        });
+    }
+    if !env.errors.is_empty() {
+        return Err(ApiError::PartialResult {
             endpoint,
             status: code,
             errors: env.errors,
@@ -358,6 +499,26 @@ async fn read_envelope<T: DeserializeOwned>(
     }
     env.status = code;
     Ok(env)
+}
+
+/// The deadline `after` from now, which config validation keeps far from overflowing.
+fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(MAX_CYCLE_DEADLINE_SECS)))
+        .unwrap_or(now)
+}
+
+/// Host (and port, unless the scheme's default) of a redirect's `Location`, resolved against
+/// the request's URL: never its credentials, path or query.
+fn location_host(resp: &reqwest::Response) -> Option<String> {
+    let location = resp.headers().get(LOCATION)?.to_str().ok()?;
+    let target = resp.url().join(location.trim()).ok()?;
+    let host = target.host_str()?;
+    Some(match target.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
 }
 
 /// reqwest errors are reduced to their kind: their text may carry the URL, and nothing
@@ -384,18 +545,37 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// `Retry-After` in seconds, or Cloudflare's `retry-after-ms`, whichever is present.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-    };
-    header("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| header("retry-after").map(Duration::from_secs_f64))
+/// The server's wish from Cloudflare's `retry-after-ms`, else `Retry-After` (seconds or an
+/// HTTP-date), never more than `max`. A wish that is not a number or date, negative or NaN is
+/// ignored (the backoff applies); a huge or infinite one becomes `max`.
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>, max: Duration) -> Option<Duration> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    if let Some(wait) = text("retry-after-ms").and_then(|t| server_wait(t, 1000.0, max)) {
+        return Some(wait);
+    }
+    let value = text("retry-after")?;
+    server_wait(value, 1.0, max).or_else(|| {
+        let date = DateTime::parse_from_rfc2822(value).ok()?;
+        // A date already past means "now".
+        let wait = (date.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        Some(wait.min(max))
+    })
+}
+
+/// `text` as a number of `per_second` units, bounded by `max` before it becomes a Duration:
+/// converting an unbounded float panics or overflows.
+fn server_wait(text: &str, per_second: f64, max: Duration) -> Option<Duration> {
+    let n: f64 = text.parse().ok()?;
+    if n.is_nan() || n < 0.0 {
+        return None;
+    }
+    let secs = n / per_second;
+    if secs >= max.as_secs_f64() {
+        return Some(max);
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
 }
 
 /// Exponential backoff with full jitter, so that many clients do not retry in step.
@@ -410,21 +590,253 @@ fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
 
     #[test]
     fn retry_after_prefers_milliseconds_header() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("3"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
-        let mut bad = HeaderMap::new();
-        bad.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        let now = Utc::now();
+        let h = headers(&[("retry-after", "3")]);
+        assert_eq!(
+            retry_after(&h, now, MAX_RETRY_WAIT),
+            Some(Duration::from_secs(3))
         );
-        assert_eq!(retry_after(&bad), None);
+        let h = headers(&[("retry-after", "3"), ("retry-after-ms", "1500")]);
+        assert_eq!(
+            retry_after(&h, now, MAX_RETRY_WAIT),
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn server_given_waits_are_bounded_and_never_panic() {
+        let now: DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
+        let max = MAX_RETRY_WAIT;
+        let cases: &[(&str, &str, Option<Duration>)] = &[
+            ("retry-after", "1e300", Some(max)),
+            ("retry-after", "inf", Some(max)),
+            ("retry-after", "-inf", None),
+            ("retry-after", "NaN", None),
+            ("retry-after", "-1", None),
+            ("retry-after", "99999999999999999999999", Some(max)),
+            ("retry-after", "1.5", Some(Duration::from_millis(1500))),
+            ("retry-after", "0", Some(Duration::ZERO)),
+            ("retry-after", "soon", None),
+            ("retry-after-ms", "99999999999999999999999", Some(max)),
+            ("retry-after-ms", "1e300", Some(max)),
+            ("retry-after-ms", "inf", Some(max)),
+            ("retry-after-ms", "NaN", None),
+            ("retry-after-ms", "-1", None),
+            ("retry-after-ms", "250", Some(Duration::from_millis(250))),
+            // HTTP-dates: in the future (bounded), and in the past (retry now).
+            (
+                "retry-after",
+                "Thu, 26 Nov 2026 12:00:30 GMT",
+                Some(Duration::from_secs(30)),
+            ),
+            ("retry-after", "Fri, 26 Nov 2027 12:00:00 GMT", Some(max)),
+            (
+                "retry-after",
+                "Wed, 21 Oct 2015 07:28:00 GMT",
+                Some(Duration::ZERO),
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let got = retry_after(&headers(&[(name, value)]), now, max);
+            assert_eq!(got, *expected, "{name}: {value}");
+        }
+        // The bound given wins over MAX_RETRY_WAIT.
+        let small = Duration::from_secs(5);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "1e300")]), now, small),
+            Some(small)
+        );
+    }
+
+    fn api(status: u16, codes: &[i64], envelope: bool) -> ApiError {
+        ApiError::Api {
+            endpoint: Endpoint::DeleteRegistration,
+            status,
+            errors: codes
+                .iter()
+                .map(|&code| CfErrorDetail {
+                    code,
+                    message: "m".to_owned(),
+                })
+                .collect(),
+            envelope,
+        }
+    }
+
+    #[test]
+    fn only_a_cloudflare_404_about_one_id_means_not_found() {
+        let not_found = |code, after| {
+            Some(MutationOutcome::NotFound {
+                code,
+                after_ambiguous_attempt: after,
+            })
+        };
+        // (case, answer, ids named, ambiguous earlier attempt, expected outcome; None = error)
+        let cases: Vec<(
+            &str,
+            Result<u16, ApiError>,
+            usize,
+            bool,
+            Option<MutationOutcome>,
+        )> = vec![
+            (
+                "200",
+                Ok(200),
+                1,
+                false,
+                Some(MutationOutcome::Done { status: 200 }),
+            ),
+            (
+                "204",
+                Ok(204),
+                3,
+                false,
+                Some(MutationOutcome::Done { status: 204 }),
+            ),
+            (
+                "404 code 1001",
+                Err(api(404, &[1001], true)),
+                1,
+                false,
+                not_found(Some(1001), false),
+            ),
+            (
+                "404 after a 502",
+                Err(api(404, &[1001], true)),
+                1,
+                true,
+                not_found(Some(1001), true),
+            ),
+            (
+                "404 envelope, no errors",
+                Err(api(404, &[], true)),
+                1,
+                false,
+                not_found(None, false),
+            ),
+            (
+                "404 routing 7003",
+                Err(api(404, &[7003], true)),
+                1,
+                false,
+                None,
+            ),
+            (
+                "404 routing 7000",
+                Err(api(404, &[7000], true)),
+                1,
+                false,
+                None,
+            ),
+            (
+                "404 routing second",
+                Err(api(404, &[1001, 7003], true)),
+                1,
+                false,
+                None,
+            ),
+            (
+                "404 without envelope",
+                Err(api(404, &[], false)),
+                1,
+                false,
+                None,
+            ),
+            (
+                "404 on a bulk call",
+                Err(api(404, &[1001], true)),
+                2,
+                false,
+                None,
+            ),
+            (
+                "400 code 2001",
+                Err(api(400, &[2001], true)),
+                1,
+                false,
+                None,
+            ),
+            ("410", Err(api(410, &[1001], true)), 1, false, None),
+        ];
+        for (case, answer, ids, ambiguous, expected) in cases {
+            let got = mutation_outcome(answer, ids, ambiguous).ok();
+            assert_eq!(got, expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn answers_are_read_strictly() {
+        type Env = Result<Envelope<serde::de::IgnoredAny>, ApiError>;
+        let read = |status: u16, body: &str, expected: Body| -> Env {
+            parse_answer(
+                Endpoint::BulkDeleteRegistrations,
+                StatusCode::from_u16(status).unwrap(),
+                body.as_bytes(),
+                expected,
+            )
+        };
+        let ok = r#"{"success":true,"errors":[],"messages":[],"result":null}"#;
+        let null_errors = r#"{"success":true,"errors":null,"messages":null,"result":null}"#;
+        let partial =
+            r#"{"success":true,"errors":[{"code":1020,"message":"partial results"}],"result":[]}"#;
+        assert_eq!(read(200, ok, Body::Required).unwrap().status, 200);
+        assert_eq!(read(200, null_errors, Body::Required).unwrap().status, 200);
+        assert_eq!(read(204, "", Body::Optional).unwrap().status, 204);
+        assert_eq!(read(200, " \n", Body::Optional).unwrap().status, 200);
+        for garbled in ["", "{}", "[]", "<html></html>", r#"{"success":"yes"}"#] {
+            assert!(
+                matches!(
+                    read(200, garbled, Body::Required),
+                    Err(ApiError::Decode { .. })
+                ),
+                "{garbled:?}"
+            );
+        }
+        assert!(matches!(
+            read(200, "{}", Body::Optional),
+            Err(ApiError::Decode { .. })
+        ));
+        assert!(matches!(
+            read(200, partial, Body::Required),
+            Err(ApiError::PartialResult { status: 200, .. })
+        ));
+        assert!(matches!(
+            read(200, partial, Body::Optional),
+            Err(ApiError::PartialResult { .. })
+        ));
+        // Error statuses: Cloudflare's envelope or not.
+        let envelope = |status, body| match read(status, body, Body::Optional) {
+            Err(ApiError::Api {
+                envelope, errors, ..
+            }) => (envelope, errors.len()),
+            other => panic!("{status} {body}: {:?}", other.err()),
+        };
+        let cf_404 = r#"{"success":false,"errors":[{"code":1001,"message":"Registration not found"}],"messages":[],"result":null}"#;
+        assert_eq!(envelope(404, cf_404), (true, 1));
+        assert_eq!(
+            envelope(404, r#"{"success":false,"errors":null,"result":null}"#),
+            (true, 0)
+        );
+        assert_eq!(
+            envelope(404, "<html><body>Not Found</body></html>"),
+            (false, 0)
+        );
+        assert_eq!(envelope(404, ""), (false, 0));
+        assert_eq!(envelope(404, r#"{"error":"not found"}"#), (false, 0));
+        assert_eq!(envelope(404, r#"{"success":true,"errors":[]}"#), (false, 0));
+        assert_eq!(envelope(502, "Bad Gateway"), (false, 0));
     }
 
     #[test]

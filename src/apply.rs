@@ -795,6 +795,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_listing_decides_what_a_call_achieved() {
+        use ActionStatus::*;
+        let done = Claim::Done { status: 200 };
+        let not_found = Claim::NotFound {
+            after_ambiguous_attempt: false,
+        };
+        let not_found_after_502 = Claim::NotFound {
+            after_ambiguous_attempt: true,
+        };
+        let refused = Claim::Failed {
+            detail: "400 (code 2001)".to_owned(),
+            maybe_acted: false,
+        };
+        let after_502 = Claim::Failed {
+            detail: "502".to_owned(),
+            maybe_acted: true,
+        };
+        let active = Ok(Some(Presence::Active));
+        let revoked = Ok(Some(Presence::Revoked));
+        let absent = Ok(None);
+        let unreadable = Err("listing failed");
+        let cases = [
+            // (action, claim, what the listing shows, status)
+            (Action::Delete, &done, absent, Done),
+            (Action::Delete, &done, active, Unconfirmed),
+            (Action::Delete, &done, revoked, Unconfirmed),
+            (Action::Delete, &done, unreadable, Unconfirmed),
+            (Action::Delete, &not_found, absent, AlreadyGone),
+            (Action::Delete, &not_found, active, Failed),
+            (Action::Delete, &not_found, unreadable, Unconfirmed),
+            (Action::Delete, &not_found_after_502, absent, Done),
+            (Action::Delete, &not_found_after_502, active, Failed),
+            (Action::Delete, &refused, active, Failed),
+            (Action::Delete, &refused, absent, AlreadyGone),
+            (Action::Delete, &refused, unreadable, Failed),
+            (Action::Delete, &after_502, absent, Done),
+            (Action::Delete, &after_502, active, Failed),
+            (Action::Revoke, &done, revoked, Done),
+            (Action::Revoke, &done, active, Unconfirmed),
+            (Action::Revoke, &done, absent, AlreadyGone),
+            (Action::Revoke, &not_found, active, Failed),
+            (Action::Revoke, &not_found, revoked, AlreadyGone),
+        ];
+        for (action, claim, now, expected) in cases {
+            let (status, detail) = verdict(action, claim, now);
+            assert_eq!(status, expected, "{action:?} {claim:?} {now:?}: {detail:?}");
+        }
+        let (_, detail) = verdict(Action::Delete, &not_found_after_502, absent);
+        assert!(detail.unwrap().contains("this run most likely did it"));
+    }
+
+    #[test]
     fn the_call_group_grows_while_the_audit_is_slower_and_shrinks_when_the_api_is() {
         let ms = Duration::from_millis;
         let cases = [

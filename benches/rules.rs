@@ -24,6 +24,7 @@ fn registrations(now: DateTime<Utc>) -> Vec<Registration> {
                 created_at: Stamp::Valid(last_seen - TimeDelta::days(30)),
                 last_seen_at: Stamp::Valid(last_seen),
                 revoked_at: (bucket == 4).then(|| Stamp::Valid(now - TimeDelta::days(20))),
+                deleted_at: None,
                 registration_type: Some(RegistrationType::Warp),
                 device: Device {
                     id: format!("dev-{}", i / 2),

@@ -658,8 +658,8 @@ impl AuditStore {
         {
             let mut q = QueryBuilder::new(
                 "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_type,
-                     resource_id, user_email, device_name, last_seen_at, reason, excluded_by,
-                     status) ",
+                     resource_id, user_email, user_email_folded, device_name, last_seen_at,
+                     reason, excluded_by, status) ",
             );
             q.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
                 let status = if c.excluded_by.is_some() {
@@ -675,6 +675,11 @@ impl AuditStore {
                     .push_bind("device_registration")
                     .push_bind(c.id.as_str())
                     .push_bind(c.user_email.as_deref())
+                    .push_bind(
+                        c.user_email
+                            .as_deref()
+                            .map(|e| crate::rules::fold_case(e).into_owned()),
+                    )
                     .push_bind(&c.device_name)
                     .push_bind(c.last_seen_at.to_string())
                     .push_bind(c.why.to_string())
@@ -1105,9 +1110,9 @@ impl AuditStore {
             q.push(" AND a.rule = ").push_bind(rule.clone());
         }
         if let Some(email) = &f.user_email {
-            q.push(" AND lower(a.user_email) = lower(")
-                .push_bind(email.clone())
-                .push(")");
+            // SQLite's lower() is ASCII-only: compare Unicode case-folded forms instead.
+            q.push(" AND a.user_email_folded = ")
+                .push_bind(crate::rules::fold_case(email).into_owned());
         }
         if let Some(id) = &f.resource_id {
             q.push(" AND a.resource_id = ").push_bind(id.clone());

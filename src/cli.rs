@@ -58,8 +58,10 @@ enum Command {
     Once {
         #[command(flatten)]
         config: ConfigArg,
+        /// The cycle report as text or JSON; for a CSV of the run's actions, use
+        /// `audit actions --run N --output csv`.
         #[arg(long, value_enum, default_value = "text")]
-        output: Format,
+        output: CycleFormat,
     },
     /// Run as a daemon: cycles on the [schedule] cron, metrics on [metrics] listen.
     Run {
@@ -93,9 +95,21 @@ struct AuditArgs {
     db: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     output: Format,
-    /// At most this many rows, newest first.
-    #[arg(long, default_value_t = 50)]
+    /// At most this many rows, newest first (1 to 1000000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=MAX_AUDIT_ROWS))]
     limit: i64,
+}
+
+/// The largest `--limit` of the audit commands: enough for any real query, and a typo such as
+/// `--limit=-1` or an extra zero fails instead of dumping the whole log.
+const MAX_AUDIT_ROWS: i64 = 1_000_000;
+
+/// `once` reports one cycle: a plan table and a summary, or one JSON document. There is no
+/// CSV of that shape, so clap refuses `--output csv` here rather than printing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CycleFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -145,7 +159,8 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors can carry API data (Cloudflare's messages), so they are escaped like output.
+            eprintln!("error: {}", report::escape(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -170,8 +185,11 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config.config)?;
-            RuleSet::new(&cfg.rules, &cfg.exclusions)?;
+            let rules = RuleSet::new(&cfg.rules, &cfg.exclusions)?;
             print!("{}", cfg.describe());
+            for warning in rules.warnings() {
+                println!("warning: {warning}");
+            }
             println!("{}: OK", config.config.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -228,12 +246,13 @@ async fn plan(config: &Config, output: Format) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match output {
         Format::Json => report::plan_json(&mut out, &plan, &rules)?,
-        _ => report::plan_text(&mut out, &plan, &rules)?,
+        Format::Csv => report::plan_csv(&mut out, &plan)?,
+        Format::Text => report::plan_text(&mut out, &plan, &rules)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn once(config: &Config, output: Format) -> Result<ExitCode> {
+async fn once(config: &Config, output: CycleFormat) -> Result<ExitCode> {
     let rules = RuleSet::new(&config.rules, &config.exclusions)?;
     let audit = AuditStore::open(&config.audit.path).await?;
     audit.close_interrupted_runs(Utc::now()).await?;
@@ -249,11 +268,11 @@ async fn once(config: &Config, output: Format) -> Result<ExitCode> {
     let report = ctx.run(Utc::now()).await?;
     let mut out = std::io::stdout().lock();
     match output {
-        Format::Json => {
+        CycleFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &report)?;
             writeln!(out)?;
         }
-        _ => {
+        CycleFormat::Text => {
             if let Some(plan) = &report.plan {
                 report::plan_text(&mut out, plan, &rules)?;
                 writeln!(out)?;

@@ -1165,24 +1165,56 @@ impl Validator<'_> {
         }
     }
 
+    /// An `https://` URL, or `http://` to a loopback host (the fake API), with no credentials,
+    /// query or fragment; returned normalised, without a trailing `/`. Messages never echo the
+    /// value: it may hold a password.
     fn base_url(&self, url: &Sp<String>, key: &str) -> Result<String, ConfigError> {
-        let trimmed = url.get_ref().trim_end_matches('/');
-        let host = trimmed
-            .strip_prefix("https://")
-            .or_else(|| trimmed.strip_prefix("http://"));
-        match host {
-            Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
-                Ok(trimmed.to_owned())
-            }
-            _ => Err(self.error(
-                url.span(),
-                key,
-                format!(
-                    "{:?} is not an http:// or https:// URL; the default is {DEFAULT_BASE_URL:?}",
-                    url.get_ref()
-                ),
-            )),
+        let fail = |message: String| Err(self.error(url.span(), key, message));
+        let text = url.get_ref();
+        // The URL parser silently drops these, so what is checked would not be what was written.
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return fail("contains whitespace or control characters; remove them".into());
         }
+        let parsed = match reqwest::Url::parse(text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                return fail(format!(
+                    "is not a URL ({e}); write an https:// URL such as the default, \
+                     {DEFAULT_BASE_URL:?}"
+                ))
+            }
+        };
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return fail(format!(
+                "is not an http:// or https:// URL (scheme {:?}); the default is \
+                 {DEFAULT_BASE_URL:?}",
+                parsed.scheme()
+            ));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return fail(
+                "must not contain a user name or password (user:password@host): the API is \
+                 authenticated with the token alone, and HTTP clients would send these instead; \
+                 remove them"
+                    .into(),
+            );
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return fail(
+                "must not have a query (?...) or fragment (#...): request paths and parameters \
+                 are appended to it; remove everything from the ? or #"
+                    .into(),
+            );
+        }
+        if parsed.scheme() == "http" && !parsed.host_str().is_some_and(is_loopback_host) {
+            return fail(
+                "plain http:// is allowed only to a loopback host (127.0.0.0/8, ::1, localhost), \
+                 such as the fake API: anywhere else the token would cross the network \
+                 unencrypted; use https://"
+                    .into(),
+            );
+        }
+        Ok(parsed.as_str().trim_end_matches('/').to_owned())
     }
 
     /// Turns an error of the `toml` crate (syntax, wrong type, unknown key) into `Invalid`,
@@ -1218,6 +1250,17 @@ impl Validator<'_> {
         }
         self.error(span, key, message)
     }
+}
+
+/// `localhost` or a loopback address, as the URL parser writes hosts (lowercase, IPv6 in
+/// brackets). A name that merely resolves to loopback does not count: it could change.
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn unknown_key_message(unknown: &str, expected: &[&str]) -> String {
@@ -1772,6 +1815,155 @@ mod tests {
             path(Some("/var/lib/a:/var/lib/b")),
             Path::new("/var/lib/a/audit.db")
         );
+    }
+
+    #[test]
+    fn base_url_is_https_or_loopback_http_without_credentials_query_or_fragment() {
+        // (case, base_url, what is accepted, or part of the error message)
+        let cases: &[(&str, &str, Result<&str, &str>)] = &[
+            (
+                "the default",
+                "https://api.cloudflare.com/client/v4",
+                Ok("https://api.cloudflare.com/client/v4"),
+            ),
+            (
+                "trailing slash",
+                "https://api.cloudflare.com/client/v4/",
+                Ok("https://api.cloudflare.com/client/v4"),
+            ),
+            (
+                "normalised case and default port",
+                "HTTPS://API.Cloudflare.com:443/client/v4",
+                Ok("https://api.cloudflare.com/client/v4"),
+            ),
+            (
+                "https proxy with a port",
+                "https://cf-proxy.example.com:8443/cf/client/v4",
+                Ok("https://cf-proxy.example.com:8443/cf/client/v4"),
+            ),
+            (
+                "http to 127.0.0.1",
+                "http://127.0.0.1:8787/client/v4",
+                Ok("http://127.0.0.1:8787/client/v4"),
+            ),
+            (
+                "http to 127.0.0.0/8",
+                "http://127.8.9.10/client/v4",
+                Ok("http://127.8.9.10/client/v4"),
+            ),
+            (
+                "http to ::1",
+                "http://[::1]:8787/client/v4",
+                Ok("http://[::1]:8787/client/v4"),
+            ),
+            (
+                "http to localhost",
+                "http://LocalHost:8787/client/v4",
+                Ok("http://localhost:8787/client/v4"),
+            ),
+            (
+                "user and password",
+                "https://admin:secret@api.example.com/client/v4",
+                Err("must not contain a user name or password"),
+            ),
+            (
+                "user only",
+                "https://admin@api.example.com/client/v4",
+                Err("must not contain a user name or password"),
+            ),
+            (
+                "password only",
+                "https://:secret@api.example.com/client/v4",
+                Err("must not contain a user name or password"),
+            ),
+            (
+                "query",
+                "https://api.example.com/client/v4?x=1",
+                Err("must not have a query"),
+            ),
+            (
+                "empty query",
+                "https://api.example.com/client/v4?",
+                Err("must not have a query"),
+            ),
+            (
+                "fragment",
+                "https://api.example.com/client/v4#f",
+                Err("or fragment"),
+            ),
+            (
+                "query and fragment",
+                "http://127.0.0.1/client/v4?x=1#f",
+                Err("must not have a query"),
+            ),
+            (
+                "ftp",
+                "ftp://example.com",
+                Err("not an http:// or https:// URL (scheme \"ftp\")"),
+            ),
+            (
+                "file",
+                "file:///etc/passwd",
+                Err("not an http:// or https:// URL"),
+            ),
+            (
+                "no scheme",
+                "api.cloudflare.com/client/v4",
+                Err("is not a URL"),
+            ),
+            ("no host", "https://", Err("is not a URL")),
+            ("empty", "", Err("is not a URL")),
+            (
+                "inner space",
+                "https://api.example.com/client v4",
+                Err("whitespace or control"),
+            ),
+            (
+                "inner tab",
+                "https://api.exa\tmple.com/client/v4",
+                Err("whitespace or control"),
+            ),
+            (
+                "plain http to a remote host",
+                "http://api.cloudflare.com/client/v4",
+                Err("plain http:// is allowed only to a loopback host"),
+            ),
+            (
+                "plain http to a private address",
+                "http://10.0.0.1:8787/client/v4",
+                Err("use https://"),
+            ),
+            (
+                "plain http to a localhost look-alike",
+                "http://localhost.example.com/client/v4",
+                Err("loopback host"),
+            ),
+            (
+                "plain http to a mapped address",
+                "http://[::ffff:127.0.0.1]/client/v4",
+                Err("loopback host"),
+            ),
+        ];
+        for (case, url, expected) in cases {
+            let text = format!("{CF}base_url = \"{url}\"\n{RULE}resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\n");
+            match (load(&text), expected) {
+                (Ok(config), Ok(normalised)) => {
+                    assert_eq!(&config.cloudflare.base_url, normalised, "{case}");
+                }
+                (Err(e), Err(part)) => {
+                    let message = e.to_string();
+                    assert!(
+                        message.starts_with("zt.toml:3:12: [cloudflare] base_url: "),
+                        "{case}: {message}"
+                    );
+                    assert!(message.contains(part), "{case}: {message}");
+                    for secret in ["secret", "admin"] {
+                        assert!(!message.contains(secret), "{case}: {message}");
+                    }
+                }
+                (got, expected) => panic!("{case}: got {got:?}, expected {expected:?}"),
+            }
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Metrics {
             anomalies: IntCounterVec::new(
                 Opts::new(
                     "zt_janitor_registration_anomalies_total",
-                    "Registrations with data zt-janitor refused to trust (never idle candidates).",
+                    "Registrations with data zt-janitor refused to trust (no rule acts on them).",
                 ),
                 &["kind"],
             )

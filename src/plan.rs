@@ -1,7 +1,8 @@
 //! The planner: streams every page of the registration listing through the rules and keeps only
 //! what a rule selected, so memory grows with the number of candidates, not of registrations.
 //! It never mutates anything. A listing it cannot fully trust (a failed page, a cursor that
-//! loops, an id seen twice, an object without identity) yields an error, never a partial plan.
+//! loops, an id seen twice — compared as UUIDs, so whatever the case — an object without
+//! identity) yields an error, never a partial plan.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
@@ -81,34 +82,44 @@ pub struct SeenCounts {
     pub revoked: u64,
 }
 
+/// Registrations whose data no rule trusts, by kind (see [`Anomaly`]): each was kept,
+/// whatever the rules say, and counted once, under its first anomaly.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct AnomalyCounts {
+    pub deleted_at_set: u64,
+    pub unparsable_revoked_at: u64,
+    pub future_revoked_at: u64,
     pub unparsable_last_seen_at: u64,
-    pub future_last_seen_at: u64,
     pub no_activity_timestamp: u64,
+    pub unparsable_created_at: u64,
+    pub future_created_at: u64,
+    pub future_last_seen_at: u64,
+    pub last_seen_before_created: u64,
 }
 
 impl AnomalyCounts {
-    fn count(&mut self, a: Anomaly) {
+    fn slot(&mut self, a: Anomaly) -> &mut u64 {
         match a {
-            Anomaly::UnparsableLastSeen => self.unparsable_last_seen_at += 1,
-            Anomaly::FutureLastSeen => self.future_last_seen_at += 1,
-            Anomaly::NoActivityTimestamp => self.no_activity_timestamp += 1,
+            Anomaly::DeletedAtSet => &mut self.deleted_at_set,
+            Anomaly::UnparsableRevokedAt => &mut self.unparsable_revoked_at,
+            Anomaly::FutureRevokedAt => &mut self.future_revoked_at,
+            Anomaly::UnparsableLastSeen => &mut self.unparsable_last_seen_at,
+            Anomaly::NoActivityTimestamp => &mut self.no_activity_timestamp,
+            Anomaly::UnparsableCreatedAt => &mut self.unparsable_created_at,
+            Anomaly::FutureCreatedAt => &mut self.future_created_at,
+            Anomaly::FutureLastSeen => &mut self.future_last_seen_at,
+            Anomaly::LastSeenBeforeCreated => &mut self.last_seen_before_created,
         }
     }
 
-    pub fn by_label(&self) -> [(&'static str, u64); 3] {
-        [
-            (
-                Anomaly::UnparsableLastSeen.label(),
-                self.unparsable_last_seen_at,
-            ),
-            (Anomaly::FutureLastSeen.label(), self.future_last_seen_at),
-            (
-                Anomaly::NoActivityTimestamp.label(),
-                self.no_activity_timestamp,
-            ),
-        ]
+    fn count(&mut self, a: Anomaly) {
+        *self.slot(a) += 1;
+    }
+
+    /// Every kind with its label (the metric's `kind`), zero counts included.
+    pub fn by_label(&self) -> [(&'static str, u64); Anomaly::ALL.len()] {
+        let mut copy = self.clone();
+        Anomaly::ALL.map(|a| (a.label(), *copy.slot(a)))
     }
 }
 
@@ -263,7 +274,8 @@ impl<'a, S: RegistrationSource> Planner<'a, S> {
                     index,
                     message: e.to_string(),
                 })?;
-            self.fingerprints.push(fingerprint(reg.id.as_str()));
+            // By the id's UUID value, so that the same id in two cases is a repeat.
+            self.fingerprints.push(fingerprint(&reg.id.key()));
             self.seen.total += 1;
             if reg.is_revoked() {
                 self.seen.revoked += 1;
@@ -272,7 +284,15 @@ impl<'a, S: RegistrationSource> Planner<'a, S> {
             }
             let eval = self.rules.evaluate(&reg, self.now);
             if let Some(a) = eval.anomaly {
-                tracing::warn!(registration = %reg.id, anomaly = a.label(), last_seen_at = %reg.last_seen_at, "registration data not trusted for idle rules");
+                tracing::warn!(
+                    registration = %reg.id,
+                    anomaly = a.label(),
+                    last_seen_at = %reg.last_seen_at,
+                    created_at = %reg.created_at,
+                    revoked_at = %reg.revoked_at.as_ref().unwrap_or(&Stamp::Missing),
+                    deleted_at = %reg.deleted_at.as_ref().unwrap_or(&Stamp::Missing),
+                    "registration data not trusted; no rule acts on it"
+                );
                 self.anomalies.count(a);
             }
             let (rule, why, excluded_by) = match eval.verdict {
@@ -338,9 +358,9 @@ fn repeated(fingerprints: &mut [u64]) -> u64 {
     fingerprints.windows(2).filter(|w| w[0] == w[1]).count() as u64
 }
 
-fn fingerprint(s: &str) -> u64 {
+fn fingerprint<T: Hash + ?Sized>(v: &T) -> u64 {
     let mut h = DefaultHasher::new();
-    s.hash(&mut h);
+    v.hash(&mut h);
     h.finish()
 }
 
@@ -470,6 +490,41 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, PlanError::DuplicateIds { count: 1 }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_same_uuid_in_two_cases_is_a_duplicate() {
+        let id = "0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e";
+        let source = Pages::new(vec![
+            vec![item(id, NEW)],
+            vec![item(&id.to_uppercase(), NEW)],
+        ]);
+        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PlanError::DuplicateIds { count: 1 }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn anomalies_are_counted_by_kind_and_never_planned() {
+        let deleted =
+            item("a", OLD).replace(r#""key":"k""#, r#""deleted_at":"2026-01-01T00:00:00Z""#);
+        let revoked = item("b", OLD).replace(r#""key":"k""#, r#""revoked_at":false"#);
+        let source = Pages::new(vec![vec![deleted, revoked, item("c", OLD)]]);
+        let plan = build_plan(&source, &rules(), &safety(10, 1.0), now())
+            .await
+            .unwrap();
+        let ids: Vec<_> = plan.candidates.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["c"]);
+        assert_eq!(plan.anomalies.deleted_at_set, 1);
+        assert_eq!(plan.anomalies.unparsable_revoked_at, 1);
+        assert_eq!(plan.seen.revoked, 1);
+        let labels: Vec<_> = plan.anomalies.by_label().iter().map(|(l, _)| *l).collect();
+        assert_eq!(labels.len(), Anomaly::ALL.len());
+        assert!(plan
+            .anomalies
+            .by_label()
+            .contains(&("unparsable_revoked_at", 1)));
     }
 
     #[tokio::test]

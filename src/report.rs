@@ -1,11 +1,19 @@
 //! Rendering for people and machines: the plan table and summary, cycle reports and audit
 //! listings as text, JSON or CSV. Pure formatting: no I/O beyond the writer it is given.
+//!
+//! Most of what is printed comes from the API (emails, device names, Cloudflare's error
+//! messages) and is hostile until proven otherwise. Text output passes every such value through
+//! [`escape`], so a value can neither forge rows nor drive the terminal; CSV output passes every
+//! cell through [`neutralise_formula`], so a spreadsheet does not run it; JSON stays exact.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use crate::audit::{ActionRow, RunRow};
+use crate::cloudflare::Stamp;
 use crate::cycle::CycleReport;
 use crate::plan::Plan;
 use crate::rules::RuleSet;
@@ -64,7 +72,10 @@ pub fn plan_text(out: &mut dyn Write, plan: &Plan, rules: &RuleSet) -> io::Resul
         plan.seen.total, plan.seen.active, plan.seen.revoked, plan.pages
     )?;
     let by_rule = plan.candidates_by_rule(rules);
-    let listed: Vec<String> = by_rule.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+    let listed: Vec<String> = by_rule
+        .iter()
+        .map(|(r, n)| format!("{}: {n}", escape(r)))
+        .collect();
     writeln!(
         out,
         "Candidates: {} ({})",
@@ -82,7 +93,7 @@ pub fn plan_text(out: &mut dyn Write, plan: &Plan, rules: &RuleSet) -> io::Resul
     if !anomalies.is_empty() {
         writeln!(
             out,
-            "Untrusted data (never idle candidates): {}",
+            "Untrusted data (no rule acts on these): {}",
             anomalies.join(", ")
         )?;
     }
@@ -97,10 +108,43 @@ pub fn plan_text(out: &mut dyn Write, plan: &Plan, rules: &RuleSet) -> io::Resul
         writeln!(
             out,
             "Safety caps: an apply run would REFUSE to act: {}",
-            caps.violations.join("; ")
+            escape(&caps.violations.join("; "))
         )?;
     }
     Ok(())
+}
+
+/// One CSV row of the plan: the fields of a candidate in the JSON plan, each always present
+/// (CSV needs the same columns in every row).
+#[derive(Serialize)]
+struct PlanCsvRow<'a> {
+    rule: &'a str,
+    action: String,
+    id: String,
+    user_email: Option<&'a str>,
+    device_name: &'a str,
+    last_seen_at: &'a Stamp,
+    reason: String,
+    excluded_by: Option<&'a str>,
+}
+
+/// The plan as CSV, one row per candidate (protected ones included, with `excluded_by`).
+pub fn plan_csv(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
+    let rows: Vec<PlanCsvRow<'_>> = plan
+        .candidates
+        .iter()
+        .map(|c| PlanCsvRow {
+            rule: &c.rule,
+            action: c.action.to_string(),
+            id: c.id.to_string(),
+            user_email: c.user_email.as_deref(),
+            device_name: &c.device_name,
+            last_seen_at: &c.last_seen_at,
+            reason: c.why.to_string(),
+            excluded_by: c.excluded_by.as_deref(),
+        })
+        .collect();
+    csv_rows(out, &rows)
 }
 
 /// The machine-readable plan.
@@ -132,7 +176,7 @@ pub fn cycle_text(out: &mut dyn Write, r: &CycleReport) -> io::Result<()> {
         r.outcome,
         r.reason
             .as_deref()
-            .map(|why| format!(" — {why}"))
+            .map(|why| format!(" — {}", escape(why)))
             .unwrap_or_default()
     )?;
     writeln!(
@@ -238,22 +282,88 @@ fn json_lines<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()> {
     writeln!(out)
 }
 
+/// Rows as CSV with a header row named after the fields, every cell through
+/// [`neutralise_formula`]. The rows are serialized once to learn their cells in field order,
+/// then written again neutralised.
 fn csv_rows<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
+    let mut exact = csv::Writer::from_writer(Vec::new());
     for r in rows {
-        w.serialize(r).map_err(io::Error::other)?;
+        exact.serialize(r).map_err(io::Error::other)?;
+    }
+    let exact = exact
+        .into_inner()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(exact.as_slice());
+    let mut w = csv::Writer::from_writer(out);
+    for record in reader.records() {
+        let record = record.map_err(io::Error::other)?;
+        w.write_record(
+            record
+                .iter()
+                .map(|cell| neutralise_formula(cell).into_owned()),
+        )
+        .map_err(io::Error::other)?;
     }
     w.flush()
 }
 
-/// Left-aligned columns, two spaces apart; the last column is not padded.
+/// A CSV cell a spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, tab or
+/// carriage return) gets a leading `'`, which makes it text (OWASP's CSV injection advice).
+/// Only text cells are touched: no number this program writes is negative.
+pub fn neutralise_formula(cell: &str) -> Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+/// `text` with every character that could drive a terminal or break a line written as a
+/// visible Rust-style escape (`\u{1b}`): the C0 controls (tab, CR and LF included), DEL, the C1
+/// controls, the Unicode line and paragraph separators, and the bidirectional marks,
+/// embeddings, overrides and isolates, which reorder what is shown. Everything else, backslash
+/// included, is kept as is; JSON output gives the exact value.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' // line and paragraph separators
+            | '\u{200e}' | '\u{200f}' | '\u{061c}' // bidi marks
+            | '\u{202a}'..='\u{202e}' // bidi embeddings and overrides
+            | '\u{2066}'..='\u{2069}' // bidi isolates
+        )
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded. Every cell goes
+/// through [`escape`], so one row stays one line.
 fn table<const N: usize>(
     out: &mut dyn Write,
     header: &[&str; N],
     rows: &[[String; N]],
 ) -> io::Result<()> {
+    let rows: Vec<[Cow<'_, str>; N]> = rows
+        .iter()
+        .map(|row| std::array::from_fn(|i| escape(&row[i])))
+        .collect();
     let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -270,8 +380,244 @@ fn table<const N: usize>(
         writeln!(out, "{}", text.trim_end())
     };
     line(out, header.to_vec())?;
-    for row in rows {
-        line(out, row.iter().map(String::as_str).collect())?;
+    for row in &rows {
+        line(out, row.iter().map(|cell| cell.as_ref()).collect())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{RunOutcome, RunSummary};
+    use crate::config::Mode;
+
+    /// Every character a terminal could act on, other than the line end.
+    fn raw_controls(text: &str) -> Vec<char> {
+        text.chars()
+            .filter(|&c| {
+                (c.is_control() && c != '\n')
+                    || ('\u{202a}'..='\u{202e}').contains(&c)
+                    || ('\u{2066}'..='\u{2069}').contains(&c)
+            })
+            .collect()
+    }
+
+    fn run_row(id: i64, reason: Option<&str>) -> RunRow {
+        RunRow {
+            id,
+            started_at: "2026-11-24T19:58:21Z".into(),
+            finished_at: None,
+            mode: "apply".into(),
+            outcome: Some("failed".into()),
+            reason: reason.map(Into::into),
+            seen_total: Some(10),
+            candidates: Some(1),
+            excluded: Some(0),
+            actions_done: Some(0),
+            actions_failed: Some(1),
+            api_requests: Some(2),
+        }
+    }
+
+    fn action_row(device: &str, email: &str, detail: Option<&str>) -> ActionRow {
+        ActionRow {
+            id: 1,
+            run_id: 1,
+            decided_at: "2026-11-24T19:58:21Z".into(),
+            rule: "idle-90d".into(),
+            action: "delete".into(),
+            resource_id: "00b3324e-cfe5-4df6-b4ab-faba846cc16b".into(),
+            user_email: Some(email.into()),
+            device_name: Some(device.into()),
+            last_seen_at: None,
+            reason: "idle 100d >= 90d".into(),
+            excluded_by: None,
+            status: "failed".into(),
+            status_detail: detail.map(Into::into),
+            mutation_id: Some(3),
+            mutation_completed_at: None,
+            http_status: Some(400),
+            snapshot: "{\"id\":\"00b3324e-cfe5-4df6-b4ab-faba846cc16b\"}".into(),
+        }
+    }
+
+    #[test]
+    fn escape_makes_every_terminal_control_visible() {
+        // (case, input, expected)
+        let cases = [
+            ("plain ASCII", "laptop-0001", "laptop-0001"),
+            ("non-ASCII letters", "Ärzte 日本 ñ", "Ärzte 日本 ñ"),
+            ("backslash kept", r"CORP\laptop", r"CORP\laptop"),
+            ("OSC title", "a\x1b]0;pwned\x07b", r"a\u{1b}]0;pwned\u{7}b"),
+            ("screen clear", "\x1b[2J", r"\u{1b}[2J"),
+            ("CR LF", "row\r\nforged", r"row\u{d}\u{a}forged"),
+            ("tab", "a\tb", r"a\u{9}b"),
+            ("NUL and DEL", "\0\x7f", r"\u{0}\u{7f}"),
+            ("C1 CSI and NEL", "\u{9b}31m\u{85}", r"\u{9b}31m\u{85}"),
+            ("bidi override", "\u{202e}gpj.exe", r"\u{202e}gpj.exe"),
+            (
+                "bidi embeddings",
+                "\u{202a}\u{202b}\u{202c}\u{202d}",
+                r"\u{202a}\u{202b}\u{202c}\u{202d}",
+            ),
+            (
+                "bidi isolates",
+                "\u{2066}\u{2067}\u{2068}\u{2069}",
+                r"\u{2066}\u{2067}\u{2068}\u{2069}",
+            ),
+            (
+                "bidi marks",
+                "\u{200e}\u{200f}\u{61c}",
+                r"\u{200e}\u{200f}\u{61c}",
+            ),
+            (
+                "line separators",
+                "a\u{2028}b\u{2029}",
+                r"a\u{2028}b\u{2029}",
+            ),
+        ];
+        for (case, input, expected) in cases {
+            assert_eq!(escape(input), expected, "{case}");
+        }
+        assert!(matches!(escape("laptop-0001"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_evaluate_get_a_leading_quote() {
+        // (input, expected)
+        let cases = [
+            (
+                "=HYPERLINK(\"http://evil\",\"x\")",
+                "'=HYPERLINK(\"http://evil\",\"x\")",
+            ),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-1+1", "'-1+1"),
+            ("@SUM(1+1)", "'@SUM(1+1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("", ""),
+            ("laptop-0001", "laptop-0001"),
+            ("a=b", "a=b"),
+            ("1-2", "1-2"),
+            ("'=already text", "'=already text"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(neutralise_formula(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn runs_table_keeps_one_line_per_run_whatever_the_reason() {
+        let hostile = "Cloudflare said: x\x1b]0;pwned\x07\r\n99   2026  apply  applied\u{202e}";
+        let mut out = Vec::new();
+        runs(
+            &mut out,
+            &[run_row(2, Some(hostile)), run_row(1, None)],
+            Format::Text,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+        assert_eq!(text.lines().count(), 3, "header and two runs:\n{text}");
+        assert!(text.contains(r"x\u{1b}]0;pwned\u{7}\u{d}\u{a}99"), "{text}");
+    }
+
+    #[test]
+    fn actions_table_escapes_every_cell() {
+        let row = action_row(
+            "kiosk\x1b[2J\r\nforged",
+            "a\tb@example.com",
+            Some("HTTP 400: code 2001 \x1b]8;;http://evil\x07click\x1b]8;;\x07"),
+        );
+        let mut out = Vec::new();
+        actions(&mut out, &[row], Format::Text).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        for visible in [
+            r"kiosk\u{1b}[2J\u{d}\u{a}forged",
+            r"a\u{9}b@example.com",
+            r"\u{1b}]8;;http://evil\u{7}click",
+        ] {
+            assert!(text.contains(visible), "{visible} in {text}");
+        }
+    }
+
+    #[test]
+    fn table_columns_are_aligned_on_the_escaped_text() {
+        let mut out = Vec::new();
+        let rows = [
+            ["a\t\tb".to_owned(), "x".to_owned()],
+            ["abcdefghij".to_owned(), "y".to_owned()],
+        ];
+        table(&mut out, &["H", "LAST"], &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let columns: Vec<usize> = text
+            .lines()
+            .map(|l| l.rfind(['x', 'y', 'L']).unwrap())
+            .collect();
+        // `a\u{9}\u{9}b` is 12 characters wide, then two spaces.
+        assert_eq!(columns, [14, 14, 14], "{text}");
+    }
+
+    #[test]
+    fn cycle_summary_escapes_the_reason() {
+        let report = CycleReport {
+            run_id: 7,
+            mode: Mode::Apply,
+            outcome: RunOutcome::Aborted,
+            reason: Some("listing failed: \x1b]0;pwned\x07\nRun 8 (apply mode): applied".into()),
+            seconds: 0.5,
+            api_requests: 1,
+            plan: None,
+            summary: RunSummary::default(),
+            apply: None,
+        };
+        let mut out = Vec::new();
+        cycle_text(&mut out, &report).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains(r"\u{1b}]0;pwned\u{7}\u{a}Run 8"), "{text}");
+    }
+
+    #[test]
+    fn csv_keeps_columns_and_exact_values_but_neutralises_formulas() {
+        let mut out = Vec::new();
+        actions(
+            &mut out,
+            &[action_row(
+                "=cmd|' /C calc'!A0",
+                "@x.example",
+                Some("a,\"b\"\nc"),
+            )],
+            Format::Csv,
+        )
+        .unwrap();
+        let mut reader = csv::Reader::from_reader(out.as_slice());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(Into::into).collect();
+        assert_eq!(header[..4], ["id", "run_id", "decided_at", "rule"]);
+        assert_eq!(header.last().map(String::as_str), Some("snapshot"));
+        let record = reader.records().next().unwrap().unwrap();
+        let cell = |name: &str| record.get(header.iter().position(|h| h == name).unwrap());
+        assert_eq!(cell("device_name"), Some("'=cmd|' /C calc'!A0"));
+        assert_eq!(cell("user_email"), Some("'@x.example"));
+        assert_eq!(
+            cell("status_detail"),
+            Some("a,\"b\"\nc"),
+            "CSV quoting, not escaping"
+        );
+        assert_eq!(
+            cell("snapshot"),
+            Some("{\"id\":\"00b3324e-cfe5-4df6-b4ab-faba846cc16b\"}")
+        );
+        assert_eq!(cell("http_status"), Some("400"));
+        assert_eq!(cell("last_seen_at"), Some(""));
+
+        let mut out = Vec::new();
+        runs(&mut out, &[run_row(1, Some("-5 ids: =x"))], Format::Csv).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(",'-5 ids: =x,"), "{text}");
+    }
 }

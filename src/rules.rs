@@ -1,18 +1,38 @@
 //! The rules engine: decides, for one registration at one instant, whether a rule selects it and
 //! whether an exclusion protects it. Pure: no I/O, no clock (`now` is an argument), so every
 //! decision is reproducible in a table test.
+//!
+//! Unreadable or implausible data is untouchable. Before any rule is asked, every field a rule
+//! reads is checked: `deleted_at`, `revoked_at`, `created_at` and `last_seen_at`. A value that
+//! cannot be parsed, a time in the future (beyond [`FUTURE_TOLERANCE`] of clock skew), a
+//! `last_seen_at` before `created_at`, no activity timestamp at all, or a `deleted_at` that is
+//! set makes the registration an [`Anomaly`]: it is kept, whatever the rules say, and counted.
+//! No rule guesses around a field it cannot trust. (An unknown `registration_type` is not an
+//! anomaly: it is a type Cloudflare added, read as "no known type", which no rule asking for a
+//! type matches.)
+//!
+//! Idleness is measured from the later of `last_seen_at` and `created_at`, so a registration
+//! created yesterday is never idle however old its `last_seen_at` claims to be. A revoke rule
+//! never selects a registration that is already revoked: it falls through to later rules.
+//!
+//! Exclusions ignore case where the README promises it: `registration_id` compares as a UUID,
+//! and `user_email` globs match with Unicode case folding (both the pattern and the email are
+//! folded, see [`fold_case`]). Device name globs are case-sensitive.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use crate::cloudflare::model::IdKey;
 use crate::cloudflare::{Registration, RegistrationId, RegistrationType, Stamp};
 use crate::config::{Action, ExclusionSettings, RuleSettings};
 
-/// Clock skew tolerated before a `last_seen_at` in the future counts as an anomaly.
-const FUTURE_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
+/// Clock skew tolerated before a timestamp in the future (or a `last_seen_at` before
+/// `created_at`) counts as an anomaly.
+pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -28,9 +48,10 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 pub struct Exclusion {
     pub name: String,
+    /// Compiled from case-folded patterns; matched against case-folded emails.
     user_emails: GlobSet,
     device_names: GlobSet,
-    registration_ids: HashSet<RegistrationId>,
+    registration_ids: HashSet<IdKey>,
     no_user: bool,
 }
 
@@ -41,6 +62,17 @@ pub struct RuleSet {
     exclusions: Vec<Exclusion>,
 }
 
+/// Which timestamp an idle age was measured from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleFrom {
+    /// `last_seen_at`, the later of the two.
+    LastSeenAt,
+    /// `created_at`, later than `last_seen_at` (within the clock-skew tolerance).
+    CreatedAt,
+    /// `created_at`, since `last_seen_at` is null: never seen.
+    NeverSeen,
+}
+
 /// Why a rule selected a registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Why {
@@ -48,12 +80,11 @@ pub enum Why {
         days: i64,
         threshold: u32,
         since: DateTime<Utc>,
-        /// `last_seen_at` was null, so `created_at` stood in for it.
-        from_created_at: bool,
+        from: IdleFrom,
     },
     Revoked {
-        /// Whole days since `revoked_at`, when it is a valid timestamp.
-        days: Option<i64>,
+        /// Whole days since `revoked_at`.
+        days: i64,
     },
 }
 
@@ -64,46 +95,72 @@ impl fmt::Display for Why {
                 days,
                 threshold,
                 since,
-                from_created_at,
+                from,
             } => {
-                let field = if *from_created_at {
-                    "never seen; created_at"
-                } else {
-                    "last_seen_at"
-                };
-                write!(
-                    f,
-                    "idle {days}d >= {threshold}d ({field} {})",
-                    since.format("%Y-%m-%d")
-                )
+                let date = since.format("%Y-%m-%d");
+                write!(f, "idle {days}d >= {threshold}d (")?;
+                match from {
+                    IdleFrom::LastSeenAt => write!(f, "last_seen_at {date})"),
+                    IdleFrom::CreatedAt => {
+                        write!(f, "created_at {date}, later than last_seen_at)")
+                    }
+                    IdleFrom::NeverSeen => write!(f, "never seen; created_at {date})"),
+                }
             }
-            Why::Revoked { days: Some(d) } => write!(f, "revoked {d}d ago"),
-            Why::Revoked { days: None } => f.write_str("revoked"),
+            Why::Revoked { days } => write!(f, "revoked {days}d ago"),
         }
     }
 }
 
-/// Data a registration carried that the rules refused to trust.
+/// Data a registration carried that the rules refused to trust. A registration with an
+/// anomaly is never selected by any rule; only the first anomaly found (in the order below)
+/// is reported for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Anomaly {
+    /// `deleted_at` is set (to anything): Cloudflare already considers it deleted.
+    DeletedAtSet,
+    UnparsableRevokedAt,
+    FutureRevokedAt,
     UnparsableLastSeen,
-    FutureLastSeen,
+    /// Neither `last_seen_at` nor a usable `created_at`.
     NoActivityTimestamp,
+    UnparsableCreatedAt,
+    FutureCreatedAt,
+    FutureLastSeen,
+    LastSeenBeforeCreated,
 }
 
 impl Anomaly {
+    pub const ALL: [Anomaly; 9] = [
+        Anomaly::DeletedAtSet,
+        Anomaly::UnparsableRevokedAt,
+        Anomaly::FutureRevokedAt,
+        Anomaly::UnparsableLastSeen,
+        Anomaly::NoActivityTimestamp,
+        Anomaly::UnparsableCreatedAt,
+        Anomaly::FutureCreatedAt,
+        Anomaly::FutureLastSeen,
+        Anomaly::LastSeenBeforeCreated,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
+            Anomaly::DeletedAtSet => "deleted_at_set",
+            Anomaly::UnparsableRevokedAt => "unparsable_revoked_at",
+            Anomaly::FutureRevokedAt => "future_revoked_at",
             Anomaly::UnparsableLastSeen => "unparsable_last_seen_at",
-            Anomaly::FutureLastSeen => "future_last_seen_at",
             Anomaly::NoActivityTimestamp => "no_activity_timestamp",
+            Anomaly::UnparsableCreatedAt => "unparsable_created_at",
+            Anomaly::FutureCreatedAt => "future_created_at",
+            Anomaly::FutureLastSeen => "future_last_seen_at",
+            Anomaly::LastSeenBeforeCreated => "last_seen_before_created",
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict<'a> {
-    /// No rule selects it.
+    /// No rule selects it (or its data is not trusted: see [`Evaluation::anomaly`]).
     Keep,
     /// The first matching rule (in config order) selects it.
     Act { rule: &'a Rule, why: Why },
@@ -118,6 +175,7 @@ pub enum Verdict<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evaluation<'a> {
     pub verdict: Verdict<'a>,
+    /// Set when the registration's data is not trusted; the verdict is then always `Keep`.
     pub anomaly: Option<Anomaly>,
 }
 
@@ -127,6 +185,91 @@ pub struct GlobError {
     pub exclusion: String,
     pub pattern: String,
     pub message: String,
+}
+
+/// Something about the rules that is allowed but almost certainly not meant; `check-config`
+/// prints these as warnings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleWarning {
+    /// Every registration `rule` could select is selected first by the earlier rule `by`
+    /// (the first matching rule wins), so `rule` never acts. Positions count from 1.
+    Shadowed {
+        rule: String,
+        position: usize,
+        by: String,
+        by_position: usize,
+    },
+}
+
+impl fmt::Display for RuleWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleWarning::Shadowed {
+                rule,
+                position,
+                by,
+                by_position,
+            } => write!(
+                f,
+                "rule {rule:?} (#{position}) never acts: every registration it could select is \
+                 taken first by rule {by:?} (#{by_position}), since the first matching rule \
+                 wins; move {rule:?} above {by:?}, narrow {by:?}, or remove {rule:?}"
+            ),
+        }
+    }
+}
+
+/// The fields rules read, once checked: only a registration without an anomaly has them.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    /// When it was last active (the later of `last_seen_at` and `created_at`) and from which.
+    active_since: (DateTime<Utc>, IdleFrom),
+    /// `revoked_at`, when revoked.
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl Facts {
+    /// Checks every field a rule reads; the first one that cannot be trusted is the anomaly.
+    fn read(reg: &Registration, now: DateTime<Utc>) -> Result<Facts, Anomaly> {
+        let latest_plausible = now + FUTURE_TOLERANCE;
+        if reg.deleted_at.is_some() {
+            return Err(Anomaly::DeletedAtSet);
+        }
+        let revoked_at = match &reg.revoked_at {
+            None => None,
+            Some(Stamp::Valid(t)) if *t > latest_plausible => return Err(Anomaly::FutureRevokedAt),
+            Some(Stamp::Valid(t)) => Some(*t),
+            // `Missing` does not occur here (null reads as not revoked); treat it as unreadable.
+            Some(Stamp::Invalid(_) | Stamp::Missing) => return Err(Anomaly::UnparsableRevokedAt),
+        };
+        let (last_seen, created) = match (&reg.last_seen_at, &reg.created_at) {
+            (Stamp::Invalid(_), _) => return Err(Anomaly::UnparsableLastSeen),
+            (Stamp::Missing, Stamp::Missing | Stamp::Invalid(_)) => {
+                return Err(Anomaly::NoActivityTimestamp)
+            }
+            (_, Stamp::Invalid(_)) => return Err(Anomaly::UnparsableCreatedAt),
+            (l, c) => (l.valid(), c.valid()),
+        };
+        if created.is_some_and(|c| c > latest_plausible) {
+            return Err(Anomaly::FutureCreatedAt);
+        }
+        if last_seen.is_some_and(|l| l > latest_plausible) {
+            return Err(Anomaly::FutureLastSeen);
+        }
+        let active_since = match (last_seen, created) {
+            (Some(l), Some(c)) if l + FUTURE_TOLERANCE < c => {
+                return Err(Anomaly::LastSeenBeforeCreated)
+            }
+            (Some(l), Some(c)) if c > l => (c, IdleFrom::CreatedAt),
+            (Some(l), _) => (l, IdleFrom::LastSeenAt),
+            (None, Some(c)) => (c, IdleFrom::NeverSeen),
+            (None, None) => return Err(Anomaly::NoActivityTimestamp),
+        };
+        Ok(Facts {
+            active_since,
+            revoked_at,
+        })
+    }
 }
 
 impl RuleSet {
@@ -147,12 +290,25 @@ impl RuleSet {
         &self.rules
     }
 
+    /// Warnings about the order of the rules; see [`rule_warnings`].
+    pub fn warnings(&self) -> Vec<RuleWarning> {
+        rule_warnings(&self.rules)
+    }
+
     pub fn evaluate(&self, reg: &Registration, now: DateTime<Utc>) -> Evaluation<'_> {
-        let (activity, anomaly) = activity(reg, now);
+        let facts = match Facts::read(reg, now) {
+            Ok(facts) => facts,
+            Err(anomaly) => {
+                return Evaluation {
+                    verdict: Verdict::Keep,
+                    anomaly: Some(anomaly),
+                }
+            }
+        };
         let selected = self
             .rules
             .iter()
-            .find_map(|rule| rule.select(reg, activity, now).map(|why| (rule, why)));
+            .find_map(|rule| rule.select(reg, &facts, now).map(|why| (rule, why)));
         let verdict = match selected {
             None => Verdict::Keep,
             Some((rule, why)) => match self.exclusion_for(reg) {
@@ -164,7 +320,10 @@ impl RuleSet {
                 None => Verdict::Act { rule, why },
             },
         };
-        Evaluation { verdict, anomaly }
+        Evaluation {
+            verdict,
+            anomaly: None,
+        }
     }
 
     /// The name of the first exclusion protecting `reg`, if any.
@@ -180,29 +339,50 @@ impl RuleSet {
         user_email: Option<&str>,
         device_name: &str,
     ) -> Option<&str> {
+        if self.exclusions.is_empty() {
+            return None;
+        }
+        let email = user_email.filter(|e| !e.is_empty()).map(fold_case);
+        let subject = Subject {
+            id: id.key(),
+            email: email.as_deref(),
+            device_name,
+        };
         self.exclusions
             .iter()
-            .find(|e| e.protects(id, user_email, device_name))
+            .find(|e| e.protects(&subject))
             .map(|e| e.name.as_str())
     }
 }
 
-/// When the registration was last active, for idle rules, plus any reason to distrust it.
-/// `None` means "unknown": such a registration is never idle.
-fn activity(
-    reg: &Registration,
-    now: DateTime<Utc>,
-) -> (Option<(DateTime<Utc>, bool)>, Option<Anomaly>) {
-    let (at, from_created) = match (&reg.last_seen_at, &reg.created_at) {
-        (Stamp::Valid(t), _) => (*t, false),
-        (Stamp::Invalid(_), _) => return (None, Some(Anomaly::UnparsableLastSeen)),
-        (Stamp::Missing, Stamp::Valid(t)) => (*t, true),
-        (Stamp::Missing, _) => return (None, Some(Anomaly::NoActivityTimestamp)),
-    };
-    if at > now + FUTURE_TOLERANCE {
-        return (None, Some(Anomaly::FutureLastSeen));
+/// Warnings about rules that can never act because an earlier rule takes every registration
+/// they could select. Only a single earlier rule is considered (not a union of several), so
+/// every warning is certain; some shadowed orders may go unwarned.
+pub fn rule_warnings(rules: &[Rule]) -> Vec<RuleWarning> {
+    let mut warnings = Vec::new();
+    for (j, later) in rules.iter().enumerate() {
+        if let Some((i, earlier)) = rules[..j]
+            .iter()
+            .enumerate()
+            .find(|(_, earlier)| earlier.covers(later))
+        {
+            warnings.push(RuleWarning::Shadowed {
+                rule: later.name.clone(),
+                position: j + 1,
+                by: earlier.name.clone(),
+                by_position: i + 1,
+            });
+        }
     }
-    (Some((at, from_created)), None)
+    warnings
+}
+
+/// Which revocation states a rule can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum States {
+    Any,
+    ActiveOnly,
+    RevokedOnly,
 }
 
 impl Rule {
@@ -218,37 +398,75 @@ impl Rule {
         }
     }
 
+    /// A revoke rule selects only registrations that are not revoked yet: revoking again does
+    /// nothing and would keep the registration from the rules behind it.
+    fn skips_revoked(&self) -> bool {
+        self.active_only || self.action == Action::Revoke
+    }
+
+    fn states(&self) -> Option<States> {
+        match (self.revoked, self.skips_revoked()) {
+            (true, true) => None,
+            (true, false) => Some(States::RevokedOnly),
+            (false, true) => Some(States::ActiveOnly),
+            (false, false) => Some(States::Any),
+        }
+    }
+
+    /// Whether every registration `other` can select is also selected by `self`. False when
+    /// either rule can select nothing at all.
+    fn covers(&self, other: &Rule) -> bool {
+        let selects_something = |r: &Rule| r.idle.is_some() || r.revoked;
+        let (Some(mine), Some(theirs)) = (self.states(), other.states()) else {
+            return false;
+        };
+        if !selects_something(self) || !selects_something(other) {
+            return false;
+        }
+        if self.registration_type.is_some() && self.registration_type != other.registration_type {
+            return false;
+        }
+        if mine != States::Any && mine != theirs {
+            return false;
+        }
+        // Both are revoked rules here (the states matched): an older minimum age covers.
+        if self.revoked && self.revoked_min_days.unwrap_or(0) > other.revoked_min_days.unwrap_or(0)
+        {
+            return false;
+        }
+        match (self.idle, other.idle) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => mine <= theirs,
+            (Some(_), None) => false,
+        }
+    }
+
     /// All conditions must hold. The reason reported is the selecting condition (idle or
     /// revoked); filters only narrow.
-    fn select(
-        &self,
-        reg: &Registration,
-        activity: Option<(DateTime<Utc>, bool)>,
-        now: DateTime<Utc>,
-    ) -> Option<Why> {
+    fn select(&self, reg: &Registration, facts: &Facts, now: DateTime<Utc>) -> Option<Why> {
         if let Some(t) = self.registration_type {
             if reg.registration_type != Some(t) {
                 return None;
             }
         }
-        if self.active_only && reg.is_revoked() {
+        if self.skips_revoked() && reg.is_revoked() {
             return None;
         }
         let mut why = None;
         if self.revoked {
-            let revoked_at = reg.revoked_at.as_ref()?;
-            let days = revoked_at.valid().map(|t| (now - t).num_days());
+            let revoked_at = facts.revoked_at?;
+            let age = (now - revoked_at).max(TimeDelta::zero());
             if let Some(min) = self.revoked_min_days {
-                // An unparsable or future revocation time cannot prove the age asked for.
-                let age = now - revoked_at.valid()?;
                 if age < TimeDelta::days(i64::from(min)) {
                     return None;
                 }
             }
-            why = Some(Why::Revoked { days });
+            why = Some(Why::Revoked {
+                days: age.num_days(),
+            });
         }
         if let Some(threshold) = self.idle {
-            let (since, from_created_at) = activity?;
+            let (since, from) = facts.active_since;
             let idle_for = now - since;
             if idle_for < TimeDelta::days(i64::from(threshold)) {
                 return None;
@@ -257,11 +475,19 @@ impl Rule {
                 days: idle_for.num_days(),
                 threshold,
                 since,
-                from_created_at,
+                from,
             });
         }
         why
     }
+}
+
+/// What exclusions look at, prepared once per check.
+struct Subject<'a> {
+    id: IdKey,
+    /// Case-folded; `None` when there is no user or an empty email.
+    email: Option<&'a str>,
+    device_name: &'a str,
 }
 
 impl Exclusion {
@@ -270,34 +496,50 @@ impl Exclusion {
             name: s.name.clone(),
             user_emails: globs(&s.name, &s.user_emails, true)?,
             device_names: globs(&s.name, &s.device_names, false)?,
-            registration_ids: s.registration_ids.iter().cloned().collect(),
+            registration_ids: s.registration_ids.iter().map(RegistrationId::key).collect(),
             no_user: s.no_user,
         })
     }
 
-    fn protects(&self, id: &RegistrationId, user_email: Option<&str>, device_name: &str) -> bool {
-        let email = user_email.filter(|e| !e.is_empty());
-        (self.no_user && email.is_none_or(is_service_identity))
-            || email.is_some_and(|e| self.user_emails.is_match(e))
-            || self.device_names.is_match(device_name)
-            || self.registration_ids.contains(id)
+    fn protects(&self, s: &Subject<'_>) -> bool {
+        (self.no_user && s.email.is_none_or(is_service_identity))
+            || s.email.is_some_and(|e| self.user_emails.is_match(e))
+            || self.device_names.is_match(s.device_name)
+            || self.registration_ids.contains(&s.id)
     }
 }
 
-/// Registrations enrolled with a service token show this identity instead of a user.
+/// Registrations enrolled with a service token show this identity instead of a user. `email`
+/// is case-folded.
 fn is_service_identity(email: &str) -> bool {
     email.starts_with("non_identity@") && email.ends_with(".cloudflareaccess.com")
 }
 
-fn globs(
-    exclusion: &str,
-    patterns: &[String],
-    case_insensitive: bool,
-) -> Result<GlobSet, GlobError> {
+/// Unicode default case folding (full folding, CaseFolding.txt statuses C and F), the
+/// operation Unicode defines for caseless matching: `ÄRZTE` and `ärzte` fold alike, and so do
+/// `STRASSE` and `straße`. `str::to_lowercase` is not a folding: it leaves `ß`, `ſ` and `ϐ`
+/// apart from `ss`, `s` and `β`, and its final-sigma rule makes `Σ` depend on its neighbours.
+/// Used wherever the README promises that case is ignored: email globs, the service-token
+/// identity and `audit actions --user`. ASCII without capitals is returned as is.
+pub fn fold_case(s: &str) -> Cow<'_, str> {
+    if s.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(caseless::default_case_fold_str(s))
+    }
+}
+
+/// Compiles `patterns`; with `fold`, each pattern is case-folded first and the set must be
+/// matched against case-folded text (glob syntax is ASCII punctuation, which folding keeps).
+fn globs(exclusion: &str, patterns: &[String], fold: bool) -> Result<GlobSet, GlobError> {
     let mut set = GlobSetBuilder::new();
     for p in patterns {
-        let glob = GlobBuilder::new(p)
-            .case_insensitive(case_insensitive)
+        let pattern = if fold {
+            fold_case(p)
+        } else {
+            Cow::Borrowed(p.as_str())
+        };
+        let glob = GlobBuilder::new(&pattern)
             .literal_separator(false)
             .build()
             .map_err(|e| GlobError {
@@ -334,6 +576,7 @@ mod tests {
             created_at: days_ago(400),
             last_seen_at: days_ago(1),
             revoked_at: None,
+            deleted_at: None,
             registration_type: Some(RegistrationType::Warp),
             device: Device {
                 id: "dev-1".into(),
@@ -548,15 +791,15 @@ mod tests {
                 None,
             ),
             (
-                "revoked at an unparsable time is selected by a rule without age",
+                "revoked at an unparsable time is untouchable by a rule without age",
                 vec![revoked(None)],
                 vec![],
                 Registration {
                     revoked_at: Some(Stamp::Invalid("?".into())),
                     ..reg()
                 },
-                Act("revoked"),
-                None,
+                Keep,
+                Some(Anomaly::UnparsableRevokedAt),
             ),
             (
                 "revoked at an unparsable time cannot prove an age",
@@ -567,7 +810,7 @@ mod tests {
                     ..reg()
                 },
                 Keep,
-                None,
+                Some(Anomaly::UnparsableRevokedAt),
             ),
             (
                 "active_only skips revoked idle registrations",
@@ -747,24 +990,533 @@ mod tests {
                 Act("idle"),
                 None,
             ),
+            // Item 5: a field a rule reads that cannot be read makes the registration
+            // untouchable by every rule, and is counted.
+            (
+                "revoked_at of an empty string is untouchable",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    revoked_at: Some(Stamp::Invalid(String::new())),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::UnparsableRevokedAt),
+            ),
+            (
+                "revoked_at of false is untouchable",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    revoked_at: Some(Stamp::Invalid("false".into())),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::UnparsableRevokedAt),
+            ),
+            (
+                "revoked_at of an object is untouchable",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    revoked_at: Some(Stamp::Invalid("{}".into())),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::UnparsableRevokedAt),
+            ),
+            (
+                "unparsable revoked_at is untouchable by an idle rule too",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(300),
+                    revoked_at: Some(Stamp::Invalid("0".into())),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::UnparsableRevokedAt),
+            ),
+            (
+                "unparsable last_seen_at is untouchable by a revoked rule too",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::Invalid("soon".into()),
+                    revoked_at: revoked_days_ago(30),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::UnparsableLastSeen),
+            ),
+            (
+                "unparsable created_at is untouchable by an idle rule",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(300),
+                    created_at: Stamp::Invalid("the day before".into()),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::UnparsableCreatedAt),
+            ),
+            (
+                "unparsable created_at is untouchable by a revoked rule",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    created_at: Stamp::Invalid("".into()),
+                    revoked_at: revoked_days_ago(30),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::UnparsableCreatedAt),
+            ),
+            (
+                "no activity timestamp is untouchable by a revoked rule",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::Missing,
+                    created_at: Stamp::Missing,
+                    revoked_at: revoked_days_ago(30),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::NoActivityTimestamp),
+            ),
+            // Item 13: idleness from the later of last_seen_at and created_at; impossible
+            // times are untouchable.
+            (
+                "last_seen_at in year 1 with created_at yesterday is untouchable",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::parse("0001-01-01T00:00:00Z"),
+                    created_at: days_ago(1),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::LastSeenBeforeCreated),
+            ),
+            (
+                "last_seen_at at the epoch with created_at yesterday is untouchable",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::parse("1970-01-01T00:00:00Z"),
+                    created_at: days_ago(1),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::LastSeenBeforeCreated),
+            ),
+            (
+                "last_seen_at 200 days ago with created_at 2 days ago is untouchable",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    created_at: days_ago(2),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::LastSeenBeforeCreated),
+            ),
+            (
+                "last_seen_at ten minutes before created_at is untouchable",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::Valid(
+                        now() - TimeDelta::days(100) - TimeDelta::minutes(10),
+                    ),
+                    created_at: days_ago(100),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::LastSeenBeforeCreated),
+            ),
+            (
+                "last_seen_at three minutes before created_at is skew: idle from created_at",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::Valid(
+                        now() - TimeDelta::days(100) - TimeDelta::minutes(3),
+                    ),
+                    created_at: days_ago(100),
+                    ..reg()
+                },
+                Act("idle"),
+                None,
+            ),
+            (
+                "skew that makes created_at the later one can keep a registration short of N days",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::Valid(now() - TimeDelta::days(90) - TimeDelta::minutes(1)),
+                    created_at: Stamp::Valid(now() - TimeDelta::days(90) + TimeDelta::minutes(1)),
+                    ..reg()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "created_at 30 days in the future is untouchable",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    created_at: days_ago(-30),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::FutureCreatedAt),
+            ),
+            (
+                "never seen with created_at in the future is untouchable",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: Stamp::Missing,
+                    created_at: days_ago(-1),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::FutureCreatedAt),
+            ),
+            (
+                "created_at in the future is untouchable by a revoked rule",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    created_at: days_ago(-3),
+                    last_seen_at: Stamp::Missing,
+                    revoked_at: revoked_days_ago(10),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::FutureCreatedAt),
+            ),
+            (
+                "revoked_at in the future is untouchable",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    revoked_at: revoked_days_ago(-2),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::FutureRevokedAt),
+            ),
+            (
+                "revoked_at a minute ahead is clock skew, revoked 0 days ago",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    revoked_at: Some(Stamp::Valid(now() + TimeDelta::minutes(1))),
+                    ..reg()
+                },
+                Act("revoked"),
+                None,
+            ),
+            (
+                "created_at missing: idle from last_seen_at",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(100),
+                    created_at: Stamp::Missing,
+                    ..reg()
+                },
+                Act("idle"),
+                None,
+            ),
+            (
+                "last_seen_at after created_at: idle from last_seen_at",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(89),
+                    created_at: days_ago(100),
+                    ..reg()
+                },
+                Keep,
+                None,
+            ),
+            // Item 14: a revoke rule never selects a revoked registration.
+            (
+                "revoke rule skips a registration already revoked",
+                vec![RuleSettings {
+                    action: Action::Revoke,
+                    ..idle(90)
+                }],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    revoked_at: revoked_days_ago(30),
+                    ..reg()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "revoked registration falls through a revoke rule to the delete rule behind it",
+                vec![
+                    RuleSettings {
+                        action: Action::Revoke,
+                        ..idle(90)
+                    },
+                    revoked(None),
+                ],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    revoked_at: revoked_days_ago(30),
+                    ..reg()
+                },
+                Act("revoked"),
+                None,
+            ),
+            (
+                "revoke rule still selects an active idle registration",
+                vec![
+                    RuleSettings {
+                        action: Action::Revoke,
+                        ..idle(90)
+                    },
+                    revoked(None),
+                ],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    ..reg()
+                },
+                Act("idle"),
+                None,
+            ),
+            // Item 6: exclusions ignore case as the README promises.
+            (
+                "registration id exclusion in capitals protects the id listed in lowercase",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    registration_ids: vec![RegistrationId::parse(
+                        "11111111-1111-4111-8111-11111111111A",
+                    )
+                    .unwrap()],
+                    ..exclusion()
+                }],
+                Registration {
+                    id: RegistrationId::parse("11111111-1111-4111-8111-11111111111a").unwrap(),
+                    last_seen_at: days_ago(200),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            (
+                "registration id exclusion protects the id listed in capitals",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    registration_ids: vec![RegistrationId::parse(
+                        "aaaaaaaa-1111-4111-8111-11111111111b",
+                    )
+                    .unwrap()],
+                    ..exclusion()
+                }],
+                Registration {
+                    id: RegistrationId::parse("AAAAAAAA-1111-4111-8111-11111111111B").unwrap(),
+                    last_seen_at: days_ago(200),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            (
+                "registration id exclusion without hyphens protects the same UUID",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    registration_ids: vec![RegistrationId::parse(
+                        "11111111111141118111111111111111",
+                    )
+                    .unwrap()],
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            (
+                "registration id exclusion does not protect another id",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    registration_ids: vec![RegistrationId::parse(
+                        "11111111-1111-4111-8111-111111111112",
+                    )
+                    .unwrap()],
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    ..reg()
+                },
+                Act("idle"),
+                None,
+            ),
+            (
+                "email glob in lowercase umlauts protects the user in capitals",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    user_emails: vec!["ärzte@example.com".into()],
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    user: Some(User {
+                        email: Some("ÄRZTE@example.com".into()),
+                        ..User::default()
+                    }),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            (
+                "email glob in capitals protects a non-ASCII domain in lowercase",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    user_emails: vec!["*@BÖRSE.EXAMPLE".into()],
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    user: Some(User {
+                        email: Some("élise@börse.example".into()),
+                        ..User::default()
+                    }),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            (
+                "email glob with sharp s protects the same name spelled SS (full case folding)",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    user_emails: vec!["straße@example.com".into()],
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    user: Some(User {
+                        email: Some("STRASSE@example.com".into()),
+                        ..User::default()
+                    }),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            (
+                "email glob does not protect a different non-ASCII name",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    user_emails: vec!["ärzte@example.com".into()],
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    user: Some(User {
+                        email: Some("ARZTE@example.com".into()),
+                        ..User::default()
+                    }),
+                    ..reg()
+                },
+                Act("idle"),
+                None,
+            ),
+            (
+                "no_user protects the service-token identity in mixed case",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    no_user: true,
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    user: Some(User {
+                        email: Some("Non_Identity@team.cloudflareaccess.com".into()),
+                        ..User::default()
+                    }),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            (
+                "no_user protects the service-token identity in capitals",
+                vec![idle(90)],
+                vec![ExclusionSettings {
+                    no_user: true,
+                    ..exclusion()
+                }],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    user: Some(User {
+                        email: Some("NON_IDENTITY@ACME.CLOUDFLAREACCESS.COM".into()),
+                        ..User::default()
+                    }),
+                    ..reg()
+                },
+                Excluded("vip"),
+                None,
+            ),
+            // Item 17: deleted_at set is never selected.
+            (
+                "deleted_at set is untouchable",
+                vec![idle(90)],
+                vec![],
+                Registration {
+                    last_seen_at: days_ago(200),
+                    deleted_at: Some(days_ago(1)),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::DeletedAtSet),
+            ),
+            (
+                "deleted_at set to garbage is untouchable",
+                vec![revoked(None)],
+                vec![],
+                Registration {
+                    revoked_at: revoked_days_ago(30),
+                    deleted_at: Some(Stamp::Invalid("yes".into())),
+                    ..reg()
+                },
+                Keep,
+                Some(Anomaly::DeletedAtSet),
+            ),
         ];
         for (name, rules, exclusions, registration, expect, anomaly) in cases {
             let set = RuleSet::new(&rules, &exclusions).unwrap();
             let eval = set.evaluate(&registration, now());
             let got = match eval.verdict {
-                Verdict::Keep => Keep,
-                Verdict::Act { rule, .. } => Act(if rule.name == "first" {
-                    "first"
-                } else if rule.revoked {
-                    "revoked"
-                } else {
-                    "idle"
-                }),
-                Verdict::Excluded { exclusion, .. } => {
-                    Excluded(if exclusion == "vip" { "vip" } else { "?" })
-                }
+                Verdict::Keep => "keep".to_owned(),
+                Verdict::Act { rule, .. } => format!("act {}", rule.name),
+                Verdict::Excluded { exclusion, .. } => format!("excluded {exclusion}"),
             };
-            assert_eq!(got, expect, "case: {name}");
+            let want = match expect {
+                Keep => "keep".to_owned(),
+                Act(rule) => format!("act {rule}"),
+                Excluded(exclusion) => format!("excluded {exclusion}"),
+            };
+            assert_eq!(got, want, "case: {name}");
             assert_eq!(eval.anomaly, anomaly, "case: {name}");
         }
     }
@@ -783,6 +1535,198 @@ mod tests {
             why.to_string(),
             "idle 120d >= 90d (last_seen_at 2026-02-01)"
         );
-        assert_eq!(Why::Revoked { days: Some(3) }.to_string(), "revoked 3d ago");
+        assert_eq!(Why::Revoked { days: 3 }.to_string(), "revoked 3d ago");
+        let reason = |last_seen_at, created_at| {
+            let r = Registration {
+                last_seen_at,
+                created_at,
+                ..reg()
+            };
+            match set.evaluate(&r, now()).verdict {
+                Verdict::Act { why, .. } => why.to_string(),
+                other => panic!("expected a selection, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            reason(Stamp::Missing, days_ago(100)),
+            "idle 100d >= 90d (never seen; created_at 2026-02-21)"
+        );
+        assert_eq!(
+            reason(
+                Stamp::Valid(now() - TimeDelta::days(100) - TimeDelta::minutes(2)),
+                days_ago(100)
+            ),
+            "idle 100d >= 90d (created_at 2026-02-21, later than last_seen_at)"
+        );
+    }
+
+    #[test]
+    fn shadowed_rules_table() {
+        let revoke = |r: RuleSettings| RuleSettings {
+            action: Action::Revoke,
+            ..r
+        };
+        let named = |name: &str, r: RuleSettings| RuleSettings {
+            name: name.into(),
+            ..r
+        };
+        let warp = |r: RuleSettings| RuleSettings {
+            registration_type: Some(RegistrationType::Warp),
+            ..r
+        };
+        let both = |days: u32, min: Option<u32>| RuleSettings {
+            idle_days: Some(days),
+            ..revoked(min)
+        };
+        /// (case, rules, the (later, earlier) positions of the expected warnings)
+        type Case = (&'static str, Vec<RuleSettings>, Vec<(usize, usize)>);
+        let cases: Vec<Case> = vec![
+            (
+                "a wider idle rule first shadows a narrower one",
+                vec![idle(30), idle(90)],
+                vec![(2, 1)],
+            ),
+            (
+                "a narrower idle rule first shadows nothing",
+                vec![idle(90), idle(30)],
+                vec![],
+            ),
+            (
+                "equal idle rules: the second is shadowed",
+                vec![idle(90), idle(90)],
+                vec![(2, 1)],
+            ),
+            (
+                "an idle revoke rule leaves revoked registrations to a later idle delete rule",
+                vec![revoke(idle(30)), idle(90)],
+                vec![],
+            ),
+            (
+                "an idle delete rule shadows a later idle revoke rule",
+                vec![idle(30), revoke(idle(90))],
+                vec![(2, 1)],
+            ),
+            (
+                "an idle revoke rule does not shadow the revoked delete rule behind it",
+                vec![revoke(idle(30)), revoked(None)],
+                vec![],
+            ),
+            (
+                "an idle rule does not shadow a revoked rule",
+                vec![idle(90), revoked(None)],
+                vec![],
+            ),
+            (
+                "a revoked rule without age shadows one with an age",
+                vec![revoked(None), revoked(Some(7))],
+                vec![(2, 1)],
+            ),
+            (
+                "a revoked rule with a longer age shadows nothing",
+                vec![revoked(Some(7)), revoked(Some(3))],
+                vec![],
+            ),
+            (
+                "a revoked rule shadows a later revoked and idle rule",
+                vec![revoked(Some(7)), both(90, Some(30))],
+                vec![(2, 1)],
+            ),
+            (
+                "an idle rule shadows a later revoked and idle rule",
+                vec![idle(30), both(90, None)],
+                vec![(2, 1)],
+            ),
+            (
+                "a revoked and idle rule does not shadow a plain revoked rule",
+                vec![both(90, None), revoked(None)],
+                vec![],
+            ),
+            (
+                "a type-filtered rule does not shadow an unfiltered one",
+                vec![warp(idle(30)), idle(90)],
+                vec![],
+            ),
+            (
+                "an unfiltered rule shadows a type-filtered one",
+                vec![idle(30), warp(idle(90))],
+                vec![(2, 1)],
+            ),
+            (
+                "an active_only rule does not shadow an unfiltered one",
+                vec![
+                    RuleSettings {
+                        active_only: true,
+                        ..idle(30)
+                    },
+                    idle(90),
+                ],
+                vec![],
+            ),
+            (
+                "an unfiltered rule shadows an active_only one",
+                vec![
+                    idle(30),
+                    RuleSettings {
+                        active_only: true,
+                        ..idle(90)
+                    },
+                ],
+                vec![(2, 1)],
+            ),
+            (
+                "each shadowed rule is named once, by the first rule that shadows it",
+                vec![
+                    named("a", idle(30)),
+                    named("b", idle(60)),
+                    named("c", idle(90)),
+                ],
+                vec![(2, 1), (3, 1)],
+            ),
+        ];
+        for (name, rules, expected) in cases {
+            let set = RuleSet::new(&rules, &[]).unwrap();
+            let got: Vec<(usize, usize)> = set
+                .warnings()
+                .into_iter()
+                .map(|w| match w {
+                    RuleWarning::Shadowed {
+                        position,
+                        by_position,
+                        ..
+                    } => (position, by_position),
+                })
+                .collect();
+            assert_eq!(got, expected, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn a_shadow_warning_names_both_rules_and_what_to_do() {
+        let rules = [
+            RuleSettings {
+                name: "idle-30d".into(),
+                ..idle(30)
+            },
+            RuleSettings {
+                name: "idle-90d".into(),
+                ..idle(90)
+            },
+        ];
+        let warnings = RuleSet::new(&rules, &[]).unwrap().warnings();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(
+            warnings[0].to_string(),
+            "rule \"idle-90d\" (#2) never acts: every registration it could select is taken \
+             first by rule \"idle-30d\" (#1), since the first matching rule wins; move \
+             \"idle-90d\" above \"idle-30d\", narrow \"idle-30d\", or remove \"idle-90d\""
+        );
+    }
+
+    #[test]
+    fn case_folding_is_full_unicode_folding() {
+        assert_eq!(fold_case("ÄRZTE@Example.COM"), "ärzte@example.com");
+        assert_eq!(fold_case("STRASSE"), fold_case("straße"));
+        assert_eq!(fold_case("ΣΊΣΥΦΟΣ"), fold_case("σίσυφος"));
+        assert!(matches!(fold_case("plain@example.com"), Cow::Borrowed(_)));
     }
 }

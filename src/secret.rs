@@ -36,8 +36,9 @@ pub struct ApiToken(SecretString);
 
 impl ApiToken {
     /// Wraps a token, trimming surrounding whitespace (token files usually end with a newline).
-    /// Rejects an empty token and one with whitespace or control characters inside, which would
-    /// be a file holding something other than one token. The input is zeroed either way.
+    /// Rejects an empty token and one with whitespace, control or non-ASCII characters inside,
+    /// which would be a file holding something other than one token. The input is zeroed
+    /// either way.
     pub fn new(mut raw: String) -> Result<Self, TokenError> {
         let token = Self::from_trimmed(raw.trim());
         raw.zeroize();
@@ -47,7 +48,9 @@ impl ApiToken {
     fn from_trimmed(token: &str) -> Result<Self, TokenError> {
         if token.is_empty() {
             Err(TokenError::Empty)
-        } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        } else if !token.chars().all(|c| c.is_ascii_graphic()) {
+            // Also catches invisible non-ASCII (a BOM, a zero-width space) that would otherwise
+            // fail later, and obscurely, as an HTTP header.
             Err(TokenError::Malformed)
         } else {
             // `From<&str>` allocates exactly the token's length, so no unzeroed spare capacity.
@@ -99,10 +102,11 @@ pub enum TokenError {
     #[error("the API token is empty")]
     Empty,
     #[error(
-        "the API token contains whitespace or control characters; a Cloudflare API token is \
-         a single word of letters, digits, '-' and '_'"
+        "the API token contains whitespace, control or non-ASCII characters; a Cloudflare API \
+         token is a single word of letters, digits, '-' and '_'"
     )]
     Malformed,
+    /// Missing or forbidden: the hint is about where the file is and who may read it.
     #[error(
         "cannot read the API token file {}: {error}; make sure it exists and is readable by \
          the user zt-janitor runs as (under systemd, prefer LoadCredential=cloudflare-token:<file> \
@@ -110,6 +114,22 @@ pub enum TokenError {
         path.display()
     )]
     FileUnreadable { path: PathBuf, error: io::Error },
+    /// Any other I/O error (too many open files, a directory, an I/O error): the error says it.
+    #[error("cannot read the API token file {}: {error}", path.display())]
+    FileReadFailed { path: PathBuf, error: io::Error },
+    #[error(
+        "the API token file {} is larger than {max} bytes, so it cannot hold just a token (a \
+         Cloudflare API token is about 40 characters); check that api_token_file names the \
+         token file",
+        path.display()
+    )]
+    FileTooLarge { path: PathBuf, max: u64 },
+    #[error(
+        "the API token file {} is not UTF-8 text: it must hold the Cloudflare API token as \
+         text (one line, optionally ending with a newline)",
+        path.display()
+    )]
+    FileNotText { path: PathBuf },
     #[error("the API token file {} is empty: write the Cloudflare API token into it", path.display())]
     FileEmpty { path: PathBuf },
     #[error(
@@ -137,8 +157,8 @@ pub enum TokenError {
     EnvEmpty { name: String },
     #[error(
         "the environment variable {name} does not hold a single token (it contains \
-         whitespace, control characters or invalid UTF-8): it must contain only the \
-         Cloudflare API token"
+         whitespace, control or non-ASCII characters, or invalid UTF-8): it must contain only \
+         the Cloudflare API token"
     )]
     EnvMalformed { name: String },
 }
@@ -160,27 +180,57 @@ fn credentials_path(file: &Path, credentials_dir: Option<OsString>) -> Result<Pa
     }
 }
 
+/// The most a token file may hold. A Cloudflare API token is about 40 characters; anything
+/// near this is some other file, and reading on (`/dev/zero`, a log file) would exhaust memory
+/// or send the file as a header.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The byte order mark some editors put at the start of a UTF-8 file.
+const BOM: char = '\u{feff}';
+
 fn read_token_file(path: &Path) -> Result<ApiToken, TokenError> {
-    let unreadable = |error| TokenError::FileUnreadable {
-        path: path.to_owned(),
-        error,
-    };
-    let mut file = File::open(path).map_err(unreadable)?;
+    let mut file = File::open(path).map_err(|e| file_error(path, e))?;
     // Checked on the opened file, so the mode is that of the file actually read.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = file.metadata().map_err(unreadable)?.permissions().mode();
+        let mode = file
+            .metadata()
+            .map_err(|e| file_error(path, e))?
+            .permissions()
+            .mode();
         if let Some(warning) = permission_warning(mode, path) {
             tracing::warn!("{warning}");
         }
     }
-    let mut raw = String::new();
-    if let Err(e) = file.read_to_string(&mut raw) {
-        raw.zeroize();
-        return Err(unreadable(e));
+    // One byte over the cap tells "too large" from "exactly at the cap" without reading more.
+    // The capacity is never exceeded, so no reallocation leaves an unzeroed copy behind.
+    let limit = MAX_TOKEN_FILE_BYTES + 1;
+    let mut bytes = Vec::with_capacity(limit as usize);
+    let read = file.by_ref().take(limit).read_to_end(&mut bytes);
+    if let Err(e) = read {
+        bytes.zeroize();
+        return Err(file_error(path, e));
     }
-    ApiToken::new(raw).map_err(|e| match e {
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        bytes.zeroize();
+        return Err(TokenError::FileTooLarge {
+            path: path.to_owned(),
+            max: MAX_TOKEN_FILE_BYTES,
+        });
+    }
+    let mut text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            e.into_bytes().zeroize();
+            return Err(TokenError::FileNotText {
+                path: path.to_owned(),
+            });
+        }
+    };
+    let token = ApiToken::from_trimmed(text.strip_prefix(BOM).unwrap_or(&text).trim());
+    text.zeroize();
+    token.map_err(|e| match e {
         TokenError::Empty => TokenError::FileEmpty {
             path: path.to_owned(),
         },
@@ -189,6 +239,18 @@ fn read_token_file(path: &Path) -> Result<ApiToken, TokenError> {
         },
         other => other,
     })
+}
+
+/// An I/O error on the token file; the hint about existence and permissions only where it
+/// applies.
+fn file_error(path: &Path, error: io::Error) -> TokenError {
+    let path = path.to_owned();
+    match error.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
+            TokenError::FileUnreadable { path, error }
+        }
+        _ => TokenError::FileReadFailed { path, error },
+    }
 }
 
 fn token_from_env(name: &str, value: Option<OsString>) -> Result<ApiToken, TokenError> {
@@ -422,5 +484,108 @@ mod tests {
         assert!(permission_warning(0o100644, path)
             .unwrap()
             .contains("mode 0644"));
+    }
+
+    const HINT: &str = "make sure it exists";
+
+    fn load_file(path: &Path) -> Result<ApiToken, TokenError> {
+        ApiToken::load_with(&settings(path.to_str(), ""), no_env)
+    }
+
+    #[test]
+    fn token_files_larger_than_4_kib_are_refused_without_reading_them_whole() {
+        let at_cap = token_file(&"a".repeat(4096));
+        assert_eq!(load_file(at_cap.path()).unwrap().expose().len(), 4096);
+
+        let over = token_file(&"a".repeat(4097));
+        // 50 MB, sparse: cheap to make, and read whole it would go out as a header.
+        let huge = tempfile::NamedTempFile::new().unwrap();
+        huge.as_file().set_len(50 << 20).unwrap();
+        let mut paths = vec![over.path().to_owned(), huge.path().to_owned()];
+        // Endless: reading it whole would never finish.
+        if cfg!(unix) {
+            paths.push(PathBuf::from("/dev/zero"));
+        }
+        for path in paths {
+            let e = load_file(&path).unwrap_err();
+            assert!(
+                matches!(e, TokenError::FileTooLarge { .. }),
+                "{}: {e:?}",
+                path.display()
+            );
+            let message = e.to_string();
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains("larger than 4096 bytes"), "{message}");
+            assert!(!message.contains(HINT), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_at_the_start_is_stripped() {
+        let f = token_file(&format!("\u{feff}{SECRET}\r\n"));
+        assert_eq!(load_file(f.path()).unwrap().expose(), SECRET);
+
+        let only_bom = token_file("\u{feff}\n");
+        let e = load_file(only_bom.path()).unwrap_err();
+        assert!(matches!(e, TokenError::FileEmpty { .. }), "{e:?}");
+
+        // Only at the start: elsewhere it is not part of any token.
+        let inside = token_file(&format!("{SECRET}\u{feff}\n"));
+        let e = load_file(inside.path()).unwrap_err();
+        assert!(matches!(e, TokenError::FileMalformed { .. }), "{e:?}");
+        let env = ApiToken::load_with(&settings(None, "T"), |_| {
+            Some(format!("\u{200b}{SECRET}").into())
+        });
+        assert!(
+            matches!(env, Err(TokenError::EnvMalformed { .. })),
+            "{env:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_says_the_file_must_hold_text_without_the_exists_hint() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"\xff\xfecf-token\n").unwrap();
+        let message = load_file(f.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("must hold the Cloudflare API token as text"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&f.path().display().to_string()),
+            "{message}"
+        );
+        assert!(!message.contains(HINT), "{message}");
+    }
+
+    #[test]
+    fn the_exists_hint_is_given_only_when_the_file_is_missing_or_forbidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_file(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("Is a directory") && !e.contains(HINT), "{e}");
+
+        let path = Path::new("/etc/zt-janitor/token");
+        // (case, error, hint expected)
+        let cases = [
+            ("missing", io::Error::from(io::ErrorKind::NotFound), true),
+            (
+                "forbidden",
+                io::Error::from(io::ErrorKind::PermissionDenied),
+                true,
+            ),
+            ("EMFILE", io::Error::from_raw_os_error(24), false),
+            ("EIO", io::Error::from_raw_os_error(5), false),
+            ("other", io::Error::other("disk on fire"), false),
+        ];
+        for (case, error, hint) in cases {
+            let shown = error.to_string();
+            let message = file_error(path, error).to_string();
+            assert_eq!(message.contains(HINT), hint, "{case}: {message}");
+            assert!(message.contains(&shown), "{case}: {message}");
+            assert!(
+                message.contains("/etc/zt-janitor/token"),
+                "{case}: {message}"
+            );
+        }
     }
 }

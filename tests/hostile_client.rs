@@ -22,6 +22,7 @@ use zt_janitor::config::Config;
 use zt_janitor::fake::{Endpoint as Target, FakeHandle, FakeOptions, FakeServer, Fault, FaultRule};
 use zt_janitor::metrics::Metrics;
 use zt_janitor::secret::ApiToken;
+use zt_janitor::stop::StopSignal;
 
 fn opts(registrations: usize, seed: u64) -> FakeOptions {
     FakeOptions {
@@ -457,6 +458,39 @@ async fn a_404_that_is_not_cloudflare_saying_not_found_is_a_run_wide_error() {
 }
 
 // ---- item 20: a stop during a retry wait --------------------------------------------------------
+
+#[tokio::test]
+async fn a_stop_cuts_a_retry_wait_short() {
+    let fake = FakeServer::start(opts(20, 8)).await.unwrap();
+    fake.set_faults(vec!["list:status=429:retry_after=100:first=1"
+        .parse::<FaultRule>()
+        .unwrap()]);
+    let stop = StopSignal::default();
+    let client = client_for(&fake.base_url(), &fake.token()).with_stop(stop.clone());
+    let stopper = {
+        let fake = fake.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while fake.request_counts().list_pages == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.stop();
+        })
+    };
+    let started = Instant::now();
+    let result = client.list_registrations_page(None).await;
+    stopper.await.unwrap();
+    match result {
+        Err(e @ ApiError::Stopped { .. }) => assert!(e.is_run_wide()),
+        other => panic!("expected Stopped, got {:?}", other.map(|p| p.items.len())),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the 100 s wait was cut"
+    );
+    assert_eq!(fake.request_counts().list_pages, 1, "not sent again");
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

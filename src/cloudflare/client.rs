@@ -684,13 +684,14 @@ mod tests {
             })
         };
         // (case, answer, ids named, ambiguous earlier attempt, expected outcome; None = error)
-        let cases: Vec<(
-            &str,
+        type Case = (
+            &'static str,
             Result<u16, ApiError>,
             usize,
             bool,
             Option<MutationOutcome>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "200",
                 Ok(200),

@@ -1,8 +1,8 @@
 //! Typed views of the Cloudflare objects zt-janitor reads, parsed once at the edge.
 //!
 //! Parsing is deliberately lenient about timestamps (a registration with a broken `last_seen_at`
-//! is still listed, it just can never be idle) and strict about identity (`id`, `device`): an
-//! object we cannot identify makes the whole page untrustworthy.
+//! is still listed; the rules then refuse to act on it) and strict about identity (`id`,
+//! `device`): an object we cannot identify makes the whole page untrustworthy.
 
 use std::fmt;
 
@@ -67,6 +67,23 @@ impl RegistrationId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What this id is, for comparing it with another: a UUID compares as its 128-bit value
+    /// (so `…00A` and `…00a` are the same registration), any other id ASCII-case-insensitively
+    /// (ids hold only ASCII by construction). The id itself keeps its spelling for the API.
+    pub fn key(&self) -> IdKey {
+        match uuid::Uuid::try_parse(&self.0) {
+            Ok(u) => IdKey::Uuid(u.as_u128()),
+            Err(_) => IdKey::Other(self.0.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// The comparable identity of a [`RegistrationId`]; see [`RegistrationId::key`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IdKey {
+    Uuid(u128),
+    Other(String),
 }
 
 impl fmt::Display for RegistrationId {
@@ -192,6 +209,10 @@ pub struct Registration {
     /// Present and non-null exactly when the registration is revoked.
     #[serde(default, deserialize_with = "present_stamp")]
     pub revoked_at: Option<Stamp>,
+    /// Present and non-null when Cloudflare marks the registration deleted; any value, even
+    /// a broken one, counts as set, so that no rule acts on it.
+    #[serde(default, deserialize_with = "present_stamp")]
+    pub deleted_at: Option<Stamp>,
     /// Unknown values (a new registration type) parse as `None`, so no rule that asks for a
     /// type can match them by accident.
     #[serde(default, deserialize_with = "lenient_registration_type")]
@@ -211,7 +232,8 @@ impl Registration {
     }
 }
 
-/// `null` and absent both mean "not revoked"; any other value (even a broken one) means revoked.
+/// `null` and absent both mean "not set" (not revoked, not deleted); any other value (even a
+/// broken one) means set.
 fn present_stamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stamp>, D::Error> {
     Ok(match Stamp::deserialize(d)? {
         Stamp::Missing => None,
@@ -283,6 +305,63 @@ mod tests {
 
         let no_device = r#"{"id":"r-1","last_seen_at":"2026-01-29T00:57:57Z"}"#;
         assert!(serde_json::from_str::<Registration>(no_device).is_err());
+    }
+
+    #[test]
+    fn unreadable_revoked_at_values_read_as_revoked_but_invalid() {
+        for raw in [r#""""#, "false", "0", "{}", r#""garbage""#, "[]"] {
+            let r: Registration = serde_json::from_str(&format!(
+                r#"{{"id":"r","device":{{"id":"d","name":"n"}},"revoked_at":{raw}}}"#
+            ))
+            .unwrap();
+            assert!(r.is_revoked(), "{raw}");
+            assert!(
+                matches!(r.revoked_at, Some(Stamp::Invalid(_))),
+                "{raw}: {:?}",
+                r.revoked_at
+            );
+        }
+    }
+
+    #[test]
+    fn deleted_at_is_set_by_any_value_but_null() {
+        let read = |raw: &str| -> Registration {
+            serde_json::from_str(&format!(
+                r#"{{"id":"r","device":{{"id":"d","name":"n"}}{raw}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(read("").deleted_at, None);
+        assert_eq!(read(r#","deleted_at":null"#).deleted_at, None);
+        assert!(matches!(
+            read(r#","deleted_at":"2026-01-01T00:00:00Z""#).deleted_at,
+            Some(Stamp::Valid(_))
+        ));
+        assert!(matches!(
+            read(r#","deleted_at":false"#).deleted_at,
+            Some(Stamp::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn ids_compare_as_uuids_whatever_the_case() {
+        let id = |s: &str| RegistrationId::parse(s).unwrap().key();
+        assert_eq!(
+            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"),
+            id("0B9A1C2E-6F0E-4A53-9D0E-5B7A3F1C2D4E")
+        );
+        assert_eq!(
+            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"),
+            id("0b9a1c2e6f0e4a539d0e5b7a3f1c2d4e")
+        );
+        assert_ne!(
+            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"),
+            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4f")
+        );
+        assert_eq!(id("r-1A"), id("R-1a"));
+        assert_ne!(id("r-1"), id("r-2"));
+        // The id keeps its spelling for the API.
+        assert_eq!(RegistrationId::parse("ABC").unwrap().as_str(), "ABC");
     }
 
     #[test]

@@ -199,7 +199,7 @@ async fn a_database_from_before_confirmation_gains_the_new_statuses_with_its_row
         "actions_mutation",
         "actions_resource",
         "actions_run",
-        "actions_user_lower",
+        "actions_user_folded",
         "mutations_pending",
     ] {
         assert!(

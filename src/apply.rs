@@ -65,6 +65,8 @@ pub struct Executor<'a> {
     pub run: RunId,
     pub chunk_size: usize,
     pub stop: &'a StopSignal,
+    /// `[cloudflare] max_requests_per_cycle`: no call is sent without budget left to confirm it.
+    pub request_budget: u32,
 }
 
 /// One candidate on its way, with its audit row.
@@ -337,6 +339,20 @@ impl Executor<'_> {
         Ok(sent)
     }
 
+    /// Why a call naming `ids` ids may not be sent: the request budget would not leave room
+    /// for the listings that confirm it and the calls of its group already answered.
+    fn no_budget_to_confirm(&self, ids: usize, answered: &[Answered<'_, '_>]) -> Option<String> {
+        let answered_ids: usize = answered.iter().map(|a| a.items.len()).sum();
+        let lookups = (answered_ids + ids).div_ceil(IDS_PER_LOOKUP);
+        let needed = u64::from(self.client.requests_sent()) + 1 + lookups as u64;
+        (needed > u64::from(self.request_budget)).then(|| {
+            format!(
+                "the request budget of {} API calls per cycle is spent, but for the listings that confirm the calls already made; raise [cloudflare] max_requests_per_cycle if this account really needs more",
+                self.request_budget
+            )
+        })
+    }
+
     /// Asks Cloudflare, by listing the ids of the calls answered (one listing call per
     /// hundred), whether each really is gone (or revoked), and settles every action on what
     /// the listing shows rather than on what the call answered.
@@ -442,6 +458,12 @@ impl Executor<'_> {
         let mut work = vec![journaled];
         while let Some(Journaled { call, mutation }) = work.pop() {
             let part = call.items;
+            if let Some(reason) = self.no_budget_to_confirm(part.len(), &sent.answered) {
+                report.stopped_by = Some(reason);
+                sent.unsent.push(Journaled { call, mutation });
+                sent.unsent.append(&mut work);
+                return Ok(());
+            }
             let ids: Vec<RegistrationId> = part.iter().map(|i| i.candidate.id.clone()).collect();
             report.mutations += 1;
             let result = match call_kind(action, ids.len()) {

@@ -161,6 +161,7 @@ impl CycleContext<'_> {
                 run,
                 chunk_size: self.config.cloudflare.bulk_chunk_size,
                 stop: self.stop,
+                request_budget: self.config.cloudflare.max_requests_per_cycle,
             };
             let applied = executor
                 .apply(&plan, &action_ids)

@@ -432,3 +432,40 @@ async fn a_delete_whose_first_attempt_worked_but_answered_502_is_done_not_alread
         "{rows:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_call_is_sent_without_budget_left_to_confirm_it() {
+    // One listing page, then per call of 2 ids the call and its confirmation: a budget of 4
+    // leaves room for one call only, not for a second one that could not be confirmed.
+    let (env, _ids) = env_with_idle(
+        6,
+        Settings {
+            chunk: 2,
+            cloudflare_extra: "max_requests_per_cycle = 4",
+            ..Settings::default()
+        },
+    )
+    .await;
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("request budget of 4"),
+        "{:?}",
+        report.reason
+    );
+    assert_eq!(env.fake.mutations().len(), 1);
+    let rows = actions_of_run(&env, report.run_id).await;
+    assert_eq!(with_status(&rows, "done").len(), 2, "{rows:?}");
+    assert_eq!(with_status(&rows, "not_attempted").len(), 4, "{rows:?}");
+    assert_eq!(env.fake.request_counts().total, 3);
+    let pool = env.sql().await;
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM mutations WHERE outcome IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "the intent of the call not sent is withdrawn");
+}

@@ -469,3 +469,63 @@ async fn no_call_is_sent_without_budget_left_to_confirm_it() {
         .unwrap();
     assert_eq!(pending, 0, "the intent of the call not sent is withdrawn");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_a_call_and_its_confirmation_is_reconciled_by_the_next_run() {
+    let (env, ids) = env_with_idle(3, Settings::default()).await;
+    // Listing 1 is the plan's (one page); listing 2 confirms the bulk call: it hangs, and the
+    // process is killed while waiting for it.
+    env.fake.set_faults(vec![FaultRule::nth(
+        Target::ListRegistrations,
+        2,
+        Fault::Delay(std::time::Duration::from_secs(60)),
+    )]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zt-janitor"))
+        .args(["once", "--config"])
+        .arg(&env.config_path)
+        .env_remove("CLOUDFLARE_API_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env.fake.request_counts().list_pages < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the confirmation never came"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.fake.deleted_ids().len(), 3, "the call took effect");
+
+    let pool = env.sql().await;
+    let pending: Vec<Option<String>> = sqlx::query_scalar("SELECT outcome FROM mutations")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending,
+        [None],
+        "no outcome is recorded before it is confirmed"
+    );
+    let rows = actions_of_run(&env, 1).await;
+    assert_eq!(with_status(&rows, "planned").len(), 3, "{rows:?}");
+
+    env.fake.clear_faults();
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM mutations WHERE id = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "reconciled_done");
+    let rows = actions_of_run(&env, 1).await;
+    assert_eq!(with_status(&rows, "done").len(), 3, "{rows:?}");
+    assert!(env.ids_mutated_twice().is_empty());
+    for id in &ids {
+        assert!(!env.fake.contains(id));
+    }
+}

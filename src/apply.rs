@@ -1,6 +1,11 @@
 //! The executor: carries out an approved plan through the Cloudflare client, one bulk call per
-//! chunk. Every call's intent is committed to the audit store before the call is sent, and its
-//! outcome after. Also reconciles intents a crash left without an outcome.
+//! chunk. Every call's intent is committed to the audit store before the call is sent. What a
+//! call answers is only a claim: the ids it named are then listed (`?status=all&id=…`, 100 per
+//! listing), and each action is recorded `done` only if the listing shows it gone (or revoked);
+//! the call's answer and those statuses are committed together, so a crash before the listing
+//! leaves the intent pending for reconciliation. A failure that concerns only the ids a call
+//! named fails those ids and the others go on; one that concerns the whole run stops it. Also
+//! reconciles intents a crash left without an outcome.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;

@@ -529,3 +529,39 @@ async fn a_crash_between_a_call_and_its_confirmation_is_reconciled_by_the_next_r
         assert!(!env.fake.contains(id));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmation_listing_that_fails_leaves_the_ids_unconfirmed_never_done() {
+    let (env, ids) = env_with_idle(3, Settings::default()).await;
+    // The plan's listing (request 1) is served; the confirmation and its retries are not.
+    let broken = |n| {
+        FaultRule::nth(
+            Target::ListRegistrations,
+            n,
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+        )
+    };
+    env.fake.set_faults(vec![broken(2), broken(3), broken(4)]);
+    let report = env.once().await;
+    assert_eq!(env.fake.deleted_ids().len(), 3, "the call itself worked");
+    let rows = actions_of_run(&env, report.run_id).await;
+    assert_eq!(with_status(&rows, "unconfirmed").len(), 3, "{rows:?}");
+    assert!(
+        rows[0]
+            .2
+            .as_deref()
+            .unwrap()
+            .contains("the listing that confirms it failed"),
+        "{rows:?}"
+    );
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert!(
+        report.reason.as_deref().unwrap().contains("cannot confirm"),
+        "{:?}",
+        report.reason
+    );
+    drop(ids);
+}

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,12 @@ pub enum AuditError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error("the audit database {path} is no longer the file this process opened ({what}); nothing more is done until zt-janitor is restarted, which opens (or creates) the database now at that path")]
+    Replaced { path: PathBuf, what: String },
+    #[error("the audit database {path} cannot be written ({reason}); no cycle starts until a probe write reaches the disk again: free space on its file system or fix the disk")]
+    Unwritable { path: PathBuf, reason: String },
+    #[error("audit database {path} is a symbolic link to {target}, which does not exist; create the database where the link points, or point [audit] path at the real file")]
+    DanglingLink { path: PathBuf, target: PathBuf },
     #[error("audit database write failed: {0}; no further action is taken without an audit trail")]
     Write(#[source] sqlx::Error),
     #[error("audit database query failed: {0}")]
@@ -320,6 +326,36 @@ pub struct AuditStore {
     /// [`AuditStore::close`] or the last clone is dropped; `None` for a read-only store.
     lock: Arc<Mutex<Option<File>>>,
     clock: Arc<WriteClock>,
+    health: Arc<StoreHealth>,
+    /// Device and inode of the database file this store opened for writing.
+    identity: Option<(u64, u64)>,
+}
+
+/// Whether the store's writes can be trusted; shared by every clone and by the pool's
+/// connection hooks.
+#[derive(Default)]
+struct StoreHealth {
+    /// Why writes are not trusted, set by a write error and cleared only by a probe write
+    /// that reaches the disk ([`AuditStore::ensure_writable`]).
+    broken: Mutex<Option<String>>,
+    /// The pool closes its connection instead of handing it out once more.
+    discard: AtomicBool,
+    write_errors: AtomicU64,
+}
+
+impl StoreHealth {
+    fn mark_broken(&self, reason: String) {
+        self.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.discard.store(true, Ordering::Release);
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Where the audit's wall time went, for the benchmark's overhead figures.
@@ -373,11 +409,53 @@ impl<T> BackgroundWrite<T> {
     }
 }
 
+/// The path `path` names once every symbolic link (of the file and of its directories) is
+/// resolved, so that one database has one lock file however it is named. The directory must
+/// exist; the file need not, unless `path` is a link.
+fn canonical(path: &Path) -> Result<PathBuf, AuditError> {
+    let open_err = |source: std::io::Error| AuditError::Open {
+        path: path.to_owned(),
+        source: sqlx::Error::Io(source),
+    };
+    match std::fs::canonicalize(path) {
+        Ok(real) => Ok(real),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Ok(target) = std::fs::read_link(path) {
+                // SQLite would create the target; a lock named after the link would not
+                // meet the lock of a writer that names the target.
+                return Err(AuditError::DanglingLink {
+                    path: path.to_owned(),
+                    target,
+                });
+            }
+            let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                Some(dir) => dir.to_owned(),
+                None => PathBuf::from("."),
+            };
+            let name = path.file_name().ok_or_else(|| {
+                open_err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the path names no file",
+                ))
+            })?;
+            Ok(std::fs::canonicalize(dir).map_err(open_err)?.join(name))
+        }
+        Err(e) => Err(open_err(e)),
+    }
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// Takes the exclusive advisory lock on `<path>.lock`. A sibling file rather than the database
 /// itself, so that SQLite's own locking is left alone; the kernel drops the lock when the
-/// process dies, so a crash never leaves a stale lock behind.
-fn lock_exclusively(path: &Path) -> Result<File, AuditError> {
-    let mut name = path.as_os_str().to_owned();
+/// process dies, so a crash never leaves a stale lock behind. The lock is named after `real`,
+/// the canonical path; errors name `path`, as configured.
+fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> {
+    let mut name = real.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
     let lock_err = |source| AuditError::Lock {
@@ -404,10 +482,22 @@ fn lock_exclusively(path: &Path) -> Result<File, AuditError> {
 /// readable SQLite database: SQLite opens any file lazily, and reading the schema is what tells
 /// a database from garbage. One connection: writes are serial anyway, and it keeps
 /// transactions simple.
+///
+/// The pool never hands out a connection that a failed write left inside a transaction. When
+/// a write inside a transaction fails on a full disk through one of sqlx's cached statements,
+/// the rollback sqlx queues does not take effect (seen only once the cached statement is
+/// reused, so apparently because the failed statement is still in progress), so SQLite
+/// stays inside the transaction and sqlx's own depth count stays at one: every later
+/// statement ran inside that transaction and every later `begin()` became a SAVEPOINT in it,
+/// all reporting success and none ever reaching the disk (issue 10, item 1). Such a
+/// connection is closed on release, the store is marked broken, and the next acquire opens a
+/// fresh connection.
 async fn connect(
     path: &Path,
+    health: &Arc<StoreHealth>,
     mode: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
 ) -> Result<SqlitePool, AuditError> {
+    use sqlx::Connection;
     let open_err = |source| AuditError::Open {
         path: path.to_owned(),
         source,
@@ -416,8 +506,28 @@ async fn connect(
         .map_err(open_err)?
         .filename(path)
         .busy_timeout(Duration::from_secs(5));
+    let on_acquire = Arc::clone(health);
+    let on_release = Arc::clone(health);
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
+        .before_acquire(move |_, _| {
+            let discard = on_acquire.discard.swap(false, Ordering::AcqRel);
+            Box::pin(async move { Ok(!discard) })
+        })
+        .after_release(move |conn, _| {
+            let health = Arc::clone(&on_release);
+            Box::pin(async move {
+                // The ping lets a rollback queued by a dropped transaction run first.
+                conn.ping().await?;
+                if conn.is_in_transaction() {
+                    health.mark_broken(
+                        "a failed write left the connection inside a transaction".to_owned(),
+                    );
+                    return Ok(false);
+                }
+                Ok(true)
+            })
+        })
         .connect_with(mode(options))
         .await
         .map_err(open_err)?;
@@ -457,8 +567,11 @@ impl AuditStore {
                 source,
             })?;
         }
-        let lock = lock_exclusively(path)?;
-        let pool = connect(path, |o| {
+        // Locked and opened by its real name: a symlink is the same database.
+        let real = canonical(path)?;
+        let lock = lock_exclusively(path, &real)?;
+        let health = Arc::<StoreHealth>::default();
+        let pool = connect(&real, &health, |o| {
             o.create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a committed intent must survive power loss, not only a process crash.
@@ -473,23 +586,32 @@ impl AuditStore {
                 path: path.to_owned(),
                 source,
             })?;
+        let identity = file_identity(&real).map_err(|source| AuditError::Open {
+            path: path.to_owned(),
+            source: sqlx::Error::Io(source),
+        })?;
         Ok(AuditStore {
             pool,
             path: path.to_owned(),
             lock: Arc::new(Mutex::new(Some(lock))),
             clock: Arc::default(),
+            health,
+            identity: Some(identity),
         })
     }
 
     /// Opens an existing database for reading only: no lock, no migration, no write. For
     /// readers (the `audit` command, the demo) that may run while a daemon writes.
     pub async fn open_read_only(path: &Path) -> Result<Self, AuditError> {
-        let pool = connect(path, |o| o.read_only(true)).await?;
+        let health = Arc::<StoreHealth>::default();
+        let pool = connect(path, &health, |o| o.read_only(true)).await?;
         Ok(AuditStore {
             pool,
             path: path.to_owned(),
             lock: Arc::default(),
             clock: Arc::default(),
+            health,
+            identity: None,
         })
     }
 
@@ -549,6 +671,104 @@ impl AuditStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Checks that the configured path still names the file this store opened. A database
+    /// deleted, moved or replaced under a running process would take its writes into an
+    /// unlinked file that nobody can read.
+    pub fn check_file(&self) -> Result<(), AuditError> {
+        let Some(opened) = self.identity else {
+            return Ok(());
+        };
+        let what = match file_identity(&self.path) {
+            Ok(now) if now == opened => return Ok(()),
+            Ok(_) => "another file now has its name".to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "it was deleted".to_owned(),
+            Err(e) => format!("it cannot be examined: {e}"),
+        };
+        Err(AuditError::Replaced {
+            path: self.path.clone(),
+            what,
+        })
+    }
+
+    /// Records that a write failed: from now on the store is not trusted until
+    /// [`AuditStore::ensure_writable`] proves a write reaches the disk, and the pool's
+    /// connection is replaced before its next use.
+    pub fn mark_failed(&self, error: &AuditError) {
+        self.health.mark_broken(error.to_string());
+    }
+
+    /// Why the store cannot be written now, if it cannot: the file was replaced, or the last
+    /// write failed and no probe has succeeded since.
+    pub fn unusable_reason(&self) -> Option<String> {
+        if let Err(e) = self.check_file() {
+            return Some(e.to_string());
+        }
+        self.health.broken().map(|reason| {
+            format!(
+                "the last audit write failed ({reason}); no cycle starts until a probe write \
+                 reaches the disk again"
+            )
+        })
+    }
+
+    /// Audit writes that failed since open.
+    pub fn write_errors(&self) -> u64 {
+        self.health.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Called before a cycle writes anything. Fails when the database file is no longer the
+    /// one opened (nothing short of a restart helps), and, after a failed write, until a
+    /// probe proves that writes reach the disk again: a fresh connection commits a change in
+    /// a transaction of its own, and another fresh connection reads it back.
+    pub async fn ensure_writable(&self) -> Result<(), AuditError> {
+        self.check_file()?;
+        if self.health.broken().is_none() {
+            return Ok(());
+        }
+        self.health.discard.store(true, Ordering::Release);
+        match self.probe().await {
+            Ok(()) => {
+                *self.health.broken.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(path = %self.path.display(), "audit database writable again");
+                Ok(())
+            }
+            Err(reason) => {
+                self.health.mark_broken(reason.clone());
+                Err(AuditError::Unwritable {
+                    path: self.path.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Writes a fresh value into the database header (`PRAGMA user_version`, which nothing
+    /// else uses) and reads it back through a connection of its own.
+    async fn probe(&self) -> Result<(), String> {
+        let value: i32 = rand::random();
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+        sqlx::query(&format!("PRAGMA user_version = {value}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        let real = canonical(&self.path).map_err(|e| e.to_string())?;
+        let reader = connect(&real, &Arc::default(), |o| o.read_only(true))
+            .await
+            .map_err(|e| e.to_string())?;
+        let read: Result<i32, _> = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&reader)
+            .await;
+        reader.close().await;
+        match read {
+            Ok(v) if v == value => Ok(()),
+            Ok(v) => Err(format!(
+                "a probe write did not reach the file: wrote {value}, read back {v}"
+            )),
+            Err(e) => Err(format!("a probe write cannot be read back: {e}")),
+        }
+    }
+
     /// Closes the database and releases the writer's lock, for every clone.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -560,11 +780,27 @@ impl AuditStore {
     /// call are marked not attempted, so none is left looking planned. Actions in flight stay
     /// for [`AuditStore::pending_mutations`] to reconcile.
     pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> Result<u64, AuditError> {
+        self.close_unfinished_runs(
+            now,
+            "interrupted: the process stopped before the run finished",
+            "interrupted: the process stopped before acting on it",
+        )
+        .await
+    }
+
+    /// Closes every run without an outcome as failed with `reason`, and marks its actions that
+    /// no call carried as not attempted with `action_detail`. For a process that knows no
+    /// cycle of its own is running (start-up, or after a cycle's task panicked).
+    pub async fn close_unfinished_runs(
+        &self,
+        now: DateTime<Utc>,
+        reason: &str,
+        action_detail: &str,
+    ) -> Result<u64, AuditError> {
         let _timer = self.timer();
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         sqlx::query(
-            "UPDATE actions SET status = 'not_attempted',
-                 status_detail = 'interrupted: the process stopped before acting on it'
+            "UPDATE actions SET status = 'not_attempted', status_detail = ?1
              WHERE status = 'planned'
                AND run_id IN (SELECT id FROM runs WHERE outcome IS NULL)
                -- A call may have carried it: reconciliation settles those.
@@ -572,15 +808,16 @@ impl AuditStore {
                    SELECT j.value FROM mutations m, json_each(m.resource_ids) j
                    WHERE m.outcome IS NULL AND m.run_id = actions.run_id)",
         )
+        .bind(action_detail)
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
         let done = sqlx::query(
-            "UPDATE runs SET outcome = 'failed', finished_at = ?1,
-                 reason = 'interrupted: the process stopped before the run finished'
+            "UPDATE runs SET outcome = 'failed', finished_at = ?1, reason = ?2
              WHERE outcome IS NULL",
         )
         .bind(ts(now))
+        .bind(reason)
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
@@ -1151,5 +1388,34 @@ impl AuditStore {
                 snapshot: r.get(16),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10, item 19: a symlink to the database, or to its directory, names the same
+    /// database and must meet the same lock.
+    #[tokio::test]
+    async fn a_symlinked_path_cannot_make_a_second_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("a.db");
+        let first = AuditStore::open(&real).await.unwrap();
+        let alias = dir.path().join("alias.db");
+        std::os::unix::fs::symlink(&real, &alias).unwrap();
+        let second = AuditStore::open(&alias).await;
+        assert!(
+            matches!(second, Err(AuditError::Locked { .. })),
+            "a symlinked file is the same database"
+        );
+        let dir_alias = dir.path().join("dir-alias");
+        std::os::unix::fs::symlink(dir.path(), &dir_alias).unwrap();
+        let third = AuditStore::open(&dir_alias.join("a.db")).await;
+        assert!(
+            matches!(third, Err(AuditError::Locked { .. })),
+            "a symlinked directory holds the same database"
+        );
+        first.close().await;
     }
 }

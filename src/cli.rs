@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -188,7 +189,18 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let rules = RuleSet::new(&cfg.rules, &cfg.exclusions)?;
             print!("{}", cfg.describe());
             for warning in rules.warnings() {
-                println!("warning: {warning}");
+                eprintln!("warning: {warning}");
+            }
+            let now = Utc::now();
+            println!("next fire times (UTC):");
+            for at in crate::schedule::next_fires(&cfg.schedule.cron, now, 3) {
+                println!(
+                    "  {}",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
+            if let Some(warning) = crate::schedule::schedule_warning(&cfg.schedule.cron, now) {
+                eprintln!("warning: {warning}");
             }
             println!("{}: OK", config.config.display());
             Ok(ExitCode::SUCCESS)
@@ -253,19 +265,40 @@ async fn plan(config: &Config, output: Format) -> Result<ExitCode> {
 }
 
 async fn once(config: &Config, output: CycleFormat) -> Result<ExitCode> {
-    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
+    let rules = Arc::new(RuleSet::new(&config.rules, &config.exclusions)?);
     let audit = AuditStore::open(&config.audit.path).await?;
     audit.close_interrupted_runs(Utc::now()).await?;
     let metrics = Metrics::new();
-    let stop = StopSignal::default();
-    let ctx = CycleContext {
-        config,
-        rules: &rules,
-        audit: &audit,
-        metrics: &metrics,
-        stop: &stop,
+    let owned = (
+        Arc::new(config.clone()),
+        rules.clone(),
+        audit.clone(),
+        metrics.clone(),
+    );
+    // On a task of its own, so that a panic closes the run as failed instead of leaving it.
+    let report = crate::cycle::run_isolated(&audit, &metrics, async move {
+        let (config, rules, audit, metrics) = owned;
+        CycleContext {
+            config: &config,
+            rules: &rules,
+            audit: &audit,
+            metrics: &metrics,
+            stop: &StopSignal::default(),
+        }
+        .run(Utc::now())
+        .await
+    })
+    .await;
+    let report = match report {
+        Ok(report) => report,
+        Err(e @ crate::cycle::CycleError::Panicked(_)) => {
+            // The run is recorded as failed, and exits as a failed run does.
+            eprintln!("error: {e}");
+            audit.close().await;
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
     };
-    let report = ctx.run(Utc::now()).await?;
     let mut out = std::io::stdout().lock();
     match output {
         CycleFormat::Json => {

@@ -149,8 +149,8 @@ pub struct AuditSettings {
 /// `[schedule]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleSettings {
-    /// `cron`: when cycles run, as six fields with seconds first (optionally a seventh, the
-    /// year), the syntax tokio-cron-scheduler takes. Default: `"0 0 */6 * * *"` (every 6 hours).
+    /// `cron`: when cycles run, as six fields with seconds first, in UTC, checked with the
+    /// scheduler's own parser. Default: `"0 0 */6 * * *"` (every 6 hours).
     pub cron: String,
     /// `run_on_start`: also run one cycle right after start-up. Default: false.
     pub run_on_start: bool,
@@ -788,7 +788,7 @@ impl Validator<'_> {
         let cron = match &raw.cron {
             Some(cron) => {
                 let fields: Vec<&str> = cron.get_ref().split_whitespace().collect();
-                if !matches!(fields.len(), 6 | 7) {
+                if fields.len() != 6 {
                     let message = if fields.len() == 5 {
                         // The common mistake: a crontab line, which has no seconds field.
                         format!(
@@ -800,15 +800,28 @@ impl Validator<'_> {
                     } else {
                         format!(
                             "{:?} has {} fields; expected 6 (sec min hour day-of-month month \
-                             day-of-week) or 7 (plus year), e.g. \"0 0 */6 * * *\" for every \
-                             six hours",
+                             day-of-week), e.g. \"0 0 */6 * * *\" for every six hours",
                             cron.get_ref(),
                             fields.len()
                         )
                     };
                     return Err(self.error(cron.span(), table_key("schedule", "cron"), message));
                 }
-                fields.join(" ")
+                let cron_text = fields.join(" ");
+                // The scheduler's own parser, so that what passes here also runs.
+                if let Err(e) = crate::schedule::parse_cron(&cron_text) {
+                    return Err(self.error(
+                        cron.span(),
+                        table_key("schedule", "cron"),
+                        format!(
+                            "{:?} is not a schedule the scheduler accepts: {e}; fields are sec \
+                             (0-59) min (0-59) hour (0-23) day-of-month (1-31) month (1-12 or \
+                             Jan-Dec) day-of-week (0-7 or Sun-Sat), e.g. \"0 30 2 * * *\"",
+                            cron.get_ref()
+                        ),
+                    ));
+                }
+                cron_text
             }
             None => DEFAULT_CRON.to_owned(),
         };
@@ -1665,6 +1678,12 @@ mod tests {
                 10, 8, "[schedule] cron", "starts with seconds: write \"0 0 */6 * * *\""),
             ("cron with too few fields", format!("{MINIMAL}[schedule]\ncron = \"@daily\"\n"),
                 10, 8, "[schedule] cron", "expected 6 (sec min hour"),
+            ("cron with a year field", format!("{MINIMAL}[schedule]\ncron = \"0 30 2 * * Mon 2030\"\n"),
+                10, 8, "[schedule] cron", "expected 6 (sec min hour"),
+            ("cron of words", format!("{MINIMAL}[schedule]\ncron = \"a b c d e f\"\n"),
+                10, 8, "[schedule] cron", "is not a schedule the scheduler accepts"),
+            ("cron out of range", format!("{MINIMAL}[schedule]\ncron = \"99 99 99 * * *\"\n"),
+                10, 8, "[schedule] cron", "is not a schedule the scheduler accepts"),
             ("unknown log format", format!("{MINIMAL}[logging]\nformat = \"yaml\"\n"),
                 10, 10, "[logging] format", "expected \"text\" or \"json\""),
             ("unknown log level", format!("{MINIMAL}[logging]\nlevel = \"inof\"\n"),
@@ -1973,7 +1992,7 @@ mod tests {
              base_url = \"http://127.0.0.1:8787/client/v4/\"\n\
              [safety]\nmode = \"apply\"\nmax_fraction_per_run = 1\n\
              [audit]\npath = \"audit.db\"\n\
-             [schedule]\ncron = \"0  30 2 * * Mon 2030\"\nrun_on_start = true\n\
+             [schedule]\ncron = \"0  30 2 * * Mon\"\nrun_on_start = true\n\
              [metrics]\nlisten = \"[::1]:9000\"\n\
              [logging]\nformat = \"json\"\nlevel = \"info,zt_janitor=debug\"\n\
              [[rule]]\nname = \"idle\"\nresource = \"device_registration\"\naction = \"revoke\"\n\
@@ -1999,7 +2018,7 @@ mod tests {
         assert_eq!(
             config.schedule,
             ScheduleSettings {
-                cron: "0 30 2 * * Mon 2030".into(),
+                cron: "0 30 2 * * Mon".into(),
                 run_on_start: true
             }
         );

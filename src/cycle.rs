@@ -1,6 +1,7 @@
 //! One cycle: reconcile interrupted mutations, list and plan, record every decision, then act
 //! if the mode and the caps allow. Shared by `once`, the daemon, the demo and the benchmark.
 
+use std::future::Future;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -52,11 +53,112 @@ pub enum CycleError {
     /// Without an audit trail nothing may be done; the caller should stop and say why.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The audit store cannot be trusted (its file was replaced, or writes do not reach the
+    /// disk), so the cycle did not start: no run row, no API call.
+    #[error("cycle not started: {0}")]
+    NotStarted(#[source] AuditError),
+    /// The cycle panicked; its run was closed as failed with this message.
+    #[error("{0}")]
+    Panicked(String),
+}
+
+impl CycleError {
+    /// The `reason` label of `zt_janitor_cycles_not_started_total`, for a cycle that did
+    /// not start.
+    pub fn not_started_reason(&self) -> Option<&'static str> {
+        match self {
+            CycleError::NotStarted(AuditError::Replaced { .. }) => Some("audit_file_replaced"),
+            CycleError::NotStarted(_) => Some("audit_unwritable"),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `future` on a task of its own and catches a panic inside it, returning the panic's
+/// message instead.
+pub async fn catch_panic<T: Send + 'static>(
+    future: impl Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::spawn(future).await {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            Err(payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned()))
+        }
+        Err(e) => Err(format!("the cycle's task was cancelled: {e}")),
+    }
+}
+
+/// Runs a cycle (a future calling [`CycleContext::run`] on `audit` and `metrics`) so that a
+/// panic anywhere in it is caught rather than leaving its run `running` forever and no
+/// metric moving: the run is closed as failed with the panic message, counted in
+/// `zt_janitor_runs_total{outcome="failed"}`, and returned as [`CycleError::Panicked`].
+/// Intents already committed stay for the next run to reconcile.
+pub async fn run_isolated(
+    audit: &AuditStore,
+    metrics: &Metrics,
+    cycle: impl Future<Output = Result<CycleReport, CycleError>> + Send + 'static,
+) -> Result<CycleReport, CycleError> {
+    let message = match catch_panic(cycle).await {
+        Ok(result) => return result,
+        Err(message) => message,
+    };
+    let reason = format!(
+        "the cycle panicked: {message}; nothing further was done in it. This is a bug in \
+         zt-janitor: please report it with the log"
+    );
+    tracing::error!(%reason, "cycle panicked");
+    metrics
+        .runs
+        .with_label_values(&[RunOutcome::Failed.as_str()])
+        .inc();
+    metrics.last_run_timestamp.set(Utc::now().timestamp());
+    if let Err(e) = audit
+        .close_unfinished_runs(
+            Utc::now(),
+            &reason,
+            "not attempted: the cycle panicked before acting on it",
+        )
+        .await
+    {
+        audit.mark_failed(&e);
+        tracing::error!(error = %e, "the run of the panicked cycle could not be closed");
+    }
+    Err(CycleError::Panicked(reason))
 }
 
 impl CycleContext<'_> {
-    /// Runs one cycle. Every outcome except a broken audit store is recorded as a run.
+    /// Runs one cycle. Every outcome except a broken audit store is recorded as a run. A
+    /// store that cannot be trusted (see [`AuditStore::ensure_writable`]) starts nothing.
     pub async fn run(&self, now: DateTime<Utc>) -> Result<CycleReport, CycleError> {
+        if let Err(e) = self.audit.ensure_writable().await {
+            self.observe_audit();
+            return Err(CycleError::NotStarted(e));
+        }
+        let result = self.run_recorded(now).await;
+        if let Err(CycleError::Audit(e)) = &result {
+            self.audit.mark_failed(e);
+        }
+        self.observe_audit();
+        result
+    }
+
+    /// The audit store's health, for `zt_janitor_audit_writable` and
+    /// `zt_janitor_audit_write_errors_total`.
+    fn observe_audit(&self) {
+        let m = self.metrics;
+        m.audit_writable
+            .set(i64::from(self.audit.unusable_reason().is_none()));
+        let errors = self.audit.write_errors();
+        m.audit_write_errors
+            .inc_by(errors.saturating_sub(m.audit_write_errors.get()));
+    }
+
+    async fn run_recorded(&self, now: DateTime<Utc>) -> Result<CycleReport, CycleError> {
         let started = Instant::now();
         let mode = self.config.safety.mode;
         let run = self.audit.begin_run(mode, now).await?;
@@ -82,7 +184,11 @@ impl CycleContext<'_> {
         report.api_requests = u64::from(client.requests_sent());
         report.summary.api_requests = report.api_requests;
         if let Err(e) = result {
-            // The audit store failed mid-cycle; try to close the run, but report the cause.
+            // The audit store failed mid-cycle; try to close the run (on a fresh connection),
+            // but report the cause.
+            if let CycleError::Audit(audit_error) = &e {
+                self.audit.mark_failed(audit_error);
+            }
             report.outcome = RunOutcome::Failed;
             report.reason = Some(e.to_string());
             let _ = self.finish(run, report, started).await;
@@ -392,5 +498,43 @@ impl<'a> DecisionLog<'a> {
         self.action_ids.extend(ids);
         self.recorded.append(&mut self.pending);
         Ok((self.recorded, self.action_ids))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10, item 4: a panic inside a cycle is caught, its run closed as failed with the
+    /// panic message, and counted.
+    #[tokio::test]
+    async fn a_panicking_cycle_is_closed_as_failed_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("audit.db"))
+            .await
+            .unwrap();
+        let metrics = Metrics::new();
+        let store = audit.clone();
+        let result = run_isolated(&audit, &metrics, async move {
+            store.begin_run(Mode::Apply, Utc::now()).await?;
+            // What a `Retry-After: 1e300` once did deep inside a cycle.
+            let wait = std::time::Duration::from_secs_f64(std::hint::black_box(1e300));
+            unreachable!("slept {wait:?}")
+        })
+        .await;
+        let Err(CycleError::Panicked(reason)) = result else {
+            panic!("expected a caught panic, got {result:?}");
+        };
+        assert!(reason.contains("cannot convert float seconds"), "{reason}");
+        let runs = audit.recent_runs(10).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+        assert!(runs[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("cannot convert float seconds"));
+        assert_eq!(metrics.runs.with_label_values(&["failed"]).get(), 1);
+        audit.close().await;
     }
 }

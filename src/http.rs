@@ -1,15 +1,23 @@
 //! The daemon's own HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (process up)
-//! and `/readyz` (audit store answers and the last cycle did not fail).
+//! and `/readyz` (audit store answers and can be written, and the last cycle did not fail).
+//! Served with timeouts and a connection cap, so that clients can neither hold the process's
+//! file descriptors nor delay its shutdown.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::audit::{AuditStore, RunOutcome};
 use crate::metrics::Metrics;
@@ -38,8 +46,20 @@ struct AppState {
     health: Health,
 }
 
+/// How long a client may take to send a request's headers, and how long a kept-alive
+/// connection may sit idle before its next request.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer than this, whatever the client does (a response it never reads).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Connections served at once; more are closed as soon as they are accepted, so that clients
+/// cannot take the file descriptors cycles need (token file, API sockets, the database).
+const MAX_CONNECTIONS: usize = 64;
+
 /// Binds `listen` and serves until `shutdown` resolves. Returns the bound address (useful
-/// with port 0) and the server task.
+/// with port 0) and the server task. Each connection gets `HEADER_READ_TIMEOUT` to send its
+/// headers (also the keep-alive idle limit) and lives at most `CONNECTION_LIFETIME`; at most
+/// `MAX_CONNECTIONS` are served at once. Shutdown waits on no client: connections still open
+/// are dropped.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
@@ -58,14 +78,49 @@ pub async fn serve(
             audit,
             health,
         });
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let task = tokio::spawn(accept_loop(listener, app, shutdown));
     Ok((addr, task))
 }
 
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Dropping the set at shutdown aborts every connection still open.
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and the like: wait rather than spin; the connections we hold time out.
+                tracing::warn!(error = %e, "metrics endpoint cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("metrics endpoint at its connection limit; closing a new one");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+        });
+    }
+}
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -77,6 +132,12 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
+    if let Some(reason) = s.audit.unusable_reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {reason}\n"),
+        );
+    }
     if !s.audit.ping().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub skipped_ticks: IntCounter,
     pub config_reloads: IntCounterVec,
     pub stuck_resources: IntGauge,
+    pub audit_writable: IntGauge,
+    pub audit_write_errors: IntCounter,
+    pub cycles_not_started: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,6 +137,26 @@ impl Metrics {
                  alone, the same way, in each of the runs before (action status `stuck`).",
             )
             .expect("valid metric"),
+            audit_writable: IntGauge::new(
+                "zt_janitor_audit_writable",
+                "1 when audit writes are trusted to reach the disk; 0 after a write failed or the \
+                 database file was replaced, until a probe write succeeds (no cycle starts meanwhile).",
+            )
+            .expect("valid metric"),
+            audit_write_errors: IntCounter::new(
+                "zt_janitor_audit_write_errors_total",
+                "Audit database writes that failed.",
+            )
+            .expect("valid metric"),
+            cycles_not_started: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_cycles_not_started_total",
+                    "Scheduled cycles that did not start because the audit store could not be \
+                     trusted, by reason (audit_unwritable, audit_file_replaced).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -168,6 +191,9 @@ impl Metrics {
             Box::new(self.skipped_ticks.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.stuck_resources.clone()),
+            Box::new(self.audit_writable.clone()),
+            Box::new(self.audit_write_errors.clone()),
+            Box::new(self.cycles_not_started.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::apply::StopSignal;
 use crate::audit::{AuditError, AuditStore, RunOutcome};
 use crate::config::{Config, ConfigError};
-use crate::cycle::CycleContext;
+use crate::cycle::{self, CycleContext, CycleError};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::rules::{GlobError, RuleSet};
@@ -51,6 +51,40 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("the cycle in flight did not finish within {0:?} of the stop request; its intents are reconciled on next start")]
     ShutdownTimeout(Duration),
+}
+
+/// Parses a cron expression exactly as the scheduler does (`Job::new_async` in
+/// tokio-cron-scheduler 0.13: croner, seconds required, day-of-month and day-of-week both
+/// applied), so that what `check-config` accepts is what `run` runs.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::Cron::new(expr)
+        .with_seconds_required()
+        .with_dom_and_dow()
+        .parse()
+}
+
+/// The next `n` fire times of `expr` after `after`, fewer if the schedule stops firing
+/// (the scheduler searches until the year 5000). Empty for an invalid expression.
+pub fn next_fires(expr: &str, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+    match parse_cron(expr) {
+        Ok(cron) => cron.iter_after(after).take(n).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A warning for a schedule that never fires, or not within a year of `now`.
+pub fn schedule_warning(expr: &str, now: DateTime<Utc>) -> Option<String> {
+    match next_fires(expr, now, 1).first() {
+        None => Some(format!(
+            "[schedule] cron = {expr:?} never fires (no date matches it), so the daemon will \
+             never run a cycle"
+        )),
+        Some(next) if *next - now > TimeDelta::days(366) => Some(format!(
+            "[schedule] cron = {expr:?} next fires at {}, more than a year from now",
+            next.to_rfc3339()
+        )),
+        Some(_) => None,
+    }
 }
 
 /// The config and compiled rules currently in force; swapped whole on reload.
@@ -121,8 +155,17 @@ pub async fn run_daemon(
         source,
     })?;
 
+    if let Some(warning) = schedule_warning(&cron, Utc::now()) {
+        tracing::warn!("{warning}");
+    }
+    daemon.metrics.audit_writable.set(1);
     let mut scheduler = JobScheduler::new().await.map_err(DaemonError::Scheduler)?;
-    let mut job = add_cycle_job(&scheduler, &daemon, &cron).await?;
+    let mut job = scheduler
+        .add(cycle_job(&daemon, &cron)?)
+        .await
+        .map_err(DaemonError::Scheduler)?;
+    // The schedule in force, which a reload replaces together with the config.
+    let mut cron = cron;
     scheduler.start().await.map_err(DaemonError::Scheduler)?;
     tracing::info!(%metrics_addr, cron = %cron, audit = %audit.path().display(), "zt-janitor daemon started");
     on_started(Started { metrics_addr });
@@ -141,17 +184,9 @@ pub async fn run_daemon(
             _ = sigint.recv() => break,
             () = stop.stopped() => break,
             _ = sighup.recv() => {
-                if let Some(new_cron) = daemon.reload() {
-                    if new_cron != cron {
-                        match add_cycle_job(&scheduler, &daemon, &new_cron).await {
-                            Ok(new_job) => {
-                                let _ = scheduler.remove(&job).await;
-                                job = new_job;
-                                tracing::info!(cron = %new_cron, "schedule changed");
-                            }
-                            Err(e) => tracing::error!(error = %e, "new schedule rejected; keeping the old one"),
-                        }
-                    }
+                if let Err(e) = daemon.reload(&scheduler, &mut job, &mut cron).await {
+                    daemon.metrics.config_reloads.with_label_values(&["error"]).inc();
+                    tracing::error!(error = %e, "config reload rejected; the previous config and schedule stay in force");
                 }
             }
         }
@@ -173,19 +208,15 @@ pub async fn run_daemon(
     }
 }
 
-async fn add_cycle_job(
-    scheduler: &JobScheduler,
-    daemon: &Arc<Daemon>,
-    cron: &str,
-) -> Result<Uuid, DaemonError> {
+/// The job that runs a cycle on `cron`; building it is the scheduler's own validation.
+fn cycle_job(daemon: &Arc<Daemon>, cron: &str) -> Result<Job, DaemonError> {
     let d = daemon.clone();
-    let job = Job::new_async(cron, move |_, _| Box::pin(tick(d.clone()))).map_err(|source| {
+    Job::new_async(cron, move |_, _| Box::pin(tick(d.clone()))).map_err(|source| {
         DaemonError::Cron {
             cron: cron.to_owned(),
             source,
         }
-    })?;
-    scheduler.add(job).await.map_err(DaemonError::Scheduler)
+    })
 }
 
 /// One schedule tick: runs a cycle unless one is already running or a stop was requested.
@@ -199,17 +230,33 @@ async fn tick(daemon: Arc<Daemon>) {
         return;
     };
     let loaded = daemon.loaded.read().expect("config lock").clone();
-    let ctx = CycleContext {
-        config: &loaded.config,
-        rules: &loaded.rules,
-        audit: &daemon.audit,
-        metrics: &daemon.metrics,
-        stop: &daemon.stop,
-    };
-    match ctx.run(Utc::now()).await {
+    let d = daemon.clone();
+    // On a task of its own, so that a panic in the cycle is caught and recorded.
+    let result = cycle::run_isolated(&daemon.audit, &daemon.metrics, async move {
+        CycleContext {
+            config: &loaded.config,
+            rules: &loaded.rules,
+            audit: &d.audit,
+            metrics: &d.metrics,
+            stop: &d.stop,
+        }
+        .run(Utc::now())
+        .await
+    })
+    .await;
+    match result {
         Ok(report) => daemon.health.record(report.outcome, report.reason),
         Err(e) => {
-            tracing::error!(error = %e, "cycle could not be audited; nothing further was done");
+            if let Some(reason) = e.not_started_reason() {
+                daemon
+                    .metrics
+                    .cycles_not_started
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::error!(error = %e, "no cycle runs while the audit log cannot be trusted");
+            } else if !matches!(e, CycleError::Panicked(_)) {
+                tracing::error!(error = %e, "cycle could not be audited; nothing further was done");
+            }
             daemon
                 .health
                 .record(RunOutcome::Failed, Some(e.to_string()));
@@ -218,41 +265,57 @@ async fn tick(daemon: Arc<Daemon>) {
 }
 
 impl Daemon {
-    /// Loads and validates the config file again; a bad one keeps the old config in force.
-    /// Returns the new cron expression on success.
-    fn reload(&self) -> Option<String> {
-        let result: Result<Loaded, ReloadError> = Config::load(&self.config_path)
-            .map_err(ReloadError::Config)
-            .and_then(|config| {
-                let rules =
-                    RuleSet::new(&config.rules, &config.exclusions).map_err(ReloadError::Rules)?;
-                Ok(Loaded { config, rules })
-            });
-        match result {
-            Ok(new) => {
-                let old = self.loaded.read().expect("config lock").clone();
-                if new.config.audit.path != old.config.audit.path
-                    || new.config.metrics.listen != old.config.metrics.listen
-                {
-                    tracing::warn!(
-                        "[audit] path and [metrics] listen take effect only after a restart"
-                    );
+    /// Reloads the config file, all or nothing: the whole file (settings, rules, and the
+    /// schedule, through the scheduler's own parser) is validated before anything changes;
+    /// then the schedule and the config are swapped together, and only then is the reload
+    /// counted as ok. `job` and `cron` are the schedule in force, updated on success.
+    async fn reload(
+        self: &Arc<Self>,
+        scheduler: &JobScheduler,
+        job: &mut Uuid,
+        cron: &mut String,
+    ) -> Result<(), ReloadError> {
+        let config = Config::load(&self.config_path).map_err(ReloadError::Config)?;
+        let rules = RuleSet::new(&config.rules, &config.exclusions).map_err(ReloadError::Rules)?;
+        let new_cron = config.schedule.cron.clone();
+        let new_job = if new_cron == *cron {
+            None
+        } else {
+            Some(cycle_job(self, &new_cron).map_err(ReloadError::Schedule)?)
+        };
+        let old = self.loaded.read().expect("config lock").clone();
+        if config.audit.path != old.config.audit.path
+            || config.metrics.listen != old.config.metrics.listen
+        {
+            tracing::warn!("[audit] path and [metrics] listen take effect only after a restart");
+        }
+        *self.loaded.write().expect("config lock") = Arc::new(Loaded { config, rules });
+        if let Some(new_job) = new_job {
+            match scheduler.add(new_job).await {
+                Ok(id) => {
+                    if let Err(e) = scheduler.remove(job).await {
+                        // Two schedules would run: keep the old one, and the old config.
+                        let _ = scheduler.remove(&id).await;
+                        *self.loaded.write().expect("config lock") = old;
+                        return Err(ReloadError::Schedule(DaemonError::Scheduler(e)));
+                    }
+                    *job = id;
+                    *cron = new_cron;
+                    tracing::info!(cron = %cron, "schedule changed");
+                    if let Some(warning) = schedule_warning(cron, Utc::now()) {
+                        tracing::warn!("{warning}");
+                    }
                 }
-                let cron = new.config.schedule.cron.clone();
-                *self.loaded.write().expect("config lock") = Arc::new(new);
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(path = %self.config_path.display(), "config reloaded");
-                Some(cron)
-            }
-            Err(e) => {
-                self.metrics
-                    .config_reloads
-                    .with_label_values(&["error"])
-                    .inc();
-                tracing::error!(error = %e, "config reload rejected; the previous config stays in force");
-                None
+                Err(e) => {
+                    // Nothing may change if the schedule cannot: the old config goes back.
+                    *self.loaded.write().expect("config lock") = old;
+                    return Err(ReloadError::Schedule(DaemonError::Scheduler(e)));
+                }
             }
         }
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        tracing::info!(path = %self.config_path.display(), "config reloaded");
+        Ok(())
     }
 }
 
@@ -262,6 +325,8 @@ enum ReloadError {
     Config(ConfigError),
     #[error(transparent)]
     Rules(GlobError),
+    #[error(transparent)]
+    Schedule(DaemonError),
 }
 
 fn notify_systemd(state: &[sd_notify::NotifyState]) {

@@ -301,7 +301,8 @@ idle_days = 90
     )
     .await;
     let out = env.binary(&["check-config"]);
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    // Warnings go to stderr, beside the schedule's; stdout is the effective configuration.
+    let stdout = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{stdout}");
     let warnings: Vec<&str> = stdout
         .lines()
@@ -318,7 +319,7 @@ idle_days = 90
         ..Settings::default()
     });
     let out = env.binary(&["check-config"]);
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{stdout}");
     assert!(!stdout.contains("warning:"), "{stdout}");
 }

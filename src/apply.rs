@@ -1,6 +1,11 @@
 //! The executor: carries out an approved plan through the Cloudflare client, one bulk call per
-//! chunk. Every call's intent is committed to the audit store before the call is sent, and its
-//! outcome after. Also reconciles intents a crash left without an outcome.
+//! chunk. Every call's intent is committed to the audit store before the call is sent. What a
+//! call answers is only a claim: the ids it named are then listed (`?status=all&id=…`, 100 per
+//! listing), and each action is recorded `done` only if the listing shows it gone (or revoked);
+//! the call's answer and those statuses are committed together, so a crash before the listing
+//! leaves the intent pending for reconciliation. A failure that concerns only the ids a call
+//! named fails those ids and the others go on; one that concerns the whole run stops it. Also
+//! reconciles intents a crash left without an outcome.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -11,7 +16,7 @@ use crate::audit::{
     ActionStatus, AuditError, AuditStore, Intent, JournalEntry, MutationId, MutationKind,
     MutationResult, Outcome, RunId, Settled, Withdrawal,
 };
-use crate::cloudflare::{ApiError, Client, Endpoint, MutationOutcome, RegistrationId};
+use crate::cloudflare::{ApiError, Client, MutationOutcome, RegistrationId};
 use crate::config::Action;
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan};
@@ -23,6 +28,13 @@ use crate::rules::RuleSet;
 /// API) and doubles, up to this many calls, while the audit write is the slower one. A crash
 /// leaves at most two groups' intents to reconcile, one filtered listing per hundred ids.
 const MAX_GROUP: usize = 32;
+
+/// A registration whose call failed for its id alone, the same way, this many runs in a row is
+/// stuck: it is not attempted again, so it neither fails every later run nor costs calls.
+/// Three rather than two so that a failure that clears by itself (a device that was busy) is
+/// retried twice before anyone is told; low enough that a run is failed by it for less than a
+/// day at the default six-hour schedule.
+pub const STUCK_AFTER_RUNS: u32 = 3;
 
 pub use crate::stop::StopSignal;
 
@@ -38,6 +50,12 @@ pub struct ApplyReport {
     pub done: u64,
     pub already_gone: u64,
     pub failed: u64,
+    /// Claimed done by Cloudflare, not confirmed by the listing.
+    pub unconfirmed: u64,
+    /// Not attempted: the same failure in the last [`STUCK_AFTER_RUNS`] runs.
+    pub stuck: u64,
+    /// The first per-id failure, for the run's reason.
+    pub first_failure: Option<String>,
     pub not_attempted: u64,
     pub excluded_at_apply: u64,
     pub mutations: u64,
@@ -52,6 +70,8 @@ pub struct Executor<'a> {
     pub run: RunId,
     pub chunk_size: usize,
     pub stop: &'a StopSignal,
+    /// `[cloudflare] max_requests_per_cycle`: no call is sent without budget left to confirm it.
+    pub request_budget: u32,
 }
 
 /// One candidate on its way, with its audit row.
@@ -80,8 +100,35 @@ struct Journaled<'q, 'p> {
 struct Sent<'q, 'p> {
     /// Outcomes of the calls made, not yet written.
     outcomes: Vec<Outcome>,
+    /// Calls answered, waiting for the confirmation listing.
+    answered: Vec<Answered<'q, 'p>>,
     /// Calls whose intents are committed but which were not sent: the run stopped first.
     unsent: Vec<Journaled<'q, 'p>>,
+}
+
+/// What Cloudflare said about a call's ids: only a claim until the listing confirms it.
+#[derive(Debug, Clone)]
+enum Claim {
+    Done {
+        status: u16,
+    },
+    NotFound {
+        after_ambiguous_attempt: bool,
+    },
+    Failed {
+        detail: String,
+        /// The server may have acted before the failure (5xx, transport, garbled answer).
+        maybe_acted: bool,
+    },
+}
+
+/// A call that got an answer (or gave up), with what it claims.
+struct Answered<'q, 'p> {
+    mutation: MutationId,
+    action: Action,
+    items: &'q [Item<'p>],
+    result: MutationResult,
+    claim: Claim,
 }
 
 impl Executor<'_> {
@@ -93,6 +140,7 @@ impl Executor<'_> {
         let queue = self
             .still_unprotected(plan, action_ids, &mut report)
             .await?;
+        let queue = self.leave_out_stuck(queue, &mut report).await?;
         let by_action: Vec<(Action, Vec<Item>)> = [Action::Delete, Action::Revoke]
             .into_iter()
             .map(|action| {
@@ -202,6 +250,60 @@ impl Executor<'_> {
         Ok(queue)
     }
 
+    /// Leaves out the candidates whose call failed for them alone, the same way, in each of the
+    /// last [`STUCK_AFTER_RUNS`] runs: they are recorded `stuck` and not attempted, until they
+    /// leave the plan.
+    async fn leave_out_stuck<'p>(
+        &self,
+        queue: Vec<Item<'p>>,
+        report: &mut ApplyReport,
+    ) -> Result<Vec<Item<'p>>, AuditError> {
+        let streaks = self
+            .audit
+            .failure_streaks(self.run, STUCK_AFTER_RUNS)
+            .await?;
+        let stuck: HashMap<i64, (MutationId, String)> = streaks
+            .into_iter()
+            .filter(|s| s.runs >= STUCK_AFTER_RUNS)
+            .map(|s| {
+                let detail = if s.already_stuck {
+                    s.detail
+                } else {
+                    format!(
+                        "stuck: failed the same way in the last {STUCK_AFTER_RUNS} runs, so it is not attempted again until it leaves the plan: {}",
+                        s.detail
+                    )
+                };
+                (s.action_id, (s.mutation, detail))
+            })
+            .collect();
+        let (stuck_items, queue): (Vec<Item>, Vec<Item>) = queue
+            .into_iter()
+            .partition(|i| stuck.contains_key(&i.action_id));
+        if stuck_items.is_empty() {
+            return Ok(queue);
+        }
+        let rows: Vec<(i64, MutationId, String)> = stuck_items
+            .iter()
+            .filter_map(|i| {
+                let (m, d) = stuck.get(&i.action_id)?;
+                Some((i.action_id, *m, d.clone()))
+            })
+            .collect();
+        self.audit.mark_stuck(&rows).await?;
+        for item in &stuck_items {
+            tracing::warn!(
+                id = %item.candidate.id,
+                rule = %item.candidate.rule,
+                detail = stuck.get(&item.action_id).map_or("", |(_, d)| d.as_str()),
+                "registration stuck: not attempted"
+            );
+        }
+        self.count(&stuck_items, ActionStatus::Stuck.as_str());
+        report.stuck = stuck_items.len() as u64;
+        Ok(queue)
+    }
+
     /// Commits `outcomes` and the intents of `calls` in one transaction.
     async fn journal<'q, 'p>(
         &self,
@@ -238,11 +340,119 @@ impl Executor<'_> {
             }
             self.send_call(*journaled, report, &mut sent).await?;
         }
+        self.confirm(&mut sent, report).await;
         Ok(sent)
     }
 
-    /// Sends one call. A bulk call refused for its size (or its ids) is split in halves, down
-    /// to single calls; an API failure of another kind stops the run.
+    /// Why a call naming `ids` ids may not be sent: the request budget would not leave room
+    /// for the listings that confirm it and the calls of its group already answered.
+    fn no_budget_to_confirm(&self, ids: usize, answered: &[Answered<'_, '_>]) -> Option<String> {
+        let answered_ids: usize = answered.iter().map(|a| a.items.len()).sum();
+        let lookups = (answered_ids + ids).div_ceil(IDS_PER_LOOKUP);
+        let needed = u64::from(self.client.requests_sent()) + 1 + lookups as u64;
+        (needed > u64::from(self.request_budget)).then(|| {
+            format!(
+                "the request budget of {} API calls per cycle is spent, but for the listings that confirm the calls already made; raise [cloudflare] max_requests_per_cycle if this account really needs more",
+                self.request_budget
+            )
+        })
+    }
+
+    /// Asks Cloudflare, by listing the ids of the calls answered (one listing call per
+    /// hundred), whether each really is gone (or revoked), and settles every action on what
+    /// the listing shows rather than on what the call answered.
+    async fn confirm(&self, sent: &mut Sent<'_, '_>, report: &mut ApplyReport) {
+        if sent.answered.is_empty() {
+            return;
+        }
+        let ids: Vec<RegistrationId> = sent
+            .answered
+            .iter()
+            .flat_map(|a| a.items.iter().map(|i| i.candidate.id.clone()))
+            .collect();
+        let found = current_state(self.client, &ids).await;
+        if let Err(e) = &found {
+            tracing::warn!(ids = ids.len(), error = %e, "cannot confirm the calls just made by listing; their actions are recorded unconfirmed");
+            if report.stopped_by.is_none() {
+                // Acting on without being able to check what the calls did is not safe.
+                report.stopped_by =
+                    Some(format!("cannot confirm by listing what the calls did: {e}"));
+            }
+        }
+        let why = found.as_ref().err().map(ToString::to_string);
+        for answered in std::mem::take(&mut sent.answered) {
+            let found = match (&found, &why) {
+                (Ok(f), _) => Ok(f),
+                (Err(_), why) => Err(why.as_deref().unwrap_or("the listing failed")),
+            };
+            let outcome = self.settle(answered, found, report);
+            sent.outcomes.push(outcome);
+        }
+    }
+
+    /// Turns one answered call and the confirmation listing into the call's outcome.
+    fn settle(
+        &self,
+        answered: Answered<'_, '_>,
+        found: Result<&HashMap<RegistrationId, Presence>, &str>,
+        report: &mut ApplyReport,
+    ) -> Outcome {
+        let mut settles: Vec<Settled> = Vec::new();
+        let mut unconfirmed = 0;
+        for item in answered.items {
+            let now = found.map(|f| f.get(&item.candidate.id).copied());
+            let (status, detail) = verdict(answered.action, &answered.claim, now);
+            self.count(std::slice::from_ref(item), status.as_str());
+            match status {
+                ActionStatus::Done => report.done += 1,
+                ActionStatus::AlreadyGone => report.already_gone += 1,
+                ActionStatus::Unconfirmed => {
+                    report.unconfirmed += 1;
+                    unconfirmed += 1;
+                }
+                _ => {
+                    report.failed += 1;
+                    if report.first_failure.is_none() {
+                        report.first_failure = Some(format!(
+                            "{}: {}",
+                            item.candidate.id,
+                            detail.as_deref().unwrap_or("failed")
+                        ));
+                    }
+                }
+            }
+            match settles
+                .iter_mut()
+                .find(|s| s.status == status && s.detail == detail)
+            {
+                Some(s) => s.actions.push(item.action_id),
+                None => settles.push(Settled {
+                    actions: vec![item.action_id],
+                    status,
+                    detail,
+                }),
+            }
+        }
+        if unconfirmed > 0 {
+            tracing::warn!(
+                mutation = answered.mutation.0,
+                ids = unconfirmed,
+                answer = ?answered.claim,
+                "Cloudflare claimed success, but the listing does not confirm it; recorded unconfirmed"
+            );
+        }
+        Outcome {
+            mutation: answered.mutation,
+            result: answered.result,
+            settles,
+            at: Utc::now(),
+        }
+    }
+
+    /// Sends one call. A call naming several ids refused for reasons that concern its ids (its
+    /// size, or one id Cloudflare will not act on) is split in halves, down to single calls; a
+    /// single id's refusal is that id's failure, and the others go on; a failure that
+    /// concerns the whole run (auth, budget, deadline, 5xx once retries are spent...) stops it.
     async fn send_call<'q, 'p>(
         &self,
         journaled: Journaled<'q, 'p>,
@@ -253,6 +463,12 @@ impl Executor<'_> {
         let mut work = vec![journaled];
         while let Some(Journaled { call, mutation }) = work.pop() {
             let part = call.items;
+            if let Some(reason) = self.no_budget_to_confirm(part.len(), &sent.answered) {
+                report.stopped_by = Some(reason);
+                sent.unsent.push(Journaled { call, mutation });
+                sent.unsent.append(&mut work);
+                return Ok(());
+            }
             let ids: Vec<RegistrationId> = part.iter().map(|i| i.candidate.id.clone()).collect();
             report.mutations += 1;
             let result = match call_kind(action, ids.len()) {
@@ -260,17 +476,37 @@ impl Executor<'_> {
                 MutationKind::BulkDelete => self.client.bulk_delete_registrations(&ids).await,
                 MutationKind::Revoke => self.client.revoke_registrations(&ids).await,
             };
-            match result {
-                Ok(outcome) => sent
-                    .outcomes
-                    .push(self.success(mutation, outcome, part, report)),
-                Err(e) if part.len() > 1 && refused_as_too_large(&e) => {
-                    tracing::warn!(ids = part.len(), error = %e, "bulk call refused; splitting it");
+            let (result, claim) = match result {
+                Ok(MutationOutcome::Done { status }) => (
+                    MutationResult {
+                        outcome: "ok",
+                        http_status: Some(status),
+                        cf_error_code: None,
+                        cf_error_message: None,
+                    },
+                    Claim::Done { status },
+                ),
+                Ok(MutationOutcome::NotFound {
+                    code,
+                    after_ambiguous_attempt,
+                }) => (
+                    MutationResult {
+                        outcome: "not_found",
+                        http_status: Some(404),
+                        cf_error_code: code,
+                        cf_error_message: None,
+                    },
+                    Claim::NotFound {
+                        after_ambiguous_attempt,
+                    },
+                ),
+                Err(e) if part.len() > 1 && !e.is_run_wide() => {
+                    tracing::warn!(ids = part.len(), error = %e, "call refused for its ids; splitting it");
                     let (a, b) = part.split_at(part.len() / 2);
                     let refused = Outcome {
                         mutation,
                         result: failure(&e),
-                        settles: None,
+                        settles: Vec::new(),
                         at: Utc::now(),
                     };
                     let halves = [a, b].map(|items| Call { action, items }).to_vec();
@@ -278,74 +514,37 @@ impl Executor<'_> {
                     // Popped from the end: the first half goes first.
                     halves.reverse();
                     work.extend(halves);
+                    continue;
                 }
                 Err(e) => {
                     let detail = e.to_string();
-                    sent.outcomes.push(Outcome {
-                        mutation,
-                        result: failure(&e),
-                        settles: Some(Settled {
-                            actions: action_ids_of(part),
-                            status: ActionStatus::Failed,
-                            detail: Some(detail.clone()),
-                        }),
-                        at: Utc::now(),
-                    });
-                    self.count(part, "failed");
-                    report.failed += part.len() as u64;
-                    report.stopped_by = Some(detail);
-                    sent.unsent.append(&mut work);
-                    return Ok(());
+                    if e.is_run_wide() {
+                        report.stopped_by = Some(detail.clone());
+                    } else {
+                        tracing::warn!(id = %ids[0], error = %e, "Cloudflare refused the call for this registration; going on with the others");
+                    }
+                    (
+                        failure(&e),
+                        Claim::Failed {
+                            detail,
+                            maybe_acted: e.leaves_outcome_unknown(),
+                        },
+                    )
                 }
+            };
+            sent.answered.push(Answered {
+                mutation,
+                action,
+                items: part,
+                result,
+                claim,
+            });
+            if report.stopped_by.is_some() {
+                sent.unsent.append(&mut work);
+                return Ok(());
             }
         }
         Ok(())
-    }
-
-    fn success(
-        &self,
-        mutation: MutationId,
-        outcome: MutationOutcome,
-        part: &[Item<'_>],
-        report: &mut ApplyReport,
-    ) -> Outcome {
-        let (result, status, label) = match outcome {
-            MutationOutcome::Done { status } => (
-                MutationResult {
-                    outcome: "ok",
-                    http_status: Some(status),
-                    cf_error_code: None,
-                    cf_error_message: None,
-                },
-                ActionStatus::Done,
-                "done",
-            ),
-            MutationOutcome::NotFound { .. } => (
-                MutationResult {
-                    outcome: "already_gone",
-                    http_status: Some(404),
-                    cf_error_code: None,
-                    cf_error_message: None,
-                },
-                ActionStatus::AlreadyGone,
-                "already_gone",
-            ),
-        };
-        self.count(part, label);
-        match status {
-            ActionStatus::AlreadyGone => report.already_gone += part.len() as u64,
-            _ => report.done += part.len() as u64,
-        }
-        Outcome {
-            mutation,
-            result,
-            settles: Some(Settled {
-                actions: action_ids_of(part),
-                status,
-                detail: None,
-            }),
-            at: Utc::now(),
-        }
     }
 
     fn count(&self, part: &[Item<'_>], outcome: &str) {
@@ -406,22 +605,77 @@ fn intent(action: Action, items: &[Item<'_>]) -> Intent {
     }
 }
 
-/// No public source states the largest bulk call; a refusal by size, or a 404 about one of
-/// its ids, is answered by asking again in smaller parts.
-fn refused_as_too_large(e: &ApiError) -> bool {
-    matches!(
-        e,
-        ApiError::Api {
-            endpoint: Endpoint::BulkDeleteRegistrations | Endpoint::RevokeRegistrations,
-            status: 400 | 404 | 413 | 414,
-            ..
+/// What a registration's action came to, from the call's claim and what the confirmation
+/// listing shows of it now (`Err`: the listing failed).
+fn verdict(
+    action: Action,
+    claim: &Claim,
+    now: Result<Option<Presence>, &str>,
+) -> (ActionStatus, Option<String>) {
+    let s = |t: &str| Some(t.to_owned());
+    let now = match now {
+        Ok(now) => now,
+        Err(why) => {
+            return match claim {
+                Claim::Failed { detail, .. } => (ActionStatus::Failed, Some(detail.clone())),
+                Claim::Done { status } => (
+                    ActionStatus::Unconfirmed,
+                    Some(format!("Cloudflare answered HTTP {status}, but the listing that confirms it failed: {why}")),
+                ),
+                Claim::NotFound { .. } => (
+                    ActionStatus::Unconfirmed,
+                    Some(format!("Cloudflare answered 404, but the listing that confirms it failed: {why}")),
+                ),
+            };
         }
-    )
+    };
+    if action == Action::Revoke && now.is_none() {
+        return (
+            ActionStatus::AlreadyGone,
+            s("the registration no longer exists (deleted elsewhere), so there is nothing to revoke"),
+        );
+    }
+    let achieved = match action {
+        Action::Delete => now.is_none(),
+        Action::Revoke => now == Some(Presence::Revoked),
+    };
+    let (gone, still) = match action {
+        Action::Delete => ("gone", "still lists the registration"),
+        Action::Revoke => ("revoked", "shows the registration not revoked"),
+    };
+    match (claim, achieved) {
+        (Claim::Done { .. }, true) => (ActionStatus::Done, None),
+        (Claim::Done { status }, false) => (
+            ActionStatus::Unconfirmed,
+            Some(format!("Cloudflare answered HTTP {status}, but the listing {still}; the next plan decides again")),
+        ),
+        (Claim::NotFound { after_ambiguous_attempt: false }, true) => (
+            ActionStatus::AlreadyGone,
+            Some(format!("Cloudflare answered 404 and the listing confirms it {gone}")),
+        ),
+        (Claim::NotFound { after_ambiguous_attempt: true }, true) => (
+            ActionStatus::Done,
+            Some(format!("Cloudflare answered 404 after an earlier attempt of the same call went unanswered, and the listing confirms it {gone}: this run most likely did it")),
+        ),
+        (Claim::NotFound { .. }, false) => (
+            ActionStatus::Failed,
+            s("Cloudflare answered 404 but the registration still exists"),
+        ),
+        (Claim::Failed { detail, maybe_acted: true }, true) => (
+            ActionStatus::Done,
+            Some(format!("{detail}; but the listing confirms it {gone}: an attempt of this run most likely took effect")),
+        ),
+        (Claim::Failed { detail, maybe_acted: false }, true) => (
+            ActionStatus::AlreadyGone,
+            Some(format!("{detail}; but the listing shows it {gone}")),
+        ),
+        (Claim::Failed { detail, .. }, false) => (ActionStatus::Failed, Some(detail.clone())),
+    }
 }
 
 fn failure(e: &ApiError) -> MutationResult {
     MutationResult {
-        outcome: "error",
+        outcome: if e.is_run_wide() { "error" } else { "rejected" },
         http_status: e.status(),
         cf_error_code: e.cf_error().map(|d| d.code),
         cf_error_message: Some(
@@ -477,7 +731,7 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
             outcomes: vec![Outcome {
                 mutation: m.id,
                 result,
-                settles: None,
+                settles: Vec::new(),
                 at: Utc::now(),
             }],
             ..JournalEntry::default()
@@ -502,11 +756,12 @@ enum Presence {
 }
 
 /// What Cloudflare holds now of `ids`: one filtered listing per hundred ids rather than a GET
-/// each, followed to its end. An id missing from the map does not exist.
+/// each, followed to its end. An id missing from the map does not exist. Used to reconcile
+/// interrupted calls and to confirm what every call claims.
 async fn current_state(
     client: &Client,
     ids: &[RegistrationId],
-) -> Result<HashMap<RegistrationId, Presence>, ReconcileError> {
+) -> Result<HashMap<RegistrationId, Presence>, LookupError> {
     /// Only what reconciliation needs, so that an object odd in other fields still answers.
     #[derive(serde::Deserialize)]
     struct Listed {
@@ -524,7 +779,7 @@ async fn current_state(
                 .await?;
             for raw in &page.items {
                 let listed: Listed = serde_json::from_str(raw.get())
-                    .map_err(|e| ReconcileError::Unreadable(e.to_string()))?;
+                    .map_err(|e| LookupError::Unreadable(e.to_string()))?;
                 let presence = match listed.revoked_at {
                     Some(v) if !v.is_null() => Presence::Revoked,
                     _ => Presence::Active,
@@ -535,7 +790,7 @@ async fn current_state(
                 None => break,
                 Some(next) if followed.insert(next.clone()) => cursor = Some(next),
                 Some(_) => {
-                    return Err(ReconcileError::Unreadable(
+                    return Err(LookupError::Unreadable(
                         "the listing repeats a cursor".to_owned(),
                     ))
                 }
@@ -545,12 +800,19 @@ async fn current_state(
     Ok(found)
 }
 
+/// Why the registrations among some ids could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("Cloudflare's listing of those ids is unreadable ({0})")]
+    Unreadable(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("cannot reconcile an interrupted mutation: {0}")]
-    Api(#[from] ApiError),
-    #[error("cannot reconcile an interrupted mutation: Cloudflare's answer is unreadable ({0}); it stays pending and is tried again next run")]
-    Unreadable(String),
+    #[error("cannot reconcile an interrupted mutation: {0}; it stays pending and is tried again next run")]
+    Lookup(#[from] LookupError),
     #[error(transparent)]
     Audit(#[from] AuditError),
 }
@@ -558,6 +820,58 @@ pub enum ReconcileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_listing_decides_what_a_call_achieved() {
+        use ActionStatus::*;
+        let done = Claim::Done { status: 200 };
+        let not_found = Claim::NotFound {
+            after_ambiguous_attempt: false,
+        };
+        let not_found_after_502 = Claim::NotFound {
+            after_ambiguous_attempt: true,
+        };
+        let refused = Claim::Failed {
+            detail: "400 (code 2001)".to_owned(),
+            maybe_acted: false,
+        };
+        let after_502 = Claim::Failed {
+            detail: "502".to_owned(),
+            maybe_acted: true,
+        };
+        let active = Ok(Some(Presence::Active));
+        let revoked = Ok(Some(Presence::Revoked));
+        let absent = Ok(None);
+        let unreadable = Err("listing failed");
+        let cases = [
+            // (action, claim, what the listing shows, status)
+            (Action::Delete, &done, absent, Done),
+            (Action::Delete, &done, active, Unconfirmed),
+            (Action::Delete, &done, revoked, Unconfirmed),
+            (Action::Delete, &done, unreadable, Unconfirmed),
+            (Action::Delete, &not_found, absent, AlreadyGone),
+            (Action::Delete, &not_found, active, Failed),
+            (Action::Delete, &not_found, unreadable, Unconfirmed),
+            (Action::Delete, &not_found_after_502, absent, Done),
+            (Action::Delete, &not_found_after_502, active, Failed),
+            (Action::Delete, &refused, active, Failed),
+            (Action::Delete, &refused, absent, AlreadyGone),
+            (Action::Delete, &refused, unreadable, Failed),
+            (Action::Delete, &after_502, absent, Done),
+            (Action::Delete, &after_502, active, Failed),
+            (Action::Revoke, &done, revoked, Done),
+            (Action::Revoke, &done, active, Unconfirmed),
+            (Action::Revoke, &done, absent, AlreadyGone),
+            (Action::Revoke, &not_found, active, Failed),
+            (Action::Revoke, &not_found, revoked, AlreadyGone),
+        ];
+        for (action, claim, now, expected) in cases {
+            let (status, detail) = verdict(action, claim, now);
+            assert_eq!(status, expected, "{action:?} {claim:?} {now:?}: {detail:?}");
+        }
+        let (_, detail) = verdict(Action::Delete, &not_found_after_502, absent);
+        assert!(detail.unwrap().contains("this run most likely did it"));
+    }
 
     #[test]
     fn the_call_group_grows_while_the_audit_is_slower_and_shrinks_when_the_api_is() {

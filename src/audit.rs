@@ -141,6 +141,11 @@ pub enum ActionStatus {
     Done,
     AlreadyGone,
     Failed,
+    /// Cloudflare claimed success, but the confirmation listing still shows the registration
+    /// (not revoked), or could not be read.
+    Unconfirmed,
+    /// Failed the same way for the ids alone in several runs in a row: not attempted again.
+    Stuck,
 }
 
 impl ActionStatus {
@@ -153,6 +158,8 @@ impl ActionStatus {
             ActionStatus::Done => "done",
             ActionStatus::AlreadyGone => "already_gone",
             ActionStatus::Failed => "failed",
+            ActionStatus::Unconfirmed => "unconfirmed",
+            ActionStatus::Stuck => "stuck",
         }
     }
 }
@@ -160,7 +167,10 @@ impl ActionStatus {
 /// What happened to one API mutation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MutationResult {
-    /// `ok`, `already_gone`, `error`, `reconciled_done` or `reconciled_not_done`.
+    /// What Cloudflare answered: `ok` (2xx), `not_found` (a 404 naming the id), `rejected` (an
+    /// error about the ids named only), `error` (a failure of the whole run); or, for a call a
+    /// crash left without an answer, `reconciled_done` / `reconciled_not_done`. (`already_gone`
+    /// only in databases written before answers were confirmed by listing.)
     pub outcome: &'static str,
     pub http_status: Option<u16>,
     pub cf_error_code: Option<i64>,
@@ -177,7 +187,12 @@ pub struct RunSummary {
     pub candidates: Option<u64>,
     pub excluded: Option<u64>,
     pub actions_done: u64,
+    /// Failed or unconfirmed.
     pub actions_failed: u64,
+    /// Claimed done by Cloudflare but not confirmed by the listing (also in `actions_failed`).
+    pub actions_unconfirmed: u64,
+    /// Not attempted: the same failure in the last runs (not in `actions_failed`).
+    pub actions_stuck: u64,
     pub api_requests: u64,
 }
 
@@ -192,13 +207,14 @@ pub struct Intent {
     pub at: DateTime<Utc>,
 }
 
-/// What a sent call came to. `settles` `None` leaves the call's actions for follow-up calls
-/// (a bulk call split after a refusal).
+/// What a sent call came to. `settles` empty leaves the call's actions for follow-up calls
+/// (a bulk call split after a refusal); otherwise its actions, grouped by the status the
+/// confirmation listing gave them.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub mutation: MutationId,
     pub result: MutationResult,
-    pub settles: Option<Settled>,
+    pub settles: Vec<Settled>,
     pub at: DateTime<Utc>,
 }
 
@@ -226,6 +242,22 @@ pub struct JournalEntry {
     pub outcomes: Vec<Outcome>,
     pub withdrawal: Option<Withdrawal>,
     pub intents: Vec<Intent>,
+}
+
+/// A candidate of a run whose registration failed the same way, for its id alone, in the runs
+/// before it.
+#[derive(Debug, Clone)]
+pub struct FailureStreak {
+    pub action_id: i64,
+    /// Runs in a row (counted up to the number asked for) in which it failed this way or was
+    /// already stuck.
+    pub runs: u32,
+    /// The failed call of the latest of them.
+    pub mutation: MutationId,
+    /// The failure as recorded then; if `already_stuck`, the previous run's stuck detail.
+    pub detail: String,
+    /// The latest of those runs already recorded it stuck.
+    pub already_stuck: bool,
 }
 
 /// A mutation whose outcome was never recorded.
@@ -832,7 +864,8 @@ impl AuditStore {
         sqlx::query(
             "UPDATE runs SET finished_at = ?2, outcome = ?3, reason = ?4, pages = ?5,
                  seen_total = ?6, seen_active = ?7, seen_revoked = ?8, candidates = ?9,
-                 excluded = ?10, actions_done = ?11, actions_failed = ?12, api_requests = ?13
+                 excluded = ?10, actions_done = ?11, actions_failed = ?12, api_requests = ?13,
+                 actions_unconfirmed = ?14, actions_stuck = ?15
              WHERE id = ?1",
         )
         .bind(run.0)
@@ -848,6 +881,8 @@ impl AuditStore {
         .bind(summary.actions_done as i64)
         .bind(summary.actions_failed as i64)
         .bind(summary.api_requests as i64)
+        .bind(summary.actions_unconfirmed as i64)
+        .bind(summary.actions_stuck as i64)
         .execute(&self.pool)
         .await
         .map_err(AuditError::Write)?;
@@ -1024,7 +1059,7 @@ impl AuditStore {
         let settled: Vec<(MutationId, &Settled, i64)> = entry
             .outcomes
             .iter()
-            .filter_map(|o| o.settles.as_ref().map(|s| (o.mutation, s)))
+            .flat_map(|o| o.settles.iter().map(|s| (o.mutation, s)))
             .flat_map(|(m, s)| s.actions.iter().map(move |a| (m, s, *a)))
             .collect();
         for batch in settled.chunks(INSERT_BATCH) {
@@ -1119,6 +1154,141 @@ impl AuditStore {
         .await
         .map_err(AuditError::Write)?;
         Ok(())
+    }
+
+    /// The candidates of `run` (still planned) whose registration failed in each of the runs
+    /// just before, with the same error, for reasons concerning its id alone (the call's
+    /// outcome `rejected`, or `not_found` while it still existed) or was already stuck for it.
+    /// Runs that did not act on it (plan mode, refused, aborted, stopped) neither count nor
+    /// break the streak; a run that listed everything and did not select it (it left the plan),
+    /// or any other result, ends it. Counts up to `needed`.
+    pub async fn failure_streaks(
+        &self,
+        run: RunId,
+        needed: u32,
+    ) -> Result<Vec<FailureStreak>, AuditError> {
+        // Most candidates never failed: the small partial index answers for them.
+        let flagged = sqlx::query(
+            "SELECT cur.id, cur.resource_id, cur.action FROM actions cur
+             WHERE cur.run_id = ?1 AND cur.status = 'planned'
+               AND EXISTS (SELECT 1 FROM actions p
+                           WHERE p.resource_id = cur.resource_id
+                             AND p.status IN ('failed', 'stuck') AND p.run_id < ?1)",
+        )
+        .bind(run.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        let mut streaks = Vec::new();
+        for row in &flagged {
+            let action_id: i64 = row.get(0);
+            let resource: String = row.get(1);
+            let action: String = row.get(2);
+            let history = sqlx::query(
+                "SELECT p.run_id, p.status, p.action, p.mutation_id, p.status_detail,
+                        m.outcome, m.http_status, m.cf_error_code
+                 FROM actions p LEFT JOIN mutations m ON m.id = p.mutation_id
+                 WHERE p.resource_id = ?1 AND p.run_id < ?2
+                 ORDER BY p.run_id DESC, p.id DESC LIMIT 64",
+            )
+            .bind(&resource)
+            .bind(run.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(AuditError::Read)?;
+            let Some(oldest) = history.last().map(|h| h.get::<i64, _>(0)) else {
+                continue;
+            };
+            // Runs that listed everything: one without a row for this id did not select it.
+            let listed: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM runs WHERE id > ?1 AND id < ?2 AND seen_total IS NOT NULL",
+            )
+            .bind(oldest)
+            .bind(run.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(AuditError::Read)?;
+            let with_row: std::collections::HashSet<i64> =
+                history.iter().map(|h| h.get::<i64, _>(0)).collect();
+            type Signature = (String, Option<String>, Option<i64>, Option<i64>);
+            let mut signature: Option<Signature> = None;
+            let mut latest: Option<(MutationId, Option<String>, bool)> = None;
+            let mut failure_detail: Option<String> = None;
+            let mut runs = 0;
+            let mut after = run.0;
+            for h in &history {
+                let at: i64 = h.get(0);
+                if listed
+                    .iter()
+                    .any(|r| *r > at && *r < after && !with_row.contains(r))
+                {
+                    break;
+                }
+                after = at;
+                let status: &str = h.get(1);
+                if matches!(status, "planned" | "not_attempted" | "in_flight") {
+                    continue;
+                }
+                let outcome: Option<String> = h.get(5);
+                let mutation: Option<i64> = h.get(3);
+                let per_id = matches!(outcome.as_deref(), Some("rejected" | "not_found"));
+                let (Some(mutation), true, true) =
+                    (mutation, per_id, matches!(status, "failed" | "stuck"))
+                else {
+                    break;
+                };
+                let this: Signature = (h.get(2), outcome, h.get(6), h.get(7));
+                if this.0 != action || signature.as_ref().is_some_and(|s| *s != this) {
+                    break;
+                }
+                signature = Some(this);
+                let detail: Option<String> = h.get(4);
+                if latest.is_none() {
+                    latest = Some((MutationId(mutation), detail.clone(), status == "stuck"));
+                }
+                if status == "failed" && failure_detail.is_none() {
+                    failure_detail = detail;
+                }
+                runs += 1;
+                if runs >= needed {
+                    break;
+                }
+            }
+            if let Some((mutation, latest_detail, was_stuck)) = latest {
+                let (detail, already_stuck) = match (was_stuck, latest_detail, failure_detail) {
+                    (true, Some(d), _) => (d, true),
+                    (_, _, Some(d)) => (d, false),
+                    (_, d, None) => (d.unwrap_or_default(), false),
+                };
+                streaks.push(FailureStreak {
+                    action_id,
+                    runs,
+                    mutation,
+                    detail,
+                    already_stuck,
+                });
+            }
+        }
+        Ok(streaks)
+    }
+
+    /// Marks actions stuck: not attempted, pointing at the failed call that made them so.
+    pub async fn mark_stuck(&self, stuck: &[(i64, MutationId, String)]) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        for (action, mutation, detail) in stuck {
+            sqlx::query(
+                "UPDATE actions SET status = 'stuck', status_detail = ?2, mutation_id = ?3
+                 WHERE id = ?1",
+            )
+            .bind(action)
+            .bind(detail)
+            .bind(mutation.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?;
+        }
+        tx.commit().await.map_err(AuditError::Write)
     }
 
     /// Intents whose outcome was never recorded: a crash happened between send and record.

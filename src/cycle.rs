@@ -267,20 +267,46 @@ impl CycleContext<'_> {
                 run,
                 chunk_size: self.config.cloudflare.bulk_chunk_size,
                 stop: self.stop,
+                request_budget: self.config.cloudflare.max_requests_per_cycle,
             };
             let applied = executor
                 .apply(&plan, &action_ids)
                 .await
                 .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
             report.summary.actions_done = applied.done + applied.already_gone;
-            report.summary.actions_failed = applied.failed;
+            report.summary.actions_failed = applied.failed + applied.unconfirmed;
+            report.summary.actions_unconfirmed = applied.unconfirmed;
+            report.summary.actions_stuck = applied.stuck;
+            self.metrics.stuck_resources.set(applied.stuck as i64);
             // Defence in depth: an exclusion that matched only at apply time counts too.
             report.summary.excluded = report
                 .summary
                 .excluded
                 .map(|n| n + applied.excluded_at_apply);
+            // A failure that concerns some ids only fails the run (someone should look), but
+            // every other id was still acted on; stuck ids are reported, not failed again.
+            let stuck = (applied.stuck > 0).then(|| {
+                format!(
+                    "{} registrations stuck (failed the same way in the last {} runs; not attempted, see their status_detail)",
+                    applied.stuck,
+                    crate::apply::STUCK_AFTER_RUNS
+                )
+            });
             (report.outcome, report.reason) = match &applied.stopped_by {
-                None => (RunOutcome::Applied, None),
+                None if applied.failed + applied.unconfirmed > 0 => {
+                    let mut reason = format!(
+                        "{} actions failed and {} unconfirmed (Cloudflare claimed success, the listing disagrees); every other action was carried out",
+                        applied.failed, applied.unconfirmed
+                    );
+                    if let Some(first) = &applied.first_failure {
+                        reason.push_str(&format!("; first failure: {first}"));
+                    }
+                    if let Some(stuck) = &stuck {
+                        reason.push_str(&format!("; {stuck}"));
+                    }
+                    (RunOutcome::Failed, Some(reason))
+                }
+                None => (RunOutcome::Applied, stuck),
                 Some(why) if self.stop.is_stopped() => (
                     RunOutcome::Aborted,
                     Some(format!(
@@ -391,6 +417,8 @@ impl CycleContext<'_> {
             excluded = s.excluded.unwrap_or(0),
             done = s.actions_done,
             failed = s.actions_failed,
+            unconfirmed = s.actions_unconfirmed,
+            stuck = s.actions_stuck,
             api_requests = report.api_requests,
             seconds = format!("{:.3}", report.seconds),
             "cycle finished"

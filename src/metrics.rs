@@ -24,6 +24,7 @@ pub struct Metrics {
     pub api_retries: IntCounterVec,
     pub skipped_ticks: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub stuck_resources: IntGauge,
     pub audit_writable: IntGauge,
     pub audit_write_errors: IntCounter,
     pub cycles_not_started: IntCounterVec,
@@ -130,6 +131,12 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            stuck_resources: IntGauge::new(
+                "zt_janitor_stuck_resources",
+                "Registrations left out of the last apply run because their call failed for them \
+                 alone, the same way, in each of the runs before (action status `stuck`).",
+            )
+            .expect("valid metric"),
             audit_writable: IntGauge::new(
                 "zt_janitor_audit_writable",
                 "1 when audit writes are trusted to reach the disk; 0 after a write failed or the \
@@ -183,6 +190,7 @@ impl Metrics {
             Box::new(self.api_retries.clone()),
             Box::new(self.skipped_ticks.clone()),
             Box::new(self.config_reloads.clone()),
+            Box::new(self.stuck_resources.clone()),
             Box::new(self.audit_writable.clone()),
             Box::new(self.audit_write_errors.clone()),
             Box::new(self.cycles_not_started.clone()),

@@ -195,15 +195,34 @@ async fn a_404_on_delete_is_recorded_as_already_gone() {
         "cccccccc-0000-4000-8000-000000000001",
         days_ago(now, 200),
     ));
-    // Someone else deletes it between our listing and our delete.
+    // Someone else deletes it between our listing and our delete: our DELETE is held up
+    // until theirs (a bulk call, which the fault leaves alone) has gone through.
     env.fake.set_faults(vec![FaultRule::always(
         FaultEndpoint::DeleteOne,
-        Fault::Status {
-            code: 404,
-            retry_after: None,
-        },
+        Fault::Delay(std::time::Duration::from_millis(300)),
     )]);
+    let someone_else = {
+        let (fake, id) = (env.fake.clone(), id.clone());
+        tokio::spawn(async move {
+            while fake.mutations().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            reqwest::Client::new()
+                .delete(format!(
+                    "{}/accounts/{}/devices/registrations",
+                    fake.base_url(),
+                    fake.account_id()
+                ))
+                .query(&[("id", id.as_str())])
+                .bearer_auth(fake.token())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
     let report = env.once().await;
+    assert!(someone_else.await.unwrap().is_success());
     assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
     let pool = env.sql().await;
     let row = sqlx::query(
@@ -214,7 +233,8 @@ async fn a_404_on_delete_is_recorded_as_already_gone() {
     .await
     .unwrap();
     assert_eq!(row.get::<String, _>(0), "already_gone");
-    assert_eq!(row.get::<String, _>(1), "already_gone");
+    // The call's own outcome is what Cloudflare answered; the listing confirmed it gone.
+    assert_eq!(row.get::<String, _>(1), "not_found");
     assert_eq!(row.get::<i64, _>(2), 404);
     assert_eq!(row.get::<String, _>(3), "delete");
 }

@@ -66,3 +66,146 @@ async fn snapshots_written_before_they_had_a_table_of_their_own_survive_the_upgr
     assert_eq!(rows[0].status, "done");
     audit.close().await;
 }
+
+/// A database written before answers were confirmed by listing: its actions and mutations are
+/// rebuilt with the wider statuses, every row, reference, snapshot and index intact.
+#[tokio::test]
+async fn a_database_from_before_confirmation_gains_the_new_statuses_with_its_rows_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let earlier = dir.path().join("migrations");
+    std::fs::create_dir(&earlier).unwrap();
+    for name in [
+        "20261124000001_audit.sql",
+        "20261125000001_snapshots_apart.sql",
+    ] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(name),
+            earlier.join(name),
+        )
+        .unwrap();
+    }
+    let db = dir.path().join("audit.db");
+    let old = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&db)
+                .create_if_missing(true)
+                .foreign_keys(true),
+        )
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&old)
+        .await
+        .unwrap();
+    for statement in [
+        "INSERT INTO runs (id, started_at, mode, outcome) VALUES (1, 't', 'apply', 'applied')",
+        "INSERT INTO mutations (id, run_id, kind, method, path, resource_ids, intent_at,
+             completed_at, outcome, http_status)
+         VALUES (7, 1, 'delete', 'DELETE', '/x', '[\"aaaaaaaa-0000-4000-8000-000000000001\"]',
+             't', 't', 'already_gone', 404)",
+        "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_type, resource_id,
+             reason, status, mutation_id)
+         VALUES (3, 1, 't', 'idle-90d', 'delete', 'device_registration',
+             'aaaaaaaa-0000-4000-8000-000000000001', 'idle', 'already_gone', 7)",
+        "INSERT INTO snapshots (action_id, body) VALUES (3, '{\"id\":1}')",
+    ] {
+        sqlx::query(statement).execute(&old).await.unwrap();
+    }
+    // The old schema refuses the new status.
+    assert!(
+        sqlx::query("UPDATE actions SET status = 'unconfirmed' WHERE id = 3")
+            .execute(&old)
+            .await
+            .is_err()
+    );
+    old.close().await;
+
+    let audit = AuditStore::open(&db).await.unwrap();
+    let rows = audit
+        .actions(&ActionFilter {
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "already_gone");
+    assert_eq!(rows[0].mutation_id, Some(7));
+    assert_eq!(rows[0].http_status, Some(404));
+    assert_eq!(rows[0].snapshot, r#"{"id":1}"#);
+    audit.close().await;
+
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&db).foreign_keys(true))
+        .await
+        .unwrap();
+    for status in ["unconfirmed", "stuck"] {
+        sqlx::query("UPDATE actions SET status = ?1 WHERE id = 3")
+            .bind(status)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    for outcome in ["not_found", "rejected"] {
+        sqlx::query("UPDATE mutations SET outcome = ?1 WHERE id = 7")
+            .bind(outcome)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    assert!(
+        sqlx::query("UPDATE actions SET status = 'bogus' WHERE id = 3")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
+    let violations: Vec<(String,)> =
+        sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    // References point at the rebuilt tables, not at leftovers.
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(tables.iter().all(|t| !t.ends_with("_new")), "{tables:?}");
+    let references: Vec<String> =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name IN ('actions', 'snapshots')")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        references.iter().all(|sql| !sql.contains("_new")),
+        "{references:?}"
+    );
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for index in [
+        "actions_failing",
+        "actions_mutation",
+        "actions_resource",
+        "actions_run",
+        "actions_user_folded",
+        "mutations_pending",
+    ] {
+        assert!(
+            indexes.contains(&index.to_owned()),
+            "{index} in {indexes:?}"
+        );
+    }
+    pool.close().await;
+}

@@ -292,19 +292,20 @@ fn cases() -> Vec<Case> {
         ),
         Case {
             settings: Settings {
-                cloudflare_extra: "max_requests_per_cycle = 6",
+                // 4 pages, then per call the call and the listing that confirms it.
+                cloudflare_extra: "max_requests_per_cycle = 8",
                 ..settings()
             },
             check: Some(|env, _, _| {
                 let total = env.fake.request_counts().total;
-                (total <= 6)
+                (total <= 8)
                     .then_some(())
-                    .ok_or(format!("{total} requests over a budget of 6"))
+                    .ok_or(format!("{total} requests over a budget of 8"))
             }),
             ..case(
                 "request budget spent during apply",
                 vec![],
-                stopped(Failed, "request budget of 6", true),
+                stopped(Failed, "request budget of 8", true),
             )
         },
         Case {

@@ -5,21 +5,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{days_ago, Env, Settings};
+use common::{days_ago, free_port, get, signal, wait_for, Env, Settings};
 use sqlx::Row;
 use zt_janitor::fake::{Endpoint, FakeOptions, FakeRegistration, Fault, FaultRule, MutationKind};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The value of one sample line (`name{labels} value`), 0 when absent.
 fn sample(scrape: &str, series: &str) -> f64 {
@@ -38,30 +30,6 @@ fn sum(scrape: &str, metric: &str, filter: &str) -> f64 {
         .filter(|l| l.starts_with(metric) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-async fn get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} failed");
 }
 
 #[tokio::test(flavor = "multi_thread")]

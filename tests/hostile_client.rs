@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{Env, Settings};
+use common::{free_port, Env, Settings};
 use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -490,14 +490,6 @@ async fn a_stop_cuts_a_retry_wait_short() {
         "the 100 s wait was cut"
     );
     assert_eq!(fake.request_counts().list_pages, 1, "not sent again");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{days_ago, Env, Settings};
+use common::{days_ago, free_port, get, signal, wait_for, Env, Settings};
 use sqlx::Row;
 use zt_janitor::audit::{AuditStore, Intent, JournalEntry, MutationKind as AuditMutationKind};
 use zt_janitor::cloudflare::Client;
@@ -22,14 +22,6 @@ use zt_janitor::metrics::Metrics;
 use zt_janitor::plan::build_plan;
 use zt_janitor::rules::RuleSet;
 use zt_janitor::secret::ApiToken;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The value of one sample line (`name{labels} value`), `None` when absent.
 fn sample(scrape: &str, series: &str) -> Option<f64> {
@@ -49,34 +41,6 @@ fn total(scrape: &str, metric: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-async fn get(url: &str) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    match client.get(url).send().await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} failed");
 }
 
 /// The real daemon, its log in a file (a pipe nobody reads would block it), killed on drop.

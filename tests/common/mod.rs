@@ -304,3 +304,50 @@ pub fn set_private(path: &std::path::Path) {
 pub fn days_ago(now: DateTime<Utc>, d: i64) -> DateTime<Utc> {
     now - TimeDelta::days(d)
 }
+
+/// A free loopback port for a daemon's metrics endpoint.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `url`: its status and body, or `(0, "")` when nothing answers within 3 s.
+pub async fn get(url: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .unwrap();
+    match client.get(url).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Polls `check` every 100 ms until it holds; fails the test after `timeout`.
+pub async fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let until = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `sig` (e.g. `-HUP`) to a child process.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}

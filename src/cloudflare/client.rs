@@ -661,18 +661,7 @@ mod tests {
     }
 
     fn api(status: u16, codes: &[i64], envelope: bool) -> ApiError {
-        ApiError::Api {
-            endpoint: Endpoint::DeleteRegistration,
-            status,
-            errors: codes
-                .iter()
-                .map(|&code| CfErrorDetail {
-                    code,
-                    message: "m".to_owned(),
-                })
-                .collect(),
-            envelope,
-        }
+        crate::cloudflare::error::tests::api(Endpoint::DeleteRegistration, status, codes, envelope)
     }
 
     #[test]

@@ -275,10 +275,11 @@ impl CfErrorDetail {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn api(endpoint: Endpoint, status: u16, codes: &[i64], envelope: bool) -> ApiError {
+    /// An API error with these codes, each with a placeholder message.
+    pub(crate) fn api(endpoint: Endpoint, status: u16, codes: &[i64], envelope: bool) -> ApiError {
         ApiError::Api {
             endpoint,
             status,

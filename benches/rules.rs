@@ -4,8 +4,9 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use zt_janitor::cloudflare::{Device, Registration, RegistrationId, RegistrationType, Stamp, User};
-use zt_janitor::config::{Action, ExclusionSettings, Resource, RuleSettings};
+use zt_janitor::cloudflare::{Device, Registration, RegistrationType, Stamp, User};
+use zt_janitor::config::{Action, ExclusionSettings, RuleSettings};
+use zt_janitor::resource::{Kind, ResourceId};
 use zt_janitor::rules::{RuleSet, Verdict};
 
 const N: usize = 1_000_000;
@@ -20,7 +21,7 @@ fn registrations(now: DateTime<Utc>) -> Vec<Registration> {
                 _ => now - TimeDelta::hours((i % 480) as i64),
             };
             Registration {
-                id: RegistrationId::parse(&format!("00000000-0000-4000-8000-{i:012}")).unwrap(),
+                id: ResourceId::parse(&format!("00000000-0000-4000-8000-{i:012}")).unwrap(),
                 created_at: Stamp::Valid(last_seen - TimeDelta::days(30)),
                 last_seen_at: Stamp::Valid(last_seen),
                 revoked_at: (bucket == 4).then(|| Stamp::Valid(now - TimeDelta::days(20))),
@@ -43,7 +44,7 @@ fn registrations(now: DateTime<Utc>) -> Vec<Registration> {
 fn rule_set() -> RuleSet {
     let rule = |name: &str| RuleSettings {
         name: name.into(),
-        resource: Resource::DeviceRegistration,
+        resource: Kind::DeviceRegistration,
         action: Action::Delete,
         idle_days: None,
         revoked: false,
@@ -68,7 +69,7 @@ fn rule_set() -> RuleSet {
                 name: "vips".into(),
                 user_emails: vec!["*@board.example.com".into(), "ceo@example.com".into()],
                 device_names: vec!["kiosk-*".into(), "build-??".into()],
-                registration_ids: vec![RegistrationId::parse("abc-1").unwrap()],
+                registration_ids: vec![ResourceId::parse("abc-1").unwrap()],
                 no_user: false,
             },
             ExclusionSettings {

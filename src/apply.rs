@@ -16,10 +16,11 @@ use crate::audit::{
     ActionStatus, AuditError, AuditStore, Intent, JournalEntry, MutationId, MutationKind,
     MutationResult, Outcome, RunId, Settled, Withdrawal,
 };
-use crate::cloudflare::{ApiError, Client, MutationOutcome, RegistrationId};
+use crate::cloudflare::{ApiError, Client, MutationOutcome};
 use crate::config::Action;
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan};
+use crate::resource::{self, Kind, PageToken, Presence, ResourceId};
 use crate::rules::RuleSet;
 
 /// Calls go out in groups, and the intents of the next group are committed while the current
@@ -81,9 +82,10 @@ struct Item<'p> {
     action_id: i64,
 }
 
-/// One API call: what it does and the actions it carries.
+/// One API call: what it does, to which kind, and the actions it carries.
 #[derive(Clone, Copy)]
 struct Call<'q, 'p> {
+    kind: Kind,
     action: Action,
     items: &'q [Item<'p>],
 }
@@ -125,6 +127,7 @@ enum Claim {
 /// A call that got an answer (or gave up), with what it claims.
 struct Answered<'q, 'p> {
     mutation: MutationId,
+    kind: Kind,
     action: Action,
     items: &'q [Item<'p>],
     result: MutationResult,
@@ -141,21 +144,29 @@ impl Executor<'_> {
             .still_unprotected(plan, action_ids, &mut report)
             .await?;
         let queue = self.leave_out_stuck(queue, &mut report).await?;
-        let by_action: Vec<(Action, Vec<Item>)> = [Action::Delete, Action::Revoke]
+        let by_action: Vec<(Kind, Action, Vec<Item>)> = Kind::ALL
             .into_iter()
-            .map(|action| {
+            .flat_map(|kind| [Action::Delete, Action::Revoke].map(|action| (kind, action)))
+            .map(|(kind, action)| {
                 let items = queue
                     .iter()
                     .copied()
-                    .filter(|i| i.candidate.action == action)
+                    .filter(|i| i.candidate.kind == kind && i.candidate.action == action)
                     .collect();
-                (action, items)
+                (kind, action, items)
             })
             .collect();
         let mut calls: VecDeque<Call> = by_action
             .iter()
-            .flat_map(|(action, items)| {
-                items.chunks(self.chunk_size.max(1)).map(|items| Call {
+            .flat_map(|(kind, action, items)| {
+                // A kind without a bulk call for this action takes one id per call.
+                let chunk = if resource::bulk(*kind, *action) {
+                    self.chunk_size.max(1)
+                } else {
+                    1
+                };
+                items.chunks(chunk).map(|items| Call {
+                    kind: *kind,
                     action: *action,
                     items,
                 })
@@ -304,6 +315,20 @@ impl Executor<'_> {
         Ok(queue)
     }
 
+    /// The intent of `call`, as the audit log records it.
+    fn intent(&self, call: &Call<'_, '_>) -> Intent {
+        let ids: Vec<ResourceId> = call.items.iter().map(|i| i.candidate.id.clone()).collect();
+        let request =
+            resource::mutation_request(call.kind, self.client.account(), call.action, &ids);
+        Intent {
+            kind: call_kind(call.action, ids.len()),
+            method: request.method.to_string(),
+            path: request.shown,
+            ids,
+            at: Utc::now(),
+        }
+    }
+
     /// Commits `outcomes` and the intents of `calls` in one transaction.
     async fn journal<'q, 'p>(
         &self,
@@ -313,7 +338,7 @@ impl Executor<'_> {
         let entry = JournalEntry {
             outcomes,
             withdrawal: None,
-            intents: calls.iter().map(|c| intent(c.action, c.items)).collect(),
+            intents: calls.iter().map(|c| self.intent(c)).collect(),
         };
         let ids = self.audit.write_journal(self.run, &entry).await?;
         Ok(calls
@@ -365,12 +390,14 @@ impl Executor<'_> {
         if sent.answered.is_empty() {
             return;
         }
-        let ids: Vec<RegistrationId> = sent
+        let ids: Vec<ResourceId> = sent
             .answered
             .iter()
             .flat_map(|a| a.items.iter().map(|i| i.candidate.id.clone()))
             .collect();
-        let found = current_state(self.client, &ids).await;
+        // A group holds calls of one kind: groups are cut from calls sorted by kind.
+        let kind = sent.answered[0].kind;
+        let found = current_state(self.client, kind, &ids).await;
         if let Err(e) = &found {
             tracing::warn!(ids = ids.len(), error = %e, "cannot confirm the calls just made by listing; their actions are recorded unconfirmed");
             if report.stopped_by.is_none() {
@@ -394,7 +421,7 @@ impl Executor<'_> {
     fn settle(
         &self,
         answered: Answered<'_, '_>,
-        found: Result<&HashMap<RegistrationId, Presence>, &str>,
+        found: Result<&HashMap<ResourceId, Presence>, &str>,
         report: &mut ApplyReport,
     ) -> Outcome {
         let mut settles: Vec<Settled> = Vec::new();
@@ -469,13 +496,11 @@ impl Executor<'_> {
                 sent.unsent.append(&mut work);
                 return Ok(());
             }
-            let ids: Vec<RegistrationId> = part.iter().map(|i| i.candidate.id.clone()).collect();
+            let ids: Vec<ResourceId> = part.iter().map(|i| i.candidate.id.clone()).collect();
             report.mutations += 1;
-            let result = match call_kind(action, ids.len()) {
-                MutationKind::Delete => self.client.delete_registration(&ids[0]).await,
-                MutationKind::BulkDelete => self.client.bulk_delete_registrations(&ids).await,
-                MutationKind::Revoke => self.client.revoke_registrations(&ids).await,
-            };
+            let request =
+                resource::mutation_request(call.kind, self.client.account(), action, &ids);
+            let result = self.client.mutate(&request).await;
             let (result, claim) = match result {
                 Ok(MutationOutcome::Done { status }) => (
                     MutationResult {
@@ -509,7 +534,13 @@ impl Executor<'_> {
                         settles: Vec::new(),
                         at: Utc::now(),
                     };
-                    let halves = [a, b].map(|items| Call { action, items }).to_vec();
+                    let halves = [a, b]
+                        .map(|items| Call {
+                            kind: call.kind,
+                            action,
+                            items,
+                        })
+                        .to_vec();
                     let mut halves = self.journal(halves, vec![refused]).await?;
                     // Popped from the end: the first half goes first.
                     halves.reverse();
@@ -534,6 +565,7 @@ impl Executor<'_> {
             };
             sent.answered.push(Answered {
                 mutation,
+                kind: call.kind,
                 action,
                 items: part,
                 result,
@@ -584,24 +616,6 @@ fn call_kind(action: Action, ids: usize) -> MutationKind {
         (Action::Delete, 1) => MutationKind::Delete,
         (Action::Delete, _) => MutationKind::BulkDelete,
         (Action::Revoke, _) => MutationKind::Revoke,
-    }
-}
-
-/// The intent of the call that carries `items`, as the audit log records it.
-fn intent(action: Action, items: &[Item<'_>]) -> Intent {
-    let ids: Vec<RegistrationId> = items.iter().map(|i| i.candidate.id.clone()).collect();
-    let kind = call_kind(action, ids.len());
-    let (method, path) = match kind {
-        MutationKind::Delete => ("DELETE", format!("/devices/registrations/{}", ids[0])),
-        MutationKind::BulkDelete => ("DELETE", "/devices/registrations?id=…".to_owned()),
-        MutationKind::Revoke => ("POST", "/devices/registrations/revoke?id=…".to_owned()),
-    };
-    Intent {
-        kind,
-        method,
-        path,
-        ids,
-        at: Utc::now(),
     }
 }
 
@@ -694,7 +708,7 @@ const IDS_PER_LOOKUP: usize = 100;
 pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u64, ReconcileError> {
     let pending = audit.pending_mutations().await?;
     for m in &pending {
-        let now = current_state(client, &m.resource_ids).await?;
+        let now = current_state(client, Kind::DeviceRegistration, &m.resource_ids).await?;
         let mut all_done = true;
         for id in &m.resource_ids {
             let done = match m.kind {
@@ -749,46 +763,28 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
     Ok(pending.len() as u64)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Presence {
-    Active,
-    Revoked,
-}
-
-/// What Cloudflare holds now of `ids`: one filtered listing per hundred ids rather than a GET
-/// each, followed to its end. An id missing from the map does not exist. Used to reconcile
-/// interrupted calls and to confirm what every call claims.
+/// What Cloudflare holds now of `ids` of `kind`: one filtered listing per hundred ids rather
+/// than a GET each, followed to its end. An id missing from the map does not exist. Used to
+/// reconcile interrupted calls and to confirm what every call claims.
 async fn current_state(
     client: &Client,
-    ids: &[RegistrationId],
-) -> Result<HashMap<RegistrationId, Presence>, LookupError> {
-    /// Only what reconciliation needs, so that an object odd in other fields still answers.
-    #[derive(serde::Deserialize)]
-    struct Listed {
-        id: RegistrationId,
-        #[serde(default)]
-        revoked_at: Option<serde_json::Value>,
-    }
+    kind: Kind,
+    ids: &[ResourceId],
+) -> Result<HashMap<ResourceId, Presence>, LookupError> {
     let mut found = HashMap::new();
     for lookup in ids.chunks(IDS_PER_LOOKUP) {
-        let mut cursor: Option<String> = None;
+        let mut token: Option<PageToken> = None;
         let mut followed = HashSet::new();
         loop {
-            let page = client
-                .list_registrations_with_ids_page(lookup, cursor.as_deref())
-                .await?;
+            let page = resource::find_page(kind, client, lookup, token.as_ref()).await?;
             for raw in &page.items {
-                let listed: Listed = serde_json::from_str(raw.get())
+                let (id, presence) = resource::presence(kind, raw)
                     .map_err(|e| LookupError::Unreadable(e.to_string()))?;
-                let presence = match listed.revoked_at {
-                    Some(v) if !v.is_null() => Presence::Revoked,
-                    _ => Presence::Active,
-                };
-                found.insert(listed.id, presence);
+                found.insert(id, presence);
             }
-            match page.next_cursor {
+            match page.next {
                 None => break,
-                Some(next) if followed.insert(next.clone()) => cursor = Some(next),
+                Some(next) if followed.insert(next.clone()) => token = Some(next),
                 Some(_) => {
                     return Err(LookupError::Unreadable(
                         "the listing repeats a cursor".to_owned(),

@@ -18,9 +18,9 @@ use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
-use crate::cloudflare::RegistrationId;
 use crate::config::Mode;
 use crate::plan::Candidate;
+use crate::resource::ResourceId;
 use serde_json::value::RawValue;
 
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
@@ -201,9 +201,9 @@ pub struct RunSummary {
 #[derive(Debug, Clone)]
 pub struct Intent {
     pub kind: MutationKind,
-    pub method: &'static str,
+    pub method: String,
     pub path: String,
-    pub ids: Vec<RegistrationId>,
+    pub ids: Vec<ResourceId>,
     pub at: DateTime<Utc>,
 }
 
@@ -266,7 +266,7 @@ pub struct PendingMutation {
     pub id: MutationId,
     pub run_id: RunId,
     pub kind: MutationKind,
-    pub resource_ids: Vec<RegistrationId>,
+    pub resource_ids: Vec<ResourceId>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1116,7 +1116,7 @@ impl AuditStore {
                 row.push_bind(id.0)
                     .push_bind(run.0)
                     .push_bind(intent.kind.as_str())
-                    .push_bind(intent.method)
+                    .push_bind(&intent.method)
                     .push_bind(&intent.path)
                     .push_bind(serde_json::to_string(&intent.ids).expect("ids serialize"))
                     .push_bind(ts(intent.at));
@@ -1135,7 +1135,7 @@ impl AuditStore {
     pub async fn set_mutation_action_status(
         &self,
         mutation: &PendingMutation,
-        resource_id: &RegistrationId,
+        resource_id: &ResourceId,
         status: ActionStatus,
         detail: &str,
     ) -> Result<(), AuditError> {
@@ -1309,7 +1309,7 @@ impl AuditStore {
                     kind: MutationKind::parse(r.get(2))?,
                     resource_ids: ids
                         .iter()
-                        .filter_map(|s| RegistrationId::parse(s).ok())
+                        .filter_map(|s| ResourceId::parse(s).ok())
                         .collect(),
                 })
             })

@@ -19,6 +19,7 @@ use crate::cycle::CycleContext;
 use crate::metrics::Metrics;
 use crate::plan::build_plan;
 use crate::report::{self, Format};
+use crate::resource::Kind;
 use crate::rules::RuleSet;
 use crate::secret::ApiToken;
 
@@ -252,9 +253,15 @@ async fn plan(config: &Config, output: Format) -> Result<ExitCode> {
     let rules = RuleSet::new(&config.rules, &config.exclusions)?;
     let token = ApiToken::load(&config.cloudflare)?;
     let client = Client::new(&config.cloudflare, token, Metrics::new())?;
-    let plan = build_plan(&client, &rules, &config.safety, Utc::now())
-        .await
-        .context("cannot build a plan")?;
+    let plan = build_plan(
+        &client,
+        Kind::DeviceRegistration,
+        &rules,
+        &config.safety,
+        Utc::now(),
+    )
+    .await
+    .context("cannot build a plan")?;
     let mut out = std::io::stdout().lock();
     match output {
         Format::Json => report::plan_json(&mut out, &plan, &rules)?,

@@ -20,7 +20,8 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::cloudflare::model::{AccountId, RegistrationId, RegistrationType};
+use crate::cloudflare::model::{AccountId, RegistrationType};
+use crate::resource::{Kind, ResourceId};
 
 const DEFAULT_API_TOKEN_ENV: &str = "CLOUDFLARE_API_TOKEN";
 const DEFAULT_BASE_URL: &str = "https://api.cloudflare.com/client/v4";
@@ -188,21 +189,6 @@ pub struct LoggingSettings {
     pub level: String,
 }
 
-/// What kind of Cloudflare object a rule cleans up.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resource {
-    DeviceRegistration,
-}
-
-impl fmt::Display for Resource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Resource::DeviceRegistration => "device_registration",
-        })
-    }
-}
-
 /// What a rule does to what it selects.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -233,7 +219,7 @@ pub struct RuleSettings {
     /// `name`: unique, non-empty; recorded in the audit log. Required.
     pub name: String,
     /// `resource`: `"device_registration"` (the only one so far). Required.
-    pub resource: Resource,
+    pub resource: Kind,
     /// `action`: `"delete"` or `"revoke"`. Required.
     pub action: Action,
     /// `idle_days`: select registrations last seen at least this many days ago, 1..=36500.
@@ -262,7 +248,7 @@ pub struct ExclusionSettings {
     /// `device_name`: globs matched case-sensitively against the device name. Default: none.
     pub device_names: Vec<String>,
     /// `registration_id`: exact registration ids. Default: none.
-    pub registration_ids: Vec<RegistrationId>,
+    pub registration_ids: Vec<ResourceId>,
     /// `no_user`: registrations with no user, or the service-token identity
     /// `non_identity@*.cloudflareaccess.com`. Default: false.
     pub no_user: bool,
@@ -418,7 +404,7 @@ fn describe_exclusion(exclusion: &ExclusionSettings) -> String {
         let ids: Vec<&str> = exclusion
             .registration_ids
             .iter()
-            .map(RegistrationId::as_str)
+            .map(ResourceId::as_str)
             .collect();
         criteria.push(format!("registration_id is {}", ids.join(" | ")));
     }
@@ -907,7 +893,7 @@ impl Validator<'_> {
         let resource = self.one_of_with(
             resource,
             &key("resource"),
-            &[("device_registration", Resource::DeviceRegistration)],
+            &Kind::ALL.map(|k| (k.as_str(), k)),
             " (service tokens, API tokens and client certificates are not supported yet)",
         )?;
         let action = raw
@@ -1017,7 +1003,7 @@ impl Validator<'_> {
             .unwrap_or_default()
             .into_iter()
             .map(|id| {
-                RegistrationId::parse(id.get_ref())
+                ResourceId::parse(id.get_ref())
                     .map_err(|m| self.error(id.span(), key("registration_id"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -1809,7 +1795,7 @@ mod tests {
             config.rules,
             vec![RuleSettings {
                 name: "idle-90d".into(),
-                resource: Resource::DeviceRegistration,
+                resource: Kind::DeviceRegistration,
                 action: Action::Delete,
                 idle_days: Some(90),
                 revoked: false,

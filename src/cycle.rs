@@ -15,6 +15,7 @@ use crate::cloudflare::Client;
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan, Planner};
+use crate::resource::Kind;
 use crate::rules::RuleSet;
 use crate::secret::ApiToken;
 
@@ -332,7 +333,7 @@ impl CycleContext<'_> {
         run: RunId,
         now: DateTime<Utc>,
     ) -> Result<Result<(Plan, Vec<i64>), String>, CycleError> {
-        let mut planner = Planner::new(client, self.rules, now);
+        let mut planner = Planner::new(client, Kind::DeviceRegistration, self.rules, now);
         let mut log = DecisionLog::new(self.audit, run, now);
         loop {
             log.pace().await?;

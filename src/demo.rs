@@ -17,6 +17,7 @@ use crate::fake::{FakeOptions, FakeServer};
 use crate::metrics::Metrics;
 use crate::plan::build_plan;
 use crate::report::{self, Format};
+use crate::resource::Kind;
 use crate::rules::RuleSet;
 use crate::secret::ApiToken;
 
@@ -76,7 +77,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ApiToken::load(&config.cloudflare)?,
         Metrics::new(),
     )?;
-    let plan = build_plan(&client, &rules, &config.safety, Utc::now()).await?;
+    let plan = build_plan(
+        &client,
+        Kind::DeviceRegistration,
+        &rules,
+        &config.safety,
+        Utc::now(),
+    )
+    .await?;
     println!(
         "\n== Plan (first {PLAN_ROWS_SHOWN} of {} rows)",
         plan.candidates.len()

@@ -1,7 +1,7 @@
 //! zt-janitor: keeps a Cloudflare Zero Trust account free of stale device registrations.
 //!
 //! One module per concern: `config` (settings), `secret` (the API token), `cloudflare` (model
-//! and the only HTTP client), `rules` (pure decisions), `plan` (listing through the rules),
+//! and the only HTTP client), `resource` (what differs per kind of object), `rules` (pure decisions), `plan` (listing through the rules),
 //! `apply` (the executor), `audit` (the only SQL), `cycle` (one run end to end), `metrics` and
 //! `http` (observability), `schedule` (the daemon), `report` (rendering), `cli`, and the
 //! built-in `fake` API with the `demo` and `bench` commands built on it.
@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod resource;
 pub mod rules;
 pub mod schedule;
 pub mod secret;

@@ -12,21 +12,23 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::cloudflare::{ApiError, Client, Registration, RegistrationId, RegistrationPage, Stamp};
+use crate::cloudflare::{ApiError, Client, Stamp};
 use crate::config::{Action, SafetySettings};
+use crate::resource::{self, Kind, Page, PageToken, ResourceId};
 use crate::rules::{Anomaly, RuleSet, Verdict, Why};
 
 /// Where pages come from: the Cloudflare client in production, a vector in unit tests.
-pub trait RegistrationSource {
+pub trait PageSource {
     fn page(
         &self,
-        cursor: Option<&str>,
-    ) -> impl std::future::Future<Output = Result<RegistrationPage, ApiError>> + Send;
+        kind: Kind,
+        token: Option<&PageToken>,
+    ) -> impl std::future::Future<Output = Result<Page, ApiError>> + Send;
 }
 
-impl RegistrationSource for Client {
-    async fn page(&self, cursor: Option<&str>) -> Result<RegistrationPage, ApiError> {
-        self.list_registrations_page(cursor).await
+impl PageSource for Client {
+    async fn page(&self, kind: Kind, token: Option<&PageToken>) -> Result<Page, ApiError> {
+        resource::list_page(kind, self, token).await
     }
 }
 
@@ -50,12 +52,14 @@ pub enum PlanError {
     },
 }
 
-/// A registration a rule selected for action.
+/// An object a rule selected for action.
 #[derive(Debug, Clone, Serialize)]
 pub struct Candidate {
+    #[serde(rename = "resource")]
+    pub kind: Kind,
     pub rule: String,
     pub action: Action,
-    pub id: RegistrationId,
+    pub id: ResourceId,
     pub user_email: Option<String>,
     pub device_name: String,
     pub last_seen_at: Stamp,
@@ -200,13 +204,14 @@ impl Plan {
 
 /// Lists everything from `source` and evaluates it at `now`, for display: snapshots are
 /// dropped as pages arrive. The cycle uses [`Planner`] directly to hand them to the audit log.
-pub async fn build_plan<S: RegistrationSource>(
+pub async fn build_plan<S: PageSource>(
     source: &S,
+    kind: Kind,
     rules: &RuleSet,
     safety: &SafetySettings,
     now: DateTime<Utc>,
 ) -> Result<Plan, PlanError> {
-    let mut planner = Planner::new(source, rules, now);
+    let mut planner = Planner::new(source, kind, rules, now);
     let mut candidates = Vec::new();
     while let Some(page) = planner.next_page().await? {
         candidates.extend(page.into_iter().map(|c| Candidate {
@@ -221,6 +226,7 @@ pub async fn build_plan<S: RegistrationSource>(
 /// one page; a page that makes the listing untrustworthy ends it with an error.
 pub struct Planner<'a, S> {
     source: &'a S,
+    kind: Kind,
     rules: &'a RuleSet,
     now: DateTime<Utc>,
     seen: SeenCounts,
@@ -230,28 +236,29 @@ pub struct Planner<'a, S> {
     // (odds ~1e-8 at 1M ids) can only abort a cycle, never cause an action.
     fingerprints: Vec<u64>,
     cursors_seen: HashSet<u64>,
-    cursor: Option<String>,
+    token: Option<PageToken>,
     pages: u64,
     done: bool,
 }
 
-impl<'a, S: RegistrationSource> Planner<'a, S> {
-    pub fn new(source: &'a S, rules: &'a RuleSet, now: DateTime<Utc>) -> Self {
+impl<'a, S: PageSource> Planner<'a, S> {
+    pub fn new(source: &'a S, kind: Kind, rules: &'a RuleSet, now: DateTime<Utc>) -> Self {
         Planner {
             source,
+            kind,
             rules,
             now,
             seen: SeenCounts::default(),
             anomalies: AnomalyCounts::default(),
             fingerprints: Vec::new(),
             cursors_seen: HashSet::new(),
-            cursor: None,
+            token: None,
             pages: 0,
             done: false,
         }
     }
 
-    /// The candidates of the next page (possibly none), or `None` once the cursor ran out.
+    /// The candidates of the next page (possibly none), or `None` once the listing ended.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Candidate>>, PlanError> {
         if self.done {
             return Ok(None);
@@ -260,7 +267,7 @@ impl<'a, S: RegistrationSource> Planner<'a, S> {
         let page_no = self.pages;
         let page = self
             .source
-            .page(self.cursor.as_deref())
+            .page(self.kind, self.token.as_ref())
             .await
             .map_err(|source| PlanError::Listing {
                 page: page_no,
@@ -268,34 +275,26 @@ impl<'a, S: RegistrationSource> Planner<'a, S> {
             })?;
         let mut candidates = Vec::new();
         for (index, raw) in page.items.into_iter().enumerate() {
-            let reg: Registration =
-                serde_json::from_str(raw.get()).map_err(|e| PlanError::Malformed {
+            let item = resource::evaluate(self.kind, &raw, self.rules, self.now).map_err(|e| {
+                PlanError::Malformed {
                     page: page_no,
                     index,
                     message: e.to_string(),
-                })?;
+                }
+            })?;
+            let facts = item.facts;
             // By the id's UUID value, so that the same id in two cases is a repeat.
-            self.fingerprints.push(fingerprint(&reg.id.key()));
+            self.fingerprints.push(fingerprint(&facts.id.key()));
             self.seen.total += 1;
-            if reg.is_revoked() {
+            if item.revoked {
                 self.seen.revoked += 1;
             } else {
                 self.seen.active += 1;
             }
-            let eval = self.rules.evaluate(&reg, self.now);
-            if let Some(a) = eval.anomaly {
-                tracing::warn!(
-                    registration = %reg.id,
-                    anomaly = a.label(),
-                    last_seen_at = %reg.last_seen_at,
-                    created_at = %reg.created_at,
-                    revoked_at = %reg.revoked_at.as_ref().unwrap_or(&Stamp::Missing),
-                    deleted_at = %reg.deleted_at.as_ref().unwrap_or(&Stamp::Missing),
-                    "registration data not trusted; no rule acts on it"
-                );
+            if let Some(a) = item.eval.anomaly {
                 self.anomalies.count(a);
             }
-            let (rule, why, excluded_by) = match eval.verdict {
+            let (rule, why, excluded_by) = match item.eval.verdict {
                 Verdict::Keep => continue,
                 Verdict::Act { rule, why } => (rule, why, None),
                 Verdict::Excluded {
@@ -305,18 +304,19 @@ impl<'a, S: RegistrationSource> Planner<'a, S> {
                 } => (rule, why, Some(exclusion.to_owned())),
             };
             candidates.push(Candidate {
+                kind: self.kind,
                 rule: rule.name.clone(),
                 action: rule.action,
-                id: reg.id.clone(),
-                user_email: reg.user_email().map(str::to_owned),
-                device_name: reg.device.name.clone(),
-                last_seen_at: reg.last_seen_at.clone(),
+                id: facts.id,
+                user_email: facts.subject,
+                device_name: facts.display_name,
+                last_seen_at: facts.last_active,
                 why,
                 excluded_by,
                 snapshot: Some(raw),
             });
         }
-        match page.next_cursor {
+        match page.next {
             None => {
                 self.done = true;
                 let repeats = repeated(&mut self.fingerprints);
@@ -329,7 +329,7 @@ impl<'a, S: RegistrationSource> Planner<'a, S> {
                 if !self.cursors_seen.insert(fingerprint(&next)) {
                     return Err(PlanError::CursorLoop { page: page_no });
                 }
-                self.cursor = Some(next);
+                self.token = Some(next);
             }
         }
         Ok(Some(candidates))
@@ -367,7 +367,8 @@ fn fingerprint<T: Hash + ?Sized>(v: &T) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Mode, Resource, RuleSettings};
+    use crate::config::{Mode, RuleSettings};
+    use crate::resource::Kind;
     use std::sync::Mutex;
 
     /// Serves fixed pages; page `i` answers cursor `"c{i}"` and points at the next one.
@@ -391,19 +392,23 @@ mod tests {
         }
     }
 
-    impl RegistrationSource for Pages {
-        async fn page(&self, cursor: Option<&str>) -> Result<RegistrationPage, ApiError> {
-            self.asked.lock().unwrap().push(cursor.map(str::to_owned));
+    impl PageSource for Pages {
+        async fn page(&self, _: Kind, token: Option<&PageToken>) -> Result<Page, ApiError> {
+            let cursor = token.map(|t| match t {
+                PageToken::Cursor(c) => c.clone(),
+                PageToken::Page(n) => panic!("page {n} asked of a cursor listing"),
+            });
+            self.asked.lock().unwrap().push(cursor.clone());
             let i = match cursor {
                 None => 0,
                 Some(c) => c[1..].parse::<usize>().unwrap(),
             };
-            Ok(RegistrationPage {
+            Ok(Page {
                 items: self.pages[i]
                     .iter()
                     .map(|s| RawValue::from_string(s.clone()).unwrap())
                     .collect(),
-                next_cursor: self.cursors[i].clone(),
+                next: self.cursors[i].clone().map(PageToken::Cursor),
             })
         }
     }
@@ -422,7 +427,7 @@ mod tests {
         RuleSet::new(
             &[RuleSettings {
                 name: "idle-90d".into(),
-                resource: Resource::DeviceRegistration,
+                resource: Kind::DeviceRegistration,
                 action: Action::Delete,
                 idle_days: Some(90),
                 revoked: false,
@@ -454,9 +459,15 @@ mod tests {
             vec![],
             vec![item("e", OLD), item("f", NEW)],
         ]);
-        let plan = build_plan(&source, &rules(), &safety(10, 1.0), now())
-            .await
-            .unwrap();
+        let plan = build_plan(
+            &source,
+            Kind::DeviceRegistration,
+            &rules(),
+            &safety(10, 1.0),
+            now(),
+        )
+        .await
+        .unwrap();
         assert_eq!(plan.pages, 4);
         assert_eq!(plan.seen.total, 6);
         let ids: Vec<_> = plan.candidates.iter().map(|c| c.id.as_str()).collect();
@@ -477,18 +488,30 @@ mod tests {
     async fn a_repeated_cursor_aborts() {
         let mut source = Pages::new(vec![vec![item("a", OLD)], vec![item("b", OLD)]]);
         source.cursors[1] = Some("c1".into());
-        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
-            .await
-            .unwrap_err();
+        let err = build_plan(
+            &source,
+            Kind::DeviceRegistration,
+            &rules(),
+            &safety(10, 1.0),
+            now(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, PlanError::CursorLoop { page: 2 }), "{err}");
     }
 
     #[tokio::test]
     async fn a_duplicated_id_aborts() {
         let source = Pages::new(vec![vec![item("a", OLD)], vec![item("a", OLD)]]);
-        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
-            .await
-            .unwrap_err();
+        let err = build_plan(
+            &source,
+            Kind::DeviceRegistration,
+            &rules(),
+            &safety(10, 1.0),
+            now(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, PlanError::DuplicateIds { count: 1 }), "{err}");
     }
 
@@ -499,9 +522,15 @@ mod tests {
             vec![item(id, NEW)],
             vec![item(&id.to_uppercase(), NEW)],
         ]);
-        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
-            .await
-            .unwrap_err();
+        let err = build_plan(
+            &source,
+            Kind::DeviceRegistration,
+            &rules(),
+            &safety(10, 1.0),
+            now(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, PlanError::DuplicateIds { count: 1 }), "{err}");
     }
 
@@ -511,9 +540,15 @@ mod tests {
             item("a", OLD).replace(r#""key":"k""#, r#""deleted_at":"2026-01-01T00:00:00Z""#);
         let revoked = item("b", OLD).replace(r#""key":"k""#, r#""revoked_at":false"#);
         let source = Pages::new(vec![vec![deleted, revoked, item("c", OLD)]]);
-        let plan = build_plan(&source, &rules(), &safety(10, 1.0), now())
-            .await
-            .unwrap();
+        let plan = build_plan(
+            &source,
+            Kind::DeviceRegistration,
+            &rules(),
+            &safety(10, 1.0),
+            now(),
+        )
+        .await
+        .unwrap();
         let ids: Vec<_> = plan.candidates.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["c"]);
         assert_eq!(plan.anomalies.deleted_at_set, 1);
@@ -530,9 +565,15 @@ mod tests {
     #[tokio::test]
     async fn an_object_without_identity_aborts() {
         let source = Pages::new(vec![vec![item("a", OLD), r#"{"last_seen_at":"x"}"#.into()]]);
-        let err = build_plan(&source, &rules(), &safety(10, 1.0), now())
-            .await
-            .unwrap_err();
+        let err = build_plan(
+            &source,
+            Kind::DeviceRegistration,
+            &rules(),
+            &safety(10, 1.0),
+            now(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(
                 err,

@@ -26,9 +26,10 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::cloudflare::model::IdKey;
-use crate::cloudflare::{Registration, RegistrationId, RegistrationType, Stamp};
+use crate::cloudflare::{Registration, RegistrationType, Stamp};
 use crate::config::{Action, ExclusionSettings, RuleSettings};
+use crate::resource::IdKey;
+use crate::resource::ResourceId;
 
 /// Clock skew tolerated before a timestamp in the future (or a `last_seen_at` before
 /// `created_at`) counts as an anomaly.
@@ -335,7 +336,7 @@ impl RuleSet {
     /// candidate can be checked again without keeping the whole registration.
     pub fn exclusion_for_parts(
         &self,
-        id: &RegistrationId,
+        id: &ResourceId,
         user_email: Option<&str>,
         device_name: &str,
     ) -> Option<&str> {
@@ -496,7 +497,7 @@ impl Exclusion {
             name: s.name.clone(),
             user_emails: globs(&s.name, &s.user_emails, true)?,
             device_names: globs(&s.name, &s.device_names, false)?,
-            registration_ids: s.registration_ids.iter().map(RegistrationId::key).collect(),
+            registration_ids: s.registration_ids.iter().map(ResourceId::key).collect(),
             no_user: s.no_user,
         })
     }
@@ -560,7 +561,7 @@ fn globs(exclusion: &str, patterns: &[String], fold: bool) -> Result<GlobSet, Gl
 mod tests {
     use super::*;
     use crate::cloudflare::{Device, User};
-    use crate::config::Resource;
+    use crate::resource::Kind;
 
     fn now() -> DateTime<Utc> {
         "2026-06-01T12:00:00Z".parse().unwrap()
@@ -572,7 +573,7 @@ mod tests {
 
     fn reg() -> Registration {
         Registration {
-            id: RegistrationId::parse("11111111-1111-4111-8111-111111111111").unwrap(),
+            id: ResourceId::parse("11111111-1111-4111-8111-111111111111").unwrap(),
             created_at: days_ago(400),
             last_seen_at: days_ago(1),
             revoked_at: None,
@@ -593,7 +594,7 @@ mod tests {
     fn rule(name: &str) -> RuleSettings {
         RuleSettings {
             name: name.into(),
-            resource: Resource::DeviceRegistration,
+            resource: Kind::DeviceRegistration,
             action: Action::Delete,
             idle_days: None,
             revoked: false,
@@ -1303,14 +1304,14 @@ mod tests {
                 "registration id exclusion in capitals protects the id listed in lowercase",
                 vec![idle(90)],
                 vec![ExclusionSettings {
-                    registration_ids: vec![RegistrationId::parse(
+                    registration_ids: vec![ResourceId::parse(
                         "11111111-1111-4111-8111-11111111111A",
                     )
                     .unwrap()],
                     ..exclusion()
                 }],
                 Registration {
-                    id: RegistrationId::parse("11111111-1111-4111-8111-11111111111a").unwrap(),
+                    id: ResourceId::parse("11111111-1111-4111-8111-11111111111a").unwrap(),
                     last_seen_at: days_ago(200),
                     ..reg()
                 },
@@ -1321,14 +1322,14 @@ mod tests {
                 "registration id exclusion protects the id listed in capitals",
                 vec![idle(90)],
                 vec![ExclusionSettings {
-                    registration_ids: vec![RegistrationId::parse(
+                    registration_ids: vec![ResourceId::parse(
                         "aaaaaaaa-1111-4111-8111-11111111111b",
                     )
                     .unwrap()],
                     ..exclusion()
                 }],
                 Registration {
-                    id: RegistrationId::parse("AAAAAAAA-1111-4111-8111-11111111111B").unwrap(),
+                    id: ResourceId::parse("AAAAAAAA-1111-4111-8111-11111111111B").unwrap(),
                     last_seen_at: days_ago(200),
                     ..reg()
                 },
@@ -1339,10 +1340,9 @@ mod tests {
                 "registration id exclusion without hyphens protects the same UUID",
                 vec![idle(90)],
                 vec![ExclusionSettings {
-                    registration_ids: vec![RegistrationId::parse(
-                        "11111111111141118111111111111111",
-                    )
-                    .unwrap()],
+                    registration_ids: vec![
+                        ResourceId::parse("11111111111141118111111111111111").unwrap()
+                    ],
                     ..exclusion()
                 }],
                 Registration {
@@ -1356,7 +1356,7 @@ mod tests {
                 "registration id exclusion does not protect another id",
                 vec![idle(90)],
                 vec![ExclusionSettings {
-                    registration_ids: vec![RegistrationId::parse(
+                    registration_ids: vec![ResourceId::parse(
                         "11111111-1111-4111-8111-111111111112",
                     )
                     .unwrap()],

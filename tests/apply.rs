@@ -11,13 +11,13 @@ use common::{days_ago, Env, Settings};
 use sqlx::Row;
 use zt_janitor::apply::StopSignal;
 use zt_janitor::audit::{AuditStore, Intent, JournalEntry, MutationKind, RunOutcome};
-use zt_janitor::cloudflare::RegistrationId;
 use zt_janitor::config::Mode;
 use zt_janitor::cycle::CycleContext;
 use zt_janitor::fake::{
     Endpoint as FaultEndpoint, FakeOptions, FakeRegistration, Fault, FaultRule,
 };
 use zt_janitor::metrics::Metrics;
+use zt_janitor::resource::ResourceId;
 use zt_janitor::rules::RuleSet;
 
 fn opts(n: usize) -> FakeOptions {
@@ -305,11 +305,11 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
         .execute(&writer)
         .await
         .unwrap();
-        let rid = RegistrationId::parse(id).unwrap();
+        let rid = ResourceId::parse(id).unwrap();
         let entry = JournalEntry {
             intents: vec![Intent {
                 kind: MutationKind::Delete,
-                method: "DELETE",
+                method: "DELETE".to_owned(),
                 path: "/devices/registrations/x".to_owned(),
                 ids: vec![rid],
                 at: now,

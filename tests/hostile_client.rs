@@ -17,10 +17,11 @@ use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use zt_janitor::audit::RunOutcome;
-use zt_janitor::cloudflare::{ApiError, Client, MutationOutcome, RegistrationId};
-use zt_janitor::config::Config;
+use zt_janitor::cloudflare::{ApiError, Client, MutationOutcome};
+use zt_janitor::config::{Action, Config};
 use zt_janitor::fake::{Endpoint as Target, FakeHandle, FakeOptions, FakeServer, Fault, FaultRule};
 use zt_janitor::metrics::Metrics;
+use zt_janitor::resource::{self, Kind, Page, ResourceId};
 use zt_janitor::secret::ApiToken;
 use zt_janitor::stop::StopSignal;
 
@@ -53,6 +54,22 @@ idle_days = 90
     let config = Config::from_toml_str(&text, Path::new("test.toml")).expect("valid config");
     let token = ApiToken::new(token.to_owned()).expect("valid token");
     Client::new(&config.cloudflare, token, Metrics::new()).expect("client builds")
+}
+
+/// The first page of the registration listing, as the planner asks for it.
+async fn list_first_page(client: &Client) -> Result<Page, ApiError> {
+    resource::list_page(Kind::DeviceRegistration, client, None).await
+}
+
+/// The call the executor sends to carry out `action` on `ids`.
+async fn act(
+    client: &Client,
+    action: Action,
+    ids: &[ResourceId],
+) -> Result<MutationOutcome, ApiError> {
+    let request =
+        resource::mutation_request(Kind::DeviceRegistration, client.account(), action, ids);
+    client.mutate(&request).await
 }
 
 fn host_of(fake: &FakeHandle) -> String {
@@ -195,9 +212,9 @@ async fn a_redirect_makes_no_second_hop_and_its_error_names_only_the_host() {
     let token = "tok-very-secret-0123456789";
     let client = client_for(&base, token);
 
-    let listed = client.list_registrations_page(None).await;
-    let id = RegistrationId::parse("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e").unwrap();
-    let deleted = client.delete_registration(&id).await;
+    let listed = list_first_page(&client).await;
+    let id = ResourceId::parse("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e").unwrap();
+    let deleted = act(&client, Action::Delete, std::slice::from_ref(&id)).await;
 
     for (call, result) in [
         ("list", listed.map(|_| ()).err()),
@@ -382,8 +399,7 @@ async fn a_404_after_an_ambiguous_attempt_is_reported_as_such() {
         Fault::ApplyThenStatus(502),
     )]);
     let client = client_for(&fake.base_url(), &fake.token());
-    let outcome = client
-        .delete_registration(&RegistrationId::parse(&id).unwrap())
+    let outcome = act(&client, Action::Delete, &[ResourceId::parse(&id).unwrap()])
         .await
         .expect("the retry is answered 404 with Cloudflare's envelope");
     assert!(
@@ -400,8 +416,7 @@ async fn a_404_after_an_ambiguous_attempt_is_reported_as_such() {
     assert_eq!(fake.request_counts().delete_one, 2);
 
     // Without an earlier ambiguous attempt, a plain Cloudflare 404 is a claim of "not found".
-    let outcome = client
-        .delete_registration(&RegistrationId::parse(&id).unwrap())
+    let outcome = act(&client, Action::Delete, &[ResourceId::parse(&id).unwrap()])
         .await
         .unwrap();
     assert!(
@@ -440,12 +455,15 @@ async fn a_404_that_is_not_cloudflare_saying_not_found_is_a_run_wide_error() {
     ];
     for (i, (case, fault)) in cases.into_iter().enumerate() {
         fake.set_faults(vec![FaultRule::always(Target::AnyMutation, fault)]);
-        let id = RegistrationId::parse(&ids[i]).unwrap();
+        let id = ResourceId::parse(&ids[i]).unwrap();
         for (call, result) in [
-            ("delete", client.delete_registration(&id).await),
+            (
+                "delete",
+                act(&client, Action::Delete, std::slice::from_ref(&id)).await,
+            ),
             (
                 "revoke",
-                client.revoke_registrations(std::slice::from_ref(&id)).await,
+                act(&client, Action::Revoke, std::slice::from_ref(&id)).await,
             ),
         ] {
             match result {
@@ -479,7 +497,7 @@ async fn a_stop_cuts_a_retry_wait_short() {
         })
     };
     let started = Instant::now();
-    let result = client.list_registrations_page(None).await;
+    let result = list_first_page(&client).await;
     stopper.await.unwrap();
     match result {
         Err(e @ ApiError::Stopped { .. }) => assert!(e.is_run_wide()),

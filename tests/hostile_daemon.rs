@@ -20,6 +20,7 @@ use zt_janitor::config::Mode;
 use zt_janitor::fake::{FakeOptions, FakeRegistration};
 use zt_janitor::metrics::Metrics;
 use zt_janitor::plan::build_plan;
+use zt_janitor::resource::Kind;
 use zt_janitor::rules::RuleSet;
 use zt_janitor::secret::ApiToken;
 
@@ -312,9 +313,15 @@ async fn after_a_failed_write_a_write_reported_committed_is_on_disk() {
         Metrics::new(),
     )
     .unwrap();
-    let mut plan = build_plan(&client, &rules, &config.safety, Utc::now())
-        .await
-        .unwrap();
+    let mut plan = build_plan(
+        &client,
+        Kind::DeviceRegistration,
+        &rules,
+        &config.safety,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     assert!(plan.candidates.len() > 500, "the fixture has candidates");
 
     let store = AuditStore::open(&env.db_path).await.unwrap();
@@ -337,7 +344,7 @@ async fn after_a_failed_write_a_write_reported_committed_is_on_disk() {
     let intents = JournalEntry {
         intents: vec![Intent {
             kind: AuditMutationKind::Delete,
-            method: "DELETE",
+            method: "DELETE".to_owned(),
             path: "/accounts/x/devices/registrations/y".to_owned(),
             ids: vec![plan.candidates[0].id.clone()],
             at: Utc::now(),

@@ -19,9 +19,10 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::error::{ApiError, CfErrorDetail, Endpoint};
-use super::model::{AccountId, CursorInfo, RegistrationId};
+use super::model::{AccountId, CursorInfo};
 use crate::config::{CloudflareSettings, MAX_CYCLE_DEADLINE_SECS};
 use crate::metrics::Metrics;
+use crate::resource::{self, ListRequest, MutationRequest};
 use crate::secret::ApiToken;
 use crate::stop::StopSignal;
 
@@ -31,12 +32,12 @@ const USER_AGENT: &str = concat!("zt-janitor/", env!("CARGO_PKG_VERSION"));
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 
-/// One page of the registration listing. Items stay raw JSON so that the audit log can keep
-/// the object exactly as listed; the planner parses each one.
+/// One page of a listing as the server answered it. Items stay raw JSON so that the audit log
+/// can keep the object exactly as listed; the resource kind reads `info` for the next page.
 #[derive(Debug)]
-pub struct RegistrationPage {
+pub struct ListedPage {
     pub items: Vec<Box<RawValue>>,
-    pub next_cursor: Option<String>,
+    pub info: Option<CursorInfo>,
 }
 
 /// What a delete or revoke call was answered. Both are only claims: confirm by listing.
@@ -160,52 +161,28 @@ impl Client {
         self.requests_sent.load(Ordering::Relaxed)
     }
 
-    fn registrations_url(&self) -> String {
-        format!(
-            "{}/accounts/{}/devices/registrations",
-            self.base_url, self.account
-        )
+    pub fn account(&self) -> &AccountId {
+        &self.account
     }
 
-    /// One page of `GET .../devices/registrations?status=all`. `status=all` matters: the API
-    /// lists only active registrations by default, which would hide every revoked one.
-    pub async fn list_registrations_page(
-        &self,
-        cursor: Option<&str>,
-    ) -> Result<RegistrationPage, ApiError> {
-        self.list_page(Endpoint::ListRegistrations, &[], cursor)
-            .await
+    /// `[cloudflare] per_page`: the page size listings ask for.
+    pub fn per_page(&self) -> u32 {
+        self.per_page
     }
 
-    /// One page of the registrations among `ids` (`...&id=A&id=B`), any status. Follow the
-    /// cursor to the end: an id the complete answer leaves out does not exist.
-    pub async fn list_registrations_with_ids_page(
-        &self,
-        ids: &[RegistrationId],
-        cursor: Option<&str>,
-    ) -> Result<RegistrationPage, ApiError> {
-        self.list_page(Endpoint::FindRegistrations, ids, cursor)
-            .await
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base_url, path)
     }
 
-    async fn list_page(
-        &self,
-        endpoint: Endpoint,
-        ids: &[RegistrationId],
-        cursor: Option<&str>,
-    ) -> Result<RegistrationPage, ApiError> {
-        let per_page = self.per_page.to_string();
-        let mut query: Vec<(&str, &str)> = vec![("status", "all"), ("per_page", &per_page)];
-        query.extend(ids.iter().map(|id| ("id", id.as_str())));
-        if let Some(c) = cursor {
-            query.push(("cursor", c));
-        }
-        let url = self.registrations_url();
+    /// Sends one listing request (built by the resource kind) and reads its page.
+    pub async fn list(&self, request: &ListRequest) -> Result<ListedPage, ApiError> {
+        let endpoint = request.endpoint;
+        let query = pairs(&request.query);
         let env: Envelope<Vec<Box<RawValue>>> = self
             .send(
                 endpoint,
                 Method::GET,
-                &url,
+                &self.url(&request.path),
                 &query,
                 Body::Required,
                 &mut false,
@@ -216,80 +193,30 @@ impl Client {
             status: env.status,
             message: "the listing has no `result` array".to_owned(),
         })?;
-        let next_cursor = env
-            .result_info
-            .as_ref()
-            .and_then(|i| i.next_cursor())
-            .map(str::to_owned);
-        Ok(RegistrationPage { items, next_cursor })
+        Ok(ListedPage {
+            items,
+            info: env.result_info,
+        })
     }
 
-    /// `DELETE .../devices/registrations/{id}`. A 404 with Cloudflare's envelope and a code
-    /// other than a routing error is [`MutationOutcome::NotFound`]; any other 404 is an error.
-    pub async fn delete_registration(
-        &self,
-        id: &RegistrationId,
-    ) -> Result<MutationOutcome, ApiError> {
-        let url = format!("{}/{}", self.registrations_url(), id);
-        self.mutate(Endpoint::DeleteRegistration, Method::DELETE, &url, &[], 1)
-            .await
-    }
-
-    /// `DELETE .../devices/registrations?id=A&id=B`: one call for the whole chunk.
-    pub async fn bulk_delete_registrations(
-        &self,
-        ids: &[RegistrationId],
-    ) -> Result<MutationOutcome, ApiError> {
-        let query: Vec<(&str, &str)> = ids.iter().map(|id| ("id", id.as_str())).collect();
-        let url = self.registrations_url();
-        self.mutate(
-            Endpoint::BulkDeleteRegistrations,
-            Method::DELETE,
-            &url,
-            &query,
-            ids.len(),
-        )
-        .await
-    }
-
-    /// `POST .../devices/registrations/revoke?id=A&id=B` (never the deprecated
-    /// `POST .../devices/revoke`).
-    pub async fn revoke_registrations(
-        &self,
-        ids: &[RegistrationId],
-    ) -> Result<MutationOutcome, ApiError> {
-        let query: Vec<(&str, &str)> = ids.iter().map(|id| ("id", id.as_str())).collect();
-        let url = format!("{}/revoke", self.registrations_url());
-        self.mutate(
-            Endpoint::RevokeRegistrations,
-            Method::POST,
-            &url,
-            &query,
-            ids.len(),
-        )
-        .await
-    }
-
-    async fn mutate(
-        &self,
-        endpoint: Endpoint,
-        method: Method,
-        url: &str,
-        query: &[(&str, &str)],
-        ids_named: usize,
-    ) -> Result<MutationOutcome, ApiError> {
+    /// Sends one delete or revoke request (built by the resource kind). An error answer that
+    /// the kind reads as "already gone", with Cloudflare's envelope and a code other than a
+    /// routing error, for a call naming one id, is [`MutationOutcome::NotFound`]; any other
+    /// error answer is an error.
+    pub async fn mutate(&self, request: &MutationRequest) -> Result<MutationOutcome, ApiError> {
         let mut ambiguous = false;
+        let query = pairs(&request.query);
         let result = self
             .send::<serde::de::IgnoredAny>(
-                endpoint,
-                method,
-                url,
-                query,
+                request.endpoint,
+                request.method.clone(),
+                &self.url(&request.path),
+                &query,
                 Body::Optional,
                 &mut ambiguous,
             )
             .await;
-        mutation_outcome(result.map(|env| env.status), ids_named, ambiguous)
+        mutation_outcome(result.map(|env| env.status), request.ids_named, ambiguous)
     }
 
     /// Sends a request, retrying what may succeed when sent again. `ambiguous` is set when an
@@ -400,6 +327,13 @@ impl Client {
     }
 }
 
+fn pairs(query: &[(String, String)]) -> Vec<(&str, &str)> {
+    query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// The outcome of a delete or revoke from its final answer. A 404 means "not found" only for a
 /// call naming one id (for several it does not say which is missing), only with Cloudflare's
 /// envelope (a proxy or a wrong route answers 404 too), and only without a routing error code.
@@ -411,11 +345,14 @@ fn mutation_outcome(
     match answer {
         Ok(status) => Ok(MutationOutcome::Done { status }),
         Err(ApiError::Api {
-            status: 404,
+            endpoint,
+            status,
             envelope: true,
             errors,
-            ..
-        }) if ids_named == 1 && !errors.iter().any(CfErrorDetail::is_routing) => {
+        }) if ids_named == 1
+            && !errors.iter().any(CfErrorDetail::is_routing)
+            && resource::means_gone(endpoint, status) =>
+        {
             Ok(MutationOutcome::NotFound {
                 code: errors.first().map(|e| e.code),
                 after_ambiguous_attempt,

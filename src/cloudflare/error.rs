@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::resource::Kind;
+
 /// The endpoint a request went to; also the `endpoint` label of the API metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -27,7 +29,17 @@ impl Endpoint {
         }
     }
 
-    /// The token permission the call needs, for error hints.
+    /// The kind of object the call lists or acts on.
+    pub fn kind(self) -> Kind {
+        match self {
+            Endpoint::ListRegistrations
+            | Endpoint::FindRegistrations
+            | Endpoint::DeleteRegistration
+            | Endpoint::BulkDeleteRegistrations
+            | Endpoint::RevokeRegistrations => Kind::DeviceRegistration,
+        }
+    }
+
     /// Whether the call reads a listing (names no object to act on).
     pub fn is_listing(self) -> bool {
         matches!(
@@ -36,10 +48,12 @@ impl Endpoint {
         )
     }
 
+    /// The token permission the call needs, for error hints.
     pub fn permission(self) -> &'static str {
-        match self {
-            Endpoint::ListRegistrations | Endpoint::FindRegistrations => "Zero Trust Read",
-            _ => "Zero Trust Write",
+        if self.is_listing() {
+            self.kind().read_permission()
+        } else {
+            self.kind().write_permission()
         }
     }
 }

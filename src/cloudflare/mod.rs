@@ -5,8 +5,6 @@ pub mod client;
 pub mod error;
 pub mod model;
 
-pub use client::{Client, MutationOutcome, RegistrationPage};
+pub use client::{Client, ListedPage, MutationOutcome};
 pub use error::{ApiError, CfErrorDetail, Endpoint};
-pub use model::{
-    AccountId, CursorInfo, Device, Registration, RegistrationId, RegistrationType, Stamp, User,
-};
+pub use model::{AccountId, CursorInfo, Device, Registration, RegistrationType, Stamp, User};

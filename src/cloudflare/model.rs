@@ -9,6 +9,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::resource::ResourceId;
+
 /// A Cloudflare account id: 32 lowercase hex characters.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
@@ -40,68 +42,6 @@ impl fmt::Display for AccountId {
 impl fmt::Debug for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AccountId({})", self.0)
-    }
-}
-
-/// A device registration id (a UUID in practice). Only URL-safe characters are accepted, since
-/// the id is put into request paths and query strings.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct RegistrationId(String);
-
-impl RegistrationId {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 64
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(format!(
-                "{raw:?} is not a registration id: expected a UUID such as \
-                 \"0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e\""
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// What this id is, for comparing it with another: a UUID compares as its 128-bit value
-    /// (so `…00A` and `…00a` are the same registration), any other id ASCII-case-insensitively
-    /// (ids hold only ASCII by construction). The id itself keeps its spelling for the API.
-    pub fn key(&self) -> IdKey {
-        match uuid::Uuid::try_parse(&self.0) {
-            Ok(u) => IdKey::Uuid(u.as_u128()),
-            Err(_) => IdKey::Other(self.0.to_ascii_lowercase()),
-        }
-    }
-}
-
-/// The comparable identity of a [`RegistrationId`]; see [`RegistrationId::key`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum IdKey {
-    Uuid(u128),
-    Other(String),
-}
-
-impl fmt::Display for RegistrationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for RegistrationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RegistrationId({})", self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for RegistrationId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Self::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -201,7 +141,7 @@ pub struct User {
 /// `GET /accounts/{id}/devices/registrations`. Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Registration {
-    pub id: RegistrationId,
+    pub id: ResourceId,
     #[serde(default)]
     pub created_at: Stamp,
     #[serde(default)]
@@ -285,9 +225,9 @@ mod tests {
 
     #[test]
     fn registration_id_rejects_path_characters() {
-        assert!(RegistrationId::parse("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e").is_ok());
+        assert!(ResourceId::parse("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e").is_ok());
         for bad in ["", "../x", "a b", "a?b", "a/b", "a&id=b"] {
-            assert!(RegistrationId::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(ResourceId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 
@@ -345,7 +285,7 @@ mod tests {
 
     #[test]
     fn ids_compare_as_uuids_whatever_the_case() {
-        let id = |s: &str| RegistrationId::parse(s).unwrap().key();
+        let id = |s: &str| ResourceId::parse(s).unwrap().key();
         assert_eq!(
             id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"),
             id("0B9A1C2E-6F0E-4A53-9D0E-5B7A3F1C2D4E")
@@ -361,7 +301,7 @@ mod tests {
         assert_eq!(id("r-1A"), id("R-1a"));
         assert_ne!(id("r-1"), id("r-2"));
         // The id keeps its spelling for the API.
-        assert_eq!(RegistrationId::parse("ABC").unwrap().as_str(), "ABC");
+        assert_eq!(ResourceId::parse("ABC").unwrap().as_str(), "ABC");
     }
 
     #[test]

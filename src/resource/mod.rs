@@ -1,0 +1,317 @@
+//! Resource kinds: what differs between the kinds of Cloudflare object zt-janitor cleans up.
+//!
+//! A kind supplies only its listing request, how a listed item reads, the request for each
+//! action, and which answers mean "already gone" or "refused". Everything else (rules engine,
+//! caps, executor, audit, metrics) is shared and takes the kind from here. `match kind` in
+//! this module is the one place a kind is wired in; each kind lives in a file of its own.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::cloudflare::{AccountId, ApiError, Client, Endpoint, Stamp};
+use crate::config::Action;
+use crate::rules::{Evaluation, RuleSet};
+
+pub mod device_registration;
+
+/// A kind of Cloudflare object. `as_str` is the config value of `[[rule]] resource`, the
+/// audit log's `resource_kind` and the metrics' `resource` label.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    DeviceRegistration,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 1] = [Kind::DeviceRegistration];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::DeviceRegistration => "device_registration",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+
+    /// The token permission that lists this kind, for error hints.
+    pub fn read_permission(self) -> &'static str {
+        match self {
+            Kind::DeviceRegistration => "Zero Trust Read",
+        }
+    }
+
+    /// The token permission that deletes or revokes this kind, for error hints.
+    pub fn write_permission(self) -> &'static str {
+        match self {
+            Kind::DeviceRegistration => "Zero Trust Write",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The id of a listed object, whatever its kind (a UUID in practice). Only URL-safe
+/// characters are accepted, since the id is put into request paths and query strings.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ResourceId(String);
+
+impl ResourceId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a registration id: expected a UUID such as \
+                 \"0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e\""
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What this id is, for comparing it with another: a UUID compares as its 128-bit value
+    /// (so `…00A` and `…00a` are the same object), any other id ASCII-case-insensitively
+    /// (ids hold only ASCII by construction). The id itself keeps its spelling for the API.
+    pub fn key(&self) -> IdKey {
+        match uuid::Uuid::try_parse(&self.0) {
+            Ok(u) => IdKey::Uuid(u.as_u128()),
+            Err(_) => IdKey::Other(self.0.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// The comparable identity of a [`ResourceId`]; see [`ResourceId::key`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IdKey {
+    Uuid(u128),
+    Other(String),
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ResourceId({})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where the next page of a listing starts: a cursor the server handed out, or a page number
+/// (for kinds whose listing counts pages).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PageToken {
+    Cursor(String),
+    Page(u32),
+}
+
+impl PageToken {
+    /// The query parameter that asks for this page.
+    pub fn query(&self) -> (String, String) {
+        match self {
+            PageToken::Cursor(c) => ("cursor".to_owned(), c.clone()),
+            PageToken::Page(n) => ("page".to_owned(), n.to_string()),
+        }
+    }
+}
+
+/// A listing request, built by the kind; the client only sends it. `path` is relative to the
+/// API's base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRequest {
+    pub endpoint: Endpoint,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+}
+
+/// A delete or revoke request, built by the kind; the client only sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutationRequest {
+    pub endpoint: Endpoint,
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    /// How many ids the call names: a 404 says "not found" only about a single one.
+    pub ids_named: usize,
+    /// The call as the audit log shows it: short, without the account and the ids' list.
+    pub shown: String,
+}
+
+/// What the plan and the audit log show of a listed object, whatever its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub id: ResourceId,
+    /// The device name, the token name…
+    pub display_name: String,
+    /// The user it belongs to, if any.
+    pub subject: Option<String>,
+    /// The stamp its idle rules read.
+    pub last_active: Stamp,
+}
+
+/// What a confirmation listing shows of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Active,
+    Revoked,
+}
+
+/// One page of a listing: the items as listed (raw, so that the audit log keeps them exactly)
+/// and where the next page starts, if there is one.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Box<RawValue>>,
+    pub next: Option<PageToken>,
+}
+
+/// One listed item, read by its kind.
+pub struct Evaluated<'r> {
+    pub facts: Facts,
+    /// For the `status` of the seen counts.
+    pub revoked: bool,
+    pub eval: Evaluation<'r>,
+}
+
+/// One page of everything of `kind` in the account, from `token` (the first page if `None`).
+pub async fn list_page(
+    kind: Kind,
+    client: &Client,
+    token: Option<&PageToken>,
+) -> Result<Page, ApiError> {
+    let (account, per_page) = (client.account(), client.per_page());
+    let request = match kind {
+        Kind::DeviceRegistration => device_registration::list_request(account, per_page, token),
+    };
+    read_page(kind, client, &request).await
+}
+
+/// One page of the objects of `kind` among `ids`, whatever their state: what confirms a call
+/// and reconciles an interrupted one. An id the complete listing leaves out does not exist.
+pub async fn find_page(
+    kind: Kind,
+    client: &Client,
+    ids: &[ResourceId],
+    token: Option<&PageToken>,
+) -> Result<Page, ApiError> {
+    let (account, per_page) = (client.account(), client.per_page());
+    let request = match kind {
+        Kind::DeviceRegistration => {
+            device_registration::find_request(account, per_page, ids, token)
+        }
+    };
+    read_page(kind, client, &request).await
+}
+
+async fn read_page(kind: Kind, client: &Client, request: &ListRequest) -> Result<Page, ApiError> {
+    let listed = client.list(request).await?;
+    let next = match kind {
+        Kind::DeviceRegistration => device_registration::next_page(listed.info.as_ref()),
+    };
+    Ok(Page {
+        items: listed.items,
+        next,
+    })
+}
+
+/// Reads one listed item of `kind` and asks the rules about it at `now`; an item whose data no
+/// rule trusts is logged. An item without identity is an error: the listing it came in cannot
+/// be trusted.
+pub fn evaluate<'r>(
+    kind: Kind,
+    raw: &RawValue,
+    rules: &'r RuleSet,
+    now: DateTime<Utc>,
+) -> Result<Evaluated<'r>, serde_json::Error> {
+    match kind {
+        Kind::DeviceRegistration => device_registration::evaluate(raw, rules, now),
+    }
+}
+
+/// What a confirmation listing's item shows: its id and state.
+pub fn presence(kind: Kind, raw: &RawValue) -> Result<(ResourceId, Presence), serde_json::Error> {
+    match kind {
+        Kind::DeviceRegistration => device_registration::presence(raw),
+    }
+}
+
+/// Whether `kind` takes many ids in one call for `action` (else one call per id).
+pub fn bulk(kind: Kind, action: Action) -> bool {
+    match kind {
+        Kind::DeviceRegistration => device_registration::bulk(action),
+    }
+}
+
+/// The call that carries out `action` on `ids` of `kind` in `account`.
+pub fn mutation_request(
+    kind: Kind,
+    account: &AccountId,
+    action: Action,
+    ids: &[ResourceId],
+) -> MutationRequest {
+    match kind {
+        Kind::DeviceRegistration => device_registration::mutation_request(account, action, ids),
+    }
+}
+
+/// Whether a Cloudflare error answer to a call naming one object of the kind of `endpoint`
+/// means that the object is already gone.
+pub fn means_gone(endpoint: Endpoint, status: u16) -> bool {
+    match endpoint.kind() {
+        Kind::DeviceRegistration => device_registration::means_gone(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_reads_back_from_its_name() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        assert_eq!(Kind::parse("service_token"), None);
+    }
+
+    #[test]
+    fn page_tokens_ask_for_their_page() {
+        assert_eq!(
+            PageToken::Cursor("c".into()).query(),
+            ("cursor".to_owned(), "c".to_owned())
+        );
+        assert_eq!(
+            PageToken::Page(3).query(),
+            ("page".to_owned(), "3".to_owned())
+        );
+    }
+}

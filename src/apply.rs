@@ -13,13 +13,13 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::audit::{
-    ActionStatus, AuditError, AuditStore, Intent, JournalEntry, MutationId, MutationKind,
-    MutationResult, Outcome, RunId, Settled, Withdrawal,
+    ActionStatus, AuditError, AuditStore, CallOutcome, Intent, JournalEntry, MutationId,
+    MutationKind, MutationResult, Outcome, RunId, Settled, Withdrawal,
 };
 use crate::cloudflare::{ApiError, Client, MutationOutcome};
 use crate::config::Action;
 use crate::metrics::Metrics;
-use crate::plan::{Candidate, Plan};
+use crate::plan::{Candidate, Plan, Recorded};
 use crate::resource::{self, Kind, PageToken, Presence, ResourceId};
 use crate::rules::RuleSet;
 
@@ -135,14 +135,12 @@ struct Answered<'q, 'p> {
 }
 
 impl Executor<'_> {
-    /// Applies every actionable candidate of `plan`; `action_ids` are the audit rows of
-    /// `plan.candidates`, in order. Stops at the first call that fails for a reason other
-    /// than a refused bulk size: a broken API or token is not hammered with more calls.
-    pub async fn apply(&self, plan: &Plan, action_ids: &[i64]) -> Result<ApplyReport, ApplyError> {
+    /// Applies every actionable candidate of `plan`. Stops at the first call that fails for a
+    /// reason that concerns the whole run: a broken API or token is not hammered with more
+    /// calls.
+    pub async fn apply(&self, plan: &Plan<Recorded>) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
-        let queue = self
-            .still_unprotected(plan, action_ids, &mut report)
-            .await?;
+        let queue = self.still_unprotected(plan, &mut report).await?;
         let queue = self.leave_out_stuck(queue, &mut report).await?;
         let by_action: Vec<(Kind, Action, Vec<Item>)> = Kind::ALL
             .into_iter()
@@ -228,15 +226,12 @@ impl Executor<'_> {
     /// exclusions are asked again right before acting.
     async fn still_unprotected<'p>(
         &self,
-        plan: &'p Plan,
-        action_ids: &[i64],
+        plan: &'p Plan<Recorded>,
         report: &mut ApplyReport,
     ) -> Result<Vec<Item<'p>>, AuditError> {
         let mut queue = Vec::new();
-        for (candidate, &action_id) in plan.candidates.iter().zip(action_ids) {
-            if candidate.excluded_by.is_some() {
-                continue;
-            }
+        for recorded in plan.actionable() {
+            let (candidate, action_id) = (&recorded.candidate, recorded.action_id);
             let protected = self.rules.exclusion_for_parts(
                 &candidate.id,
                 candidate.user_email.as_deref(),
@@ -504,7 +499,7 @@ impl Executor<'_> {
             let (result, claim) = match result {
                 Ok(MutationOutcome::Done { status }) => (
                     MutationResult {
-                        outcome: "ok",
+                        outcome: CallOutcome::Ok,
                         http_status: Some(status),
                         cf_error_code: None,
                         cf_error_message: None,
@@ -516,7 +511,7 @@ impl Executor<'_> {
                     after_ambiguous_attempt,
                 }) => (
                     MutationResult {
-                        outcome: "not_found",
+                        outcome: CallOutcome::NotFound,
                         http_status: Some(404),
                         cf_error_code: code,
                         cf_error_message: None,
@@ -689,7 +684,11 @@ fn verdict(
 
 fn failure(e: &ApiError) -> MutationResult {
     MutationResult {
-        outcome: if e.is_run_wide() { "error" } else { "rejected" },
+        outcome: if e.is_run_wide() {
+            CallOutcome::Error
+        } else {
+            CallOutcome::Rejected
+        },
         http_status: e.status(),
         cf_error_code: e.cf_error().map(|d| d.code),
         cf_error_message: Some(
@@ -733,9 +732,9 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
         }
         let result = MutationResult {
             outcome: if all_done {
-                "reconciled_done"
+                CallOutcome::ReconciledDone
             } else {
-                "reconciled_not_done"
+                CallOutcome::ReconciledNotDone
             },
             http_status: None,
             cf_error_code: None,

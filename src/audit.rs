@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::config::Mode;
-use crate::plan::Candidate;
+use crate::plan::{Candidate, Recorded};
 use crate::resource::ResourceId;
 use serde_json::value::RawValue;
 
@@ -164,14 +164,42 @@ impl ActionStatus {
     }
 }
 
+/// What Cloudflare answered one API mutation, as the `mutations.outcome` column records it.
+/// (`already_gone` appears only in databases written before answers were confirmed by
+/// listing; nothing writes it any more.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// A 2xx answer.
+    Ok,
+    /// An answer that means the one object named does not exist.
+    NotFound,
+    /// An error about the ids named only.
+    Rejected,
+    /// A failure of the whole run.
+    Error,
+    /// A call a crash left without an answer, found done by the listing after the restart.
+    ReconciledDone,
+    /// A call a crash left without an answer, found not (or not fully) done.
+    ReconciledNotDone,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::NotFound => "not_found",
+            CallOutcome::Rejected => "rejected",
+            CallOutcome::Error => "error",
+            CallOutcome::ReconciledDone => "reconciled_done",
+            CallOutcome::ReconciledNotDone => "reconciled_not_done",
+        }
+    }
+}
+
 /// What happened to one API mutation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MutationResult {
-    /// What Cloudflare answered: `ok` (2xx), `not_found` (a 404 naming the id), `rejected` (an
-    /// error about the ids named only), `error` (a failure of the whole run); or, for a call a
-    /// crash left without an answer, `reconciled_done` / `reconciled_not_done`. (`already_gone`
-    /// only in databases written before answers were confirmed by listing.)
-    pub outcome: &'static str,
+    pub outcome: CallOutcome,
     pub http_status: Option<u16>,
     pub cf_error_code: Option<i64>,
     pub cf_error_message: Option<String>,
@@ -923,7 +951,7 @@ impl AuditStore {
                     .push_bind(&decided_at)
                     .push_bind(&c.rule)
                     .push_bind(c.action.as_str())
-                    .push_bind("device_registration")
+                    .push_bind(c.kind.as_str())
                     .push_bind(c.id.as_str())
                     .push_bind(c.user_email.as_deref())
                     .push_bind(
@@ -958,19 +986,42 @@ impl AuditStore {
         Ok(ids)
     }
 
-    /// Records a batch of decisions on a task of its own, so that listing goes on meanwhile.
-    /// The batch comes back, snapshots dropped, with its action row ids.
-    pub fn record_decisions_in_background(
+    /// Records decisions like [`AuditStore::record_decisions`] and returns each with its action
+    /// row, snapshots dropped.
+    pub async fn record_decisions_returned(
         &self,
         run: RunId,
         decided_at: DateTime<Utc>,
         mut batch: Vec<Candidate>,
-    ) -> BackgroundWrite<(Vec<i64>, Vec<Candidate>)> {
+    ) -> Result<Vec<Recorded>, AuditError> {
+        let ids = self.record_decisions(run, decided_at, &mut batch).await?;
+        // `record_decisions` gives one id per candidate, in order: paired here, once, where
+        // they are made.
+        Ok(batch
+            .into_iter()
+            .zip(ids)
+            .map(|(candidate, action_id)| Recorded {
+                candidate,
+                action_id,
+            })
+            .collect())
+    }
+
+    /// Records a batch of decisions on a task of its own, so that listing goes on meanwhile.
+    /// The batch comes back, snapshots dropped, each with its action row.
+    pub fn record_decisions_in_background(
+        &self,
+        run: RunId,
+        decided_at: DateTime<Utc>,
+        batch: Vec<Candidate>,
+    ) -> BackgroundWrite<Vec<Recorded>> {
         let store = self.clone();
         let handle = tokio::spawn(async move {
             let started = Instant::now();
-            let ids = store.record_decisions(run, decided_at, &mut batch).await;
-            (ids.map(|ids| (ids, batch)), started.elapsed())
+            let recorded = store
+                .record_decisions_returned(run, decided_at, batch)
+                .await;
+            (recorded, started.elapsed())
         });
         BackgroundWrite {
             handle,
@@ -1041,7 +1092,7 @@ impl AuditStore {
             q.push_values(batch, |mut row, o| {
                 row.push_bind(o.mutation.0)
                     .push_bind(ts(o.at))
-                    .push_bind(o.result.outcome)
+                    .push_bind(o.result.outcome.as_str())
                     .push_bind(o.result.http_status.map(i64::from))
                     .push_bind(o.result.cf_error_code)
                     .push_bind(o.result.cf_error_message.as_deref());

@@ -14,7 +14,7 @@ use crate::audit::{
 use crate::cloudflare::Client;
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
-use crate::plan::{Candidate, Plan, Planner};
+use crate::plan::{Candidate, Plan, Planner, Recorded};
 use crate::resource::Kind;
 use crate::rules::RuleSet;
 use crate::secret::ApiToken;
@@ -42,7 +42,7 @@ pub struct CycleReport {
     pub seconds: f64,
     pub api_requests: u64,
     #[serde(skip)]
-    pub plan: Option<Plan>,
+    pub plan: Option<Plan<Recorded>>,
     #[serde(flatten)]
     pub summary: RunSummary,
     #[serde(skip)]
@@ -221,7 +221,7 @@ impl CycleContext<'_> {
                 return Ok(());
             }
         }
-        let (plan, action_ids) = match self.list_and_record(client, run, now).await? {
+        let plan = match self.list_and_record(client, run, now).await? {
             Ok(listed) => listed,
             Err(reason) => {
                 report.outcome = RunOutcome::Aborted;
@@ -240,13 +240,7 @@ impl CycleContext<'_> {
             excluded: Some(excluded),
             ..RunSummary::default()
         };
-        let actionable: Vec<i64> = plan
-            .candidates
-            .iter()
-            .zip(&action_ids)
-            .filter(|(c, _)| c.excluded_by.is_none())
-            .map(|(_, id)| *id)
-            .collect();
+        let actionable: Vec<i64> = plan.actionable().map(|r| r.action_id).collect();
         if self.config.safety.mode == Mode::Plan {
             report.outcome = RunOutcome::Planned;
         } else if !plan.caps.within() {
@@ -271,7 +265,7 @@ impl CycleContext<'_> {
                 request_budget: self.config.cloudflare.max_requests_per_cycle,
             };
             let applied = executor
-                .apply(&plan, &action_ids)
+                .apply(&plan)
                 .await
                 .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
             report.summary.actions_done = applied.done + applied.already_gone;
@@ -324,15 +318,14 @@ impl CycleContext<'_> {
     }
 
     /// Lists through the planner, recording decisions in batches as pages arrive, so that the
-    /// objects' snapshots never accumulate in memory. Returns the plan and the action rows of
-    /// its candidates, or why the listing cannot be trusted (then no recorded decision is
-    /// ever acted on).
+    /// objects' snapshots never accumulate in memory. Returns the plan of recorded candidates,
+    /// or why the listing cannot be trusted (then no recorded decision is ever acted on).
     async fn list_and_record(
         &self,
         client: &Client,
         run: RunId,
         now: DateTime<Utc>,
-    ) -> Result<Result<(Plan, Vec<i64>), String>, CycleError> {
+    ) -> Result<Result<Plan<Recorded>, String>, CycleError> {
         let mut planner = Planner::new(client, Kind::DeviceRegistration, self.rules, now);
         let mut log = DecisionLog::new(self.audit, run, now);
         loop {
@@ -345,19 +338,15 @@ impl CycleContext<'_> {
             match next {
                 Ok(Some(page)) => log.add(page),
                 Ok(None) => {
-                    let (candidates, action_ids) = log.finish().await?;
-                    let plan = planner.finish(candidates, &self.config.safety);
-                    return Ok(Ok((plan, action_ids)));
+                    let recorded = log.finish().await?;
+                    return Ok(Ok(planner.finish(recorded, &self.config.safety)));
                 }
                 Err(reason) => {
                     // Decisions already on their way are recorded too, then none is acted on.
                     log.settle().await?;
+                    let action_ids: Vec<i64> = log.recorded.iter().map(|r| r.action_id).collect();
                     self.audit
-                        .set_action_status(
-                            &log.action_ids,
-                            ActionStatus::NotAttempted,
-                            Some(&reason),
-                        )
+                        .set_action_status(&action_ids, ActionStatus::NotAttempted, Some(&reason))
                         .await?;
                     return Ok(Err(reason));
                 }
@@ -365,7 +354,7 @@ impl CycleContext<'_> {
         }
     }
 
-    fn observe_plan(&self, plan: &Plan) {
+    fn observe_plan(&self, plan: &Plan<Recorded>) {
         let m = self.metrics;
         m.registrations_seen
             .with_label_values(&["active"])
@@ -434,9 +423,8 @@ struct DecisionLog<'a> {
     audit: &'a AuditStore,
     run: RunId,
     decided_at: DateTime<Utc>,
-    recorded: Vec<Candidate>,
-    action_ids: Vec<i64>,
-    writing: Option<BackgroundWrite<(Vec<i64>, Vec<Candidate>)>>,
+    recorded: Vec<Recorded>,
+    writing: Option<BackgroundWrite<Vec<Recorded>>>,
     pending: Vec<Candidate>,
 }
 
@@ -447,7 +435,6 @@ impl<'a> DecisionLog<'a> {
             run,
             decided_at,
             recorded: Vec::new(),
-            action_ids: Vec::new(),
             writing: None,
             pending: Vec::new(),
         }
@@ -482,23 +469,21 @@ impl<'a> DecisionLog<'a> {
     /// Waits for the write in flight, if any.
     async fn settle(&mut self) -> Result<(), AuditError> {
         if let Some(write) = self.writing.take() {
-            let (ids, batch) = write.finish().await?;
-            self.action_ids.extend(ids);
-            self.recorded.extend(batch);
+            self.recorded.extend(write.finish().await?);
         }
         Ok(())
     }
 
-    /// Records the rest; returns every decision with its action row id, in order.
-    async fn finish(mut self) -> Result<(Vec<Candidate>, Vec<i64>), AuditError> {
+    /// Records the rest; returns every decision with its action row, in order.
+    async fn finish(mut self) -> Result<Vec<Recorded>, AuditError> {
         self.settle().await?;
-        let ids = self
+        let rest = std::mem::take(&mut self.pending);
+        let rest = self
             .audit
-            .record_decisions(self.run, self.decided_at, &mut self.pending)
+            .record_decisions_returned(self.run, self.decided_at, rest)
             .await?;
-        self.action_ids.extend(ids);
-        self.recorded.append(&mut self.pending);
-        Ok((self.recorded, self.action_ids))
+        self.recorded.extend(rest);
+        Ok(self.recorded)
     }
 }
 

@@ -75,6 +75,30 @@ pub struct Candidate {
     pub snapshot: Option<Box<RawValue>>,
 }
 
+/// A candidate recorded in the audit log, with its action row: what the executor acts on.
+#[derive(Debug)]
+pub struct Recorded {
+    pub candidate: Candidate,
+    pub action_id: i64,
+}
+
+/// What a plan holds: candidates (for display), or recorded candidates (in a cycle).
+pub trait Entry {
+    fn candidate(&self) -> &Candidate;
+}
+
+impl Entry for Candidate {
+    fn candidate(&self) -> &Candidate {
+        self
+    }
+}
+
+impl Entry for Recorded {
+    fn candidate(&self) -> &Candidate {
+        &self.candidate
+    }
+}
+
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
@@ -171,32 +195,36 @@ impl CapCheck {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Plan {
+pub struct Plan<E = Candidate> {
     pub generated_at: DateTime<Utc>,
     pub pages: u64,
     pub seen: SeenCounts,
     /// Candidates and protected matches, in listing order.
-    pub candidates: Vec<Candidate>,
+    pub candidates: Vec<E>,
     pub anomalies: AnomalyCounts,
     pub caps: CapCheck,
 }
 
-impl Plan {
-    /// Candidates that will be acted on (not excluded).
-    pub fn actionable(&self) -> impl Iterator<Item = &Candidate> {
-        self.candidates.iter().filter(|c| c.excluded_by.is_none())
+impl<E: Entry> Plan<E> {
+    /// Entries that will be acted on (not excluded).
+    pub fn actionable(&self) -> impl Iterator<Item = &E> {
+        self.candidates
+            .iter()
+            .filter(|e| e.candidate().excluded_by.is_none())
     }
 
-    pub fn excluded(&self) -> impl Iterator<Item = &Candidate> {
-        self.candidates.iter().filter(|c| c.excluded_by.is_some())
+    pub fn excluded(&self) -> impl Iterator<Item = &E> {
+        self.candidates
+            .iter()
+            .filter(|e| e.candidate().excluded_by.is_some())
     }
 
     /// Actionable candidates per rule, every configured rule listed (zero included).
     pub fn candidates_by_rule(&self, rules: &RuleSet) -> BTreeMap<String, u64> {
         let mut by_rule: BTreeMap<String, u64> =
             rules.rules().iter().map(|r| (r.name.clone(), 0)).collect();
-        for c in self.actionable() {
-            *by_rule.entry(c.rule.clone()).or_default() += 1;
+        for e in self.actionable() {
+            *by_rule.entry(e.candidate().rule.clone()).or_default() += 1;
         }
         by_rule
     }
@@ -336,10 +364,10 @@ impl<'a, S: PageSource> Planner<'a, S> {
     }
 
     /// The plan over a complete listing: `candidates` are all the pages' candidates, in order.
-    pub fn finish(self, candidates: Vec<Candidate>, safety: &SafetySettings) -> Plan {
+    pub fn finish<E: Entry>(self, candidates: Vec<E>, safety: &SafetySettings) -> Plan<E> {
         let actionable = candidates
             .iter()
-            .filter(|c| c.excluded_by.is_none())
+            .filter(|e| e.candidate().excluded_by.is_none())
             .count() as u64;
         Plan {
             generated_at: self.now,

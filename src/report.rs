@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::audit::{ActionRow, RunRow};
 use crate::cloudflare::Stamp;
 use crate::cycle::CycleReport;
-use crate::plan::Plan;
+use crate::plan::{Entry, Plan};
 use crate::rules::RuleSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,11 +26,12 @@ pub enum Format {
 }
 
 /// The plan as a table of candidates followed by a summary.
-pub fn plan_text(out: &mut dyn Write, plan: &Plan, rules: &RuleSet) -> io::Result<()> {
+pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet) -> io::Result<()> {
     let rows: Vec<[String; 7]> = plan
         .candidates
         .iter()
-        .map(|c| {
+        .map(|e| {
+            let c = e.candidate();
             [
                 c.rule.clone(),
                 match &c.excluded_by {

@@ -200,8 +200,8 @@ async fn idleness_is_measured_from_the_later_timestamp_and_impossible_times_are_
     let reason = |id: &str| {
         plan.candidates
             .iter()
-            .find(|c| c.id.as_str() == id)
-            .map(|c| c.why.to_string())
+            .find(|c| c.candidate.id.as_str() == id)
+            .map(|c| c.candidate.why.to_string())
             .unwrap_or_default()
     };
     assert!(

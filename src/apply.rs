@@ -316,6 +316,7 @@ impl Executor<'_> {
         let request =
             resource::mutation_request(call.kind, self.client.account(), call.action, &ids);
         Intent {
+            resource_kind: call.kind,
             kind: call_kind(call.action, ids.len()),
             method: request.method.to_string(),
             path: request.shown,
@@ -707,7 +708,7 @@ const IDS_PER_LOOKUP: usize = 100;
 pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u64, ReconcileError> {
     let pending = audit.pending_mutations().await?;
     for m in &pending {
-        let now = current_state(client, Kind::DeviceRegistration, &m.resource_ids).await?;
+        let now = current_state(client, m.resource_kind, &m.resource_ids).await?;
         let mut all_done = true;
         for id in &m.resource_ids {
             let done = match m.kind {

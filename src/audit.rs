@@ -20,7 +20,7 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::config::Mode;
 use crate::plan::{Candidate, Recorded};
-use crate::resource::ResourceId;
+use crate::resource::{Kind, ResourceId};
 use serde_json::value::RawValue;
 
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
@@ -224,10 +224,25 @@ pub struct RunSummary {
     pub api_requests: u64,
 }
 
+/// How one kind's part of a run went: a row of `run_kinds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindRun {
+    pub kind: Kind,
+    pub outcome: RunOutcome,
+    pub reason: Option<String>,
+    /// `None` when the kind's listing did not complete.
+    pub seen: Option<u64>,
+    pub candidates: Option<u64>,
+    pub excluded: Option<u64>,
+    pub done: u64,
+    pub failed: u64,
+}
+
 /// An API call about to be sent. The registrations it names identify, within its run, the
 /// actions it carries.
 #[derive(Debug, Clone)]
 pub struct Intent {
+    pub resource_kind: Kind,
     pub kind: MutationKind,
     pub method: String,
     pub path: String,
@@ -293,6 +308,7 @@ pub struct FailureStreak {
 pub struct PendingMutation {
     pub id: MutationId,
     pub run_id: RunId,
+    pub resource_kind: Kind,
     pub kind: MutationKind,
     pub resource_ids: Vec<ResourceId>,
 }
@@ -320,6 +336,7 @@ pub struct ActionRow {
     pub decided_at: String,
     pub rule: String,
     pub action: String,
+    pub resource_kind: String,
     pub resource_id: String,
     pub user_email: Option<String>,
     pub device_name: Option<String>,
@@ -879,16 +896,38 @@ impl AuditStore {
         Ok(RunId(id))
     }
 
+    /// Closes a run, with how each of its kinds went (`kinds`), in one transaction.
     pub async fn finish_run(
         &self,
         run: RunId,
         outcome: RunOutcome,
         reason: Option<&str>,
         summary: &RunSummary,
+        kinds: &[KindRun],
         finished: DateTime<Utc>,
     ) -> Result<(), AuditError> {
         let _timer = self.timer();
         let n = |v: Option<u64>| v.map(|v| v as i64);
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        for k in kinds {
+            sqlx::query(
+                "INSERT INTO run_kinds (run_id, kind, outcome, reason, seen, candidates, excluded,
+                     done, failed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .bind(run.0)
+            .bind(k.kind.as_str())
+            .bind(k.outcome.as_str())
+            .bind(k.reason.as_deref())
+            .bind(n(k.seen))
+            .bind(n(k.candidates))
+            .bind(n(k.excluded))
+            .bind(k.done as i64)
+            .bind(k.failed as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?;
+        }
         sqlx::query(
             "UPDATE runs SET finished_at = ?2, outcome = ?3, reason = ?4, pages = ?5,
                  seen_total = ?6, seen_active = ?7, seen_revoked = ?8, candidates = ?9,
@@ -911,9 +950,10 @@ impl AuditStore {
         .bind(summary.api_requests as i64)
         .bind(summary.actions_unconfirmed as i64)
         .bind(summary.actions_stuck as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
+        tx.commit().await.map_err(AuditError::Write)?;
         Ok(())
     }
 
@@ -936,7 +976,7 @@ impl AuditStore {
             .zip(ids.chunks(INSERT_BATCH))
         {
             let mut q = QueryBuilder::new(
-                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_type,
+                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
                      resource_id, user_email, user_email_folded, device_name, last_seen_at,
                      reason, excluded_by, status) ",
             );
@@ -1161,11 +1201,13 @@ impl AuditStore {
             ids.iter().copied().zip(&entry.intents).collect();
         for batch in with_ids.chunks(INSERT_BATCH) {
             let mut q = QueryBuilder::new(
-                "INSERT INTO mutations (id, run_id, kind, method, path, resource_ids, intent_at) ",
+                "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path, resource_ids,
+                     intent_at) ",
             );
             q.push_values(batch, |mut row, (id, intent)| {
                 row.push_bind(id.0)
                     .push_bind(run.0)
+                    .push_bind(intent.resource_kind.as_str())
                     .push_bind(intent.kind.as_str())
                     .push_bind(&intent.method)
                     .push_bind(&intent.path)
@@ -1345,7 +1387,8 @@ impl AuditStore {
     /// Intents whose outcome was never recorded: a crash happened between send and record.
     pub async fn pending_mutations(&self) -> Result<Vec<PendingMutation>, AuditError> {
         let rows = sqlx::query(
-            "SELECT id, run_id, kind, resource_ids FROM mutations WHERE outcome IS NULL ORDER BY id",
+            "SELECT id, run_id, kind, resource_ids, resource_kind FROM mutations
+             WHERE outcome IS NULL ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -1357,6 +1400,7 @@ impl AuditStore {
                 Some(PendingMutation {
                     id: MutationId(r.get(0)),
                     run_id: RunId(r.get(1)),
+                    resource_kind: Kind::parse(r.get(4))?,
                     kind: MutationKind::parse(r.get(2))?,
                     resource_ids: ids
                         .iter()
@@ -1400,7 +1444,8 @@ impl AuditStore {
         let mut q = QueryBuilder::new(
             "SELECT a.id, a.run_id, a.decided_at, a.rule, a.action, a.resource_id, a.user_email,
                     a.device_name, a.last_seen_at, a.reason, a.excluded_by, a.status,
-                    a.status_detail, a.mutation_id, m.completed_at, m.http_status, s.body
+                    a.status_detail, a.mutation_id, m.completed_at, m.http_status, s.body,
+                    a.resource_kind
              FROM actions a LEFT JOIN mutations m ON m.id = a.mutation_id
                   LEFT JOIN snapshots s ON s.action_id = a.id
              WHERE 1 = 1",
@@ -1439,6 +1484,7 @@ impl AuditStore {
                 decided_at: r.get(2),
                 rule: r.get(3),
                 action: r.get(4),
+                resource_kind: r.get(17),
                 resource_id: r.get(5),
                 user_email: r.get(6),
                 device_name: r.get(7),

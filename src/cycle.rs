@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
 use crate::audit::{
-    ActionStatus, AuditError, AuditStore, BackgroundWrite, RunId, RunOutcome, RunSummary,
+    ActionStatus, AuditError, AuditStore, BackgroundWrite, KindRun, RunId, RunOutcome, RunSummary,
 };
 use crate::cloudflare::Client;
 use crate::config::{Config, Mode};
@@ -380,12 +380,34 @@ impl CycleContext<'_> {
     ) -> Result<CycleReport, CycleError> {
         report.seconds = started.elapsed().as_secs_f64();
         let finished = Utc::now();
+        let s = &report.summary;
+        // One kind per cycle so far (config accepts one), so each kind's part is the run.
+        let mut kinds: Vec<Kind> = Vec::new();
+        for rule in &self.config.rules {
+            if !kinds.contains(&rule.resource) {
+                kinds.push(rule.resource);
+            }
+        }
+        let kinds: Vec<KindRun> = kinds
+            .into_iter()
+            .map(|kind| KindRun {
+                kind,
+                outcome: report.outcome,
+                reason: report.reason.clone(),
+                seen: s.seen_total,
+                candidates: s.candidates,
+                excluded: s.excluded,
+                done: s.actions_done,
+                failed: s.actions_failed,
+            })
+            .collect();
         self.audit
             .finish_run(
                 run,
                 report.outcome,
                 report.reason.as_deref(),
                 &report.summary,
+                &kinds,
                 finished,
             )
             .await?;

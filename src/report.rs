@@ -428,6 +428,7 @@ mod tests {
             decided_at: "2026-11-24T19:58:21Z".into(),
             rule: "idle-90d".into(),
             action: "delete".into(),
+            resource_kind: "device_registration".into(),
             resource_id: "00b3324e-cfe5-4df6-b4ab-faba846cc16b".into(),
             user_email: Some(email.into()),
             device_name: Some(device.into()),

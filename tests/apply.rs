@@ -17,7 +17,7 @@ use zt_janitor::fake::{
     Endpoint as FaultEndpoint, FakeOptions, FakeRegistration, Fault, FaultRule,
 };
 use zt_janitor::metrics::Metrics;
-use zt_janitor::resource::ResourceId;
+use zt_janitor::resource::{Kind, ResourceId};
 use zt_janitor::rules::RuleSet;
 
 fn opts(n: usize) -> FakeOptions {
@@ -91,11 +91,55 @@ async fn apply_deletes_exactly_the_candidates_in_bulk_chunks() {
         .await
         .unwrap();
     assert_eq!(pending, 0);
+    for table in ["actions", "mutations"] {
+        let kinds: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT DISTINCT resource_kind FROM {table}"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(kinds, ["device_registration"], "{table} record the kind");
+    }
 
     // A second run finds nothing more to do.
     let again = env.once().await;
     assert_eq!(again.outcome, RunOutcome::Applied);
     assert_eq!(again.summary.candidates, Some(0));
+
+    // Each run records how its kind went.
+    // (run, kind, outcome, seen, candidates, done, failed)
+    type KindRow = (i64, String, String, Option<i64>, Option<i64>, i64, i64);
+    let run_kinds: Vec<KindRow> = sqlx::query_as(
+        "SELECT run_id, kind, outcome, seen, candidates, done, failed FROM run_kinds
+             ORDER BY run_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let kind = || "device_registration".to_owned();
+    let applied = || "applied".to_owned();
+    assert_eq!(
+        run_kinds,
+        [
+            (
+                report.run_id,
+                kind(),
+                applied(),
+                report.summary.seen_total.map(|n| n as i64),
+                Some(m as i64),
+                m as i64,
+                0
+            ),
+            (
+                again.run_id,
+                kind(),
+                applied(),
+                again.summary.seen_total.map(|n| n as i64),
+                Some(0),
+                0,
+                0
+            ),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,9 +338,9 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
     for id in [&gone, &kept] {
         // The crashed run decided them too: copy the plan run's decisions into it.
         sqlx::query(
-            "INSERT INTO actions (run_id, decided_at, rule, action, resource_type, resource_id,
+            "INSERT INTO actions (run_id, decided_at, rule, action, resource_kind, resource_id,
                  user_email, device_name, last_seen_at, reason, status)
-             SELECT ?1, decided_at, rule, action, resource_type, resource_id, user_email,
+             SELECT ?1, decided_at, rule, action, resource_kind, resource_id, user_email,
                  device_name, last_seen_at, reason, 'planned'
              FROM actions WHERE resource_id = ?2",
         )
@@ -308,6 +352,7 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
         let rid = ResourceId::parse(id).unwrap();
         let entry = JournalEntry {
             intents: vec![Intent {
+                resource_kind: Kind::DeviceRegistration,
                 kind: MutationKind::Delete,
                 method: "DELETE".to_owned(),
                 path: "/devices/registrations/x".to_owned(),

@@ -3,6 +3,7 @@
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use zt_janitor::audit::{ActionFilter, AuditStore};
+use zt_janitor::resource::Kind;
 
 #[tokio::test]
 async fn snapshots_written_before_they_had_a_table_of_their_own_survive_the_upgrade() {
@@ -207,5 +208,158 @@ async fn a_database_from_before_confirmation_gains_the_new_statuses_with_its_row
             "{index} in {indexes:?}"
         );
     }
+    pool.close().await;
+}
+
+/// A database built by the migrations before resource kinds: every action and mutation reads
+/// back as a device registration, with its rows, references, snapshots, folded emails and
+/// indexes intact, and an interrupted call is still found for reconciliation.
+#[tokio::test]
+async fn a_database_from_before_resource_kinds_reads_back_as_device_registrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let earlier = dir.path().join("migrations");
+    std::fs::create_dir(&earlier).unwrap();
+    for name in [
+        "20261124000001_audit.sql",
+        "20261125000001_snapshots_apart.sql",
+        "20261126000001_confirmed_outcomes.sql",
+        "20261126000002_user_email_folded.sql",
+    ] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(name),
+            earlier.join(name),
+        )
+        .unwrap();
+    }
+    let db = dir.path().join("audit.db");
+    let old = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&db)
+                .create_if_missing(true)
+                .foreign_keys(true),
+        )
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&old)
+        .await
+        .unwrap();
+    let id = "aaaaaaaa-0000-4000-8000-000000000001";
+    for statement in [
+        "INSERT INTO runs (id, started_at, mode, outcome) VALUES (1, 't', 'apply', 'applied')",
+        "INSERT INTO runs (id, started_at, mode) VALUES (2, 't2', 'apply')",
+        "INSERT INTO mutations (id, run_id, kind, method, path, resource_ids, intent_at,
+             completed_at, outcome, http_status)
+         VALUES (7, 1, 'bulk_delete', 'DELETE', '/x', '[\"aaaaaaaa-0000-4000-8000-000000000001\"]',
+             't', 't', 'ok', 200)",
+        "INSERT INTO mutations (id, run_id, kind, method, path, resource_ids, intent_at)
+         VALUES (8, 2, 'delete', 'DELETE', '/y', '[\"bbbbbbbb-0000-4000-8000-000000000002\"]', 't2')",
+        "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_type, resource_id,
+             user_email, user_email_folded, device_name, reason, status, mutation_id)
+         VALUES (3, 1, 't', 'idle-90d', 'delete', 'device_registration',
+             'aaaaaaaa-0000-4000-8000-000000000001', 'ÉLISE@example.com', 'élise@example.com',
+             'laptop', 'idle', 'done', 7)",
+        "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_type, resource_id,
+             reason, status)
+         VALUES (4, 2, 't2', 'idle-90d', 'delete', 'device_registration',
+             'bbbbbbbb-0000-4000-8000-000000000002', 'idle', 'planned')",
+        "INSERT INTO snapshots (action_id, body) VALUES (3, '{\"id\":1}')",
+        "INSERT INTO snapshots (action_id, body) VALUES (4, '{\"id\":2}')",
+    ] {
+        sqlx::query(statement).execute(&old).await.unwrap();
+    }
+    old.close().await;
+
+    let audit = AuditStore::open(&db).await.unwrap();
+    let rows = audit
+        .actions(&ActionFilter {
+            user_email: Some("Élise@Example.com".into()),
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the folded email survives");
+    assert_eq!(rows[0].resource_kind, "device_registration");
+    assert_eq!(rows[0].resource_id, id);
+    assert_eq!(rows[0].device_name.as_deref(), Some("laptop"));
+    assert_eq!(rows[0].status, "done");
+    assert_eq!(rows[0].mutation_id, Some(7));
+    assert_eq!(rows[0].http_status, Some(200));
+    assert_eq!(rows[0].snapshot, r#"{"id":1}"#);
+    let all = audit
+        .actions(&ActionFilter {
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|a| a.resource_kind == "device_registration"));
+    let pending = audit.pending_mutations().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id.0, 8);
+    assert_eq!(pending[0].resource_kind, Kind::DeviceRegistration);
+    assert_eq!(
+        pending[0].resource_ids[0].as_str(),
+        "bbbbbbbb-0000-4000-8000-000000000002"
+    );
+    audit.close().await;
+
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&db).foreign_keys(true))
+        .await
+        .unwrap();
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT resource_kind FROM mutations ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kinds, ["device_registration", "device_registration"]);
+    let violations: Vec<(String,)> =
+        sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(tables.iter().all(|t| !t.ends_with("_new")), "{tables:?}");
+    assert!(tables.contains(&"run_kinds".to_owned()), "{tables:?}");
+    let references: Vec<String> =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name IN ('actions', 'snapshots')")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        references.iter().all(|sql| !sql.contains("_new")),
+        "{references:?}"
+    );
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "actions_failing",
+            "actions_mutation",
+            "actions_resource",
+            "actions_run",
+            "actions_user_folded",
+            "mutations_pending",
+        ]
+    );
     pool.close().await;
 }

@@ -580,7 +580,7 @@ impl Executor<'_> {
             let c = item.candidate;
             self.metrics
                 .actions
-                .with_label_values(&[&c.rule, c.action.as_str(), outcome])
+                .with_label_values(&[c.kind.as_str(), &c.rule, c.action.as_str(), outcome])
                 .inc();
         }
     }

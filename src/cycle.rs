@@ -272,7 +272,10 @@ impl CycleContext<'_> {
             report.summary.actions_failed = applied.failed + applied.unconfirmed;
             report.summary.actions_unconfirmed = applied.unconfirmed;
             report.summary.actions_stuck = applied.stuck;
-            self.metrics.stuck_resources.set(applied.stuck as i64);
+            self.metrics
+                .stuck_resources
+                .with_label_values(&[plan.kind.as_str()])
+                .set(applied.stuck as i64);
             // Defence in depth: an exclusion that matched only at apply time counts too.
             report.summary.excluded = report
                 .summary
@@ -356,19 +359,23 @@ impl CycleContext<'_> {
 
     fn observe_plan(&self, plan: &Plan<Recorded>) {
         let m = self.metrics;
-        m.registrations_seen
-            .with_label_values(&["active"])
+        let kind = plan.kind.as_str();
+        m.resources_seen
+            .with_label_values(&[kind, "active"])
             .set(plan.seen.active as i64);
-        m.registrations_seen
-            .with_label_values(&["revoked"])
+        m.resources_seen
+            .with_label_values(&[kind, "revoked"])
             .set(plan.seen.revoked as i64);
+        // A rule renamed or removed by a reload must not leave its last count behind.
         m.candidates.reset();
         for (rule, n) in plan.candidates_by_rule(self.rules) {
-            m.candidates.with_label_values(&[&rule]).set(n as i64);
+            m.candidates.with_label_values(&[kind, &rule]).set(n as i64);
         }
-        m.excluded.set(plan.excluded().count() as i64);
-        for (kind, n) in plan.anomalies.by_label() {
-            m.anomalies.with_label_values(&[kind]).inc_by(n);
+        m.excluded
+            .with_label_values(&[kind])
+            .set(plan.excluded().count() as i64);
+        for (anomaly, n) in plan.anomalies.by_label() {
+            m.anomalies.with_label_values(&[kind, anomaly]).inc_by(n);
         }
     }
 

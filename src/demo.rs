@@ -156,7 +156,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for line in scrape.lines().filter(|l| {
         l.starts_with("zt_janitor_runs_total")
             || l.starts_with("zt_janitor_actions_total")
-            || l.starts_with("zt_janitor_registrations_seen")
+            || l.starts_with("zt_janitor_resources_seen")
     }) {
         println!("{line}");
     }

@@ -10,9 +10,9 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub registrations_seen: IntGaugeVec,
+    pub resources_seen: IntGaugeVec,
     pub candidates: IntGaugeVec,
-    pub excluded: IntGauge,
+    pub excluded: IntGaugeVec,
     pub anomalies: IntCounterVec,
     pub actions: IntCounterVec,
     pub runs: IntCounterVec,
@@ -24,7 +24,7 @@ pub struct Metrics {
     pub api_retries: IntCounterVec,
     pub skipped_ticks: IntCounter,
     pub config_reloads: IntCounterVec,
-    pub stuck_resources: IntGauge,
+    pub stuck_resources: IntGaugeVec,
     pub audit_writable: IntGauge,
     pub audit_write_errors: IntCounter,
     pub cycles_not_started: IntCounterVec,
@@ -34,41 +34,47 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let m = Metrics {
-            registrations_seen: IntGaugeVec::new(
+            resources_seen: IntGaugeVec::new(
                 Opts::new(
-                    "zt_janitor_registrations_seen",
-                    "Device registrations listed in the last complete cycle, by status.",
+                    "zt_janitor_resources_seen",
+                    "Objects listed in the last complete cycle, by resource kind and status.",
                 ),
-                &["status"],
+                &["resource", "status"],
             )
             .expect("valid metric"),
             candidates: IntGaugeVec::new(
                 Opts::new(
                     "zt_janitor_candidates",
-                    "Registrations selected for action in the last complete cycle, by rule.",
+                    "Objects selected for action in the last complete cycle, by resource kind \
+                     and rule.",
                 ),
-                &["rule"],
+                &["resource", "rule"],
             )
             .expect("valid metric"),
-            excluded: IntGauge::new(
-                "zt_janitor_excluded",
-                "Registrations a rule selected but an exclusion protected, last complete cycle.",
+            excluded: IntGaugeVec::new(
+                Opts::new(
+                    "zt_janitor_excluded",
+                    "Objects a rule selected but an exclusion protected, last complete cycle, by \
+                     resource kind.",
+                ),
+                &["resource"],
             )
             .expect("valid metric"),
             anomalies: IntCounterVec::new(
                 Opts::new(
-                    "zt_janitor_registration_anomalies_total",
-                    "Registrations with data zt-janitor refused to trust (no rule acts on them).",
+                    "zt_janitor_anomalies_total",
+                    "Objects with data zt-janitor refused to trust (no rule acts on them), by \
+                     resource kind and kind of anomaly.",
                 ),
-                &["kind"],
+                &["resource", "kind"],
             )
             .expect("valid metric"),
             actions: IntCounterVec::new(
                 Opts::new(
                     "zt_janitor_actions_total",
-                    "Actions attempted on registrations, by rule, action and outcome.",
+                    "Actions attempted, by resource kind, rule, action and outcome.",
                 ),
-                &["rule", "action", "outcome"],
+                &["resource", "rule", "action", "outcome"],
             )
             .expect("valid metric"),
             runs: IntCounterVec::new(
@@ -131,10 +137,14 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
-            stuck_resources: IntGauge::new(
-                "zt_janitor_stuck_resources",
-                "Registrations left out of the last apply run because their call failed for them \
-                 alone, the same way, in each of the runs before (action status `stuck`).",
+            stuck_resources: IntGaugeVec::new(
+                Opts::new(
+                    "zt_janitor_stuck_resources",
+                    "Objects left out of the last apply run because their call failed for them \
+                     alone, the same way, in each of the runs before (action status `stuck`), by \
+                     resource kind.",
+                ),
+                &["resource"],
             )
             .expect("valid metric"),
             audit_writable: IntGauge::new(
@@ -176,7 +186,7 @@ impl Metrics {
 
     fn register_all(&self, build_info: IntGaugeVec) {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.registrations_seen.clone()),
+            Box::new(self.resources_seen.clone()),
             Box::new(self.candidates.clone()),
             Box::new(self.excluded.clone()),
             Box::new(self.anomalies.clone()),

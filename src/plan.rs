@@ -196,6 +196,9 @@ impl CapCheck {
 
 #[derive(Debug, Serialize)]
 pub struct Plan<E = Candidate> {
+    /// The kind listed; a plan covers one kind, and its caps that kind's population.
+    #[serde(rename = "resource")]
+    pub kind: Kind,
     pub generated_at: DateTime<Utc>,
     pub pages: u64,
     pub seen: SeenCounts,
@@ -370,6 +373,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
             .filter(|e| e.candidate().excluded_by.is_none())
             .count() as u64;
         Plan {
+            kind: self.kind,
             generated_at: self.now,
             pages: self.pages,
             seen: self.seen,

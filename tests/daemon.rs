@@ -82,8 +82,13 @@ async fn daemon_cycles_reports_metrics_reloads_and_stops_gracefully() {
         deleted.len(),
         "actions_total matches what the fake saw deleted"
     );
-    let seen = sample(&scrape, "zt_janitor_registrations_seen{status=\"active\"}")
-        + sample(&scrape, "zt_janitor_registrations_seen{status=\"revoked\"}");
+    let seen = sample(
+        &scrape,
+        "zt_janitor_resources_seen{resource=\"device_registration\",status=\"active\"}",
+    ) + sample(
+        &scrape,
+        "zt_janitor_resources_seen{resource=\"device_registration\",status=\"revoked\"}",
+    );
     assert_eq!(
         seen as usize,
         env.fake.len(),

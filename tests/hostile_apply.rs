@@ -74,7 +74,7 @@ fn with_status<'a>(rows: &'a [(String, String, Option<String>)], status: &str) -
 fn count(metrics: &Metrics, rule: &str, action: &str, outcome: &str) -> u64 {
     metrics
         .actions
-        .with_label_values(&[rule, action, outcome])
+        .with_label_values(&["device_registration", rule, action, outcome])
         .get()
 }
 
@@ -379,7 +379,13 @@ async fn one_id_that_cannot_be_deleted(chunk: usize) {
             rows[0].2.as_deref().unwrap().contains("code 2001"),
             "{rows:?}"
         );
-        assert_eq!(metrics.stuck_resources.get(), 1);
+        assert_eq!(
+            metrics
+                .stuck_resources
+                .with_label_values(&["device_registration"])
+                .get(),
+            1
+        );
         assert_eq!(count(&metrics, "idle-90d", "delete", "stuck"), 1);
     }
     assert_eq!(requests_naming_bad(), before, "a stuck id is not attempted");

@@ -40,7 +40,10 @@ fn set<I: IntoIterator<Item = String>>(ids: I) -> BTreeSet<String> {
 }
 
 fn anomalies(metrics: &Metrics, kind: &str) -> u64 {
-    metrics.anomalies.with_label_values(&[kind]).get()
+    metrics
+        .anomalies
+        .with_label_values(&["device_registration", kind])
+        .get()
 }
 
 /// `revoked_at` of `""`, `false`, `0`, `{}` or garbage: the registration is counted as revoked
@@ -110,7 +113,7 @@ async fn an_unreadable_revoked_at_makes_a_registration_untouchable_by_every_rule
     assert_eq!(anomalies(&metrics, "unparsable_revoked_at"), 7);
     assert!(metrics
         .render()
-        .contains(r#"zt_janitor_registration_anomalies_total{kind="unparsable_revoked_at"} 7"#));
+        .contains(r#"zt_janitor_anomalies_total{kind="unparsable_revoked_at",resource="device_registration"} 7"#));
     env.assert_every_mutation_audited().await;
 }
 

@@ -620,16 +620,16 @@ async fn broken_timestamps_are_never_idle_and_are_counted() {
         "no_activity_timestamp",
     ] {
         assert_eq!(
-            metrics.anomalies.with_label_values(&[label]).get(),
+            metrics
+                .anomalies
+                .with_label_values(&["device_registration", label])
+                .get(),
             1,
-            "zt_janitor_registration_anomalies_total{{kind={label}}}"
+            "zt_janitor_anomalies_total{{resource=device_registration,kind={label}}}"
         );
     }
     let text = metrics.render();
-    assert!(
-        text.contains("zt_janitor_registration_anomalies_total"),
-        "{text}"
-    );
+    assert!(text.contains("zt_janitor_anomalies_total"), "{text}");
     env.assert_every_mutation_audited().await;
 }
 

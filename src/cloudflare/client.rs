@@ -45,8 +45,9 @@ pub struct ListedPage {
 pub enum MutationOutcome {
     /// A 2xx answer (a 204 with no body included).
     Done { status: u16 },
-    /// A 404 carrying a Cloudflare error envelope whose code is not a routing error, for a
-    /// call naming one id. `after_ambiguous_attempt`: an earlier attempt of the same call ended
+    /// An error answer that the resource kind reads as "already gone" (a 404 for device
+    /// registrations), carrying a Cloudflare error envelope whose code is not a routing error,
+    /// for a call naming one id. `after_ambiguous_attempt`: an earlier attempt of the same call ended
     /// without a trustworthy answer (5xx, transport error, timeout, garbled body), so the
     /// server may have acted and the 404 may be this run's own deletion.
     NotFound {
@@ -334,9 +335,10 @@ fn pairs(query: &[(String, String)]) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// The outcome of a delete or revoke from its final answer. A 404 means "not found" only for a
-/// call naming one id (for several it does not say which is missing), only with Cloudflare's
-/// envelope (a proxy or a wrong route answers 404 too), and only without a routing error code.
+/// The outcome of a delete or revoke from its final answer. An answer the kind reads as "not
+/// found" means so only for a call naming one id (for several it does not say which is
+/// missing), only with Cloudflare's envelope (a proxy or a wrong route answers 404 too), and
+/// only without a routing error code.
 fn mutation_outcome(
     answer: Result<u16, ApiError>,
     ids_named: usize,

@@ -224,14 +224,6 @@ mod tests {
     }
 
     #[test]
-    fn registration_id_rejects_path_characters() {
-        assert!(ResourceId::parse("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e").is_ok());
-        for bad in ["", "../x", "a b", "a?b", "a/b", "a&id=b"] {
-            assert!(ResourceId::parse(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
     fn registration_parses_lenient_timestamps_and_strict_identity() {
         let json = r#"{"id":"r-1","created_at":"2026-01-29T00:57:57.925979Z","updated_at":"x",
             "last_seen_at":"yesterday","key":"k","registration_type":"carrier_pigeon",
@@ -281,27 +273,6 @@ mod tests {
             read(r#","deleted_at":false"#).deleted_at,
             Some(Stamp::Invalid(_))
         ));
-    }
-
-    #[test]
-    fn ids_compare_as_uuids_whatever_the_case() {
-        let id = |s: &str| ResourceId::parse(s).unwrap().key();
-        assert_eq!(
-            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"),
-            id("0B9A1C2E-6F0E-4A53-9D0E-5B7A3F1C2D4E")
-        );
-        assert_eq!(
-            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"),
-            id("0b9a1c2e6f0e4a539d0e5b7a3f1c2d4e")
-        );
-        assert_ne!(
-            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"),
-            id("0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4f")
-        );
-        assert_eq!(id("r-1A"), id("R-1a"));
-        assert_ne!(id("r-1"), id("r-2"));
-        // The id keeps its spelling for the API.
-        assert_eq!(ResourceId::parse("ABC").unwrap().as_str(), "ABC");
     }
 
     #[test]

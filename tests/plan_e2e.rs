@@ -70,6 +70,13 @@ async fn plan_names_exactly_the_candidates_across_pages_and_mutates_nothing() {
         .map(|c| c["id"].as_str().unwrap())
         .collect();
     assert!(excluded.contains(&board.as_str()));
+    // The plan and each of its rows name the kind they are about.
+    assert_eq!(plan["resource"], "device_registration");
+    assert!(plan["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["resource"] == "device_registration"));
 
     let counts = env.fake.request_counts();
     assert_eq!(counts.list_pages, 9);

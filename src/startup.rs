@@ -108,3 +108,69 @@ impl Janitor {
         self.audit.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Mode;
+
+    fn config(db: &Path) -> Config {
+        let text = format!(
+            r#"
+[cloudflare]
+account_id = "0123456789abcdef0123456789abcdef"
+
+[audit]
+path = "{}"
+
+[[rule]]
+name = "idle-90d"
+resource = "device_registration"
+action = "delete"
+idle_days = 90
+
+[[exclude]]
+name = "board"
+user_email = ["*@board.example.com"]
+"#,
+            db.display()
+        );
+        Config::from_toml_str(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn open_closes_the_runs_a_previous_process_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let crashed = open(config(&db)).await.unwrap();
+        crashed
+            .audit
+            .begin_run(Mode::Apply, Utc::now())
+            .await
+            .unwrap();
+        crashed.close().await;
+
+        let janitor = open(config(&db)).await.unwrap();
+        let runs = janitor.audit.recent_runs(10).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
+        janitor.close().await;
+    }
+
+    #[tokio::test]
+    async fn rules_that_cannot_compile_leave_the_database_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let mut config = config(&db);
+        // Validation refuses this glob; a Config built in code can still carry it.
+        config.exclusions[0].user_emails = vec!["[unclosed".to_owned()];
+        let result = open(config).await;
+        assert!(
+            matches!(result, Err(StartupError::Rules(_))),
+            "expected a rules error"
+        );
+        assert!(!db.exists(), "no database is created");
+    }
+}

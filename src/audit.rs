@@ -828,8 +828,16 @@ impl AuditStore {
                AND run_id IN (SELECT id FROM runs WHERE outcome IS NULL)
                -- A call may have carried it: reconciliation settles those.
                AND resource_id NOT IN (
-                   SELECT j.value FROM mutations m, json_each(m.resource_ids) j
-                   WHERE m.outcome IS NULL AND m.run_id = actions.run_id)",
+                   SELECT j.value FROM mutations m,
+                       json_each(CASE WHEN json_valid(m.resource_ids)
+                                      THEN m.resource_ids ELSE '[]' END) j
+                   WHERE m.outcome IS NULL AND m.run_id = actions.run_id)
+               -- Which ids an unreadable intent carried is unknown: its run's actions wait
+               -- for it to be settled (reconciliation names the row).
+               AND NOT EXISTS (
+                   SELECT 1 FROM mutations m
+                   WHERE m.outcome IS NULL AND m.run_id = actions.run_id
+                     AND NOT json_valid(m.resource_ids))",
         )
         .bind(action_detail)
         .execute(&mut *tx)

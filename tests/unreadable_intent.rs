@@ -78,6 +78,17 @@ async fn pending(env: &Env, mutation: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_pending_intent_aborts_the_cycle_naming_the_row() {
+    unreadable_intent(false).await;
+}
+
+/// The same after a crash: the intent's run was left running, and opening the store (which
+/// closes interrupted runs) must not trip over the unreadable row either.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_intent_of_a_crashed_run_aborts_the_cycle_naming_the_row() {
+    unreadable_intent(true).await;
+}
+
+async fn unreadable_intent(crashed: bool) {
     for case in CASES {
         let env = Env::start(
             FakeOptions {
@@ -115,6 +126,11 @@ async fn an_unreadable_pending_intent_aborts_the_cycle_naming_the_row() {
                              '2026-11-26T10:00:00Z')",
                     case.kind
                 ),
+                if crashed {
+                    "UPDATE runs SET outcome = NULL, finished_at = NULL WHERE id = 1"
+                } else {
+                    "SELECT 1"
+                },
             ],
         )
         .await;
@@ -142,6 +158,14 @@ async fn an_unreadable_pending_intent_aborts_the_cycle_naming_the_row() {
             case.name
         );
         let runs = env.run_outcomes().await;
+        if crashed {
+            assert_eq!(
+                runs.first().map(|r| r.0.as_str()),
+                Some("failed"),
+                "{}: the crashed run is closed",
+                case.name
+            );
+        }
         assert_eq!(
             runs.last(),
             Some(&("aborted".to_owned(), Some(reason.clone()))),

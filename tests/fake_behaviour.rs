@@ -1074,7 +1074,10 @@ async fn deleting_a_service_token_answers_it_and_is_logged() {
     );
     assert!(api.fake.service_token(&id).is_none());
     assert_eq!(api.fake.service_token_ids().len(), 11);
-    assert_eq!(api.fake.deleted_service_token_ids(), [id.clone()]);
+    assert_eq!(
+        api.fake.deleted_service_token_ids(),
+        std::slice::from_ref(&id)
+    );
     assert!(api.fake.deleted_ids().is_empty(), "no registration deleted");
 
     let again = api

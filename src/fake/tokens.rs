@@ -69,7 +69,7 @@ fn band(i: usize) -> Band {
 
 /// Every sixth generated token (index `i % 6 == 0`) is attached to the enrollment policy.
 fn generated_in_use(i: usize) -> bool {
-    i % 6 == 0
+    i.is_multiple_of(6)
 }
 
 /// Every ninth generated token (index `i % 9 == 4`) is disabled.
@@ -111,44 +111,21 @@ impl FakeServiceToken {
         }
     }
 
-    /// The token as the fake serves it.
+    /// The token as the fake serves it, generated ones included. `updated_at` is the creation
+    /// time: the fake never refreshes or edits a token.
     pub fn to_json(&self) -> Value {
-        token_json(
-            &self.id,
-            &client_id_for(&self.id),
-            &self.name,
-            &self.duration,
-            self.created_at,
-            self.expires_at,
-            self.last_seen_at,
-            self.enabled,
-        )
+        json!({
+            "id": self.id,
+            "client_id": client_id_for(&self.id),
+            "name": self.name,
+            "duration": self.duration,
+            "created_at": format_time(self.created_at),
+            "updated_at": format_time(self.created_at),
+            "expires_at": format_time(self.expires_at),
+            "last_seen_at": self.last_seen_at.map(format_time),
+            "enabled": self.enabled,
+        })
     }
-}
-
-/// Field order is fixed so output is byte-identical for a seed.
-#[allow(clippy::too_many_arguments)]
-fn token_json(
-    id: &str,
-    client_id: &str,
-    name: &str,
-    duration: &str,
-    created_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-    last_seen_at: Option<DateTime<Utc>>,
-    enabled: bool,
-) -> Value {
-    json!({
-        "id": id,
-        "client_id": client_id,
-        "name": name,
-        "duration": duration,
-        "created_at": format_time(created_at),
-        "updated_at": format_time(created_at),
-        "expires_at": format_time(expires_at),
-        "last_seen_at": last_seen_at.map(format_time),
-        "enabled": enabled,
-    })
 }
 
 /// Client ids look like Cloudflare's: 32 hex characters and `.access`.
@@ -157,16 +134,9 @@ fn client_id_for(id: &str) -> String {
     format!("{hi:016x}{:016x}.access", splitmix64(hi))
 }
 
-/// One generated token, ready to store.
-pub(crate) struct GenToken {
-    pub id: String,
-    pub object: Value,
-    pub in_use: bool,
-}
-
 /// Builds `opts.service_tokens` tokens from `opts.seed` around `opts.now`; the same options
 /// always give the same tokens.
-pub(crate) fn generate(opts: &FakeOptions) -> Vec<GenToken> {
+pub(crate) fn generate(opts: &FakeOptions) -> Vec<FakeServiceToken> {
     let mut rng = StdRng::seed_from_u64(opts.seed ^ TOKEN_STREAM);
     let now = opts.now;
     let days = |rng: &mut StdRng, low: i64, high: i64| {
@@ -207,19 +177,14 @@ pub(crate) fn generate(opts: &FakeOptions) -> Vec<GenToken> {
                     (hours, created, Some(now - days(&mut rng, 0, 20)))
                 }
             };
-            let object = token_json(
-                &id,
-                &client_id_for(&id),
-                &name,
-                &format!("{hours}h"),
-                created,
-                created + Duration::hours(hours),
-                last_seen,
-                !generated_disabled(i),
-            );
-            GenToken {
+            FakeServiceToken {
                 id,
-                object,
+                name,
+                duration: format!("{hours}h"),
+                created_at: created,
+                expires_at: created + Duration::hours(hours),
+                last_seen_at: last_seen,
+                enabled: !generated_disabled(i),
                 in_use: generated_in_use(i),
             }
         })
@@ -256,12 +221,12 @@ pub(crate) struct TokenStore {
 }
 
 impl TokenStore {
-    pub(crate) fn new(generated: Vec<GenToken>) -> Self {
+    pub(crate) fn new(generated: Vec<FakeServiceToken>) -> Self {
         let tokens = generated
             .into_iter()
             .map(|t| {
                 let entry = Entry {
-                    object: t.object,
+                    object: t.to_json(),
                     in_use: t.in_use,
                 };
                 (Key::parse(&t.id), entry)
@@ -391,15 +356,15 @@ mod tests {
     fn same_seed_same_tokens_and_another_seed_differs() {
         let a: Vec<Value> = generate(&opts(40, 3))
             .into_iter()
-            .map(|t| t.object)
+            .map(|t| t.to_json())
             .collect();
         let b: Vec<Value> = generate(&opts(40, 3))
             .into_iter()
-            .map(|t| t.object)
+            .map(|t| t.to_json())
             .collect();
         let c: Vec<Value> = generate(&opts(40, 4))
             .into_iter()
-            .map(|t| t.object)
+            .map(|t| t.to_json())
             .collect();
         assert_eq!(a, b);
         assert_ne!(a[0]["id"], c[0]["id"]);
@@ -410,7 +375,7 @@ mod tests {
         let o = opts(400, 9);
         let now = o.now;
         for (i, token) in generate(&o).iter().enumerate() {
-            let t = &token.object;
+            let t = &token.to_json();
             assert!(Uuid::parse_str(t["id"].as_str().unwrap()).is_ok());
             let created = stamp(t, "created_at").unwrap();
             let expires = stamp(t, "expires_at").unwrap();

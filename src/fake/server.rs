@@ -717,10 +717,11 @@ impl Shared {
             Err(message) => return (Reply::bad_request(message.clone()), Vec::new()),
         };
         let now = self.clock.now();
-        let mut store = lock(&self.store);
+        // Each arm takes only the lock it needs, so the two stores never nest.
         match request.op {
             Op::List => match self.page_query(params) {
                 Ok(query) => {
+                    let store = lock(&self.store);
                     let page = store.page(&query, shape);
                     let info = ResultInfo::Cursor {
                         count: page.items.len(),
@@ -731,12 +732,12 @@ impl Shared {
                 }
                 Err(message) => (Reply::bad_request(message), Vec::new()),
             },
-            Op::GetOne => match store.get(&ids[0]) {
+            Op::GetOne => match lock(&self.store).get(&ids[0]) {
                 Some(item) => (Reply::ok(item, None), Vec::new()),
                 None => (Reply::not_found(), Vec::new()),
             },
             Op::DeleteOne => {
-                if store.remove(&ids[0]) {
+                if lock(&self.store).remove(&ids[0]) {
                     (Reply::ok(Value::Null, None), ids.to_vec())
                 } else {
                     (Reply::not_found(), Vec::new())
@@ -765,6 +766,7 @@ impl Shared {
                 }
                 // Ids that do not exist are skipped without an error, so retrying a bulk call
                 // that already succeeded is harmless; `affected` tells what really changed.
+                let mut store = lock(&self.store);
                 let affected = ids
                     .iter()
                     .filter(|id| match request.op {

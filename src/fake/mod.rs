@@ -1,6 +1,6 @@
 //! A fake Cloudflare API v4 for device registrations and Access service tokens, served over
-//! HTTP on loopback. Integration
-//! tests, benchmarks and the demo (`zt-janitor fake-api`) run the real client against it.
+//! HTTP on loopback. Integration tests, benchmarks and the demo (`zt-janitor fake-api`) run the
+//! real client against it.
 //!
 //! It speaks the documented wire format exactly (see `shared/cloudflare-api.md`): base path
 //! `/client/v4`, the `success`/`errors`/`messages`/`result`/`result_info` envelope, Bearer
@@ -87,7 +87,7 @@ pub struct FakeOptions {
     /// How many Access service tokens to generate (at most 100,000), from their own random
     /// stream of `seed`, so the registrations of a seed do not change. Token `i` (0-based, in
     /// generation order; listing order is by id) is:
-    /// - expired (`expires_at` 10–400 days before `now`; half never used) when `i % 8` is 0 or 4,
+    /// - expired (`expires_at` 10–400 days before `now`; about half never used) when `i % 8` is 0 or 4,
     /// - never used (`last_seen_at` null, created 1–300 days ago, not expired) when 1 or 6,
     /// - idle (last seen 120–390 days ago, not expired) when 3,
     /// - fresh (last seen 0–20 days ago, not expired) otherwise;

@@ -24,7 +24,8 @@ use super::FakeOptions;
 /// Largest generated population of service tokens (accounts hold tens to hundreds).
 pub(crate) const MAX_SERVICE_TOKENS: usize = 100_000;
 
-/// Page size when a token listing names none, Cloudflare's usual default for page pagination.
+/// Page size when a token listing names none: the default of Cloudflare's other page-numbered
+/// listings (zones, account API tokens); this endpoint's own is not published.
 pub const SERVICE_TOKENS_DEFAULT_PER_PAGE: usize = 20;
 /// Largest page of tokens served, whatever `per_page` asks for. No public source states this
 /// endpoint's maximum; 50 is the most that the other page-numbered listings in the facts accept
@@ -48,7 +49,7 @@ const NAME_PREFIXES: [&str; 5] = [
 /// another so a test's oracle never sits on a boundary (see [`FakeOptions::service_tokens`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Band {
-    /// `expires_at` 10–400 days before now; half of them never used.
+    /// `expires_at` 10–400 days before now; about half of them never used.
     Expired,
     /// `last_seen_at` null; created 1–300 days ago, expiring a year or more after creation.
     NeverUsed,

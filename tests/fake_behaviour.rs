@@ -1352,3 +1352,33 @@ async fn service_token_faults_hit_their_calls_and_any_covers_them() {
     assert_eq!(error_of(&refused).1["code"], 12139);
     assert!(api.fake.service_token(&free[1]).is_some());
 }
+
+#[tokio::test]
+async fn raw_service_tokens_are_served_verbatim_and_deletable() {
+    let api = Api::with_tokens(3).await;
+    let odd = json!({
+        "id": "0000aaaa-0000-4000-8000-000000000000",
+        "name": "broken stamps",
+        "expires_at": "",
+        "last_seen_at": false,
+        "x-extra": {"kept": true}
+    });
+    let id = api.fake.insert_service_token_raw(odd.clone());
+    let anonymous = api.fake.insert_service_token_raw(json!({"name": "no id"}));
+    assert_eq!(anonymous, "~raw-1");
+    let all = api.fake.service_token_ids();
+    assert_eq!((all.first(), all.last()), (Some(&id), Some(&anonymous)));
+
+    let listed = api.token_pages(50).await;
+    let items = listed[0]["result"].as_array().unwrap();
+    assert_eq!(items[0], odd, "served exactly as inserted");
+    assert_eq!(items[4], json!({"name": "no id"}));
+    assert!(!api.fake.service_tokens_in_use().contains(&id));
+
+    let reply = api
+        .tokens(Method::DELETE, &format!("service_tokens/{id}"))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["result"], odd);
+    assert_eq!(api.fake.service_token_ids().len(), 4);
+}

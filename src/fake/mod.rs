@@ -16,7 +16,7 @@
 //!   it is never used)
 //!
 //! and under `/client/v4/accounts/{account}/access`:
-//! - `GET service_tokens` (`page`, `per_page`; page pagination, see [`tokens`]'s module doc)
+//! - `GET service_tokens` (`page`, `per_page`; page pagination, see the `tokens` module)
 //! - `DELETE service_tokens/{id}` (answers the deleted token; a token in use is refused)
 //!
 //! The fake owns no knowledge of zt-janitor's rules or client; it must never import them, so

@@ -1,6 +1,7 @@
 //! The fake serves exactly the documented wire format: every registration, service token,
 //! `result_info` and envelope it returns validates against the JSON Schemas generated from Cloudflare's SDK models
-//! (`shared/cloudflare-schemas.json`) and the envelope described in `shared/cloudflare-api.md`.
+//! (vendored in `tests/data/cloudflare-schemas.json`, see `tests/data/README.md`) and the
+//! envelope Cloudflare documents.
 
 use chrono::{DateTime, TimeZone, Utc};
 use jsonschema::Validator;
@@ -9,13 +10,13 @@ use zt_janitor::fake::{FakeHandle, FakeOptions, FakeRegistration, FakeServer, Fa
 
 const SCHEMAS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/cloudflare-schemas.json"
+    "/tests/data/cloudflare-schemas.json"
 );
 
 /// A definition used as the root schema, so its `#/$defs/...` references resolve.
 fn validator(definition: &str) -> Validator {
     let text =
-        std::fs::read_to_string(SCHEMAS).expect("shared/cloudflare-schemas.json is readable");
+        std::fs::read_to_string(SCHEMAS).expect("tests/data/cloudflare-schemas.json is readable");
     let schemas: Value = serde_json::from_str(&text).expect("schemas are JSON");
     let schema = &schemas["definitions"][definition];
     assert!(schema.is_object(), "no definition {definition}");

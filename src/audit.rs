@@ -68,6 +68,15 @@ pub enum AuditError {
     Write(#[source] sqlx::Error),
     #[error("audit database query failed: {0}")]
     Read(#[source] sqlx::Error),
+    /// An intent without outcome that cannot be read back would never be reconciled, and its
+    /// actions never settled; a crash-safety record is not dropped silently, so the cycle stops
+    /// and names it.
+    #[error("the audit log holds an interrupted call that cannot be read back, so it cannot be reconciled: mutation {mutation} of run {run}: {what}. No cycle acts until it is settled: check in Cloudflare whether the call took effect, then close it by hand with UPDATE mutations SET outcome = 'reconciled_done' (or 'reconciled_not_done'), completed_at = '<now, RFC 3339>' WHERE id = {mutation}")]
+    UnreadableIntent {
+        mutation: i64,
+        run: i64,
+        what: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -864,8 +873,16 @@ impl AuditStore {
                AND run_id IN (SELECT id FROM runs WHERE outcome IS NULL)
                -- A call may have carried it: reconciliation settles those.
                AND resource_id NOT IN (
-                   SELECT j.value FROM mutations m, json_each(m.resource_ids) j
-                   WHERE m.outcome IS NULL AND m.run_id = actions.run_id)",
+                   SELECT j.value FROM mutations m,
+                       json_each(CASE WHEN json_valid(m.resource_ids)
+                                      THEN m.resource_ids ELSE '[]' END) j
+                   WHERE m.outcome IS NULL AND m.run_id = actions.run_id)
+               -- Which ids an unreadable intent carried is unknown: its run's actions wait
+               -- for it to be settled (reconciliation names the row).
+               AND NOT EXISTS (
+                   SELECT 1 FROM mutations m
+                   WHERE m.outcome IS NULL AND m.run_id = actions.run_id
+                     AND NOT json_valid(m.resource_ids))",
         )
         .bind(action_detail)
         .execute(&mut *tx)
@@ -1385,6 +1402,8 @@ impl AuditStore {
     }
 
     /// Intents whose outcome was never recorded: a crash happened between send and record.
+    /// One that cannot be read back (its kind, its JSON or an id) is an error naming it,
+    /// never skipped: skipped, it would never be reconciled.
     pub async fn pending_mutations(&self) -> Result<Vec<PendingMutation>, AuditError> {
         let rows = sqlx::query(
             "SELECT id, run_id, kind, resource_ids, resource_kind FROM mutations
@@ -1393,22 +1412,46 @@ impl AuditStore {
         .fetch_all(&self.pool)
         .await
         .map_err(AuditError::Read)?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let ids: Vec<String> = serde_json::from_str(r.get::<&str, _>(3)).ok()?;
-                Some(PendingMutation {
-                    id: MutationId(r.get(0)),
-                    run_id: RunId(r.get(1)),
-                    resource_kind: Kind::parse(r.get(4))?,
-                    kind: MutationKind::parse(r.get(2))?,
-                    resource_ids: ids
-                        .iter()
-                        .filter_map(|s| ResourceId::parse(s).ok())
-                        .collect(),
+        rows.iter()
+            .map(|r| {
+                let (id, run_id) = (r.get(0), r.get(1));
+                let unreadable = |what: String| AuditError::UnreadableIntent {
+                    mutation: id,
+                    run: run_id,
+                    what,
+                };
+                // try_get: SQLite keeps a BLOB in a TEXT column, which `get` would panic on.
+                let kind: String = r
+                    .try_get(2)
+                    .map_err(|e| unreadable(format!("its kind cannot be read: {e}")))?;
+                let kind = MutationKind::parse(&kind)
+                    .ok_or_else(|| unreadable(format!("unknown kind {kind:?}")))?;
+                let resource_kind: String = r
+                    .try_get(4)
+                    .map_err(|e| unreadable(format!("its resource_kind cannot be read: {e}")))?;
+                let resource_kind = Kind::parse(&resource_kind).ok_or_else(|| {
+                    unreadable(format!("unknown resource kind {resource_kind:?}"))
+                })?;
+                let ids: String = r
+                    .try_get(3)
+                    .map_err(|e| unreadable(format!("its resource_ids cannot be read: {e}")))?;
+                let ids: Vec<String> = serde_json::from_str(&ids).map_err(|e| {
+                    unreadable(format!("resource_ids is not a JSON array of ids ({e})"))
+                })?;
+                let resource_ids = ids
+                    .iter()
+                    .map(|s| ResourceId::parse(s))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| unreadable(format!("resource_ids names {e}")))?;
+                Ok(PendingMutation {
+                    id: MutationId(id),
+                    run_id: RunId(run_id),
+                    resource_kind,
+                    kind,
+                    resource_ids,
                 })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, AuditError> {

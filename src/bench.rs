@@ -11,13 +11,8 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use clap::Args;
 
-use crate::apply::StopSignal;
-use crate::audit::AuditStore;
 use crate::cloudflare::Endpoint;
 use crate::config::{Config, Mode};
-use crate::cycle::CycleContext;
-use crate::metrics::Metrics;
-use crate::rules::RuleSet;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -211,19 +206,9 @@ user_email = ["*@board.example.com"]
         db = db.display(),
     );
     let config = Config::from_toml_str(&text, Path::new("bench.toml"))?;
-    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
-    let audit = AuditStore::open(&config.audit.path).await?;
-    let metrics = Metrics::new();
-    let stop = StopSignal::default();
-    let ctx = CycleContext {
-        config: &config,
-        rules: &rules,
-        audit: &audit,
-        metrics: &metrics,
-        stop: &stop,
-    };
+    let janitor = crate::startup::open(config).await?;
     let started = Instant::now();
-    let report = ctx.run(Utc::now()).await?;
+    let report = janitor.cycle().run(Utc::now()).await?;
     let wall = started.elapsed().as_secs_f64();
     if report.reason.is_some() {
         bail!(
@@ -232,6 +217,7 @@ user_email = ["*@board.example.com"]
             report.reason.unwrap_or_default()
         );
     }
+    let (audit, metrics) = (&janitor.audit, &janitor.metrics);
     let requests = |e: Endpoint| -> u64 {
         ["2xx", "3xx", "4xx", "5xx", "error"]
             .iter()

@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -15,13 +14,12 @@ use crate::apply::StopSignal;
 use crate::audit::{ActionFilter, AuditStore, RunOutcome};
 use crate::cloudflare::Client;
 use crate::config::{Config, LogFormat, Mode};
-use crate::cycle::CycleContext;
 use crate::metrics::Metrics;
 use crate::plan::build_plan;
 use crate::report::{self, Format};
 use crate::resource::Kind;
-use crate::rules::RuleSet;
 use crate::secret::ApiToken;
+use crate::startup::Loaded;
 
 #[derive(Parser)]
 #[command(
@@ -172,11 +170,11 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Plan { config, output } => {
             let config = load(&config.config, None)?;
-            plan(&config, output).await
+            plan(config, output).await
         }
         Command::Once { config, output } => {
             let config = load(&config.config, None)?;
-            once(&config, output).await
+            once(config, output).await
         }
         Command::Run { config } => {
             let cfg = load(&config.config, None)?;
@@ -186,8 +184,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
-            let cfg = Config::load(&config.config)?;
-            let rules = RuleSet::new(&cfg.rules, &cfg.exclusions)?;
+            let Loaded { config: cfg, rules } = Loaded::new(Config::load(&config.config)?)?;
             print!("{}", cfg.describe());
             for warning in rules.warnings() {
                 eprintln!("warning: {warning}");
@@ -240,8 +237,10 @@ fn load(path: &Path, level_override: Option<&str>) -> Result<Config> {
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour codes only for a person at a terminal: journald, files and collectors get text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -249,8 +248,8 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-async fn plan(config: &Config, output: Format) -> Result<ExitCode> {
-    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
+async fn plan(config: Config, output: Format) -> Result<ExitCode> {
+    let Loaded { config, rules } = Loaded::new(config)?;
     let token = ApiToken::load(&config.cloudflare)?;
     let client = Client::new(&config.cloudflare, token, Metrics::new())?;
     let plan = build_plan(
@@ -271,29 +270,12 @@ async fn plan(config: &Config, output: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn once(config: &Config, output: CycleFormat) -> Result<ExitCode> {
-    let rules = Arc::new(RuleSet::new(&config.rules, &config.exclusions)?);
-    let audit = AuditStore::open(&config.audit.path).await?;
-    audit.close_interrupted_runs(Utc::now()).await?;
-    let metrics = Metrics::new();
-    let owned = (
-        Arc::new(config.clone()),
-        rules.clone(),
-        audit.clone(),
-        metrics.clone(),
-    );
+async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
+    let janitor = crate::startup::open(config).await?;
+    let owned = janitor.clone();
     // On a task of its own, so that a panic closes the run as failed instead of leaving it.
-    let report = crate::cycle::run_isolated(&audit, &metrics, async move {
-        let (config, rules, audit, metrics) = owned;
-        CycleContext {
-            config: &config,
-            rules: &rules,
-            audit: &audit,
-            metrics: &metrics,
-            stop: &StopSignal::default(),
-        }
-        .run(Utc::now())
-        .await
+    let report = crate::cycle::run_isolated(&janitor.audit, &janitor.metrics, async move {
+        owned.cycle().run(Utc::now()).await
     })
     .await;
     let report = match report {
@@ -301,7 +283,7 @@ async fn once(config: &Config, output: CycleFormat) -> Result<ExitCode> {
         Err(e @ crate::cycle::CycleError::Panicked(_)) => {
             // The run is recorded as failed, and exits as a failed run does.
             eprintln!("error: {e}");
-            audit.close().await;
+            janitor.close().await;
             return Ok(ExitCode::from(2));
         }
         Err(e) => return Err(e.into()),
@@ -314,15 +296,15 @@ async fn once(config: &Config, output: CycleFormat) -> Result<ExitCode> {
         }
         CycleFormat::Text => {
             if let Some(plan) = &report.plan {
-                report::plan_text(&mut out, plan, &rules)?;
+                report::plan_text(&mut out, plan, &janitor.loaded.rules)?;
                 writeln!(out)?;
             }
             report::cycle_text(&mut out, &report)?;
-            writeln!(out, "Audit log: {}", audit.path().display())?;
+            writeln!(out, "Audit log: {}", janitor.audit.path().display())?;
         }
     }
-    audit.close().await;
-    if config.safety.mode == Mode::Plan {
+    janitor.close().await;
+    if janitor.loaded.config.safety.mode == Mode::Plan {
         tracing::debug!("plan mode: nothing was changed");
     }
     Ok(match report.outcome {

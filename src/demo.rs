@@ -18,8 +18,8 @@ use crate::metrics::Metrics;
 use crate::plan::build_plan;
 use crate::report::{self, Format};
 use crate::resource::Kind;
-use crate::rules::RuleSet;
 use crate::secret::ApiToken;
+use crate::startup::Loaded;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -71,7 +71,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fake.base_url(),
         fake.len()
     );
-    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
+    let Loaded { rules, .. } = Loaded::new(config.clone())?;
     let client = Client::new(
         &config.cloudflare,
         ApiToken::load(&config.cloudflare)?,

@@ -3,8 +3,9 @@
 //! One module per concern: `config` (settings), `secret` (the API token), `cloudflare` (model
 //! and the only HTTP client), `resource` (what differs per kind of object), `rules` (pure decisions), `plan` (listing through the rules),
 //! `apply` (the executor), `audit` (the only SQL), `cycle` (one run end to end), `metrics` and
-//! `http` (observability), `schedule` (the daemon), `report` (rendering), `cli`, and the
-//! built-in `fake` API with the `demo` and `bench` commands built on it.
+//! `http` (observability), `startup` (what a process opens before its first cycle),
+//! `schedule` (the daemon), `report` (rendering), `cli`, and the built-in `fake` API with the
+//! `demo` and `bench` commands built on it.
 
 pub mod apply;
 pub mod audit;
@@ -23,4 +24,5 @@ pub mod resource;
 pub mod rules;
 pub mod schedule;
 pub mod secret;
+pub mod startup;
 pub mod stop;

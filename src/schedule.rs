@@ -14,12 +14,13 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use uuid::Uuid;
 
 use crate::apply::StopSignal;
-use crate::audit::{AuditError, AuditStore, RunOutcome};
+use crate::audit::{AuditStore, RunOutcome};
 use crate::config::{Config, ConfigError};
-use crate::cycle::{self, CycleContext, CycleError};
+use crate::cycle::{self, CycleError};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
-use crate::rules::{GlobError, RuleSet};
+use crate::rules::GlobError;
+use crate::startup::{self, Janitor, Loaded, StartupError};
 
 /// How long a stop request waits for the cycle in flight before giving up on it. An API call
 /// that is cut off here still has its intent in the audit log and is reconciled on next start.
@@ -28,9 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
-    Audit(#[from] AuditError),
-    #[error(transparent)]
-    Rules(#[from] GlobError),
+    Startup(#[from] StartupError),
     #[error(
         "cannot listen on {addr} for /metrics: {source}; pick another [metrics] listen address"
     )]
@@ -87,14 +86,9 @@ pub fn schedule_warning(expr: &str, now: DateTime<Utc>) -> Option<String> {
     }
 }
 
-/// The config and compiled rules currently in force; swapped whole on reload.
-struct Loaded {
-    config: Config,
-    rules: RuleSet,
-}
-
 struct Daemon {
     config_path: PathBuf,
+    /// The config and compiled rules in force; swapped whole on reload.
     loaded: RwLock<Arc<Loaded>>,
     audit: AuditStore,
     metrics: Metrics,
@@ -118,22 +112,18 @@ pub async fn run_daemon(
     stop: StopSignal,
     on_started: impl FnOnce(Started),
 ) -> Result<(), DaemonError> {
-    let metrics = Metrics::new();
-    let audit = AuditStore::open(&config.audit.path).await?;
-    let closed = audit.close_interrupted_runs(Utc::now()).await?;
-    if closed > 0 {
-        tracing::warn!(
-            runs = closed,
-            "closed runs a previous process left unfinished"
-        );
-    }
-    let rules = RuleSet::new(&config.rules, &config.exclusions)?;
-    let listen = config.metrics.listen;
-    let cron = config.schedule.cron.clone();
-    let run_on_start = config.schedule.run_on_start;
+    let Janitor {
+        loaded,
+        audit,
+        metrics,
+        stop,
+    } = startup::open(config).await?.with_stop(stop);
+    let listen = loaded.config.metrics.listen;
+    let cron = loaded.config.schedule.cron.clone();
+    let run_on_start = loaded.config.schedule.run_on_start;
     let daemon = Arc::new(Daemon {
         config_path,
-        loaded: RwLock::new(Arc::new(Loaded { config, rules })),
+        loaded: RwLock::new(loaded),
         audit: audit.clone(),
         metrics: metrics.clone(),
         health: Health::default(),
@@ -233,15 +223,10 @@ async fn tick(daemon: Arc<Daemon>) {
     let d = daemon.clone();
     // On a task of its own, so that a panic in the cycle is caught and recorded.
     let result = cycle::run_isolated(&daemon.audit, &daemon.metrics, async move {
-        CycleContext {
-            config: &loaded.config,
-            rules: &loaded.rules,
-            audit: &d.audit,
-            metrics: &d.metrics,
-            stop: &d.stop,
-        }
-        .run(Utc::now())
-        .await
+        loaded
+            .cycle(&d.audit, &d.metrics, &d.stop)
+            .run(Utc::now())
+            .await
     })
     .await;
     match result {
@@ -276,20 +261,20 @@ impl Daemon {
         cron: &mut String,
     ) -> Result<(), ReloadError> {
         let config = Config::load(&self.config_path).map_err(ReloadError::Config)?;
-        let rules = RuleSet::new(&config.rules, &config.exclusions).map_err(ReloadError::Rules)?;
-        let new_cron = config.schedule.cron.clone();
+        let loaded = Loaded::new(config).map_err(ReloadError::Rules)?;
+        let new_cron = loaded.config.schedule.cron.clone();
         let new_job = if new_cron == *cron {
             None
         } else {
             Some(cycle_job(self, &new_cron).map_err(ReloadError::Schedule)?)
         };
         let old = self.loaded.read().expect("config lock").clone();
-        if config.audit.path != old.config.audit.path
-            || config.metrics.listen != old.config.metrics.listen
+        if loaded.config.audit.path != old.config.audit.path
+            || loaded.config.metrics.listen != old.config.metrics.listen
         {
             tracing::warn!("[audit] path and [metrics] listen take effect only after a restart");
         }
-        *self.loaded.write().expect("config lock") = Arc::new(Loaded { config, rules });
+        *self.loaded.write().expect("config lock") = Arc::new(loaded);
         if let Some(new_job) = new_job {
             match scheduler.add(new_job).await {
                 Ok(id) => {

@@ -12,13 +12,10 @@ use sqlx::Row;
 use zt_janitor::apply::StopSignal;
 use zt_janitor::audit::{AuditStore, Intent, JournalEntry, MutationKind, RunOutcome};
 use zt_janitor::config::Mode;
-use zt_janitor::cycle::CycleContext;
 use zt_janitor::fake::{
     Endpoint as FaultEndpoint, FakeOptions, FakeRegistration, Fault, FaultRule,
 };
-use zt_janitor::metrics::Metrics;
 use zt_janitor::resource::{Kind, ResourceId};
-use zt_janitor::rules::RuleSet;
 
 fn opts(n: usize) -> FakeOptions {
     FakeOptions {
@@ -558,10 +555,8 @@ async fn a_stop_during_apply_withdraws_the_intents_of_calls_not_sent() {
         FaultEndpoint::BulkDelete,
         Fault::Delay(std::time::Duration::from_millis(500)),
     )]);
-    let config = env.config();
-    let rules = RuleSet::new(&config.rules, &config.exclusions).unwrap();
-    let audit = AuditStore::open(&config.audit.path).await.unwrap();
     let stop = StopSignal::default();
+    let janitor = env.open().await.with_stop(stop.clone());
     let stopper = {
         let (stop, fake) = (stop.clone(), env.fake.clone());
         tokio::spawn(async move {
@@ -571,18 +566,9 @@ async fn a_stop_during_apply_withdraws_the_intents_of_calls_not_sent() {
             stop.stop();
         })
     };
-    let report = CycleContext {
-        config: &config,
-        rules: &rules,
-        audit: &audit,
-        metrics: &Metrics::new(),
-        stop: &stop,
-    }
-    .run(Utc::now())
-    .await
-    .unwrap();
+    let report = janitor.cycle().run(Utc::now()).await.unwrap();
     stopper.await.unwrap();
-    audit.close().await;
+    janitor.close().await;
 
     assert_eq!(report.outcome, RunOutcome::Aborted, "{:?}", report.reason);
     // The call in flight finished; no other was sent.

@@ -8,7 +8,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use reqwest::Method;
 use serde_json::{json, Value};
 use zt_janitor::fake::{
-    Endpoint, FakeHandle, FakeOptions, FakeRegistration, FakeServer, Fault, FaultRule, MutationKind,
+    Endpoint, FakeHandle, FakeOptions, FakeRegistration, FakeServer, FakeServiceToken, Fault,
+    FaultRule, MutationKind, SERVICE_TOKENS_MAX_PER_PAGE,
 };
 
 fn now() -> DateTime<Utc> {
@@ -919,4 +920,465 @@ async fn redirects_point_at_the_same_call_elsewhere() {
         .as_str()
     );
     assert_eq!(api.fake.len(), 5);
+}
+
+// ---- Access service tokens: page pagination, delete, the in-use refusal ----
+
+impl Api {
+    async fn with_tokens(service_tokens: usize) -> Api {
+        Api::start(FakeOptions {
+            service_tokens,
+            ..FakeOptions::default()
+        })
+        .await
+    }
+
+    fn token_url(&self, rest: &str) -> String {
+        format!(
+            "{}/accounts/{}/access/{rest}",
+            self.fake.base_url(),
+            self.fake.account_id()
+        )
+    }
+
+    async fn tokens_as(&self, method: Method, rest: &str, token: &str) -> Reply {
+        let response = self
+            .http
+            .request(method, self.token_url(rest))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request reaches the fake");
+        Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            text: response.text().await.expect("body arrives"),
+        }
+    }
+
+    async fn tokens(&self, method: Method, rest: &str) -> Reply {
+        self.tokens_as(method, rest, &self.fake.token()).await
+    }
+
+    /// Pages 1, 2, ... until an empty page; returns the non-empty pages' bodies.
+    async fn token_pages(&self, per_page: usize) -> Vec<Value> {
+        let mut bodies = Vec::new();
+        for page in 1.. {
+            assert!(page < 1000, "listing does not end");
+            let reply = self
+                .tokens(
+                    Method::GET,
+                    &format!("service_tokens?page={page}&per_page={per_page}"),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            let body = reply.json();
+            if body["result"].as_array().unwrap().is_empty() {
+                break;
+            }
+            bodies.push(body);
+        }
+        bodies
+    }
+}
+
+fn error_of(reply: &Reply) -> (u16, Value) {
+    let body = reply.json();
+    assert_eq!(body["success"], false, "{body}");
+    (reply.status, body["errors"][0].clone())
+}
+
+#[tokio::test]
+async fn service_token_pages_list_every_token_once_then_an_empty_page() {
+    let api = Api::with_tokens(47).await;
+    let bodies = api.token_pages(10).await;
+    assert_eq!(bodies.len(), 5);
+    for (n, body) in bodies.iter().enumerate() {
+        let count = if n < 4 { 10 } else { 7 };
+        assert_eq!(
+            body["result_info"],
+            json!({"page": n + 1, "per_page": 10, "count": count, "total_count": 47, "total_pages": 5})
+        );
+    }
+    let listed: Vec<String> = bodies
+        .iter()
+        .flat_map(|b| ids(b["result"].as_array().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        api.fake.service_token_ids(),
+        "every token once, by id"
+    );
+
+    let past = api
+        .tokens(Method::GET, "service_tokens?page=9&per_page=10")
+        .await
+        .json();
+    assert_eq!(past["result"], json!([]));
+    assert_eq!(
+        past["result_info"],
+        json!({"page": 9, "per_page": 10, "count": 0, "total_count": 47, "total_pages": 5})
+    );
+    assert_eq!(api.fake.request_counts().list_service_tokens, 7);
+    assert_eq!(api.fake.request_counts().list_pages, 0);
+}
+
+#[tokio::test]
+async fn service_token_per_page_is_capped_and_defaults_to_20() {
+    let api = Api::with_tokens(120).await;
+    let capped = api
+        .tokens(Method::GET, "service_tokens?per_page=1000")
+        .await
+        .json();
+    assert_eq!(SERVICE_TOKENS_MAX_PER_PAGE, 50);
+    assert_eq!(capped["result"].as_array().unwrap().len(), 50);
+    assert_eq!(capped["result_info"]["per_page"], 50);
+    assert_eq!(capped["result_info"]["total_pages"], 3);
+    assert_eq!(api.token_pages(1000).await.len(), 3);
+
+    let default = api.tokens(Method::GET, "service_tokens").await.json();
+    assert_eq!(default["result"].as_array().unwrap().len(), 20);
+    assert_eq!(default["result_info"]["page"], 1);
+    assert_eq!(default["result_info"]["total_pages"], 6);
+
+    for bad in ["page=0", "page=two", "per_page=0", "per_page=-3"] {
+        let reply = api
+            .tokens(Method::GET, &format!("service_tokens?{bad}"))
+            .await;
+        let (status, error) = error_of(&reply);
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(error["code"], 1002, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_service_token_answers_it_and_is_logged() {
+    let api = Api::with_tokens(12).await;
+    let in_use = api.fake.service_tokens_in_use();
+    let id = api
+        .fake
+        .service_token_ids()
+        .into_iter()
+        .find(|id| !in_use.contains(id))
+        .unwrap();
+    let before = api.fake.service_token(&id).unwrap();
+
+    let reply = api
+        .tokens(Method::DELETE, &format!("service_tokens/{id}"))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json()["result"],
+        before,
+        "the deleted token comes back"
+    );
+    assert!(api.fake.service_token(&id).is_none());
+    assert_eq!(api.fake.service_token_ids().len(), 11);
+    assert_eq!(
+        api.fake.deleted_service_token_ids(),
+        std::slice::from_ref(&id)
+    );
+    assert!(api.fake.deleted_ids().is_empty(), "no registration deleted");
+
+    let again = api
+        .tokens(Method::DELETE, &format!("service_tokens/{id}"))
+        .await;
+    let (status, error) = error_of(&again);
+    assert_eq!((status, error["code"].clone()), (404, json!(1001)));
+
+    let log = api.fake.mutations();
+    let summary: Vec<_> = log
+        .iter()
+        .map(|m| {
+            (
+                m.kind,
+                m.method.as_str(),
+                m.ids.clone(),
+                m.status,
+                m.applied,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                MutationKind::DeleteServiceToken,
+                "DELETE",
+                vec![id.clone()],
+                200,
+                true
+            ),
+            (
+                MutationKind::DeleteServiceToken,
+                "DELETE",
+                vec![id.clone()],
+                404,
+                false
+            ),
+        ]
+    );
+    assert_eq!(
+        log[0].path,
+        format!(
+            "/client/v4/accounts/{}/access/service_tokens/{id}",
+            api.fake.account_id()
+        )
+    );
+    assert_eq!(api.fake.request_counts().delete_service_token, 2);
+}
+
+#[tokio::test]
+async fn a_service_token_in_use_is_refused_with_12139_and_kept() {
+    let api = Api::with_tokens(12).await;
+    let in_use = api.fake.service_tokens_in_use();
+    assert_eq!(
+        in_use.len(),
+        2,
+        "tokens 0 and 6 of 12 are attached to the policy"
+    );
+    let id = in_use[0].clone();
+
+    let reply = api
+        .tokens(Method::DELETE, &format!("service_tokens/{id}"))
+        .await;
+    let (status, error) = error_of(&reply);
+    assert_eq!(status, 400);
+    assert_eq!(
+        error,
+        json!({
+            "code": 12139,
+            "message": "access.api.error.service_token_in_use: used by a policy, group, or app SCIM configuration"
+        })
+    );
+    assert!(api.fake.service_token(&id).is_some(), "the token is kept");
+    let record = &api.fake.mutations()[0];
+    assert_eq!((record.status, record.applied), (400, false));
+
+    assert!(api.fake.set_service_token_in_use(&id, false));
+    let detached = api
+        .tokens(Method::DELETE, &format!("service_tokens/{id}"))
+        .await;
+    assert_eq!(detached.status, 200, "deletable once detached");
+
+    let created = now() - chrono::Duration::days(30);
+    let hand_made = FakeServiceToken {
+        in_use: true,
+        ..FakeServiceToken::new("5e41c3a0-0000-4000-8000-000000000001", "enroll", created)
+    };
+    let hand_made_id = api.fake.insert_service_token(&hand_made);
+    let refused = api
+        .tokens(Method::DELETE, &format!("service_tokens/{hand_made_id}"))
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        api.fake.service_token(&hand_made_id),
+        Some(hand_made.to_json())
+    );
+}
+
+#[tokio::test]
+async fn service_token_calls_check_auth_and_account() {
+    let api = Api::with_tokens(5).await;
+    let id = api.fake.service_token_ids()[1].clone();
+    for (method, rest) in [
+        (Method::GET, "service_tokens".to_owned()),
+        (Method::DELETE, format!("service_tokens/{id}")),
+    ] {
+        let reply = api.tokens_as(method.clone(), &rest, "not-the-token").await;
+        assert_eq!(
+            error_of(&reply),
+            (
+                403,
+                json!({"code": 10000, "message": "Authentication error"})
+            ),
+            "{method} {rest}"
+        );
+    }
+    let no_header = api
+        .http
+        .get(api.token_url("service_tokens"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_header.status(), 403);
+
+    let other_account = api
+        .http
+        .delete(format!(
+            "{}/accounts/ffffffffffffffffffffffffffffffff/access/service_tokens/{id}",
+            api.fake.base_url()
+        ))
+        .bearer_auth(api.fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_account.status(), 404);
+    let body: Value = other_account.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], 7003);
+    assert_eq!(api.fake.service_token_ids().len(), 5, "nothing deleted");
+
+    let wrong_method = api
+        .tokens(Method::POST, &format!("service_tokens/{id}"))
+        .await;
+    assert_eq!(error_of(&wrong_method).0, 405);
+}
+
+#[tokio::test]
+async fn deleting_between_pages_moves_later_tokens_forward() {
+    // Page numbers are offsets: a client that deletes while it pages skips tokens. This is
+    // the real API's hazard too; the fake keeps it so that clients are tested against it.
+    let api = Api::with_tokens(30).await;
+    let all = api.fake.service_token_ids();
+    let in_use = api.fake.service_tokens_in_use();
+    let first = api
+        .tokens(Method::GET, "service_tokens?page=1&per_page=10")
+        .await
+        .json();
+    let first_ids = ids(first["result"].as_array().unwrap());
+    assert_eq!(first_ids, all[..10]);
+    for id in first_ids.iter().filter(|id| !in_use.contains(id)).take(3) {
+        let reply = api
+            .tokens(Method::DELETE, &format!("service_tokens/{id}"))
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let second = api
+        .tokens(Method::GET, "service_tokens?page=2&per_page=10")
+        .await
+        .json();
+    assert_eq!(ids(second["result"].as_array().unwrap()), all[13..23]);
+    assert_eq!(second["result_info"]["total_count"], 27);
+}
+
+#[tokio::test]
+async fn tokens_do_not_change_the_registrations_of_a_seed() {
+    let without = Api::with(60).await;
+    let with = Api::start(FakeOptions {
+        registrations: 60,
+        revoked_share: 0.2,
+        service_tokens: 25,
+        ..FakeOptions::default()
+    })
+    .await;
+    assert_eq!(
+        without.list("status=all&per_page=100").await.text,
+        with.list("status=all&per_page=100").await.text
+    );
+    assert!(without.fake.service_token_ids().is_empty());
+    let empty = without.tokens(Method::GET, "service_tokens").await.json();
+    assert_eq!(
+        empty["result_info"],
+        json!({"page": 1, "per_page": 20, "count": 0, "total_count": 0, "total_pages": 0})
+    );
+}
+
+#[tokio::test]
+async fn service_token_faults_hit_their_calls_and_any_covers_them() {
+    let api = Api::with_tokens(20).await;
+    let in_use = api.fake.service_tokens_in_use();
+    let free: Vec<String> = api
+        .fake
+        .service_token_ids()
+        .into_iter()
+        .filter(|id| !in_use.contains(id))
+        .collect();
+    let rules = [
+        "list_service_tokens:status=503:first=1",
+        "delete_service_token:reset:nth=1",
+        "list:status=500",
+    ];
+    api.fake
+        .set_faults(rules.iter().map(|r| r.parse().unwrap()).collect());
+    let list = api.tokens(Method::GET, "service_tokens").await;
+    assert_eq!(error_of(&list).0, 503);
+    assert_eq!(api.tokens(Method::GET, "service_tokens").await.status, 200);
+    let reset = api
+        .http
+        .delete(api.token_url(&format!("service_tokens/{}", free[0])))
+        .bearer_auth(api.fake.token())
+        .send()
+        .await;
+    assert!(reset.is_err(), "the connection was reset");
+    assert!(
+        api.fake.service_token(&free[0]).is_some(),
+        "a reset changes nothing"
+    );
+    assert_eq!(api.fake.mutations()[0].status, 0);
+
+    api.fake
+        .set_faults(vec!["any_mutation:status=502".parse().unwrap()]);
+    let delete = api
+        .tokens(Method::DELETE, &format!("service_tokens/{}", free[0]))
+        .await;
+    assert_eq!(error_of(&delete).0, 502);
+    assert!(api.fake.service_token(&free[0]).is_some());
+
+    api.fake
+        .set_faults(vec!["any:wrong_auth:first=1".parse().unwrap()]);
+    assert_eq!(api.tokens(Method::GET, "service_tokens").await.status, 403);
+
+    api.fake.set_faults(vec![
+        "list_service_tokens:short_page:nth=1".parse().unwrap(),
+        "list_service_tokens:duplicate_ids:nth=2".parse().unwrap(),
+    ]);
+    let short = api
+        .tokens(Method::GET, "service_tokens?page=1&per_page=6")
+        .await
+        .json();
+    assert_eq!(ids(short["result"].as_array().unwrap()).len(), 3);
+    assert_eq!(
+        short["result_info"]["total_pages"], 4,
+        "the rest still counted"
+    );
+    let dup = api
+        .tokens(Method::GET, "service_tokens?page=2&per_page=6")
+        .await
+        .json();
+    let all = api.fake.service_token_ids();
+    assert_eq!(
+        ids(dup["result"].as_array().unwrap()),
+        all[5..11],
+        "starts with page 1's last token"
+    );
+
+    api.fake
+        .set_faults(vec!["delete_service_token:status=400:code=12139"
+            .parse()
+            .unwrap()]);
+    let refused = api
+        .tokens(Method::DELETE, &format!("service_tokens/{}", free[1]))
+        .await;
+    assert_eq!(error_of(&refused).1["code"], 12139);
+    assert!(api.fake.service_token(&free[1]).is_some());
+}
+
+#[tokio::test]
+async fn raw_service_tokens_are_served_verbatim_and_deletable() {
+    let api = Api::with_tokens(3).await;
+    let odd = json!({
+        "id": "0000aaaa-0000-4000-8000-000000000000",
+        "name": "broken stamps",
+        "expires_at": "",
+        "last_seen_at": false,
+        "x-extra": {"kept": true}
+    });
+    let id = api.fake.insert_service_token_raw(odd.clone());
+    let anonymous = api.fake.insert_service_token_raw(json!({"name": "no id"}));
+    assert_eq!(anonymous, "~raw-1");
+    let all = api.fake.service_token_ids();
+    assert_eq!((all.first(), all.last()), (Some(&id), Some(&anonymous)));
+
+    let listed = api.token_pages(50).await;
+    let items = listed[0]["result"].as_array().unwrap();
+    assert_eq!(items[0], odd, "served exactly as inserted");
+    assert_eq!(items[4], json!({"name": "no id"}));
+    assert!(!api.fake.service_tokens_in_use().contains(&id));
+
+    let reply = api
+        .tokens(Method::DELETE, &format!("service_tokens/{id}"))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["result"], odd);
+    assert_eq!(api.fake.service_token_ids().len(), 4);
 }

@@ -1,21 +1,22 @@
-//! The fake serves exactly the documented wire format: every registration, `result_info` and
-//! envelope it returns validates against the JSON Schemas generated from Cloudflare's SDK models
-//! (`shared/cloudflare-schemas.json`) and the envelope described in `shared/cloudflare-api.md`.
+//! The fake serves exactly the documented wire format: every registration, service token,
+//! `result_info` and envelope it returns validates against the JSON Schemas generated from Cloudflare's SDK models
+//! (vendored in `tests/data/cloudflare-schemas.json`, see `tests/data/README.md`) and the
+//! envelope Cloudflare documents.
 
 use chrono::{DateTime, TimeZone, Utc};
 use jsonschema::Validator;
 use serde_json::{json, Value};
-use zt_janitor::fake::{FakeHandle, FakeOptions, FakeRegistration, FakeServer};
+use zt_janitor::fake::{FakeHandle, FakeOptions, FakeRegistration, FakeServer, FakeServiceToken};
 
 const SCHEMAS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/cloudflare-schemas.json"
+    "/tests/data/cloudflare-schemas.json"
 );
 
 /// A definition used as the root schema, so its `#/$defs/...` references resolve.
 fn validator(definition: &str) -> Validator {
     let text =
-        std::fs::read_to_string(SCHEMAS).expect("shared/cloudflare-schemas.json is readable");
+        std::fs::read_to_string(SCHEMAS).expect("tests/data/cloudflare-schemas.json is readable");
     let schemas: Value = serde_json::from_str(&text).expect("schemas are JSON");
     let schema = &schemas["definitions"][definition];
     assert!(schema.is_object(), "no definition {definition}");
@@ -63,6 +64,7 @@ fn now() -> DateTime<Utc> {
 async fn start() -> FakeHandle {
     FakeServer::start(FakeOptions {
         registrations: 500,
+        service_tokens: 130,
         revoked_share: 0.15,
         no_user_share: 0.2,
         now: now(),
@@ -260,4 +262,167 @@ async fn the_schema_check_itself_rejects_broken_registrations() {
     assert!(envelope_validator(true)
         .validate(&json!({"success": true, "result": []}))
         .is_err());
+}
+
+/// `GET|DELETE .../access/{rest}` with the fake's token.
+async fn access(fake: &FakeHandle, method: reqwest::Method, rest: &str) -> (u16, Value) {
+    let url = format!(
+        "{}/accounts/{}/access/{rest}",
+        fake.base_url(),
+        fake.account_id()
+    );
+    let response = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(fake.token())
+        .send()
+        .await
+        .expect("request reaches the fake");
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    (status, response.json().await.expect("body is JSON"))
+}
+
+/// The SDK's model makes every field optional; the fields the fake serves are also checked for
+/// presence and shape, so a token that lost a field cannot pass unnoticed.
+fn assert_token_shape(token: &Value) {
+    for field in ["id", "client_id", "name", "duration"] {
+        assert!(token[field].is_string(), "{field}: {token}");
+    }
+    assert!(token["enabled"].is_boolean(), "{token}");
+    for field in ["created_at", "updated_at", "expires_at", "last_seen_at"] {
+        let value = &token[field];
+        if field == "last_seen_at" && value.is_null() {
+            continue;
+        }
+        let stamp = value.as_str().unwrap_or_else(|| panic!("{field}: {token}"));
+        assert!(
+            DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with('Z'),
+            "{field}: {stamp}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_listed_service_token_matches_the_schema() {
+    let fake = start().await;
+    let token = validator("AccessServiceToken");
+    let result_info = validator("PageResultInfo");
+    let envelope = envelope_validator(true);
+
+    let mut seen = Vec::new();
+    for page in 1.. {
+        let (status, body) = access(
+            &fake,
+            reqwest::Method::GET,
+            &format!("service_tokens?page={page}&per_page=40"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_valid(&envelope, &body, "token list envelope");
+        assert_valid(&result_info, &body["result_info"], "result_info");
+        let info = &body["result_info"];
+        assert_eq!(
+            (info["page"].clone(), info["per_page"].clone()),
+            (json!(page), json!(40))
+        );
+        assert_eq!(
+            (info["total_count"].clone(), info["total_pages"].clone()),
+            (json!(130), json!(4))
+        );
+        let items = body["result"].as_array().expect("result is an array");
+        assert_eq!(info["count"], items.len());
+        if items.is_empty() {
+            assert_eq!(page, 5, "the page after the last is empty");
+            break;
+        }
+        for item in items {
+            assert_valid(&token, item, "service token");
+            assert_token_shape(item);
+            seen.push(item.clone());
+        }
+    }
+    assert_eq!(seen.len(), 130);
+    let now = now();
+    let stamp = |t: &Value, f: &str| DateTime::parse_from_rfc3339(t[f].as_str().unwrap()).unwrap();
+    assert!(
+        seen.iter().any(|t| stamp(t, "expires_at") < now),
+        "some are expired"
+    );
+    assert!(
+        seen.iter().any(|t| t["last_seen_at"].is_null()),
+        "some were never used"
+    );
+    assert!(
+        seen.iter().any(|t| t["last_seen_at"].is_string()
+            && now - stamp(t, "last_seen_at").with_timezone(&Utc) < chrono::Duration::days(21)),
+        "some were used recently"
+    );
+    assert!(seen.iter().any(|t| t["enabled"] == false));
+    assert!(!fake.service_tokens_in_use().is_empty(), "some are in use");
+}
+
+#[tokio::test]
+async fn service_token_delete_and_its_refusals_have_the_cloudflare_shape() {
+    let fake = start().await;
+    let token = validator("AccessServiceToken");
+    let success = envelope_validator(true);
+    let failure = envelope_validator(false);
+    let in_use = fake.service_tokens_in_use();
+    let free = fake
+        .service_token_ids()
+        .into_iter()
+        .find(|id| !in_use.contains(id))
+        .unwrap();
+
+    let (status, body) = access(
+        &fake,
+        reqwest::Method::DELETE,
+        &format!("service_tokens/{free}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_valid(&success, &body, "delete envelope");
+    assert_valid(&token, &body["result"], "deleted token");
+    assert_token_shape(&body["result"]);
+
+    for (id, status, code) in [(&in_use[0], 400, 12139), (&free, 404, 1001)] {
+        let (got, body) = access(
+            &fake,
+            reqwest::Method::DELETE,
+            &format!("service_tokens/{id}"),
+        )
+        .await;
+        assert_eq!(got, status);
+        assert_valid(&failure, &body, "refusal envelope");
+        assert_eq!(body["errors"][0]["code"], code);
+    }
+}
+
+#[tokio::test]
+async fn the_schema_check_itself_rejects_broken_service_tokens() {
+    let token = validator("AccessServiceToken");
+    let result_info = validator("PageResultInfo");
+    let created = now() - chrono::Duration::days(3);
+    let good = FakeServiceToken::new("t-1", "ci", created).to_json();
+    assert!(token.validate(&good).is_ok());
+    assert_token_shape(&good);
+    for (field, broken) in [
+        ("enabled", json!("yes")),
+        ("name", json!(5)),
+        ("id", json!({"uuid": "t-1"})),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = broken;
+        assert!(token.validate(&bad).is_err(), "{field} not checked");
+    }
+    assert!(result_info
+        .validate(&json!({"page": "1", "per_page": 20}))
+        .is_err());
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("client_id");
+    let shape = std::panic::catch_unwind(|| assert_token_shape(&missing));
+    assert!(
+        shape.is_err(),
+        "a missing field is caught by the shape check"
+    );
 }

@@ -45,19 +45,22 @@ fn total(scrape: &str, metric: &str) -> f64 {
 }
 
 /// The real daemon, its log in a file (a pipe nobody reads would block it), killed on drop.
+/// Its metrics endpoint listens on a port the kernel picks (`listen = "127.0.0.1:0"`), read
+/// back from the start-up line, so that parallel tests can never race for a port.
 struct Daemon {
     child: Child,
     log: PathBuf,
+    addr: std::net::SocketAddr,
     metrics: String,
 }
 
 impl Daemon {
-    fn spawn(env: &Env, port: u16) -> Daemon {
-        Self::spawn_with(env, port, None)
+    async fn spawn(env: &Env) -> Daemon {
+        Self::spawn_with(env, None).await
     }
 
     /// `fd_limit`: the daemon runs under `ulimit -n fd_limit`.
-    fn spawn_with(env: &Env, port: u16, fd_limit: Option<u32>) -> Daemon {
+    async fn spawn_with(env: &Env, fd_limit: Option<u32>) -> Daemon {
         let log = env.dir.path().join(format!("daemon-{}.log", free_port()));
         let bin = env!("CARGO_BIN_EXE_zt-janitor");
         let mut cmd = match fd_limit {
@@ -70,7 +73,7 @@ impl Daemon {
             }
             None => Command::new(bin),
         };
-        let child = cmd
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(&env.config_path)
             .env("RUST_LOG", "info")
@@ -79,10 +82,32 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let bound = text
+                .lines()
+                .find(|l| l.contains("zt-janitor daemon started"))
+                .and_then(|l| l.split("metrics_addr=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok());
+            if let Some(addr) = bound {
+                break addr;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the daemon exited at start ({status}); log:\n{text}");
+            }
+            assert!(
+                Instant::now() < until,
+                "the daemon did not start; log:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         Daemon {
             child,
             log,
-            metrics: format!("http://127.0.0.1:{port}"),
+            addr,
+            metrics: format!("http://{addr}"),
         }
     }
 
@@ -123,8 +148,8 @@ impl Drop for Daemon {
     }
 }
 
-fn schedule(cron: &str, port: u16) -> String {
-    format!("[schedule]\ncron = \"{cron}\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+fn schedule(cron: &str) -> String {
+    format!("[schedule]\ncron = \"{cron}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n")
 }
 
 /// A small tmpfs, unmounted on drop.
@@ -179,8 +204,7 @@ fn fill(path: &Path, slack: u64) {
 /// disk, recovers, deletes, and every mutation the fake saw has its audit row.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_audit_disk_stops_every_action_until_writes_work_again() {
-    let port = free_port();
-    let extra = schedule("* * * * * *", port);
+    let extra = schedule("* * * * * *");
     let settings = || Settings {
         extra: &extra,
         ..Settings::default()
@@ -210,7 +234,7 @@ async fn a_full_audit_disk_stops_every_action_until_writes_work_again() {
     let expected = env.expected_candidates(Utc::now());
     assert!(expected.len() > 500, "the fixture has candidates");
 
-    let mut daemon = Daemon::spawn(&env, port);
+    let mut daemon = Daemon::spawn(&env).await;
     wait_for(
         "four cycles tried on a full disk",
         Duration::from_secs(40),
@@ -374,8 +398,7 @@ async fn after_a_failed_write_a_write_reported_committed_is_on_disk() {
 /// further mutation, /readyz 503 saying to restart, and a metric.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_audit_database_stops_the_daemon_acting() {
-    let port = free_port();
-    let extra = schedule("* * * * * *", port);
+    let extra = schedule("* * * * * *");
     let env = Env::start(
         FakeOptions {
             registrations: 200,
@@ -388,7 +411,7 @@ async fn a_deleted_audit_database_stops_the_daemon_acting() {
         },
     )
     .await;
-    let daemon = Daemon::spawn(&env, port);
+    let daemon = Daemon::spawn(&env).await;
     wait_for("an applied cycle", Duration::from_secs(20), async || {
         sample(
             &daemon.scrape().await,
@@ -435,9 +458,8 @@ async fn a_deleted_audit_database_stops_the_daemon_acting() {
 /// Issue 10, item 7a: a reload to a yearly schedule and back resumes the per-second cycles.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_to_another_schedule_and_back_takes_effect_each_time() {
-    let port = free_port();
-    let every_second = schedule("* * * * * *", port);
-    let yearly = schedule("0 0 0 1 1 *", port);
+    let every_second = schedule("* * * * * *");
+    let yearly = schedule("0 0 0 1 1 *");
     let env = Env::start(
         FakeOptions {
             registrations: 50,
@@ -450,7 +472,7 @@ async fn a_reload_to_another_schedule_and_back_takes_effect_each_time() {
         },
     )
     .await;
-    let daemon = Daemon::spawn(&env, port);
+    let daemon = Daemon::spawn(&env).await;
     let runs = async || total(&daemon.scrape().await, "zt_janitor_runs_total");
     let reloads_ok = async || {
         sample(
@@ -500,9 +522,8 @@ async fn a_reload_to_another_schedule_and_back_takes_effect_each_time() {
 /// rules stay in force and only `result="error"` counts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_with_new_rules_and_a_bad_cron_changes_nothing() {
-    let port = free_port();
-    let every_second = schedule("* * * * * *", port);
-    let bad = schedule("99 99 99 * * *", port);
+    let every_second = schedule("* * * * * *");
+    let bad = schedule("99 99 99 * * *");
     let env = Env::start(
         FakeOptions {
             registrations: 50,
@@ -515,7 +536,7 @@ async fn a_reload_with_new_rules_and_a_bad_cron_changes_nothing() {
         },
     )
     .await;
-    let daemon = Daemon::spawn(&env, port);
+    let daemon = Daemon::spawn(&env).await;
     wait_for("a cycle", Duration::from_secs(20), async || {
         total(&daemon.scrape().await, "zt_janitor_runs_total") >= 1.0
     })
@@ -567,8 +588,7 @@ async fn a_reload_with_new_rules_and_a_bad_cron_changes_nothing() {
 /// schedule, 30 February, never fires: `run` warns about it at start, item 8.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_half_sent_metrics_request_does_not_delay_sigterm() {
-    let port = free_port();
-    let extra = schedule("0 0 0 30 2 *", port);
+    let extra = schedule("0 0 0 30 2 *");
     let env = Env::start(
         FakeOptions {
             registrations: 10,
@@ -580,16 +600,14 @@ async fn a_half_sent_metrics_request_does_not_delay_sigterm() {
         },
     )
     .await;
-    let mut daemon = Daemon::spawn(&env, port);
+    let mut daemon = Daemon::spawn(&env).await;
     wait_for(
         "the metrics endpoint",
         Duration::from_secs(20),
         async || daemon.ready().await.0 == 200,
     )
     .await;
-    let mut half = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let mut half = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut half, b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
@@ -608,8 +626,7 @@ async fn a_half_sent_metrics_request_does_not_delay_sigterm() {
 /// the cycles of file descriptors nor keep /metrics unreachable once they time out.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_neither_exhaust_fds_nor_block_metrics_for_long() {
-    let port = free_port();
-    let extra = schedule("* * * * * *", port);
+    let extra = schedule("* * * * * *");
     let env = Env::start(
         FakeOptions {
             registrations: 50,
@@ -622,7 +639,7 @@ async fn idle_connections_neither_exhaust_fds_nor_block_metrics_for_long() {
         },
     )
     .await;
-    let daemon = Daemon::spawn_with(&env, port, Some(128));
+    let daemon = Daemon::spawn_with(&env, Some(128)).await;
     wait_for("an applied cycle", Duration::from_secs(20), async || {
         sample(
             &daemon.scrape().await,
@@ -634,7 +651,7 @@ async fn idle_connections_neither_exhaust_fds_nor_block_metrics_for_long() {
     .await;
     let mut idle = Vec::new();
     for _ in 0..240 {
-        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        if let Ok(s) = tokio::net::TcpStream::connect(daemon.addr).await {
             idle.push(s);
         }
     }

@@ -17,6 +17,11 @@ pub struct FakeApiArgs {
     #[arg(long, default_value_t = 1000)]
     pub registrations: usize,
 
+    /// Number of Access service tokens to generate: a mix of expired, never used, idle and
+    /// fresh ones, every sixth attached to the device enrollment policy (its delete is refused).
+    #[arg(long, default_value_t = 0)]
+    pub service_tokens: usize,
+
     /// Seed of the data generator (same seed, same data).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -56,10 +61,11 @@ pub struct FakeApiArgs {
     /// Inject a fault, TARGET:FAULT[:WHEN] (repeatable), e.g. `bulk_delete:status=503:first=2`,
     /// `list:status=429:retry_after=3:nth=2`, `delete_one:delay_ms=3000`,
     /// `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`.
-    /// TARGET: list, get, delete_one, bulk_delete, revoke, any_mutation, any.
+    /// TARGET: list, get, delete_one, bulk_delete, revoke, list_service_tokens,
+    /// delete_service_token, any_mutation, any.
     /// FAULT: status=CODE [retry_after=SECS | code=N], delay_ms=MS, reset, malformed_json,
-    /// success_false, wrong_auth, and for list only repeat_cursor, short_page, duplicate_ids,
-    /// partial_errors. Hostile answers: retry_after_raw=TEXT, retry_after_ms_raw=TEXT, html=CODE,
+    /// success_false, wrong_auth, for list only repeat_cursor, and for list and
+    /// list_service_tokens short_page, duplicate_ids, partial_errors. Hostile answers: retry_after_raw=TEXT, retry_after_ms_raw=TEXT, html=CODE,
     /// errors_null, partial_apply, noop[=200|202|204], noop_with_errors, empty_204,
     /// apply_then_status=CODE, redirect=URL / redirect302=URL (last part).
     /// WHEN: always (default), nth=N, first=N, p=PROB [seed=N]; id=ID limits it to calls naming ID.
@@ -80,6 +86,7 @@ impl FakeApiArgs {
             now: self.now.unwrap_or_else(Utc::now),
             max_per_page: self.max_per_page,
             max_bulk_ids: self.max_bulk_ids,
+            service_tokens: self.service_tokens,
         }
     }
 }
@@ -93,10 +100,12 @@ pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
         .with_context(|| format!("could not start the fake API on {}", args.listen))?;
     fake.set_faults(args.faults.clone());
     println!(
-        "fake Cloudflare API listening on {} (account {}, {} registrations, token from --token)",
+        "fake Cloudflare API listening on {} (account {}, {} registrations, {} service tokens, \
+         token from --token)",
         fake.base_url(),
         fake.account_id(),
-        fake.len()
+        fake.len(),
+        fake.service_token_ids().len()
     );
     tokio::signal::ctrl_c()
         .await
@@ -129,6 +138,10 @@ mod tests {
         assert_eq!(opts.no_user_share, defaults.no_user_share);
         assert_eq!(opts.max_per_page, defaults.max_per_page);
         assert_eq!(opts.max_bulk_ids, defaults.max_bulk_ids);
+        assert_eq!(opts.service_tokens, defaults.service_tokens);
+        assert_eq!(opts.service_tokens, 0, "nothing changes for existing users");
+        let cli = Cli::try_parse_from(["fake", "--service-tokens", "40"]).unwrap();
+        assert_eq!(cli.args.options().service_tokens, 40);
     }
 
     #[test]

@@ -362,12 +362,12 @@ fn derived_uuid(seed: u64, n: u64) -> String {
         .to_string()
 }
 
-fn text_seed(text: &str) -> u64 {
+pub(crate) fn text_seed(text: &str) -> u64 {
     text.bytes()
         .fold(0x5eed, |acc, b| splitmix64(acc ^ u64::from(b)))
 }
 
-fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

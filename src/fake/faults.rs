@@ -5,11 +5,12 @@
 //!
 //! ```text
 //! TARGET:FAULT[:retry_after=SECS|:code=N][:WHEN][:id=ID]
-//! TARGET  list | get | delete_one | bulk_delete | revoke | any_mutation | any
+//! TARGET  list | get | delete_one | bulk_delete | revoke | list_service_tokens
+//!         | delete_service_token | any_mutation | any
 //! FAULT   status=CODE (400-599) | delay_ms=MS | reset | malformed_json | success_false
-//!         | wrong_auth | repeat_cursor | short_page | duplicate_ids   (the last three: list only)
+//!         | wrong_auth | repeat_cursor (list only) | short_page | duplicate_ids (listings only)
 //!         | retry_after_raw=TEXT | retry_after_ms_raw=TEXT | html=CODE | errors_null
-//!         | partial_errors (list only) | partial_apply | noop[=200|202|204] | noop_with_errors
+//!         | partial_errors (listings only) | partial_apply | noop[=200|202|204] | noop_with_errors
 //!         | empty_204 | apply_then_status=CODE | redirect=URL | redirect302=URL (last part)
 //! WHEN    always (default) | nth=N | first=N | p=PROB[:seed=N]
 //! id=ID   only requests naming ID (in the path or as an `id` query parameter) match and count
@@ -40,6 +41,10 @@ pub enum Endpoint {
     DeleteOne,
     BulkDelete,
     Revoke,
+    /// `GET .../access/service_tokens`
+    ListServiceTokens,
+    /// `DELETE .../access/service_tokens/{id}`
+    DeleteServiceToken,
     AnyMutation,
     Any,
 }
@@ -52,6 +57,8 @@ impl Endpoint {
             Endpoint::DeleteOne => op == Op::DeleteOne,
             Endpoint::BulkDelete => op == Op::BulkDelete,
             Endpoint::Revoke => op == Op::Revoke,
+            Endpoint::ListServiceTokens => op == Op::ListServiceTokens,
+            Endpoint::DeleteServiceToken => op == Op::DeleteServiceToken,
             Endpoint::AnyMutation => op.mutation_kind().is_some(),
             Endpoint::Any => true,
         }
@@ -94,12 +101,14 @@ pub enum Fault {
     SuccessFalse,
     /// HTTP 403 with the authentication error, whatever the token.
     WrongAuth,
-    /// Listing only: the page carries the request's own cursor, so following it loops forever.
+    /// Registration listing only: the page carries the request's own cursor, so following it
+    /// loops forever.
     RepeatCursor,
-    /// Listing only: about half a page and a cursor, even after the last item (allowed by the
-    /// docs; a correct client still lists everything).
+    /// Listings only: about half a page. With a cursor, even after the last item (allowed by
+    /// the docs; a correct client still lists everything). By page number, the rest of the
+    /// page is lost while `result_info` still counts it: a client must notice the short page.
     ShortPageWithCursor,
-    /// Listing only: the page starts with the item the previous page ended with.
+    /// Listings only: the page starts with the item the previous page ended with.
     DuplicateIds,
     /// An error envelope with this HTTP status and this Cloudflare error code.
     Error { status: u16, code: u32 },
@@ -122,7 +131,7 @@ pub enum Fault {
     Empty204,
     /// Served normally, with `"errors": null` and `"messages": null` in the envelope.
     ErrorsNull,
-    /// Listing only: the page is served with `success: true` and a non-empty `errors`.
+    /// Listings only: the page is served with `success: true` and a non-empty `errors`.
     PartialErrors,
     /// Mutation: applied, then answered with this status's error envelope.
     ApplyThenStatus(u16),
@@ -132,7 +141,10 @@ pub enum Fault {
 
 impl Fault {
     fn applies_to(&self, op: Op) -> bool {
-        !self.is_listing_only() || op == Op::List
+        match self {
+            Fault::RepeatCursor => op == Op::List,
+            _ => !self.is_listing_only() || op.is_listing(),
+        }
     }
 
     fn is_listing_only(&self) -> bool {
@@ -200,7 +212,8 @@ pub struct FaultParseError {
     reason: String,
 }
 
-const TARGETS: &str = "list, get, delete_one, bulk_delete, revoke, any_mutation, any";
+const TARGETS: &str = "list, get, delete_one, bulk_delete, revoke, list_service_tokens, \
+                       delete_service_token, any_mutation, any";
 const FAULTS: &str = "status=CODE, delay_ms=MS, reset, malformed_json, success_false, wrong_auth, \
                       repeat_cursor, short_page, duplicate_ids, retry_after_raw=TEXT, \
                       retry_after_ms_raw=TEXT, html=CODE, errors_null, partial_errors, \
@@ -241,6 +254,8 @@ impl FromStr for FaultRule {
             "delete_one" => Endpoint::DeleteOne,
             "bulk_delete" => Endpoint::BulkDelete,
             "revoke" => Endpoint::Revoke,
+            "list_service_tokens" => Endpoint::ListServiceTokens,
+            "delete_service_token" => Endpoint::DeleteServiceToken,
             "any_mutation" => Endpoint::AnyMutation,
             "any" => Endpoint::Any,
             other => {
@@ -407,9 +422,22 @@ impl FromStr for FaultRule {
                 _ => return Err(fail("code only goes with status=CODE".to_owned())),
             };
         }
-        if fault.is_listing_only() && target != Endpoint::ListRegistrations {
+        if fault == Fault::RepeatCursor && target == Endpoint::ListServiceTokens {
             return Err(fail(
-                "repeat_cursor, short_page, duplicate_ids and partial_errors only apply to list"
+                "repeat_cursor only applies to list: service tokens are paged by number, \
+                 not by cursor"
+                    .to_owned(),
+            ));
+        }
+        if fault.is_listing_only()
+            && !matches!(
+                target,
+                Endpoint::ListRegistrations | Endpoint::ListServiceTokens
+            )
+        {
+            return Err(fail(
+                "repeat_cursor, short_page, duplicate_ids and partial_errors only apply to list \
+                 (and all but repeat_cursor to list_service_tokens)"
                     .to_owned(),
             ));
         }
@@ -625,6 +653,21 @@ mod tests {
                 FaultRule::always(Endpoint::ListRegistrations, Fault::PartialErrors),
             ),
             (
+                "list_service_tokens:short_page:nth=2",
+                FaultRule::nth(Endpoint::ListServiceTokens, 2, Fault::ShortPageWithCursor),
+            ),
+            (
+                "delete_service_token:status=400:code=12139:id=t-1",
+                FaultRule::always(
+                    Endpoint::DeleteServiceToken,
+                    Fault::Error {
+                        status: 400,
+                        code: 12139,
+                    },
+                )
+                .for_id("t-1"),
+            ),
+            (
                 "get:html=404",
                 FaultRule::always(Endpoint::GetRegistration, Fault::Html(404)),
             ),
@@ -637,6 +680,8 @@ mod tests {
             ("list:noop=500", "from 200 to 299"),
             ("any:redirect=", "needs a value"),
             ("bulk_delete:partial_errors", "only apply to list"),
+            ("delete_service_token:duplicate_ids", "only apply to list"),
+            ("list_service_tokens:repeat_cursor", "paged by number"),
         ] {
             let err = text.parse::<FaultRule>().expect_err(text).to_string();
             assert!(err.contains(needle), "{text}: {err}");
@@ -703,6 +748,40 @@ mod tests {
         );
         assert_eq!(set.pick(Op::List, &[]), Some(Fault::RepeatCursor));
         assert_eq!(set.pick(Op::GetOne, &[]), None);
+        assert_eq!(
+            set.pick(Op::ListServiceTokens, &[]),
+            None,
+            "repeat_cursor never hits a page-numbered listing"
+        );
+    }
+
+    #[test]
+    fn service_token_calls_are_mutations_and_listings_for_their_targets() {
+        let status = Fault::Status {
+            code: 503,
+            retry_after: None,
+        };
+        let mut set = FaultSet::new(vec![
+            FaultRule::always(Endpoint::ListServiceTokens, Fault::DuplicateIds),
+            FaultRule::always(Endpoint::AnyMutation, status.clone()),
+        ]);
+        assert_eq!(
+            set.pick(Op::ListServiceTokens, &[]),
+            Some(Fault::DuplicateIds)
+        );
+        assert_eq!(set.pick(Op::List, &[]), None, "only the token listing");
+        assert_eq!(set.pick(Op::DeleteServiceToken, &[]), Some(status));
+        let mut any = FaultSet::new(vec![FaultRule::always(Endpoint::Any, Fault::WrongAuth)]);
+        assert_eq!(any.pick(Op::ListServiceTokens, &[]), Some(Fault::WrongAuth));
+        let mut delete = FaultSet::new(vec![FaultRule::always(
+            Endpoint::DeleteServiceToken,
+            Fault::ConnectionReset,
+        )]);
+        assert_eq!(delete.pick(Op::DeleteOne, &[]), None);
+        assert_eq!(
+            delete.pick(Op::DeleteServiceToken, &[]),
+            Some(Fault::ConnectionReset)
+        );
     }
 
     #[test]

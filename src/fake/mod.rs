@@ -1,5 +1,6 @@
-//! A fake Cloudflare API v4 for device registrations, served over HTTP on loopback. Integration
-//! tests, benchmarks and the demo (`zt-janitor fake-api`) run the real client against it.
+//! A fake Cloudflare API v4 for device registrations and Access service tokens, served over
+//! HTTP on loopback. Integration tests, benchmarks and the demo (`zt-janitor fake-api`) run the
+//! real client against it.
 //!
 //! It speaks the documented wire format exactly (see `shared/cloudflare-api.md`): base path
 //! `/client/v4`, the `success`/`errors`/`messages`/`result`/`result_info` envelope, Bearer
@@ -14,6 +15,10 @@
 //! - `POST revoke` (deprecated, body: JSON array of ids; served, and logged so tests can assert
 //!   it is never used)
 //!
+//! and under `/client/v4/accounts/{account}/access`:
+//! - `GET service_tokens` (`page`, `per_page`; page pagination, see the `tokens` module)
+//! - `DELETE service_tokens/{id}` (answers the deleted token; a token in use is refused)
+//!
 //! The fake owns no knowledge of zt-janitor's rules or client; it must never import them, so
 //! that it stays an independent check of the client's understanding of the API.
 
@@ -23,6 +28,7 @@ mod data;
 mod faults;
 mod server;
 mod store;
+mod tokens;
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,11 +43,13 @@ use tokio::sync::watch;
 pub use args::{serve_from_args, FakeApiArgs};
 pub use data::{FakeRegistration, FAKE_TEAM};
 pub use faults::{Endpoint, Fault, FaultParseError, FaultRule, When};
+pub use tokens::{FakeServiceToken, SERVICE_TOKENS_DEFAULT_PER_PAGE, SERVICE_TOKENS_MAX_PER_PAGE};
 
 use conn::{ConnControl, FakeListener};
 use faults::FaultSet;
 use server::{lock, Clock, Log, Shared};
 use store::Store;
+use tokens::TokenStore;
 
 /// The account id the fake serves unless told otherwise.
 pub const DEFAULT_ACCOUNT_ID: &str = "0123456789abcdef0123456789abcdef";
@@ -76,6 +84,16 @@ pub struct FakeOptions {
     pub max_per_page: usize,
     /// Most ids one bulk delete/revoke/unrevoke accepts; more get HTTP 400.
     pub max_bulk_ids: usize,
+    /// How many Access service tokens to generate (at most 100,000), from their own random
+    /// stream of `seed`, so the registrations of a seed do not change. Token `i` (0-based, in
+    /// generation order; listing order is by id) is:
+    /// - expired (`expires_at` 10–400 days before `now`; about half never used) when `i % 8` is 0 or 4,
+    /// - never used (`last_seen_at` null, created 1–300 days ago, not expired) when 1 or 6,
+    /// - idle (last seen 120–390 days ago, not expired) when 3,
+    /// - fresh (last seen 0–20 days ago, not expired) otherwise;
+    /// - in use (attached to the device enrollment policy: kept by the fake, not served, and a
+    ///   delete is refused) when `i % 6 == 0`, disabled when `i % 9 == 4`.
+    pub service_tokens: usize,
 }
 
 impl Default for FakeOptions {
@@ -91,6 +109,7 @@ impl Default for FakeOptions {
             now: Utc::now(),
             max_per_page: 1000,
             max_bulk_ids: 100,
+            service_tokens: 0,
         }
     }
 }
@@ -112,6 +131,12 @@ impl FakeOptions {
         }
         if self.max_per_page == 0 || self.max_bulk_ids == 0 {
             return Err("max_per_page and max_bulk_ids must be at least 1".to_owned());
+        }
+        if self.service_tokens > tokens::MAX_SERVICE_TOKENS {
+            return Err(format!(
+                "at most {} service tokens can be generated",
+                tokens::MAX_SERVICE_TOKENS
+            ));
         }
         if self.registrations > data::MAX_GENERATED {
             return Err(format!(
@@ -136,6 +161,8 @@ pub enum MutationKind {
     Unrevoke,
     /// `POST .../devices/revoke` (deprecated)
     DeprecatedRevoke,
+    /// `DELETE .../access/service_tokens/{id}`
+    DeleteServiceToken,
 }
 
 /// One mutation request, logged when it arrived (before faults) and completed when answered.
@@ -170,6 +197,9 @@ pub struct RequestCounts {
     pub revoke: u64,
     pub unrevoke: u64,
     pub deprecated_revoke: u64,
+    /// Pages of `GET .../access/service_tokens`.
+    pub list_service_tokens: u64,
+    pub delete_service_token: u64,
     /// Everything, including requests to unknown paths.
     pub total: u64,
 }
@@ -201,9 +231,12 @@ impl FakeServer {
             ..
         } = opts.clone();
         // A million registrations take a moment: keep the runtime's worker threads free.
-        let store = tokio::task::spawn_blocking(move || Store::new(data::generate(&opts), seed))
-            .await
-            .map_err(io::Error::other)?;
+        let (store, tokens) = tokio::task::spawn_blocking(move || {
+            let tokens = TokenStore::new(tokens::generate(&opts));
+            (Store::new(data::generate(&opts), seed), tokens)
+        })
+        .await
+        .map_err(io::Error::other)?;
         let (shutdown, mut shutdown_requested) = watch::channel(false);
         let shared = Arc::new(Shared {
             account_id,
@@ -212,6 +245,7 @@ impl FakeServer {
             clock: Clock::starting_at(now),
             token: Mutex::new(token),
             store: Mutex::new(store),
+            tokens: Mutex::new(tokens),
             faults: Mutex::new(FaultSet::default()),
             log: Mutex::new(Log::default()),
             shutdown,
@@ -326,7 +360,8 @@ impl FakeHandle {
         lock(&self.shared.log).mutations.clone()
     }
 
-    /// Ids deleted through the API (one-by-one or bulk), in the order they were deleted.
+    /// Registration ids deleted through the API (one-by-one or bulk), in the order they were
+    /// deleted.
     pub fn deleted_ids(&self) -> Vec<String> {
         self.affected_by(&[MutationKind::DeleteOne, MutationKind::BulkDelete])
     }
@@ -344,6 +379,43 @@ impl FakeHandle {
             .filter(|record| kinds.contains(&record.kind))
             .flat_map(|record| record.affected.iter().cloned())
             .collect()
+    }
+
+    /// Ids of all stored service tokens, in listing order (sorted).
+    pub fn service_token_ids(&self) -> Vec<String> {
+        lock(&self.shared.tokens).ids()
+    }
+
+    /// The service token exactly as the listing serves it.
+    pub fn service_token(&self, id: &str) -> Option<Value> {
+        lock(&self.shared.tokens).get(id).cloned()
+    }
+
+    /// Ids of the tokens in use (whose delete is refused), sorted.
+    pub fn service_tokens_in_use(&self) -> Vec<String> {
+        lock(&self.shared.tokens).in_use()
+    }
+
+    /// Attaches a token to the enrollment policy (`true`) or detaches it; `false` if there is
+    /// no such token.
+    pub fn set_service_token_in_use(&self, id: &str, in_use: bool) -> bool {
+        lock(&self.shared.tokens).set_in_use(id, in_use)
+    }
+
+    /// Stores `object` exactly as given under its string `id` (`~raw-N` without one, listed
+    /// after all UUIDs), not in use, replacing any token with that id; returns the key.
+    pub fn insert_service_token_raw(&self, object: Value) -> String {
+        lock(&self.shared.tokens).insert_raw(object, false)
+    }
+
+    /// Stores a hand-made service token, in use or not as it says; returns its id.
+    pub fn insert_service_token(&self, token: &FakeServiceToken) -> String {
+        lock(&self.shared.tokens).insert_raw(token.to_json(), token.in_use)
+    }
+
+    /// Service token ids deleted through the API, in the order they were deleted.
+    pub fn deleted_service_token_ids(&self) -> Vec<String> {
+        self.affected_by(&[MutationKind::DeleteServiceToken])
     }
 
     pub fn request_counts(&self) -> RequestCounts {

@@ -12,13 +12,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Row, SqlitePool};
 use tempfile::TempDir;
-use zt_janitor::apply::StopSignal;
-use zt_janitor::audit::AuditStore;
 use zt_janitor::config::Config;
-use zt_janitor::cycle::{CycleContext, CycleReport};
+use zt_janitor::cycle::CycleReport;
 use zt_janitor::fake::{FakeHandle, FakeOptions, FakeServer};
 use zt_janitor::metrics::Metrics;
-use zt_janitor::rules::RuleSet;
+use zt_janitor::startup::{self, Janitor};
 
 /// The rules most tests use: idle 90 days, and revoked, both deleted; board members and
 /// service-token registrations are protected.
@@ -154,23 +152,21 @@ path = "{db}"
 
     /// [`Env::once`], recording into `metrics` so the test can read them.
     pub async fn once_with(&self, metrics: &Metrics) -> CycleReport {
-        let config = self.config();
-        let rules = RuleSet::new(&config.rules, &config.exclusions).unwrap();
-        let audit = AuditStore::open(&config.audit.path).await.unwrap();
-        audit.close_interrupted_runs(Utc::now()).await.unwrap();
-        let stop = StopSignal::default();
-        let report = CycleContext {
-            config: &config,
-            rules: &rules,
-            audit: &audit,
-            metrics,
-            stop: &stop,
-        }
-        .run(Utc::now())
-        .await
-        .expect("the audit store works");
-        audit.close().await;
+        let janitor = self.open().await.with_metrics(metrics.clone());
+        let report = janitor
+            .cycle()
+            .run(Utc::now())
+            .await
+            .expect("the audit store works");
+        janitor.close().await;
         report
+    }
+
+    /// Opens this environment's config as every process that runs cycles does.
+    pub async fn open(&self) -> Janitor {
+        startup::open(self.config())
+            .await
+            .expect("the test config opens")
     }
 
     /// Runs the real binary with `args` (the config is appended).

@@ -24,10 +24,11 @@ use crate::resource::{self, Kind, PageToken, Presence, ResourceId};
 use crate::rules::RuleSet;
 
 /// Calls go out in groups, and the intents of the next group are committed while the current
-/// group's calls are in flight, so the audit log's commits overlap the network instead of
-/// adding to it. A group is one call while the API is slower than the audit disk (a remote
-/// API) and doubles, up to this many calls, while the audit write is the slower one. A crash
-/// leaves at most two groups' intents to reconcile, one filtered listing per hundred ids.
+/// group's calls are in flight and the previous group's are confirmed by listing, so the audit
+/// log's commits and the confirmations overlap the network instead of adding to it. A group is
+/// one call while the API is slower than the audit disk (a remote API) and doubles, up to this
+/// many calls, while the audit write is the slower one. A crash leaves at most three groups'
+/// intents to reconcile, one filtered listing per hundred ids.
 const MAX_GROUP: usize = 32;
 
 /// A registration whose call failed for its id alone, the same way, this many runs in a row is
@@ -61,6 +62,41 @@ pub struct ApplyReport {
     pub excluded_at_apply: u64,
     pub mutations: u64,
     pub stopped_by: Option<String>,
+}
+
+/// What confirming a group of calls found, merged into the [`ApplyReport`] afterwards: the
+/// confirmation of one group runs while the next group's calls are sent.
+#[derive(Debug, Default)]
+struct Tally {
+    done: u64,
+    already_gone: u64,
+    failed: u64,
+    unconfirmed: u64,
+    first_failure: Option<String>,
+    /// Set when the listing itself failed: acting on without it is not safe.
+    stop: Option<String>,
+}
+
+/// The outcomes of a confirmed group, ready for the journal, and what they came to.
+#[derive(Default)]
+struct Confirmed {
+    outcomes: Vec<Outcome>,
+    tally: Tally,
+}
+
+impl ApplyReport {
+    fn absorb(&mut self, tally: Tally) {
+        self.done += tally.done;
+        self.already_gone += tally.already_gone;
+        self.failed += tally.failed;
+        self.unconfirmed += tally.unconfirmed;
+        if self.first_failure.is_none() {
+            self.first_failure = tally.first_failure;
+        }
+        if self.stopped_by.is_none() {
+            self.stopped_by = tally.stop;
+        }
+    }
 }
 
 pub struct Executor<'a> {
@@ -100,8 +136,6 @@ struct Journaled<'q, 'p> {
 /// How sending one group went.
 #[derive(Default)]
 struct Sent<'q, 'p> {
-    /// Outcomes of the calls made, not yet written.
-    outcomes: Vec<Outcome>,
     /// Calls answered, waiting for the confirmation listing.
     answered: Vec<Answered<'q, 'p>>,
     /// Calls whose intents are committed but which were not sent: the run stopped first.
@@ -171,28 +205,40 @@ impl Executor<'_> {
             })
             .collect();
 
+        // Three things overlap: the intents of the next group are committed, the current
+        // group's calls are sent, and the previous group's calls are confirmed by listing. A
+        // group's outcomes, confirmed, are committed with the intents of the group after next.
         let mut group_size = 1;
         let mut group = self
             .journal(take(&mut calls, group_size), Vec::new())
             .await?;
         let mut unwritten: Vec<Outcome> = Vec::new();
+        let mut confirming: Vec<Answered> = Vec::new();
         while !group.is_empty() {
             let next = if self.stop.is_stopped() {
                 Vec::new()
             } else {
                 take(&mut calls, group_size)
             };
-            let ((next, write_took), (sent, calls_took)) = self
+            let pending_lookups = lookups(&confirming);
+            let ((next, write_took), ((sent, confirmed), calls_took)) = self
                 .audit
-                .alongside(
-                    self.journal(next, std::mem::take(&mut unwritten)),
-                    self.send_group(&group, &mut report),
-                )
+                .alongside(self.journal(next, std::mem::take(&mut unwritten)), async {
+                    tokio::join!(
+                        self.send_group(&group, pending_lookups, &mut report),
+                        self.confirm(std::mem::take(&mut confirming)),
+                    )
+                })
                 .await;
-            let (next, sent) = (next?, sent?);
-            unwritten = sent.outcomes;
+            let (next, mut sent) = (next?, sent?);
+            report.absorb(confirmed.tally);
+            unwritten = confirmed.outcomes;
             if let Some(reason) = report.stopped_by.clone() {
-                // Calls journaled but not sent, and calls never journaled: none goes out.
+                // What the calls made did is confirmed before the run closes; calls journaled
+                // but not sent, and calls never journaled, never go out.
+                let last = self.confirm(std::mem::take(&mut sent.answered)).await;
+                report.absorb(last.tally);
+                unwritten.extend(last.outcomes);
                 let unsent: Vec<Journaled> = sent.unsent.into_iter().chain(next).collect();
                 let never = calls.iter().flat_map(|c| c.items);
                 let actions = action_ids_of(unsent.iter().flat_map(|j| j.call.items).chain(never));
@@ -209,9 +255,13 @@ impl Executor<'_> {
                 self.audit.write_journal(self.run, &entry).await?;
                 return Ok(report);
             }
+            confirming = sent.answered;
             group_size = resize(group_size, write_took, calls_took);
             group = next;
         }
+        let last = self.confirm(confirming).await;
+        report.absorb(last.tally);
+        unwritten.extend(last.outcomes);
         if !unwritten.is_empty() {
             let entry = JournalEntry {
                 outcomes: unwritten,
@@ -345,9 +395,12 @@ impl Executor<'_> {
     }
 
     /// Sends the calls of a group in order until one fails or a stop is requested.
+    /// `pending_lookups`: the listings still to come for the group being confirmed meanwhile,
+    /// which the request budget must leave room for too.
     async fn send_group<'q, 'p>(
         &self,
         group: &[Journaled<'q, 'p>],
+        pending_lookups: usize,
         report: &mut ApplyReport,
     ) -> Result<Sent<'q, 'p>, AuditError> {
         let mut sent = Sent::default();
@@ -359,17 +412,24 @@ impl Executor<'_> {
                 sent.unsent.extend_from_slice(&group[i..]);
                 break;
             }
-            self.send_call(*journaled, report, &mut sent).await?;
+            self.send_call(*journaled, pending_lookups, report, &mut sent)
+                .await?;
         }
-        self.confirm(&mut sent, report).await;
         Ok(sent)
     }
 
     /// Why a call naming `ids` ids may not be sent: the request budget would not leave room
-    /// for the listings that confirm it and the calls of its group already answered.
-    fn no_budget_to_confirm(&self, ids: usize, answered: &[Answered<'_, '_>]) -> Option<String> {
+    /// for the listings that confirm it, the calls of its group already answered, and the
+    /// group being confirmed meanwhile (`pending_lookups`; counted whole even once some are
+    /// sent, so the reservation errs on the safe side).
+    fn no_budget_to_confirm(
+        &self,
+        ids: usize,
+        answered: &[Answered<'_, '_>],
+        pending_lookups: usize,
+    ) -> Option<String> {
         let answered_ids: usize = answered.iter().map(|a| a.items.len()).sum();
-        let lookups = (answered_ids + ids).div_ceil(IDS_PER_LOOKUP);
+        let lookups = (answered_ids + ids).div_ceil(IDS_PER_LOOKUP) + pending_lookups;
         let needed = u64::from(self.client.requests_sent()) + 1 + lookups as u64;
         (needed > u64::from(self.request_budget)).then(|| {
             format!(
@@ -380,37 +440,40 @@ impl Executor<'_> {
     }
 
     /// Asks Cloudflare, by listing the ids of the calls answered (one listing call per
-    /// hundred), whether each really is gone (or revoked), and settles every action on what
-    /// the listing shows rather than on what the call answered.
-    async fn confirm(&self, sent: &mut Sent<'_, '_>, report: &mut ApplyReport) {
-        if sent.answered.is_empty() {
-            return;
-        }
-        let ids: Vec<ResourceId> = sent
-            .answered
-            .iter()
-            .flat_map(|a| a.items.iter().map(|i| i.candidate.id.clone()))
-            .collect();
-        // A group holds calls of one kind: groups are cut from calls sorted by kind.
-        let kind = sent.answered[0].kind;
-        let found = current_state(self.client, kind, &ids).await;
-        if let Err(e) = &found {
-            tracing::warn!(ids = ids.len(), error = %e, "cannot confirm the calls just made by listing; their actions are recorded unconfirmed");
-            if report.stopped_by.is_none() {
+    /// hundred, per kind), whether each really is gone (or revoked), and settles every action
+    /// on what the listing shows rather than on what the call answered.
+    async fn confirm(&self, mut answered: Vec<Answered<'_, '_>>) -> Confirmed {
+        let mut confirmed = Confirmed::default();
+        for kind in Kind::ALL {
+            let (of_kind, rest): (Vec<Answered>, Vec<Answered>) =
+                answered.into_iter().partition(|a| a.kind == kind);
+            answered = rest;
+            if of_kind.is_empty() {
+                continue;
+            }
+            let ids: Vec<ResourceId> = of_kind
+                .iter()
+                .flat_map(|a| a.items.iter().map(|i| i.candidate.id.clone()))
+                .collect();
+            let found = current_state(self.client, kind, &ids).await;
+            if let Err(e) = &found {
+                tracing::warn!(ids = ids.len(), error = %e, "cannot confirm the calls just made by listing; their actions are recorded unconfirmed");
                 // Acting on without being able to check what the calls did is not safe.
-                report.stopped_by =
-                    Some(format!("cannot confirm by listing what the calls did: {e}"));
+                confirmed.tally.stop.get_or_insert_with(|| {
+                    format!("cannot confirm by listing what the calls did: {e}")
+                });
+            }
+            let why = found.as_ref().err().map(ToString::to_string);
+            for answered in of_kind {
+                let found = match (&found, &why) {
+                    (Ok(f), _) => Ok(f),
+                    (Err(_), why) => Err(why.as_deref().unwrap_or("the listing failed")),
+                };
+                let outcome = self.settle(answered, found, &mut confirmed.tally);
+                confirmed.outcomes.push(outcome);
             }
         }
-        let why = found.as_ref().err().map(ToString::to_string);
-        for answered in std::mem::take(&mut sent.answered) {
-            let found = match (&found, &why) {
-                (Ok(f), _) => Ok(f),
-                (Err(_), why) => Err(why.as_deref().unwrap_or("the listing failed")),
-            };
-            let outcome = self.settle(answered, found, report);
-            sent.outcomes.push(outcome);
-        }
+        confirmed
     }
 
     /// Turns one answered call and the confirmation listing into the call's outcome.
@@ -418,7 +481,7 @@ impl Executor<'_> {
         &self,
         answered: Answered<'_, '_>,
         found: Result<&HashMap<ResourceId, Presence>, &str>,
-        report: &mut ApplyReport,
+        report: &mut Tally,
     ) -> Outcome {
         let mut settles: Vec<Settled> = Vec::new();
         let mut unconfirmed = 0;
@@ -479,6 +542,7 @@ impl Executor<'_> {
     async fn send_call<'q, 'p>(
         &self,
         journaled: Journaled<'q, 'p>,
+        pending_lookups: usize,
         report: &mut ApplyReport,
         sent: &mut Sent<'q, 'p>,
     ) -> Result<(), AuditError> {
@@ -486,7 +550,9 @@ impl Executor<'_> {
         let mut work = vec![journaled];
         while let Some(Journaled { call, mutation }) = work.pop() {
             let part = call.items;
-            if let Some(reason) = self.no_budget_to_confirm(part.len(), &sent.answered) {
+            if let Some(reason) =
+                self.no_budget_to_confirm(part.len(), &sent.answered, pending_lookups)
+            {
                 report.stopped_by = Some(reason);
                 sent.unsent.push(Journaled { call, mutation });
                 sent.unsent.append(&mut work);
@@ -588,6 +654,13 @@ impl Executor<'_> {
 
 fn action_ids_of<'a, 'p: 'a>(items: impl IntoIterator<Item = &'a Item<'p>>) -> Vec<i64> {
     items.into_iter().map(|i| i.action_id).collect()
+}
+
+/// The listing calls that confirming `answered` takes (ids per lookup, per kind rounded up;
+/// one kind per group today, so this is exact).
+fn lookups(answered: &[Answered<'_, '_>]) -> usize {
+    let ids: usize = answered.iter().map(|a| a.items.len()).sum();
+    ids.div_ceil(IDS_PER_LOOKUP)
 }
 
 fn take<'q, 'p>(calls: &mut VecDeque<Call<'q, 'p>>, n: usize) -> Vec<Call<'q, 'p>> {

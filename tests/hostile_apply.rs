@@ -571,3 +571,50 @@ async fn a_confirmation_listing_that_fails_leaves_the_ids_unconfirmed_never_done
     );
     drop(ids);
 }
+
+/// The confirmation of one group of calls runs while the next group's calls are sent, so a
+/// remote API's round trip is paid once per group, not twice. Listing 2 (the first
+/// confirmation) is held for a long time: the second call still goes out meanwhile, and every
+/// action ends confirmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_call_goes_out_while_the_previous_one_is_being_confirmed() {
+    const HELD: std::time::Duration = std::time::Duration::from_secs(4);
+    let (env, ids) = env_with_idle(
+        3,
+        Settings {
+            chunk: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.fake.set_faults(vec![FaultRule::nth(
+        Target::ListRegistrations,
+        2,
+        Fault::Delay(HELD),
+    )]);
+    let cycle = {
+        let env = &env;
+        async move { env.once().await }
+    };
+    let watch = async {
+        common::wait_for(
+            "the first confirmation listing",
+            std::time::Duration::from_secs(20),
+            async || env.fake.request_counts().list_pages >= 2,
+        )
+        .await;
+        // Well inside the time the listing is held: only an overlapped call gets here.
+        common::wait_for(
+            "the second call while the first is being confirmed",
+            HELD / 2,
+            async || env.fake.mutations().len() >= 2,
+        )
+        .await;
+    };
+    let (report, ()) = tokio::join!(cycle, watch);
+    assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
+    let rows = actions_of_run(&env, report.run_id).await;
+    assert_eq!(with_status(&rows, "done").len(), ids.len(), "{rows:?}");
+    assert!(ids.iter().all(|id| !env.fake.contains(id)));
+    env.assert_every_mutation_audited().await;
+}

@@ -1,0 +1,167 @@
+//! `check-config`'s human summary of the effective settings: one line per setting group, one
+//! per rule and one per exclusion.
+
+use crate::resource::ResourceId;
+
+use super::{Config, ExclusionSettings, Mode, RuleSettings};
+
+impl Config {
+    /// A human summary of the effective settings, one rule per line, for `check-config`.
+    pub fn describe(&self) -> String {
+        let cf = &self.cloudflare;
+        let mut lines = vec![
+            format!("configuration: {}", self.path.display()),
+            match self.safety.mode {
+                Mode::Plan => "mode: plan (report what would be done, change nothing)".to_owned(),
+                Mode::Apply => {
+                    "mode: apply (delete and revoke for real, within the limits)".to_owned()
+                }
+            },
+            format!("account: {}", cf.account_id),
+            match &cf.api_token_file {
+                Some(file) => format!("api token: read from file {}", file.display()),
+                None => format!(
+                    "api token: read from environment variable {}",
+                    cf.api_token_env
+                ),
+            },
+            format!(
+                "api: {} ({} per page, {} ids per bulk call, {}s timeout, {} retries, \
+                 at most {} requests and {}s per cycle)",
+                cf.base_url,
+                cf.per_page,
+                cf.bulk_chunk_size,
+                cf.request_timeout_secs,
+                cf.max_retries,
+                cf.max_requests_per_cycle,
+                cf.cycle_deadline_secs,
+            ),
+            format!(
+                "limits: at most {} actions and {} of the registrations listed per run",
+                self.safety.max_actions_per_run,
+                percent(self.safety.max_fraction_per_run),
+            ),
+            format!("audit: {}", self.audit.path.display()),
+            format!(
+                "schedule: {:?}{}",
+                self.schedule.cron,
+                if self.schedule.run_on_start {
+                    ", and once at start"
+                } else {
+                    ""
+                },
+            ),
+            format!("metrics: listening on {}", self.metrics.listen),
+            format!(
+                "logging: {}, level {:?}",
+                self.logging.format, self.logging.level
+            ),
+            format!("rules ({}):", self.rules.len()),
+        ];
+        lines.extend(
+            self.rules
+                .iter()
+                .map(|rule| format!("  {}", describe_rule(rule))),
+        );
+        lines.push(format!("exclusions ({}):", self.exclusions.len()));
+        lines.extend(
+            self.exclusions
+                .iter()
+                .map(|e| format!("  {}", describe_exclusion(e))),
+        );
+        lines.join("\n") + "\n"
+    }
+}
+
+fn describe_rule(rule: &RuleSettings) -> String {
+    let mut conditions = Vec::new();
+    if let Some(days) = rule.idle_days {
+        conditions.push(format!("idle for at least {days} days"));
+    }
+    if rule.revoked {
+        conditions.push(match rule.revoked_min_days {
+            Some(days) => format!("revoked at least {days} days ago"),
+            None => "revoked".to_owned(),
+        });
+    }
+    if rule.active_only {
+        conditions.push("not revoked".to_owned());
+    }
+    if let Some(kind) = rule.registration_type {
+        conditions.push(format!("of type {kind}"));
+    }
+    format!(
+        "{}: {} {} {}",
+        rule.name,
+        rule.action,
+        rule.resource,
+        conditions.join(", ")
+    )
+}
+
+fn describe_exclusion(exclusion: &ExclusionSettings) -> String {
+    let mut criteria = Vec::new();
+    if !exclusion.user_emails.is_empty() {
+        criteria.push(format!(
+            "user_email matches {}",
+            exclusion.user_emails.join(" | ")
+        ));
+    }
+    if !exclusion.device_names.is_empty() {
+        criteria.push(format!(
+            "device_name matches {}",
+            exclusion.device_names.join(" | ")
+        ));
+    }
+    if !exclusion.registration_ids.is_empty() {
+        let ids: Vec<&str> = exclusion
+            .registration_ids
+            .iter()
+            .map(ResourceId::as_str)
+            .collect();
+        criteria.push(format!("registration_id is {}", ids.join(" | ")));
+    }
+    if exclusion.no_user {
+        criteria.push("no user (or a service token)".to_owned());
+    }
+    format!("{}: {}", exclusion.name, criteria.join(", or "))
+}
+
+/// `0.1` → `"10%"`, `0.125` → `"12.5%"`.
+fn percent(fraction: f64) -> String {
+    format!("{}%", (fraction * 10_000.0).round() / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fixtures::repo_file;
+
+    #[test]
+    fn describe_lists_every_rule_on_its_own_line() {
+        let example = Config::load(&repo_file("config/zt-janitor.example.toml")).unwrap();
+        let text = example.describe();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "  idle-90d: delete device_registration idle for at least 90 days, of type warp",
+            "  revoked: delete device_registration revoked at least 7 days ago",
+            "mode: plan (report what would be done, change nothing)",
+            "limits: at most 50 actions and 10% of the registrations listed per run",
+            "api token: read from file %d/cloudflare-token",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(
+            text.contains("executives: user_email matches *@board.example.com | ceo@example.com"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn percent_is_rounded_for_people() {
+        assert_eq!(percent(0.10), "10%");
+        assert_eq!(percent(0.125), "12.5%");
+        assert_eq!(percent(0.07), "7%");
+        assert_eq!(percent(1.0), "100%");
+    }
+}

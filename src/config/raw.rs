@@ -1,0 +1,99 @@
+//! The file as written: serde fills these structs, which reject unknown keys and keep the span
+//! of every value so that `validate` and `diagnostics` can point at it.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+pub(super) type Sp<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) cloudflare: Option<Sp<RawCloudflare>>,
+    #[serde(default)]
+    pub(super) safety: RawSafety,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
+    #[serde(default)]
+    pub(super) schedule: RawSchedule,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+    #[serde(default)]
+    pub(super) logging: RawLogging,
+    #[serde(default)]
+    pub(super) rule: Vec<Sp<RawRule>>,
+    #[serde(default)]
+    pub(super) exclude: Vec<Sp<RawExclude>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCloudflare {
+    pub(super) account_id: Option<Sp<String>>,
+    pub(super) api_token_file: Option<Sp<String>>,
+    pub(super) api_token_env: Option<Sp<String>>,
+    pub(super) base_url: Option<Sp<String>>,
+    pub(super) per_page: Option<Sp<i64>>,
+    pub(super) bulk_chunk_size: Option<Sp<i64>>,
+    pub(super) request_timeout_secs: Option<Sp<i64>>,
+    pub(super) max_retries: Option<Sp<i64>>,
+    pub(super) max_requests_per_cycle: Option<Sp<i64>>,
+    pub(super) cycle_deadline_secs: Option<Sp<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSafety {
+    pub(super) mode: Option<Sp<String>>,
+    pub(super) max_actions_per_run: Option<Sp<i64>>,
+    pub(super) max_fraction_per_run: Option<Sp<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) path: Option<Sp<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSchedule {
+    pub(super) cron: Option<Sp<String>>,
+    pub(super) run_on_start: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<Sp<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogging {
+    pub(super) format: Option<Sp<String>>,
+    pub(super) level: Option<Sp<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub(super) name: Option<Sp<String>>,
+    pub(super) resource: Option<Sp<String>>,
+    pub(super) action: Option<Sp<String>>,
+    pub(super) idle_days: Option<Sp<i64>>,
+    pub(super) revoked: Option<Sp<bool>>,
+    pub(super) revoked_min_days: Option<Sp<i64>>,
+    pub(super) active_only: Option<Sp<bool>>,
+    pub(super) registration_type: Option<Sp<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExclude {
+    pub(super) name: Option<Sp<String>>,
+    pub(super) user_email: Option<Vec<Sp<String>>>,
+    pub(super) device_name: Option<Vec<Sp<String>>>,
+    pub(super) registration_id: Option<Vec<Sp<String>>>,
+    pub(super) no_user: Option<bool>,
+}

@@ -1,0 +1,246 @@
+//! The public settings types, one per table of the file, each documented field by field with
+//! its default, and the default values themselves. Only data: validation is in `validate`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cloudflare::model::{AccountId, RegistrationType};
+use crate::resource::{Kind, ResourceId};
+
+pub(super) const DEFAULT_API_TOKEN_ENV: &str = "CLOUDFLARE_API_TOKEN";
+pub(super) const DEFAULT_BASE_URL: &str = "https://api.cloudflare.com/client/v4";
+pub(super) const DEFAULT_PER_PAGE: u32 = 1000;
+pub(super) const DEFAULT_BULK_CHUNK_SIZE: usize = 100;
+pub(super) const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+pub(super) const DEFAULT_MAX_RETRIES: u32 = 5;
+pub(super) const DEFAULT_MAX_REQUESTS_PER_CYCLE: u32 = 1000;
+pub(super) const DEFAULT_CYCLE_DEADLINE_SECS: u64 = 1800;
+/// Longest cycle deadline accepted: a week. Far larger values overflow the clock.
+pub const MAX_CYCLE_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+/// Longest per-request timeout accepted: an hour.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
+pub(super) const DEFAULT_MAX_ACTIONS_PER_RUN: u64 = 50;
+pub(super) const DEFAULT_MAX_FRACTION_PER_RUN: f64 = 0.10;
+const DEFAULT_AUDIT_PATH: &str = "/var/lib/zt-janitor/audit.db";
+pub(super) const DEFAULT_CRON: &str = "0 0 */6 * * *";
+pub(super) const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9847);
+pub(super) const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// `[cloudflare]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudflareSettings {
+    /// `account_id`: 32 lowercase hex characters. Required.
+    pub account_id: AccountId,
+    /// `api_token_file`: file holding the API token. Default: none (use `api_token_env`).
+    /// A path starting with `%d/` or `$CREDENTIALS_DIRECTORY/` is in systemd's credentials
+    /// directory (`LoadCredential=`); a relative path is relative to the current directory.
+    pub api_token_file: Option<PathBuf>,
+    /// `api_token_env`: environment variable holding the token when `api_token_file` is not set.
+    /// Default: `CLOUDFLARE_API_TOKEN`.
+    pub api_token_env: String,
+    /// `base_url`: API root, without trailing `/`. Default: `https://api.cloudflare.com/client/v4`.
+    pub base_url: String,
+    /// `per_page`: registrations asked for per list page, 1..=10000. Default: 1000.
+    pub per_page: u32,
+    /// `bulk_chunk_size`: registration ids per bulk delete/revoke call, 1..=1000. Default: 100.
+    pub bulk_chunk_size: usize,
+    /// `request_timeout_secs`: timeout of one HTTP request, 1..=3600. Default: 30.
+    pub request_timeout_secs: u64,
+    /// `max_retries`: retries of a failed request (429, 5xx, network), 0..=20. Default: 5.
+    pub max_retries: u32,
+    /// `max_requests_per_cycle`: client-side request budget of one cycle, at least 1.
+    /// Default: 1000 (Cloudflare allows 1200 requests per 5 minutes per token).
+    pub max_requests_per_cycle: u32,
+    /// `cycle_deadline_secs`: a cycle still running after this long is abandoned, 1..=604800.
+    /// Default: 1800.
+    pub cycle_deadline_secs: u64,
+}
+
+impl CloudflareSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn cycle_deadline(&self) -> Duration {
+        Duration::from_secs(self.cycle_deadline_secs)
+    }
+}
+
+/// Whether a run only reports (`plan`) or also deletes/revokes (`apply`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Plan,
+    Apply,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Plan => "plan",
+            Mode::Apply => "apply",
+        })
+    }
+}
+
+/// `[safety]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetySettings {
+    /// `mode`: `"plan"` or `"apply"`. Default: `"plan"`.
+    pub mode: Mode,
+    /// `max_actions_per_run`: most deletions/revocations in one run, at least 1. Default: 50.
+    pub max_actions_per_run: u64,
+    /// `max_fraction_per_run`: most actions in one run as a fraction of the registrations listed,
+    /// greater than 0 and at most 1. Default: 0.10.
+    pub max_fraction_per_run: f64,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditSettings {
+    /// `path`: the SQLite audit database. Default: `$STATE_DIRECTORY/audit.db` when systemd's
+    /// `StateDirectory=` sets `STATE_DIRECTORY`, else `/var/lib/zt-janitor/audit.db`. A relative
+    /// path is relative to the current directory.
+    pub path: PathBuf,
+}
+
+/// `[schedule]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSettings {
+    /// `cron`: when cycles run, as six fields with seconds first, in UTC, checked with the
+    /// scheduler's own parser. Default: `"0 0 */6 * * *"` (every 6 hours).
+    pub cron: String,
+    /// `run_on_start`: also run one cycle right after start-up. Default: false.
+    pub run_on_start: bool,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    /// `listen`: address of the metrics HTTP server. Default: `127.0.0.1:9847`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggingSettings {
+    /// `format`: `"text"` or `"json"`. Default: `"text"`.
+    pub format: LogFormat,
+    /// `level`: a level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or `tracing` filter
+    /// directives such as `"info,zt_janitor=debug"`. Default: `"info"`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// What a rule does to what it selects.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Delete,
+    Revoke,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Delete => "delete",
+            Action::Revoke => "revoke",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[rule]]`. A registration matches when every condition that is set holds; validation
+/// guarantees at least one selecting condition (`idle_days` or `revoked = true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSettings {
+    /// `name`: unique, non-empty; recorded in the audit log. Required.
+    pub name: String,
+    /// `resource`: `"device_registration"` (the only one so far). Required.
+    pub resource: Kind,
+    /// `action`: `"delete"` or `"revoke"`. Required.
+    pub action: Action,
+    /// `idle_days`: select registrations last seen at least this many days ago, 1..=36500.
+    /// Default: none.
+    pub idle_days: Option<u32>,
+    /// `revoked`: select revoked registrations. Default: false.
+    pub revoked: bool,
+    /// `revoked_min_days`: with `revoked = true`, only those revoked at least this many days ago,
+    /// 0..=36500. Default: none (any revoked registration).
+    pub revoked_min_days: Option<u32>,
+    /// `active_only`: filter, only registrations that are not revoked. Default: false.
+    pub active_only: bool,
+    /// `registration_type`: filter, `"warp"` or `"browser_extension"`. Default: none (any type).
+    pub registration_type: Option<RegistrationType>,
+}
+
+/// One `[[exclude]]`: registrations it matches are never touched. It matches when ANY of its
+/// criteria matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExclusionSettings {
+    /// `name`: shown in plans and the audit log. Default: `"exclude #N"` (N counts from 1).
+    pub name: String,
+    /// `user_email`: globs (`*`, `?`, `[...]`, `{a,b}`) matched case-insensitively against the
+    /// user's email. Default: none.
+    pub user_emails: Vec<String>,
+    /// `device_name`: globs matched case-sensitively against the device name. Default: none.
+    pub device_names: Vec<String>,
+    /// `registration_id`: exact registration ids. Default: none.
+    pub registration_ids: Vec<ResourceId>,
+    /// `no_user`: registrations with no user, or the service-token identity
+    /// `non_identity@*.cloudflareaccess.com`. Default: false.
+    pub no_user: bool,
+}
+
+/// `$STATE_DIRECTORY/audit.db`, or the fixed default outside systemd. systemd joins several
+/// `StateDirectory=` entries with `:`; the first is ours.
+pub(super) fn default_audit_path(state_directory: Option<OsString>) -> PathBuf {
+    state_directory
+        .and_then(|dirs| std::env::split_paths(&dirs).find(|d| !d.as_os_str().is_empty()))
+        .map(|dir| dir.join("audit.db"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_AUDIT_PATH))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn audit_path_defaults_to_the_systemd_state_directory() {
+        let path = |dir: Option<&str>| default_audit_path(dir.map(OsString::from));
+        assert_eq!(path(None), Path::new("/var/lib/zt-janitor/audit.db"));
+        assert_eq!(path(Some("")), Path::new("/var/lib/zt-janitor/audit.db"));
+        assert_eq!(
+            path(Some("/var/lib/zt-janitor")),
+            Path::new("/var/lib/zt-janitor/audit.db")
+        );
+        assert_eq!(
+            path(Some("/var/lib/a:/var/lib/b")),
+            Path::new("/var/lib/a/audit.db")
+        );
+    }
+}

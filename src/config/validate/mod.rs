@@ -1,0 +1,765 @@
+//! Raw values to public settings, or the first problem found, located at its span. Numbers are
+//! read as `i64` and range-checked here, so that `idle_days = -5` is explained in terms of days
+//! rather than of `u32`. What a `[[rule]]` or `[[exclude]]` may say is in `rule`.
+
+mod rule;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+
+use crate::cloudflare::model::AccountId;
+
+use super::diagnostics::line_col;
+use super::raw::{RawCloudflare, RawConfig, RawLogging, RawMetrics, RawSafety, RawSchedule, Sp};
+use super::settings::{
+    default_audit_path, AuditSettings, CloudflareSettings, LogFormat, LoggingSettings,
+    MetricsSettings, Mode, SafetySettings, ScheduleSettings, DEFAULT_API_TOKEN_ENV,
+    DEFAULT_BASE_URL, DEFAULT_BULK_CHUNK_SIZE, DEFAULT_CRON, DEFAULT_CYCLE_DEADLINE_SECS,
+    DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_ACTIONS_PER_RUN, DEFAULT_MAX_FRACTION_PER_RUN,
+    DEFAULT_MAX_REQUESTS_PER_CYCLE, DEFAULT_MAX_RETRIES, DEFAULT_PER_PAGE,
+    DEFAULT_REQUEST_TIMEOUT_SECS, MAX_CYCLE_DEADLINE_SECS, MAX_REQUEST_TIMEOUT_SECS,
+};
+use super::{Config, ConfigError, RuleSettings};
+
+pub(super) struct Validator<'a> {
+    pub(super) path: &'a Path,
+    pub(super) text: &'a str,
+}
+
+/// Where something missing is reported when there is no better place: the top of the file.
+pub(super) const TOP: Range<usize> = 0..0;
+
+fn table_key(table: &str, field: &str) -> String {
+    format!("[{table}] {field}")
+}
+
+fn entry_key(array: &str, index: usize, field: &str) -> String {
+    format!("[[{array}]] #{} {field}", index + 1)
+}
+
+impl Validator<'_> {
+    pub(super) fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            col,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn config(
+        &self,
+        raw: RawConfig,
+        state_directory: Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let cloudflare = self.cloudflare(raw.cloudflare)?;
+        let safety = self.safety(raw.safety)?;
+        let audit = AuditSettings {
+            path: match raw.audit.path {
+                Some(p) => PathBuf::from(self.non_empty(
+                    &p,
+                    &table_key("audit", "path"),
+                    "a file path such as \"/var/lib/zt-janitor/audit.db\"",
+                )?),
+                None => default_audit_path(state_directory),
+            },
+        };
+        let schedule = self.schedule(raw.schedule)?;
+        let metrics = self.metrics(raw.metrics)?;
+        let logging = self.logging(raw.logging)?;
+        if raw.rule.is_empty() {
+            return Err(self.error(
+                TOP,
+                "[[rule]]",
+                "no rules, so there is nothing to do; add at least one [[rule]] table, e.g. \
+                 [[rule]] name = \"idle-90d\" resource = \"device_registration\" \
+                 action = \"delete\" idle_days = 90",
+            ));
+        }
+        let mut rules: Vec<RuleSettings> = Vec::with_capacity(raw.rule.len());
+        for (index, raw_rule) in raw.rule.into_iter().enumerate() {
+            // Names identify rules in plans and the audit log, so they must be unique.
+            if let Some(name) = &raw_rule.get_ref().name {
+                if let Some(first) = rules.iter().position(|r| &r.name == name.get_ref()) {
+                    return Err(self.error(
+                        name.span(),
+                        entry_key("rule", index, "name"),
+                        format!(
+                            "rule #{} is already named {:?}; give every rule a unique name",
+                            first + 1,
+                            name.get_ref()
+                        ),
+                    ));
+                }
+            }
+            rules.push(self.rule(index, raw_rule)?);
+        }
+        let exclusions = raw
+            .exclude
+            .into_iter()
+            .enumerate()
+            .map(|(index, e)| self.exclusion(index, e))
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            path: self.path.to_owned(),
+            cloudflare,
+            safety,
+            audit,
+            schedule,
+            metrics,
+            logging,
+            rules,
+            exclusions,
+        })
+    }
+
+    fn cloudflare(
+        &self,
+        raw: Option<Sp<RawCloudflare>>,
+    ) -> Result<CloudflareSettings, ConfigError> {
+        let key = |field: &str| table_key("cloudflare", field);
+        let (span, raw) = match raw {
+            Some(raw) => (raw.span(), raw.into_inner()),
+            None => {
+                return Err(self.error(
+                    TOP,
+                    key("account_id"),
+                    "missing: add a [cloudflare] table with account_id = \"<32 lowercase hex \
+                     characters>\" (the id in the dashboard URL)",
+                ))
+            }
+        };
+        let account_id =
+            match &raw.account_id {
+                Some(id) => AccountId::parse(id.get_ref())
+                    .map_err(|m| self.error(id.span(), key("account_id"), m))?,
+                None => return Err(self.error(
+                    span,
+                    key("account_id"),
+                    "missing: add account_id = \"<32 lowercase hex characters>\" (the id in the \
+                     dashboard URL) to [cloudflare]",
+                )),
+            };
+        if let (Some(file), Some(env)) = (&raw.api_token_file, &raw.api_token_env) {
+            let (later, name) = if env.span().start > file.span().start {
+                (env.span(), "api_token_env")
+            } else {
+                (file.span(), "api_token_file")
+            };
+            return Err(self.error(
+                later,
+                key(name),
+                "both api_token_file and api_token_env are set, so where the token comes from is \
+                 ambiguous; keep only one of them",
+            ));
+        }
+        let api_token_file = match &raw.api_token_file {
+            Some(file) => Some(PathBuf::from(self.non_empty(
+                file,
+                &key("api_token_file"),
+                "the path of a file holding the token, e.g. \"%d/cloudflare-token\" with systemd's \
+                 LoadCredential=",
+            )?)),
+            None => None,
+        };
+        let api_token_env = match &raw.api_token_env {
+            Some(name) => self.env_var_name(name, &key("api_token_env"))?,
+            None => DEFAULT_API_TOKEN_ENV.to_owned(),
+        };
+        let base_url = match &raw.base_url {
+            Some(url) => self.base_url(url, &key("base_url"))?,
+            None => DEFAULT_BASE_URL.to_owned(),
+        };
+        Ok(CloudflareSettings {
+            account_id,
+            api_token_file,
+            api_token_env,
+            base_url,
+            per_page: self.number_or(
+                &raw.per_page,
+                &key("per_page"),
+                1..=10_000,
+                DEFAULT_PER_PAGE,
+                "",
+            )?,
+            bulk_chunk_size: self.number_or(
+                &raw.bulk_chunk_size,
+                &key("bulk_chunk_size"),
+                1..=1000,
+                DEFAULT_BULK_CHUNK_SIZE,
+                " (100 is safe; Cloudflare documents no maximum)",
+            )?,
+            request_timeout_secs: self.number_or(
+                &raw.request_timeout_secs,
+                &key("request_timeout_secs"),
+                1..=MAX_REQUEST_TIMEOUT_SECS as i64,
+                DEFAULT_REQUEST_TIMEOUT_SECS,
+                "",
+            )?,
+            max_retries: self.number_or(
+                &raw.max_retries,
+                &key("max_retries"),
+                0..=20,
+                DEFAULT_MAX_RETRIES,
+                "",
+            )?,
+            max_requests_per_cycle: self.number_or(
+                &raw.max_requests_per_cycle,
+                &key("max_requests_per_cycle"),
+                1..=i64::from(u32::MAX),
+                DEFAULT_MAX_REQUESTS_PER_CYCLE,
+                " (Cloudflare allows 1200 requests per 5 minutes)",
+            )?,
+            cycle_deadline_secs: self.number_or(
+                &raw.cycle_deadline_secs,
+                &key("cycle_deadline_secs"),
+                1..=MAX_CYCLE_DEADLINE_SECS as i64,
+                DEFAULT_CYCLE_DEADLINE_SECS,
+                "",
+            )?,
+        })
+    }
+
+    fn safety(&self, raw: RawSafety) -> Result<SafetySettings, ConfigError> {
+        let key = |field: &str| table_key("safety", field);
+        let mode = match &raw.mode {
+            Some(mode) => self.one_of(
+                mode,
+                &key("mode"),
+                &[("plan", Mode::Plan), ("apply", Mode::Apply)],
+            )?,
+            None => Mode::Plan,
+        };
+        let max_fraction_per_run = match &raw.max_fraction_per_run {
+            Some(f) if !(*f.get_ref() > 0.0 && *f.get_ref() <= 1.0) => {
+                return Err(self.error(
+                    f.span(),
+                    key("max_fraction_per_run"),
+                    format!(
+                        "{} is out of range; use a fraction greater than 0 and at most 1 \
+                         (0.10 allows acting on at most 10% of the registrations listed)",
+                        f.get_ref()
+                    ),
+                ))
+            }
+            Some(f) => *f.get_ref(),
+            None => DEFAULT_MAX_FRACTION_PER_RUN,
+        };
+        Ok(SafetySettings {
+            mode,
+            max_actions_per_run: self.number_or(
+                &raw.max_actions_per_run,
+                &key("max_actions_per_run"),
+                1..=i64::MAX,
+                DEFAULT_MAX_ACTIONS_PER_RUN,
+                " (to change nothing, set mode = \"plan\" instead)",
+            )?,
+            max_fraction_per_run,
+        })
+    }
+
+    fn schedule(&self, raw: RawSchedule) -> Result<ScheduleSettings, ConfigError> {
+        let cron = match &raw.cron {
+            Some(cron) => {
+                let fields: Vec<&str> = cron.get_ref().split_whitespace().collect();
+                if fields.len() != 6 {
+                    let message = if fields.len() == 5 {
+                        // The common mistake: a crontab line, which has no seconds field.
+                        format!(
+                            "{:?} has 5 fields, like a crontab line, but this schedule starts \
+                             with seconds: write \"0 {}\"",
+                            cron.get_ref(),
+                            fields.join(" ")
+                        )
+                    } else {
+                        format!(
+                            "{:?} has {} fields; expected 6 (sec min hour day-of-month month \
+                             day-of-week), e.g. \"0 0 */6 * * *\" for every six hours",
+                            cron.get_ref(),
+                            fields.len()
+                        )
+                    };
+                    return Err(self.error(cron.span(), table_key("schedule", "cron"), message));
+                }
+                let cron_text = fields.join(" ");
+                // The scheduler's own parser, so that what passes here also runs.
+                if let Err(e) = crate::schedule::parse_cron(&cron_text) {
+                    return Err(self.error(
+                        cron.span(),
+                        table_key("schedule", "cron"),
+                        format!(
+                            "{:?} is not a schedule the scheduler accepts: {e}; fields are sec \
+                             (0-59) min (0-59) hour (0-23) day-of-month (1-31) month (1-12 or \
+                             Jan-Dec) day-of-week (0-7 or Sun-Sat), e.g. \"0 30 2 * * *\"",
+                            cron.get_ref()
+                        ),
+                    ));
+                }
+                cron_text
+            }
+            None => DEFAULT_CRON.to_owned(),
+        };
+        Ok(ScheduleSettings {
+            cron,
+            run_on_start: raw.run_on_start.unwrap_or(false),
+        })
+    }
+
+    fn metrics(&self, raw: RawMetrics) -> Result<MetricsSettings, ConfigError> {
+        let listen = match &raw.listen {
+            Some(listen) => listen.get_ref().parse().map_err(|_| {
+                self.error(
+                    listen.span(),
+                    table_key("metrics", "listen"),
+                    format!(
+                        "{:?} is not an IP address and port; write e.g. \"127.0.0.1:9847\", \
+                         \"0.0.0.0:9847\" or \"[::1]:9847\" (host names are not resolved)",
+                        listen.get_ref()
+                    ),
+                )
+            })?,
+            None => SocketAddr::from(DEFAULT_LISTEN),
+        };
+        Ok(MetricsSettings { listen })
+    }
+
+    fn logging(&self, raw: RawLogging) -> Result<LoggingSettings, ConfigError> {
+        let format = match &raw.format {
+            Some(f) => self.one_of(
+                f,
+                &table_key("logging", "format"),
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            )?,
+            None => LogFormat::Text,
+        };
+        let level = match &raw.level {
+            Some(level) => {
+                let text = level.get_ref().trim();
+                // A bare word must be a level; anything with `=` or `,` is filter directives,
+                // which the logging set-up parses (and a bare word there would be a target).
+                let is_directives = text.contains(['=', ',']);
+                if !is_directives && text.parse::<tracing::level_filters::LevelFilter>().is_err() {
+                    return Err(self.error(
+                        level.span(),
+                        table_key("logging", "level"),
+                        format!(
+                            "unknown level {:?}; expected one of \"trace\", \"debug\", \"info\", \
+                             \"warn\", \"error\", \"off\", or directives like \
+                             \"info,zt_janitor=debug\"",
+                            level.get_ref()
+                        ),
+                    ));
+                }
+                text.to_owned()
+            }
+            None => DEFAULT_LOG_LEVEL.to_owned(),
+        };
+        Ok(LoggingSettings { format, level })
+    }
+
+    /// A pattern that compiles; the rules module compiles it again, with its matching options.
+    fn glob(&self, pattern: Sp<String>, key: &str) -> Result<String, ConfigError> {
+        if pattern.get_ref().is_empty() {
+            return Err(self.error(
+                pattern.span(),
+                key,
+                "empty pattern; remove it or write e.g. \"*@example.com\"",
+            ));
+        }
+        globset::Glob::new(pattern.get_ref()).map_err(|e| {
+            self.error(
+                pattern.span(),
+                key,
+                format!(
+                    "invalid glob {:?}: {}; use * for any text, ? for one character, \
+                         [abc] for a set, {{a,b}} for alternatives",
+                    pattern.get_ref(),
+                    e.kind()
+                ),
+            )
+        })?;
+        Ok(pattern.into_inner())
+    }
+
+    /// [`Validator::number`], or `default` when the key is absent.
+    fn number_or<T: TryFrom<i64>>(
+        &self,
+        value: &Option<Sp<i64>>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        default: T,
+        why: &str,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(value) => self.number(value, key, range, why),
+            None => Ok(default),
+        }
+    }
+
+    /// A whole number in `range`; `why` is appended to the out-of-range message.
+    fn number<T: TryFrom<i64>>(
+        &self,
+        value: &Sp<i64>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        why: &str,
+    ) -> Result<T, ConfigError> {
+        let n = *value.get_ref();
+        if range.contains(&n) {
+            if let Ok(n) = T::try_from(n) {
+                return Ok(n);
+            }
+        }
+        let allowed = if *range.end() == i64::MAX {
+            format!("a whole number of at least {}", range.start())
+        } else {
+            format!("a whole number from {} to {}", range.start(), range.end())
+        };
+        Err(self.error(
+            value.span(),
+            key,
+            format!("{n} is out of range; use {allowed}{why}"),
+        ))
+    }
+
+    fn one_of<T: Copy>(
+        &self,
+        value: &Sp<String>,
+        key: &str,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        self.one_of_with(value, key, choices, "")
+    }
+
+    fn one_of_with<T: Copy>(
+        &self,
+        value: &Sp<String>,
+        key: &str,
+        choices: &[(&str, T)],
+        note: &str,
+    ) -> Result<T, ConfigError> {
+        if let Some((_, choice)) = choices.iter().find(|(name, _)| name == value.get_ref()) {
+            return Ok(*choice);
+        }
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
+        let expected = match names.split_last() {
+            Some((last, init)) if !init.is_empty() => format!("{} or {last}", init.join(", ")),
+            _ => names.concat(),
+        };
+        Err(self.error(
+            value.span(),
+            key,
+            format!(
+                "unknown value {:?}; expected {expected}{note}",
+                value.get_ref()
+            ),
+        ))
+    }
+
+    fn non_empty<'v>(
+        &self,
+        value: &'v Sp<String>,
+        key: &str,
+        expected: &str,
+    ) -> Result<&'v str, ConfigError> {
+        if value.get_ref().trim().is_empty() {
+            Err(self.error(value.span(), key, format!("is empty; write {expected}")))
+        } else {
+            Ok(value.get_ref())
+        }
+    }
+
+    fn env_var_name(&self, name: &Sp<String>, key: &str) -> Result<String, ConfigError> {
+        let text = name.get_ref();
+        let valid = text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            Ok(text.clone())
+        } else {
+            // The value is not echoed: a confused user may have pasted the token itself here.
+            Err(self.error(
+                name.span(),
+                key,
+                "must be the NAME of an environment variable (letters, digits and _), such as \
+                 \"CLOUDFLARE_API_TOKEN\"; the token itself goes in that variable, never in this file",
+            ))
+        }
+    }
+
+    /// An `https://` URL, or `http://` to a loopback host (the fake API), with no credentials,
+    /// query or fragment; returned normalised, without a trailing `/`. Messages never echo the
+    /// value: it may hold a password.
+    fn base_url(&self, url: &Sp<String>, key: &str) -> Result<String, ConfigError> {
+        let fail = |message: String| Err(self.error(url.span(), key, message));
+        let text = url.get_ref();
+        // The URL parser silently drops these, so what is checked would not be what was written.
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return fail("contains whitespace or control characters; remove them".into());
+        }
+        let parsed = match reqwest::Url::parse(text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                return fail(format!(
+                    "is not a URL ({e}); write an https:// URL such as the default, \
+                     {DEFAULT_BASE_URL:?}"
+                ))
+            }
+        };
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return fail(format!(
+                "is not an http:// or https:// URL (scheme {:?}); the default is \
+                 {DEFAULT_BASE_URL:?}",
+                parsed.scheme()
+            ));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return fail(
+                "must not contain a user name or password (user:password@host): the API is \
+                 authenticated with the token alone, and HTTP clients would send these instead; \
+                 remove them"
+                    .into(),
+            );
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return fail(
+                "must not have a query (?...) or fragment (#...): request paths and parameters \
+                 are appended to it; remove everything from the ? or #"
+                    .into(),
+            );
+        }
+        if parsed.scheme() == "http" && !parsed.host_str().is_some_and(is_loopback_host) {
+            return fail(
+                "plain http:// is allowed only to a loopback host (127.0.0.0/8, ::1, localhost), \
+                 such as the fake API: anywhere else the token would cross the network \
+                 unencrypted; use https://"
+                    .into(),
+            );
+        }
+        Ok(parsed.as_str().trim_end_matches('/').to_owned())
+    }
+}
+
+/// `localhost` or a loopback address, as the URL parser writes hosts (lowercase, IPv6 in
+/// brackets). A name that merely resolves to loopback does not count: it could change.
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::fixtures::{load, CF, RULE};
+
+    #[test]
+    fn time_limits_are_bounded_so_no_clock_arithmetic_overflows() {
+        let cases = [
+            (
+                "cycle_deadline_secs = 9223372036854775807",
+                23,
+                "cycle_deadline_secs",
+                "from 1 to 604800",
+            ),
+            (
+                "cycle_deadline_secs = 604801",
+                23,
+                "cycle_deadline_secs",
+                "from 1 to 604800",
+            ),
+            (
+                "request_timeout_secs = 9223372036854775807",
+                24,
+                "request_timeout_secs",
+                "from 1 to 3600",
+            ),
+        ];
+        // Otherwise valid, so the bound is the only thing refused.
+        let rest = "resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\n";
+        for (line, col, key, fragment) in cases {
+            let message = load(&format!("{CF}{line}\n{RULE}{rest}"))
+                .expect_err(line)
+                .to_string();
+            let place = format!("zt.toml:3:{col}: [cloudflare] {key}: ");
+            assert!(
+                message.starts_with(&place) && message.contains(fragment),
+                "{line}: got {message}"
+            );
+        }
+        let max =
+            format!("{CF}cycle_deadline_secs = 604800\nrequest_timeout_secs = 3600\n{RULE}{rest}");
+        let config = load(&max).expect("the largest values are accepted");
+        assert_eq!(
+            config.cloudflare.cycle_deadline(),
+            Duration::from_secs(604_800)
+        );
+    }
+
+    #[test]
+    fn base_url_is_https_or_loopback_http_without_credentials_query_or_fragment() {
+        // (case, base_url, what is accepted, or part of the error message)
+        let cases: &[(&str, &str, Result<&str, &str>)] = &[
+            (
+                "the default",
+                "https://api.cloudflare.com/client/v4",
+                Ok("https://api.cloudflare.com/client/v4"),
+            ),
+            (
+                "trailing slash",
+                "https://api.cloudflare.com/client/v4/",
+                Ok("https://api.cloudflare.com/client/v4"),
+            ),
+            (
+                "normalised case and default port",
+                "HTTPS://API.Cloudflare.com:443/client/v4",
+                Ok("https://api.cloudflare.com/client/v4"),
+            ),
+            (
+                "https proxy with a port",
+                "https://cf-proxy.example.com:8443/cf/client/v4",
+                Ok("https://cf-proxy.example.com:8443/cf/client/v4"),
+            ),
+            (
+                "http to 127.0.0.1",
+                "http://127.0.0.1:8787/client/v4",
+                Ok("http://127.0.0.1:8787/client/v4"),
+            ),
+            (
+                "http to 127.0.0.0/8",
+                "http://127.8.9.10/client/v4",
+                Ok("http://127.8.9.10/client/v4"),
+            ),
+            (
+                "http to ::1",
+                "http://[::1]:8787/client/v4",
+                Ok("http://[::1]:8787/client/v4"),
+            ),
+            (
+                "http to localhost",
+                "http://LocalHost:8787/client/v4",
+                Ok("http://localhost:8787/client/v4"),
+            ),
+            (
+                "user and password",
+                "https://admin:secret@api.example.com/client/v4",
+                Err("must not contain a user name or password"),
+            ),
+            (
+                "user only",
+                "https://admin@api.example.com/client/v4",
+                Err("must not contain a user name or password"),
+            ),
+            (
+                "password only",
+                "https://:secret@api.example.com/client/v4",
+                Err("must not contain a user name or password"),
+            ),
+            (
+                "query",
+                "https://api.example.com/client/v4?x=1",
+                Err("must not have a query"),
+            ),
+            (
+                "empty query",
+                "https://api.example.com/client/v4?",
+                Err("must not have a query"),
+            ),
+            (
+                "fragment",
+                "https://api.example.com/client/v4#f",
+                Err("or fragment"),
+            ),
+            (
+                "query and fragment",
+                "http://127.0.0.1/client/v4?x=1#f",
+                Err("must not have a query"),
+            ),
+            (
+                "ftp",
+                "ftp://example.com",
+                Err("not an http:// or https:// URL (scheme \"ftp\")"),
+            ),
+            (
+                "file",
+                "file:///etc/passwd",
+                Err("not an http:// or https:// URL"),
+            ),
+            (
+                "no scheme",
+                "api.cloudflare.com/client/v4",
+                Err("is not a URL"),
+            ),
+            ("no host", "https://", Err("is not a URL")),
+            ("empty", "", Err("is not a URL")),
+            (
+                "inner space",
+                "https://api.example.com/client v4",
+                Err("whitespace or control"),
+            ),
+            (
+                "inner tab",
+                "https://api.exa\tmple.com/client/v4",
+                Err("whitespace or control"),
+            ),
+            (
+                "plain http to a remote host",
+                "http://api.cloudflare.com/client/v4",
+                Err("plain http:// is allowed only to a loopback host"),
+            ),
+            (
+                "plain http to a private address",
+                "http://10.0.0.1:8787/client/v4",
+                Err("use https://"),
+            ),
+            (
+                "plain http to a localhost look-alike",
+                "http://localhost.example.com/client/v4",
+                Err("loopback host"),
+            ),
+            (
+                "plain http to a mapped address",
+                "http://[::ffff:127.0.0.1]/client/v4",
+                Err("loopback host"),
+            ),
+        ];
+        for (case, url, expected) in cases {
+            let text = format!("{CF}base_url = \"{url}\"\n{RULE}resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\n");
+            match (load(&text), expected) {
+                (Ok(config), Ok(normalised)) => {
+                    assert_eq!(&config.cloudflare.base_url, normalised, "{case}");
+                }
+                (Err(e), Err(part)) => {
+                    let message = e.to_string();
+                    assert!(
+                        message.starts_with("zt.toml:3:12: [cloudflare] base_url: "),
+                        "{case}: {message}"
+                    );
+                    assert!(message.contains(part), "{case}: {message}");
+                    for secret in ["secret", "admin"] {
+                        assert!(!message.contains(secret), "{case}: {message}");
+                    }
+                }
+                (got, expected) => panic!("{case}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+}

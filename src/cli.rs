@@ -12,13 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::apply::StopSignal;
 use crate::audit::{ActionFilter, AuditStore, RunOutcome};
-use crate::cloudflare::Client;
 use crate::config::{Config, LogFormat, Mode};
-use crate::metrics::Metrics;
-use crate::plan::build_plan;
 use crate::report::{self, Format};
-use crate::resource::Kind;
-use crate::secret::ApiToken;
 use crate::startup::Loaded;
 
 #[derive(Parser)]
@@ -250,17 +245,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 
 async fn plan(config: Config, output: Format) -> Result<ExitCode> {
     let Loaded { config, rules } = Loaded::new(config)?;
-    let token = ApiToken::load(&config.cloudflare)?;
-    let client = Client::new(&config.cloudflare, token, Metrics::new())?;
-    let plan = build_plan(
-        &client,
-        Kind::DeviceRegistration,
-        &rules,
-        &config.safety,
-        Utc::now(),
-    )
-    .await
-    .context("cannot build a plan")?;
+    let plan = crate::plan::preview(&config, &rules, Utc::now()).await?;
     let mut out = std::io::stdout().lock();
     match output {
         Format::Json => report::plan_json(&mut out, &plan, &rules)?,

@@ -11,14 +11,9 @@ use clap::Args;
 
 use crate::apply::StopSignal;
 use crate::audit::{ActionFilter, AuditStore};
-use crate::cloudflare::Client;
 use crate::config::Config;
 use crate::fake::{FakeOptions, FakeServer};
-use crate::metrics::Metrics;
-use crate::plan::build_plan;
 use crate::report::{self, Format};
-use crate::resource::Kind;
-use crate::secret::ApiToken;
 use crate::startup::Loaded;
 
 #[derive(Args, Debug)]
@@ -72,19 +67,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fake.len()
     );
     let Loaded { rules, .. } = Loaded::new(config.clone())?;
-    let client = Client::new(
-        &config.cloudflare,
-        ApiToken::load(&config.cloudflare)?,
-        Metrics::new(),
-    )?;
-    let plan = build_plan(
-        &client,
-        Kind::DeviceRegistration,
-        &rules,
-        &config.safety,
-        Utc::now(),
-    )
-    .await?;
+    let plan = crate::plan::preview(&config, &rules, Utc::now()).await?;
     println!(
         "\n== Plan (first {PLAN_ROWS_SHOWN} of {} rows)",
         plan.candidates.len()

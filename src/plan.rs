@@ -12,10 +12,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::cloudflare::client::ClientBuildError;
 use crate::cloudflare::{ApiError, Client, Stamp};
-use crate::config::{Action, SafetySettings};
+use crate::config::{Action, Config, SafetySettings};
+use crate::metrics::Metrics;
 use crate::resource::{self, Kind, Page, PageToken, ResourceId};
 use crate::rules::{Anomaly, RuleSet, Verdict, Why};
+use crate::secret::{ApiToken, TokenError};
 
 /// Where pages come from: the Cloudflare client in production, a vector in unit tests.
 pub trait PageSource {
@@ -231,6 +234,36 @@ impl<E: Entry> Plan<E> {
         }
         by_rule
     }
+}
+
+/// Why [`preview`] has no plan to show.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
+    #[error("cannot build a plan")]
+    Plan(#[from] PlanError),
+}
+
+/// What `zt-janitor plan` and the demo show: the account listed and evaluated under `config`
+/// at `now` with a client of its own. Nothing is recorded and nothing is mutated.
+pub async fn preview(
+    config: &Config,
+    rules: &RuleSet,
+    now: DateTime<Utc>,
+) -> Result<Plan, PreviewError> {
+    let token = ApiToken::load(&config.cloudflare)?;
+    let client = Client::new(&config.cloudflare, token, Metrics::new())?;
+    Ok(build_plan(
+        &client,
+        Kind::DeviceRegistration,
+        rules,
+        &config.safety,
+        now,
+    )
+    .await?)
 }
 
 /// Lists everything from `source` and evaluates it at `now`, for display: snapshots are

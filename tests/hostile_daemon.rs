@@ -15,14 +15,11 @@ use chrono::Utc;
 use common::{days_ago, free_port, get, signal, wait_for, Env, Settings};
 use sqlx::Row;
 use zt_janitor::audit::{AuditStore, Intent, JournalEntry, MutationKind as AuditMutationKind};
-use zt_janitor::cloudflare::Client;
 use zt_janitor::config::Mode;
 use zt_janitor::fake::{FakeOptions, FakeRegistration};
-use zt_janitor::metrics::Metrics;
-use zt_janitor::plan::build_plan;
+use zt_janitor::plan::preview;
 use zt_janitor::resource::Kind;
 use zt_janitor::rules::RuleSet;
-use zt_janitor::secret::ApiToken;
 
 /// The value of one sample line (`name{labels} value`), `None` when absent.
 fn sample(scrape: &str, series: &str) -> Option<f64> {
@@ -331,21 +328,7 @@ async fn after_a_failed_write_a_write_reported_committed_is_on_disk() {
     env.db_path = env.dir.path().join("auditfs/audit.db");
     let config = env.config();
     let rules = RuleSet::new(&config.rules, &config.exclusions).unwrap();
-    let client = Client::new(
-        &config.cloudflare,
-        ApiToken::load(&config.cloudflare).unwrap(),
-        Metrics::new(),
-    )
-    .unwrap();
-    let mut plan = build_plan(
-        &client,
-        Kind::DeviceRegistration,
-        &rules,
-        &config.safety,
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let mut plan = preview(&config, &rules, Utc::now()).await.unwrap();
     assert!(plan.candidates.len() > 500, "the fixture has candidates");
 
     let store = AuditStore::open(&env.db_path).await.unwrap();

@@ -51,6 +51,9 @@ fn rule_set() -> RuleSet {
         revoked_min_days: None,
         active_only: false,
         registration_type: None,
+        expired_days: None,
+        unused_days: None,
+        names: None,
     };
     RuleSet::new(
         &[
@@ -71,6 +74,8 @@ fn rule_set() -> RuleSet {
                 device_names: vec!["kiosk-*".into(), "build-??".into()],
                 registration_ids: vec![ResourceId::parse("abc-1").unwrap()],
                 no_user: false,
+                service_token_names: Vec::new(),
+                service_token_ids: Vec::new(),
             },
             ExclusionSettings {
                 name: "service-tokens".into(),
@@ -78,6 +83,8 @@ fn rule_set() -> RuleSet {
                 device_names: vec![],
                 registration_ids: vec![],
                 no_user: true,
+                service_token_names: Vec::new(),
+                service_token_ids: Vec::new(),
             },
         ],
     )

@@ -56,6 +56,8 @@ pub struct ApplyReport {
     pub unconfirmed: u64,
     /// Not attempted: the same failure in the last [`STUCK_AFTER_RUNS`] runs.
     pub stuck: u64,
+    /// Refused by Cloudflare until the user changes something (a service token in use).
+    pub refused: u64,
     /// The first per-id failure, for the run's reason.
     pub first_failure: Option<String>,
     pub not_attempted: u64,
@@ -72,6 +74,7 @@ struct Tally {
     already_gone: u64,
     failed: u64,
     unconfirmed: u64,
+    refused: u64,
     first_failure: Option<String>,
     /// Set when the listing itself failed: acting on without it is not safe.
     stop: Option<String>,
@@ -90,6 +93,7 @@ impl ApplyReport {
         self.already_gone += tally.already_gone;
         self.failed += tally.failed;
         self.unconfirmed += tally.unconfirmed;
+        self.refused += tally.refused;
         if self.first_failure.is_none() {
             self.first_failure = tally.first_failure;
         }
@@ -156,6 +160,10 @@ enum Claim {
         /// The server may have acted before the failure (5xx, transport, garbled answer).
         maybe_acted: bool,
     },
+    /// Cloudflare will not act on it until the user changes something; not retried.
+    Refused {
+        detail: String,
+    },
 }
 
 /// A call that got an answer (or gave up), with what it claims.
@@ -174,6 +182,7 @@ impl Executor<'_> {
     /// calls.
     pub async fn apply(&self, plan: &Plan<Recorded>) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
+        let cost = ConfirmCost::of(plan);
         let queue = self.still_unprotected(plan, &mut report).await?;
         let queue = self.leave_out_stuck(queue, &mut report).await?;
         let by_action: Vec<(Kind, Action, Vec<Item>)> = Kind::ALL
@@ -220,14 +229,21 @@ impl Executor<'_> {
             } else {
                 take(&mut calls, group_size)
             };
-            let pending_lookups = lookups(&confirming);
+            let pending_lookups = cost.lookups(&confirming);
             let ((next, write_took), ((sent, confirmed), calls_took)) = self
                 .audit
                 .alongside(self.journal(next, std::mem::take(&mut unwritten)), async {
-                    tokio::join!(
-                        self.send_group(&group, pending_lookups, &mut report),
-                        self.confirm(std::mem::take(&mut confirming)),
-                    )
+                    let send = self.send_group(&group, pending_lookups, cost, &mut report);
+                    let confirm = self.confirm(std::mem::take(&mut confirming));
+                    match cost {
+                        ConfirmCost::PerHundredIds => tokio::join!(send, confirm),
+                        // A page-numbered listing read while deletions go on shifts under
+                        // the reader: confirm first, then send.
+                        ConfirmCost::WholeListing { .. } => {
+                            let confirmed = confirm.await;
+                            (send.await, confirmed)
+                        }
+                    }
                 })
                 .await;
             let (next, mut sent) = (next?, sent?);
@@ -283,9 +299,10 @@ impl Executor<'_> {
         for recorded in plan.actionable() {
             let (candidate, action_id) = (&recorded.candidate, recorded.action_id);
             let protected = self.rules.exclusion_for_parts(
+                candidate.kind,
                 &candidate.id,
                 candidate.user_email.as_deref(),
-                &candidate.device_name,
+                &candidate.name,
             );
             if let Some(exclusion) = protected {
                 self.audit
@@ -401,6 +418,7 @@ impl Executor<'_> {
         &self,
         group: &[Journaled<'q, 'p>],
         pending_lookups: usize,
+        cost: ConfirmCost,
         report: &mut ApplyReport,
     ) -> Result<Sent<'q, 'p>, AuditError> {
         let mut sent = Sent::default();
@@ -412,7 +430,7 @@ impl Executor<'_> {
                 sent.unsent.extend_from_slice(&group[i..]);
                 break;
             }
-            self.send_call(*journaled, pending_lookups, report, &mut sent)
+            self.send_call(*journaled, pending_lookups, cost, report, &mut sent)
                 .await?;
         }
         Ok(sent)
@@ -427,9 +445,10 @@ impl Executor<'_> {
         ids: usize,
         answered: &[Answered<'_, '_>],
         pending_lookups: usize,
+        cost: ConfirmCost,
     ) -> Option<String> {
         let answered_ids: usize = answered.iter().map(|a| a.items.len()).sum();
-        let lookups = (answered_ids + ids).div_ceil(IDS_PER_LOOKUP) + pending_lookups;
+        let lookups = cost.calls(answered_ids + ids) + pending_lookups;
         let needed = u64::from(self.client.requests_sent()) + 1 + lookups as u64;
         (needed > u64::from(self.request_budget)).then(|| {
             format!(
@@ -496,6 +515,7 @@ impl Executor<'_> {
                     report.unconfirmed += 1;
                     unconfirmed += 1;
                 }
+                ActionStatus::RefusedByApi => report.refused += 1,
                 _ => {
                     report.failed += 1;
                     if report.first_failure.is_none() {
@@ -543,6 +563,7 @@ impl Executor<'_> {
         &self,
         journaled: Journaled<'q, 'p>,
         pending_lookups: usize,
+        cost: ConfirmCost,
         report: &mut ApplyReport,
         sent: &mut Sent<'q, 'p>,
     ) -> Result<(), AuditError> {
@@ -551,7 +572,7 @@ impl Executor<'_> {
         while let Some(Journaled { call, mutation }) = work.pop() {
             let part = call.items;
             if let Some(reason) =
-                self.no_budget_to_confirm(part.len(), &sent.answered, pending_lookups)
+                self.no_budget_to_confirm(part.len(), &sent.answered, pending_lookups, cost)
             {
                 report.stopped_by = Some(reason);
                 sent.unsent.push(Journaled { call, mutation });
@@ -609,6 +630,11 @@ impl Executor<'_> {
                     work.extend(halves);
                     continue;
                 }
+                Err(e) if resource::means_refused(&e) => {
+                    tracing::warn!(id = %ids[0], error = %e, "Cloudflare refused to act on it until it is no longer in use; not retried");
+                    let detail = format!("{e}. {}", resource::refusal_hint(call.kind));
+                    (failure(&e), Claim::Refused { detail })
+                }
                 Err(e) => {
                     let detail = e.to_string();
                     if e.is_run_wide() {
@@ -656,11 +682,42 @@ fn action_ids_of<'a, 'p: 'a>(items: impl IntoIterator<Item = &'a Item<'p>>) -> V
     items.into_iter().map(|i| i.action_id).collect()
 }
 
-/// The listing calls that confirming `answered` takes (ids per lookup, per kind rounded up;
-/// one kind per group today, so this is exact).
-fn lookups(answered: &[Answered<'_, '_>]) -> usize {
-    let ids: usize = answered.iter().map(|a| a.items.len()).sum();
-    ids.div_ceil(IDS_PER_LOOKUP)
+/// What confirming calls costs in listing requests, for the request budget.
+#[derive(Clone, Copy, Debug)]
+enum ConfirmCost {
+    /// A filtered listing per hundred ids.
+    PerHundredIds,
+    /// The kind cannot be listed by id: every confirmation lists it whole, which took
+    /// `pages` pages when planning (deletions only shrink it).
+    WholeListing { pages: u64 },
+}
+
+impl ConfirmCost {
+    fn of(plan: &Plan<Recorded>) -> Self {
+        if resource::finds_by_id(plan.kind) {
+            ConfirmCost::PerHundredIds
+        } else {
+            ConfirmCost::WholeListing {
+                pages: plan.pages.max(1),
+            }
+        }
+    }
+
+    /// The listing calls that confirming calls naming `ids` ids in all takes.
+    fn calls(self, ids: usize) -> usize {
+        match self {
+            ConfirmCost::PerHundredIds => ids.div_ceil(IDS_PER_LOOKUP),
+            ConfirmCost::WholeListing { pages } if ids > 0 => {
+                usize::try_from(pages).unwrap_or(usize::MAX)
+            }
+            ConfirmCost::WholeListing { .. } => 0,
+        }
+    }
+
+    /// The listing calls that confirming `answered` takes (one plan, so one kind).
+    fn lookups(self, answered: &[Answered<'_, '_>]) -> usize {
+        self.calls(answered.iter().map(|a| a.items.len()).sum())
+    }
 }
 
 fn take<'q, 'p>(calls: &mut VecDeque<Call<'q, 'p>>, n: usize) -> Vec<Call<'q, 'p>> {
@@ -701,6 +758,7 @@ fn verdict(
         Err(why) => {
             return match claim {
                 Claim::Failed { detail, .. } => (ActionStatus::Failed, Some(detail.clone())),
+                Claim::Refused { detail } => (ActionStatus::RefusedByApi, Some(detail.clone())),
                 Claim::Done { status } => (
                     ActionStatus::Unconfirmed,
                     Some(format!("Cloudflare answered HTTP {status}, but the listing that confirms it failed: {why}")),
@@ -753,6 +811,11 @@ fn verdict(
             Some(format!("{detail}; but the listing shows it {gone}")),
         ),
         (Claim::Failed { detail, .. }, false) => (ActionStatus::Failed, Some(detail.clone())),
+        (Claim::Refused { detail }, false) => (ActionStatus::RefusedByApi, Some(detail.clone())),
+        (Claim::Refused { detail }, true) => (
+            ActionStatus::AlreadyGone,
+            Some(format!("{detail}; but the listing shows it {gone}")),
+        ),
     }
 }
 
@@ -845,18 +908,42 @@ async fn current_state(
     ids: &[ResourceId],
 ) -> Result<HashMap<ResourceId, Presence>, LookupError> {
     let mut found = HashMap::new();
-    for lookup in ids.chunks(IDS_PER_LOOKUP) {
+    // A kind that cannot be listed by id is listed whole, once.
+    let lookups: Vec<&[ResourceId]> = if resource::finds_by_id(kind) {
+        ids.chunks(IDS_PER_LOOKUP).collect()
+    } else {
+        vec![ids]
+    };
+    for lookup in lookups {
         let mut token: Option<PageToken> = None;
         let mut followed = HashSet::new();
+        let (mut total, mut listed) = (None, 0u64);
         loop {
             let page = resource::find_page(kind, client, lookup, token.as_ref()).await?;
+            listed += page.items.len() as u64;
+            match (total, page.total) {
+                (Some(before), Some(now)) if before != now => {
+                    return Err(LookupError::Unreadable(format!(
+                        "the listing changed while it was read: {before} objects in all, then {now}"
+                    )))
+                }
+                (None, now) => total = now,
+                _ => {}
+            }
             for raw in &page.items {
                 let (id, presence) = resource::presence(kind, raw)
                     .map_err(|e| LookupError::Unreadable(e.to_string()))?;
                 found.insert(id, presence);
             }
             match page.next {
-                None => break,
+                None => {
+                    if let Some(total) = total.filter(|t| *t != listed) {
+                        return Err(LookupError::Unreadable(format!(
+                            "the listing counted {total} objects in all but held {listed}"
+                        )));
+                    }
+                    break;
+                }
                 Some(next) if followed.insert(next.clone()) => token = Some(next),
                 Some(_) => {
                     return Err(LookupError::Unreadable(

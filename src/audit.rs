@@ -155,6 +155,9 @@ pub enum ActionStatus {
     Unconfirmed,
     /// Failed the same way for the ids alone in several runs in a row: not attempted again.
     Stuck,
+    /// Cloudflare refused to act on it for a reason the user must fix first (a service token
+    /// still in use): not retried, not a failure of the run.
+    RefusedByApi,
 }
 
 impl ActionStatus {
@@ -169,6 +172,7 @@ impl ActionStatus {
             ActionStatus::Failed => "failed",
             ActionStatus::Unconfirmed => "unconfirmed",
             ActionStatus::Stuck => "stuck",
+            ActionStatus::RefusedByApi => "refused_by_api",
         }
     }
 }
@@ -230,6 +234,8 @@ pub struct RunSummary {
     pub actions_unconfirmed: u64,
     /// Not attempted: the same failure in the last runs (not in `actions_failed`).
     pub actions_stuck: u64,
+    /// Refused by Cloudflare until the user changes something (not in `actions_failed`).
+    pub actions_refused: u64,
     pub api_requests: u64,
 }
 
@@ -1016,7 +1022,7 @@ impl AuditStore {
                             .as_deref()
                             .map(|e| crate::rules::fold_case(e).into_owned()),
                     )
-                    .push_bind(&c.device_name)
+                    .push_bind(&c.name)
                     .push_bind(c.last_seen_at.to_string())
                     .push_bind(c.why.to_string())
                     .push_bind(c.excluded_by.as_deref())

@@ -245,12 +245,24 @@ pub fn init_logging(format: LogFormat, level: &str) {
 
 async fn plan(config: Config, output: Format) -> Result<ExitCode> {
     let Loaded { config, rules } = Loaded::new(config)?;
-    let plan = crate::plan::preview(&config, &rules, Utc::now()).await?;
+    let plans = crate::plan::preview(&config, &rules, Utc::now()).await?;
     let mut out = std::io::stdout().lock();
     match output {
-        Format::Json => report::plan_json(&mut out, &plan, &rules)?,
-        Format::Csv => report::plan_csv(&mut out, &plan)?,
-        Format::Text => report::plan_text(&mut out, &plan, &rules)?,
+        // One JSON document per kind, each naming its resource.
+        Format::Json => {
+            for plan in &plans {
+                report::plan_json(&mut out, plan, &rules)?;
+            }
+        }
+        Format::Csv => report::plan_csv(&mut out, &plans)?,
+        Format::Text => {
+            for (i, plan) in plans.iter().enumerate() {
+                if plans.len() > 1 {
+                    report::kind_heading(&mut out, plan.kind, i)?;
+                }
+                report::plan_text(&mut out, plan, &rules)?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -280,9 +292,15 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
             writeln!(out)?;
         }
         CycleFormat::Text => {
-            if let Some(plan) = &report.plan {
-                report::plan_text(&mut out, plan, &janitor.loaded.rules)?;
-                writeln!(out)?;
+            let several = report.resources.len() > 1;
+            for (i, part) in report.resources.iter().enumerate() {
+                if several {
+                    report::kind_heading(&mut out, part.kind, i)?;
+                }
+                if let Some(plan) = &part.plan {
+                    report::plan_text(&mut out, plan, &janitor.loaded.rules)?;
+                    writeln!(out)?;
+                }
             }
             report::cycle_text(&mut out, &report)?;
             writeln!(out, "Audit log: {}", janitor.audit.path().display())?;

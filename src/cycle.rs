@@ -41,12 +41,81 @@ pub struct CycleReport {
     pub reason: Option<String>,
     pub seconds: f64,
     pub api_requests: u64,
-    #[serde(skip)]
-    pub plan: Option<Plan<Recorded>>,
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    /// Each kind's part, in the order listed.
+    pub resources: Vec<KindReport>,
+}
+
+/// How one kind's part of a cycle went; the run's figures are the sum of its kinds'.
+#[derive(Debug, Serialize)]
+pub struct KindReport {
+    #[serde(rename = "resource")]
+    pub kind: Kind,
+    pub outcome: RunOutcome,
+    pub reason: Option<String>,
     #[serde(flatten)]
     pub summary: RunSummary,
     #[serde(skip)]
+    pub plan: Option<Plan<Recorded>>,
+    #[serde(skip)]
     pub apply: Option<ApplyReport>,
+}
+
+/// The run's outcome from its kinds': the worst of them (failed, aborted, refused, then the
+/// mode's own), and their reasons, each named by its kind once there are several.
+fn combined(mode: Mode, parts: &[KindReport]) -> (RunOutcome, Option<String>) {
+    let rank = |o: RunOutcome| match o {
+        RunOutcome::Failed => 4,
+        RunOutcome::Aborted => 3,
+        RunOutcome::Refused => 2,
+        RunOutcome::Applied | RunOutcome::Planned => 1,
+    };
+    let fine = match mode {
+        Mode::Plan => RunOutcome::Planned,
+        Mode::Apply => RunOutcome::Applied,
+    };
+    let outcome = parts
+        .iter()
+        .map(|p| p.outcome)
+        .max_by_key(|o| rank(*o))
+        .unwrap_or(fine);
+    let reason = match parts {
+        [one] => one.reason.clone(),
+        _ => {
+            let reasons: Vec<String> = parts
+                .iter()
+                .filter_map(|p| Some(format!("{}: {}", p.kind, p.reason.as_deref()?)))
+                .collect();
+            (!reasons.is_empty()).then(|| reasons.join("; "))
+        }
+    };
+    (outcome, reason)
+}
+
+/// The run's figures: the sum of its kinds' (a count is absent only when no kind has it).
+fn total(parts: &[KindReport]) -> RunSummary {
+    let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+    parts.iter().fold(RunSummary::default(), |t, p| {
+        let s = &p.summary;
+        RunSummary {
+            pages: add(t.pages, s.pages),
+            seen_total: add(t.seen_total, s.seen_total),
+            seen_active: add(t.seen_active, s.seen_active),
+            seen_revoked: add(t.seen_revoked, s.seen_revoked),
+            candidates: add(t.candidates, s.candidates),
+            excluded: add(t.excluded, s.excluded),
+            actions_done: t.actions_done + s.actions_done,
+            actions_failed: t.actions_failed + s.actions_failed,
+            actions_unconfirmed: t.actions_unconfirmed + s.actions_unconfirmed,
+            actions_stuck: t.actions_stuck + s.actions_stuck,
+            actions_refused: t.actions_refused + s.actions_refused,
+            api_requests: t.api_requests + s.api_requests,
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,9 +239,8 @@ impl CycleContext<'_> {
             reason: None,
             seconds: 0.0,
             api_requests: 0,
-            plan: None,
             summary: RunSummary::default(),
-            apply: None,
+            resources: Vec::new(),
         };
         let client = match self.client() {
             Ok(c) => c,
@@ -221,28 +289,57 @@ impl CycleContext<'_> {
                 return Ok(());
             }
         }
-        let plan = match self.list_and_record(client, run, now).await? {
+        // Each kind is listed, planned, capped and applied on its own: one kind's listing
+        // failure leaves the others' parts intact.
+        for kind in self.rules.kinds() {
+            let before = client.requests_sent();
+            let mut part = self.run_kind(client, run, now, kind).await?;
+            part.summary.api_requests = u64::from(client.requests_sent() - before);
+            report.resources.push(part);
+        }
+        (report.outcome, report.reason) = combined(self.config.safety.mode, &report.resources);
+        report.summary = total(&report.resources);
+        Ok(())
+    }
+
+    /// One kind's part of the run: list and record, then act if the mode and the caps allow.
+    async fn run_kind(
+        &self,
+        client: &Client,
+        run: RunId,
+        now: DateTime<Utc>,
+        kind: Kind,
+    ) -> Result<KindReport, CycleError> {
+        let mut part = KindReport {
+            kind,
+            outcome: RunOutcome::Failed,
+            reason: None,
+            summary: RunSummary::default(),
+            plan: None,
+            apply: None,
+        };
+        let plan = match self.list_and_record(client, run, now, kind).await? {
             Ok(listed) => listed,
             Err(reason) => {
-                report.outcome = RunOutcome::Aborted;
-                report.reason = Some(reason);
-                return Ok(());
+                tracing::warn!(resource = %kind, %reason, "listing failed; this kind is left alone this run");
+                part.outcome = RunOutcome::Aborted;
+                part.reason = Some(reason);
+                return Ok(part);
             }
         };
         self.observe_plan(&plan);
-        let excluded = plan.excluded().count() as u64;
-        report.summary = RunSummary {
+        part.summary = RunSummary {
             pages: Some(plan.pages),
             seen_total: Some(plan.seen.total),
             seen_active: Some(plan.seen.active),
             seen_revoked: Some(plan.seen.revoked),
             candidates: Some(plan.caps.actions),
-            excluded: Some(excluded),
+            excluded: Some(plan.excluded().count() as u64),
             ..RunSummary::default()
         };
         let actionable: Vec<i64> = plan.actionable().map(|r| r.action_id).collect();
         if self.config.safety.mode == Mode::Plan {
-            report.outcome = RunOutcome::Planned;
+            part.outcome = RunOutcome::Planned;
         } else if !plan.caps.within() {
             let reason = format!(
                 "refused by the blast-radius caps: {}; nothing was done. If this is intended, raise the cap in [safety] for one run",
@@ -251,73 +348,97 @@ impl CycleContext<'_> {
             self.audit
                 .set_action_status(&actionable, ActionStatus::NotAttempted, Some(&reason))
                 .await?;
-            report.outcome = RunOutcome::Refused;
-            report.reason = Some(reason);
+            part.outcome = RunOutcome::Refused;
+            part.reason = Some(reason);
         } else {
-            let executor = Executor {
-                client,
-                audit: self.audit,
-                metrics: self.metrics,
-                rules: self.rules,
-                run,
-                chunk_size: self.config.cloudflare.bulk_chunk_size,
-                stop: self.stop,
-                request_budget: self.config.cloudflare.max_requests_per_cycle,
-            };
-            let applied = executor
-                .apply(&plan)
-                .await
-                .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
-            report.summary.actions_done = applied.done + applied.already_gone;
-            report.summary.actions_failed = applied.failed + applied.unconfirmed;
-            report.summary.actions_unconfirmed = applied.unconfirmed;
-            report.summary.actions_stuck = applied.stuck;
-            self.metrics
-                .stuck_resources
-                .with_label_values(&[plan.kind.as_str()])
-                .set(applied.stuck as i64);
+            let applied = self.execute(client, run, &plan).await?;
+            (part.outcome, part.reason) = self.judge(kind, &applied);
+            let s = &mut part.summary;
+            s.actions_done = applied.done + applied.already_gone;
+            s.actions_failed = applied.failed + applied.unconfirmed;
+            s.actions_unconfirmed = applied.unconfirmed;
+            s.actions_stuck = applied.stuck;
+            s.actions_refused = applied.refused;
             // Defence in depth: an exclusion that matched only at apply time counts too.
-            report.summary.excluded = report
-                .summary
-                .excluded
-                .map(|n| n + applied.excluded_at_apply);
-            // A failure that concerns some ids only fails the run (someone should look), but
-            // every other id was still acted on; stuck ids are reported, not failed again.
-            let stuck = (applied.stuck > 0).then(|| {
-                format!(
-                    "{} registrations stuck (failed the same way in the last {} runs; not attempted, see their status_detail)",
-                    applied.stuck,
-                    crate::apply::STUCK_AFTER_RUNS
-                )
-            });
-            (report.outcome, report.reason) = match &applied.stopped_by {
-                None if applied.failed + applied.unconfirmed > 0 => {
-                    let mut reason = format!(
-                        "{} actions failed and {} unconfirmed (Cloudflare claimed success, the listing disagrees); every other action was carried out",
-                        applied.failed, applied.unconfirmed
-                    );
-                    if let Some(first) = &applied.first_failure {
-                        reason.push_str(&format!("; first failure: {first}"));
-                    }
-                    if let Some(stuck) = &stuck {
-                        reason.push_str(&format!("; {stuck}"));
-                    }
-                    (RunOutcome::Failed, Some(reason))
-                }
-                None => (RunOutcome::Applied, stuck),
-                Some(why) if self.stop.is_stopped() => (
-                    RunOutcome::Aborted,
-                    Some(format!(
-                        "{why}; {} actions left for the next run",
-                        applied.not_attempted
-                    )),
-                ),
-                Some(why) => (RunOutcome::Failed, Some(why.clone())),
-            };
-            report.apply = Some(applied);
+            s.excluded = s.excluded.map(|n| n + applied.excluded_at_apply);
+            part.apply = Some(applied);
         }
-        report.plan = Some(plan);
-        Ok(())
+        part.plan = Some(plan);
+        Ok(part)
+    }
+
+    async fn execute(
+        &self,
+        client: &Client,
+        run: RunId,
+        plan: &Plan<Recorded>,
+    ) -> Result<ApplyReport, CycleError> {
+        let executor = Executor {
+            client,
+            audit: self.audit,
+            metrics: self.metrics,
+            rules: self.rules,
+            run,
+            chunk_size: self.config.cloudflare.bulk_chunk_size,
+            stop: self.stop,
+            request_budget: self.config.cloudflare.max_requests_per_cycle,
+        };
+        let applied = executor
+            .apply(plan)
+            .await
+            .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
+        self.metrics
+            .stuck_resources
+            .with_label_values(&[plan.kind.as_str()])
+            .set(applied.stuck as i64);
+        Ok(applied)
+    }
+
+    /// The outcome and reason of one kind's apply.
+    fn judge(&self, kind: Kind, applied: &ApplyReport) -> (RunOutcome, Option<String>) {
+        let (_, things) = kind.noun();
+        let mut notes = Vec::new();
+        // Stuck and refused ids are reported, not failed again.
+        if applied.stuck > 0 {
+            notes.push(format!(
+                "{} {things} stuck (failed the same way in the last {} runs; not attempted, see their status_detail)",
+                applied.stuck,
+                crate::apply::STUCK_AFTER_RUNS
+            ));
+        }
+        if applied.refused > 0 {
+            notes.push(format!(
+                "{} {things} refused by Cloudflare as still in use (recorded refused_by_api, not retried; see their status_detail for what to change)",
+                applied.refused
+            ));
+        }
+        let notes = (!notes.is_empty()).then(|| notes.join("; "));
+        match &applied.stopped_by {
+            // A failure that concerns some ids only fails the run (someone should look), but
+            // every other id was still acted on.
+            None if applied.failed + applied.unconfirmed > 0 => {
+                let mut reason = format!(
+                    "{} actions failed and {} unconfirmed (Cloudflare claimed success, the listing disagrees); every other action was carried out",
+                    applied.failed, applied.unconfirmed
+                );
+                if let Some(first) = &applied.first_failure {
+                    reason.push_str(&format!("; first failure: {first}"));
+                }
+                if let Some(notes) = &notes {
+                    reason.push_str(&format!("; {notes}"));
+                }
+                (RunOutcome::Failed, Some(reason))
+            }
+            None => (RunOutcome::Applied, notes),
+            Some(why) if self.stop.is_stopped() => (
+                RunOutcome::Aborted,
+                Some(format!(
+                    "{why}; {} actions left for the next run",
+                    applied.not_attempted
+                )),
+            ),
+            Some(why) => (RunOutcome::Failed, Some(why.clone())),
+        }
     }
 
     /// Lists through the planner, recording decisions in batches as pages arrive, so that the
@@ -328,8 +449,9 @@ impl CycleContext<'_> {
         client: &Client,
         run: RunId,
         now: DateTime<Utc>,
+        kind: Kind,
     ) -> Result<Result<Plan<Recorded>, String>, CycleError> {
-        let mut planner = Planner::new(client, Kind::DeviceRegistration, self.rules, now);
+        let mut planner = Planner::new(client, kind, self.rules, now);
         let mut log = DecisionLog::new(self.audit, run, now);
         loop {
             log.pace().await?;
@@ -363,11 +485,15 @@ impl CycleContext<'_> {
         m.resources_seen
             .with_label_values(&[kind, "active"])
             .set(plan.seen.active as i64);
-        m.resources_seen
-            .with_label_values(&[kind, "revoked"])
-            .set(plan.seen.revoked as i64);
-        // A rule renamed or removed by a reload must not leave its last count behind.
-        m.candidates.reset();
+        // Only registrations can be revoked; a token series of revoked ones would always be 0.
+        if plan.kind == Kind::DeviceRegistration {
+            m.resources_seen
+                .with_label_values(&[kind, "revoked"])
+                .set(plan.seen.revoked as i64);
+        }
+        // A rule renamed or removed by a reload must not leave its last count behind; the
+        // other kinds' counts stay.
+        m.forget_candidates_of(plan.kind);
         for (rule, n) in plan.candidates_by_rule(self.rules) {
             m.candidates.with_label_values(&[kind, &rule]).set(n as i64);
         }
@@ -387,25 +513,18 @@ impl CycleContext<'_> {
     ) -> Result<CycleReport, CycleError> {
         report.seconds = started.elapsed().as_secs_f64();
         let finished = Utc::now();
-        let s = &report.summary;
-        // One kind per cycle so far (config accepts one), so each kind's part is the run.
-        let mut kinds: Vec<Kind> = Vec::new();
-        for rule in &self.config.rules {
-            if !kinds.contains(&rule.resource) {
-                kinds.push(rule.resource);
-            }
-        }
-        let kinds: Vec<KindRun> = kinds
-            .into_iter()
-            .map(|kind| KindRun {
-                kind,
-                outcome: report.outcome,
-                reason: report.reason.clone(),
-                seen: s.seen_total,
-                candidates: s.candidates,
-                excluded: s.excluded,
-                done: s.actions_done,
-                failed: s.actions_failed,
+        let kinds: Vec<KindRun> = report
+            .resources
+            .iter()
+            .map(|part| KindRun {
+                kind: part.kind,
+                outcome: part.outcome,
+                reason: part.reason.clone(),
+                seen: part.summary.seen_total,
+                candidates: part.summary.candidates,
+                excluded: part.summary.excluded,
+                done: part.summary.actions_done,
+                failed: part.summary.actions_failed,
             })
             .collect();
         self.audit

@@ -24,6 +24,10 @@ pub struct DemoArgs {
     /// Registrations the fake API starts with.
     #[arg(long, default_value_t = 2000)]
     registrations: usize,
+    /// Access service tokens the fake API starts with (some expired, some never used, some
+    /// in use and so refused by the API).
+    #[arg(long, default_value_t = 60)]
+    service_tokens: usize,
     /// Where to keep the audit database (default: a new directory under the system temp dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -48,6 +52,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let fake = FakeServer::start(FakeOptions {
         account_id: config.cloudflare.account_id.to_string(),
         registrations: args.registrations,
+        service_tokens: args.service_tokens,
         ..FakeOptions::default()
     })
     .await
@@ -62,25 +67,28 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     config.schedule.run_on_start = true;
 
     println!(
-        "== Fake Cloudflare API: {} ({} registrations, seeded)",
+        "== Fake Cloudflare API: {} ({} registrations, {} service tokens, seeded)",
         fake.base_url(),
-        fake.len()
+        fake.len(),
+        fake.service_token_ids().len()
     );
     let Loaded { rules, .. } = Loaded::new(config.clone())?;
-    let plan = crate::plan::preview(&config, &rules, Utc::now()).await?;
-    println!(
-        "\n== Plan (first {PLAN_ROWS_SHOWN} of {} rows)",
-        plan.candidates.len()
-    );
-    let mut text = Vec::new();
-    report::plan_text(&mut text, &plan, &rules)?;
-    let text = String::from_utf8(text)?;
-    let mut lines = text.lines();
-    for line in lines.by_ref().take(PLAN_ROWS_SHOWN + 1) {
-        println!("{line}");
+    for plan in crate::plan::preview(&config, &rules, Utc::now()).await? {
+        println!(
+            "\n== Plan of {} (first {PLAN_ROWS_SHOWN} of {} rows)",
+            plan.kind.noun().1,
+            plan.candidates.len()
+        );
+        let mut text = Vec::new();
+        report::plan_text(&mut text, &plan, &rules)?;
+        let text = String::from_utf8(text)?;
+        let mut lines = text.lines();
+        for line in lines.by_ref().take(PLAN_ROWS_SHOWN + 1) {
+            println!("{line}");
+        }
+        let summary: Vec<&str> = lines.skip_while(|l| !l.is_empty()).collect();
+        println!("...{}", summary.join("\n"));
     }
-    let summary: Vec<&str> = lines.skip_while(|l| !l.is_empty()).collect();
-    println!("...{}", summary.join("\n"));
 
     println!(
         "\n== Running the daemon in apply mode (cron {:?}) for two cycles",
@@ -114,8 +122,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         Format::Text,
     )?;
     println!(
-        "\nThe fake API now holds {} registrations; it saw {} mutation calls.",
+        "\nThe fake API now holds {} registrations and {} service tokens; it saw {} mutation calls.",
         fake.len(),
+        fake.service_token_ids().len(),
         fake.mutations().len()
     );
     let first_run = audit.recent_runs(2).await?.last().map(|r| r.id);

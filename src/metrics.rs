@@ -212,6 +212,32 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// Drops every `zt_janitor_candidates` series of `kind`, so that a rule renamed or
+    /// removed by a reload leaves no count behind; other kinds' series stay.
+    pub fn forget_candidates_of(&self, kind: crate::resource::Kind) {
+        use prometheus::core::Collector;
+        let stale: Vec<String> = self
+            .candidates
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "resource" && l.value() == kind.as_str())
+            })
+            .filter_map(|m| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == "rule")
+                    .map(|l| l.value().to_owned())
+            })
+            .collect();
+        for rule in stale {
+            let _ = self.candidates.remove_label_values(&[kind.as_str(), &rule]);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()

@@ -45,37 +45,66 @@ pub enum PlanError {
     },
     #[error("listing page {page} repeats a cursor already followed: the listing would loop; nothing will be done on data that may be incomplete")]
     CursorLoop { page: u64 },
-    #[error("the listing named {count} registration id(s) more than once: it is inconsistent; nothing will be done on data that may be wrong")]
-    DuplicateIds { count: u64 },
-    #[error("listing page {page}, item {index}: not a usable registration ({message}); nothing will be done on data that could not be read")]
+    #[error("the listing named {count} {} id(s) more than once: it is inconsistent; nothing will be done on data that may be wrong", kind.noun().0)]
+    DuplicateIds { kind: Kind, count: u64 },
+    #[error("listing page {page}, item {index}: not a usable {} ({message}); nothing will be done on data that could not be read", kind.noun().0)]
     Malformed {
+        kind: Kind,
         page: u64,
         index: usize,
         message: String,
     },
+    #[error("the listing changed while it was read ({message}): objects may have been skipped; nothing will be done on data that may be incomplete")]
+    Inconsistent { message: String },
 }
 
 /// An object a rule selected for action.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Candidate {
-    #[serde(rename = "resource")]
     pub kind: Kind,
     pub rule: String,
     pub action: Action,
     pub id: ResourceId,
     pub user_email: Option<String>,
-    pub device_name: String,
+    /// The device's name, the token's name.
+    pub name: String,
     pub last_seen_at: Stamp,
-    /// Why the rule selected it; rendered as `reason`.
-    #[serde(rename = "reason", serialize_with = "display")]
+    /// Why the rule selected it.
     pub why: Why,
     /// Set when an exclusion protects it; such a candidate is never acted on.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub excluded_by: Option<String>,
     /// The object exactly as listed, for the audit log; taken once recorded, so that memory
     /// holds only the small fields above.
-    #[serde(skip)]
     pub snapshot: Option<Box<RawValue>>,
+}
+
+impl Candidate {
+    /// The key its name is shown under: a device registration's is its device's name.
+    pub fn name_key(&self) -> &'static str {
+        match self.kind {
+            Kind::DeviceRegistration => "device_name",
+            _ => "name",
+        }
+    }
+}
+
+impl Serialize for Candidate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("resource", &self.kind)?;
+        map.serialize_entry("rule", &self.rule)?;
+        map.serialize_entry("action", &self.action)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("user_email", &self.user_email)?;
+        map.serialize_entry(self.name_key(), &self.name)?;
+        map.serialize_entry("last_seen_at", &self.last_seen_at)?;
+        map.serialize_entry("reason", &self.why.to_string())?;
+        if let Some(by) = &self.excluded_by {
+            map.serialize_entry("excluded_by", by)?;
+        }
+        map.end()
+    }
 }
 
 /// A candidate recorded in the audit log, with its action row: what the executor acts on.
@@ -102,10 +131,6 @@ impl Entry for Recorded {
     }
 }
 
-fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct SeenCounts {
     pub total: u64,
@@ -126,6 +151,7 @@ pub struct AnomalyCounts {
     pub future_created_at: u64,
     pub future_last_seen_at: u64,
     pub last_seen_before_created: u64,
+    pub unparsable_expires_at: u64,
 }
 
 impl AnomalyCounts {
@@ -140,6 +166,7 @@ impl AnomalyCounts {
             Anomaly::FutureCreatedAt => &mut self.future_created_at,
             Anomaly::FutureLastSeen => &mut self.future_last_seen_at,
             Anomaly::LastSeenBeforeCreated => &mut self.last_seen_before_created,
+            Anomaly::UnparsableExpiresAt => &mut self.unparsable_expires_at,
         }
     }
 
@@ -225,10 +252,12 @@ impl<E: Entry> Plan<E> {
             .filter(|e| e.candidate().excluded_by.is_some())
     }
 
-    /// Actionable candidates per rule, every configured rule listed (zero included).
+    /// Actionable candidates per rule, every rule of the plan's kind listed (zero included).
     pub fn candidates_by_rule(&self, rules: &RuleSet) -> BTreeMap<String, u64> {
-        let mut by_rule: BTreeMap<String, u64> =
-            rules.rules().iter().map(|r| (r.name.clone(), 0)).collect();
+        let mut by_rule: BTreeMap<String, u64> = rules
+            .rules_of(self.kind)
+            .map(|r| (r.name.clone(), 0))
+            .collect();
         for e in self.actionable() {
             *by_rule.entry(e.candidate().rule.clone()).or_default() += 1;
         }
@@ -248,22 +277,20 @@ pub enum PreviewError {
 }
 
 /// What `zt-janitor plan` and the demo show: the account listed and evaluated under `config`
-/// at `now` with a client of its own. Nothing is recorded and nothing is mutated.
+/// at `now` with a client of its own, one plan per kind that rules select from. Nothing is
+/// recorded and nothing is mutated.
 pub async fn preview(
     config: &Config,
     rules: &RuleSet,
     now: DateTime<Utc>,
-) -> Result<Plan, PreviewError> {
+) -> Result<Vec<Plan>, PreviewError> {
     let token = ApiToken::load(&config.cloudflare)?;
     let client = Client::new(&config.cloudflare, token, Metrics::new())?;
-    Ok(build_plan(
-        &client,
-        Kind::DeviceRegistration,
-        rules,
-        &config.safety,
-        now,
-    )
-    .await?)
+    let mut plans = Vec::new();
+    for kind in rules.kinds() {
+        plans.push(build_plan(&client, kind, rules, &config.safety, now).await?);
+    }
+    Ok(plans)
 }
 
 /// Lists everything from `source` and evaluates it at `now`, for display: snapshots are
@@ -302,6 +329,9 @@ pub struct Planner<'a, S> {
     cursors_seen: HashSet<u64>,
     token: Option<PageToken>,
     pages: u64,
+    /// The `total_count` the first page announced, which every later page must repeat and
+    /// the whole listing must hold.
+    total: Option<u64>,
     done: bool,
 }
 
@@ -318,6 +348,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
             cursors_seen: HashSet::new(),
             token: None,
             pages: 0,
+            total: None,
             done: false,
         }
     }
@@ -337,10 +368,23 @@ impl<'a, S: PageSource> Planner<'a, S> {
                 page: page_no,
                 source,
             })?;
+        match (self.total, page.total) {
+            (_, None) => {}
+            (None, total) => self.total = total,
+            (Some(before), Some(now)) if before != now => {
+                return Err(PlanError::Inconsistent {
+                    message: format!(
+                        "page 1 counted {before} objects in all, page {page_no} {now}"
+                    ),
+                })
+            }
+            (Some(_), Some(_)) => {}
+        }
         let mut candidates = Vec::new();
         for (index, raw) in page.items.into_iter().enumerate() {
             let item = resource::evaluate(self.kind, &raw, self.rules, self.now).map_err(|e| {
                 PlanError::Malformed {
+                    kind: self.kind,
                     page: page_no,
                     index,
                     message: e.to_string(),
@@ -373,7 +417,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
                 action: rule.action,
                 id: facts.id,
                 user_email: facts.subject,
-                device_name: facts.display_name,
+                name: facts.display_name,
                 last_seen_at: facts.last_active,
                 why,
                 excluded_by,
@@ -386,7 +430,18 @@ impl<'a, S: PageSource> Planner<'a, S> {
                 let repeats = repeated(&mut self.fingerprints);
                 self.fingerprints = Vec::new();
                 if repeats > 0 {
-                    return Err(PlanError::DuplicateIds { count: repeats });
+                    return Err(PlanError::DuplicateIds {
+                        kind: self.kind,
+                        count: repeats,
+                    });
+                }
+                if let Some(total) = self.total.filter(|t| *t != self.seen.total) {
+                    return Err(PlanError::Inconsistent {
+                        message: format!(
+                            "the listing counted {total} objects in all but held {}",
+                            self.seen.total
+                        ),
+                    });
                 }
             }
             Some(next) => {
@@ -469,6 +524,7 @@ mod tests {
                 Some(c) => c[1..].parse::<usize>().unwrap(),
             };
             Ok(Page {
+                total: None,
                 items: self.pages[i]
                     .iter()
                     .map(|s| RawValue::from_string(s.clone()).unwrap())
@@ -499,6 +555,9 @@ mod tests {
                 revoked_min_days: None,
                 active_only: false,
                 registration_type: None,
+                expired_days: None,
+                unused_days: None,
+                names: None,
             }],
             &[],
         )
@@ -577,7 +636,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, PlanError::DuplicateIds { count: 1 }), "{err}");
+        assert!(
+            matches!(err, PlanError::DuplicateIds { count: 1, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -596,7 +658,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, PlanError::DuplicateIds { count: 1 }), "{err}");
+        assert!(
+            matches!(err, PlanError::DuplicateIds { count: 1, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::audit::{ActionRow, RunRow};
 use crate::cloudflare::Stamp;
 use crate::cycle::CycleReport;
-use crate::plan::{Entry, Plan};
+use crate::plan::{Candidate, Entry, Plan};
+use crate::resource::Kind;
 use crate::rules::RuleSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,51 +28,83 @@ pub enum Format {
 
 /// The plan as a table of candidates followed by a summary.
 pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet) -> io::Result<()> {
-    let rows: Vec<[String; 7]> = plan
-        .candidates
-        .iter()
-        .map(|e| {
-            let c = e.candidate();
-            [
-                c.rule.clone(),
-                match &c.excluded_by {
-                    None => c.action.to_string(),
-                    Some(_) => "(excluded)".to_owned(),
-                },
-                c.id.to_string(),
-                c.user_email.clone().unwrap_or_else(|| "-".to_owned()),
-                c.device_name.clone(),
-                c.last_seen_at.to_string(),
-                match &c.excluded_by {
-                    None => c.why.to_string(),
-                    Some(by) => format!("{}; protected by {by}", c.why),
-                },
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        writeln!(out, "No registration matches a rule.")?;
+    let why = |c: &Candidate| match &c.excluded_by {
+        None => c.why.to_string(),
+        Some(by) => format!("{}; protected by {by}", c.why),
+    };
+    let action = |c: &Candidate| match &c.excluded_by {
+        None => c.action.to_string(),
+        Some(_) => "(excluded)".to_owned(),
+    };
+    let candidates = plan.candidates.iter().map(Entry::candidate);
+    let (one, many) = plan.kind.noun();
+    if plan.candidates.is_empty() {
+        writeln!(out, "No {one} matches a rule.")?;
     } else {
-        table(
-            out,
-            &[
-                "RULE",
-                "ACTION",
-                "REGISTRATION",
-                "USER",
-                "DEVICE",
-                "LAST SEEN",
-                "WHY",
-            ],
-            &rows,
-        )?;
+        match plan.kind {
+            Kind::DeviceRegistration => {
+                let rows: Vec<[String; 7]> = candidates
+                    .map(|c| {
+                        [
+                            c.rule.clone(),
+                            action(c),
+                            c.id.to_string(),
+                            c.user_email.clone().unwrap_or_else(|| "-".to_owned()),
+                            c.name.clone(),
+                            c.last_seen_at.to_string(),
+                            why(c),
+                        ]
+                    })
+                    .collect();
+                let header = [
+                    "RULE",
+                    "ACTION",
+                    "REGISTRATION",
+                    "USER",
+                    "DEVICE",
+                    "LAST SEEN",
+                    "WHY",
+                ];
+                table(out, &header, &rows)?;
+            }
+            Kind::AccessServiceToken => {
+                let rows: Vec<[String; 6]> = candidates
+                    .map(|c| {
+                        [
+                            c.rule.clone(),
+                            action(c),
+                            c.id.to_string(),
+                            c.name.clone(),
+                            c.last_seen_at.to_string(),
+                            why(c),
+                        ]
+                    })
+                    .collect();
+                let header = [
+                    "RULE",
+                    "ACTION",
+                    "SERVICE TOKEN",
+                    "NAME",
+                    "LAST SEEN",
+                    "WHY",
+                ];
+                table(out, &header, &rows)?;
+            }
+        }
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "Seen: {} registrations ({} active, {} revoked) in {} pages",
-        plan.seen.total, plan.seen.active, plan.seen.revoked, plan.pages
-    )?;
+    match plan.kind {
+        Kind::DeviceRegistration => writeln!(
+            out,
+            "Seen: {} {many} ({} active, {} revoked) in {} pages",
+            plan.seen.total, plan.seen.active, plan.seen.revoked, plan.pages
+        )?,
+        _ => writeln!(
+            out,
+            "Seen: {} {many} in {} pages",
+            plan.seen.total, plan.pages
+        )?,
+    }
     let by_rule = plan.candidates_by_rule(rules);
     let listed: Vec<String> = by_rule
         .iter()
@@ -112,7 +145,25 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
             escape(&caps.violations.join("; "))
         )?;
     }
+    if plan.kind == Kind::AccessServiceToken && plan.actionable().next().is_some() {
+        writeln!(
+            out,
+            "Note: Cloudflare refuses to delete a service token that is still in use (attached \
+             to the device enrollment policy, or named by an Access policy, group or an app's \
+             SCIM configuration); such a token is recorded refused_by_api and left alone. \
+             Remove it from those first, or exclude it with service_token_id."
+        )?;
+    }
     Ok(())
+}
+
+/// The heading of one kind's part when a plan or a run covers several; `index` counts from 0.
+pub fn kind_heading(out: &mut dyn Write, kind: Kind, index: usize) -> io::Result<()> {
+    if index > 0 {
+        writeln!(out)?;
+    }
+    let (_, many) = kind.noun();
+    writeln!(out, "== {kind} ({many}) ==")
 }
 
 /// One CSV row of the plan: the fields of a candidate in the JSON plan, each always present
@@ -123,26 +174,32 @@ struct PlanCsvRow<'a> {
     action: String,
     id: String,
     user_email: Option<&'a str>,
-    device_name: &'a str,
+    /// Registrations only; `name` holds every kind's name.
+    device_name: Option<&'a str>,
     last_seen_at: &'a Stamp,
     reason: String,
     excluded_by: Option<&'a str>,
+    resource: Kind,
+    name: &'a str,
 }
 
-/// The plan as CSV, one row per candidate (protected ones included, with `excluded_by`).
-pub fn plan_csv(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
-    let rows: Vec<PlanCsvRow<'_>> = plan
-        .candidates
+/// The plans as CSV, one row per candidate of every kind (protected ones included, with
+/// `excluded_by`), under one header.
+pub fn plan_csv(out: &mut dyn Write, plans: &[Plan]) -> io::Result<()> {
+    let rows: Vec<PlanCsvRow<'_>> = plans
         .iter()
+        .flat_map(|p| &p.candidates)
         .map(|c| PlanCsvRow {
             rule: &c.rule,
             action: c.action.to_string(),
             id: c.id.to_string(),
             user_email: c.user_email.as_deref(),
-            device_name: &c.device_name,
+            device_name: (c.kind == Kind::DeviceRegistration).then_some(c.name.as_str()),
             last_seen_at: &c.last_seen_at,
             reason: c.why.to_string(),
             excluded_by: c.excluded_by.as_deref(),
+            resource: c.kind,
+            name: &c.name,
         })
         .collect();
     csv_rows(out, &rows)
@@ -572,9 +629,8 @@ mod tests {
             reason: Some("listing failed: \x1b]0;pwned\x07\nRun 8 (apply mode): applied".into()),
             seconds: 0.5,
             api_requests: 1,
-            plan: None,
             summary: RunSummary::default(),
-            apply: None,
+            resources: Vec::new(),
         };
         let mut out = Vec::new();
         cycle_text(&mut out, &report).unwrap();

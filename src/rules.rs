@@ -26,10 +26,9 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::cloudflare::{Registration, RegistrationType, Stamp};
+use crate::cloudflare::{Registration, RegistrationType, ServiceToken, Stamp};
 use crate::config::{Action, ExclusionSettings, RuleSettings};
-use crate::resource::IdKey;
-use crate::resource::ResourceId;
+use crate::resource::{IdKey, Kind, ResourceId};
 
 /// Clock skew tolerated before a timestamp in the future (or a `last_seen_at` before
 /// `created_at`) counts as an anomaly.
@@ -38,13 +37,33 @@ pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
+    /// The kind it selects from; it is never asked about another kind.
+    pub resource: Kind,
     pub action: Action,
     idle: Option<u32>,
     revoked: bool,
     revoked_min_days: Option<u32>,
     active_only: bool,
     registration_type: Option<RegistrationType>,
+    expired_days: Option<u32>,
+    unused_days: Option<u32>,
+    names: Option<NameGlobs>,
 }
+
+/// A rule's `name` filter: compiled globs, compared by their patterns.
+#[derive(Debug, Clone)]
+struct NameGlobs {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl PartialEq for NameGlobs {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl Eq for NameGlobs {}
 
 #[derive(Debug, Clone)]
 pub struct Exclusion {
@@ -54,6 +73,8 @@ pub struct Exclusion {
     device_names: GlobSet,
     registration_ids: HashSet<IdKey>,
     no_user: bool,
+    service_token_names: GlobSet,
+    service_token_ids: HashSet<IdKey>,
 }
 
 /// The compiled rules and exclusions of one config.
@@ -74,7 +95,7 @@ pub enum IdleFrom {
     NeverSeen,
 }
 
-/// Why a rule selected a registration.
+/// Why a rule selected an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Why {
     Idle {
@@ -87,6 +108,19 @@ pub enum Why {
         /// Whole days since `revoked_at`.
         days: i64,
     },
+    /// A service token not used for `threshold` days or more.
+    Unused {
+        days: i64,
+        threshold: u32,
+        since: DateTime<Utc>,
+        from: IdleFrom,
+    },
+    /// A service token expired `threshold` days ago or more.
+    Expired {
+        days: i64,
+        threshold: u32,
+        at: DateTime<Utc>,
+    },
 }
 
 impl fmt::Display for Why {
@@ -98,22 +132,42 @@ impl fmt::Display for Why {
                 since,
                 from,
             } => {
-                let date = since.format("%Y-%m-%d");
                 write!(f, "idle {days}d >= {threshold}d (")?;
-                match from {
-                    IdleFrom::LastSeenAt => write!(f, "last_seen_at {date})"),
-                    IdleFrom::CreatedAt => {
-                        write!(f, "created_at {date}, later than last_seen_at)")
-                    }
-                    IdleFrom::NeverSeen => write!(f, "never seen; created_at {date})"),
-                }
+                write_since(f, *since, *from)
+            }
+            Why::Unused {
+                days,
+                threshold,
+                since,
+                from,
+            } => {
+                write!(f, "unused {days}d >= {threshold}d (")?;
+                write_since(f, *since, *from)
             }
             Why::Revoked { days } => write!(f, "revoked {days}d ago"),
+            Why::Expired {
+                days,
+                threshold,
+                at,
+            } => write!(
+                f,
+                "expired {days}d ago >= {threshold}d (expires_at {})",
+                at.format("%Y-%m-%d")
+            ),
         }
     }
 }
 
-/// Data a registration carried that the rules refused to trust. A registration with an
+fn write_since(f: &mut fmt::Formatter<'_>, since: DateTime<Utc>, from: IdleFrom) -> fmt::Result {
+    let date = since.format("%Y-%m-%d");
+    match from {
+        IdleFrom::LastSeenAt => write!(f, "last_seen_at {date})"),
+        IdleFrom::CreatedAt => write!(f, "created_at {date}, later than last_seen_at)"),
+        IdleFrom::NeverSeen => write!(f, "never seen; created_at {date})"),
+    }
+}
+
+/// Data an object carried that the rules refused to trust. A registration with an
 /// anomaly is never selected by any rule; only the first anomaly found (in the order below)
 /// is reported for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +183,12 @@ pub enum Anomaly {
     FutureCreatedAt,
     FutureLastSeen,
     LastSeenBeforeCreated,
+    /// A service token's `expires_at` is set but unreadable.
+    UnparsableExpiresAt,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 9] = [
+    pub const ALL: [Anomaly; 10] = [
         Anomaly::DeletedAtSet,
         Anomaly::UnparsableRevokedAt,
         Anomaly::FutureRevokedAt,
@@ -142,6 +198,7 @@ impl Anomaly {
         Anomaly::FutureCreatedAt,
         Anomaly::FutureLastSeen,
         Anomaly::LastSeenBeforeCreated,
+        Anomaly::UnparsableExpiresAt,
     ];
 
     pub fn label(self) -> &'static str {
@@ -155,6 +212,7 @@ impl Anomaly {
             Anomaly::FutureCreatedAt => "future_created_at",
             Anomaly::FutureLastSeen => "future_last_seen_at",
             Anomaly::LastSeenBeforeCreated => "last_seen_before_created",
+            Anomaly::UnparsableExpiresAt => "unparsable_expires_at",
         }
     }
 }
@@ -180,10 +238,20 @@ pub struct Evaluation<'a> {
     pub anomaly: Option<Anomaly>,
 }
 
+impl Evaluation<'_> {
+    fn untrusted(anomaly: Anomaly) -> Self {
+        Evaluation {
+            verdict: Verdict::Keep,
+            anomaly: Some(anomaly),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("exclusion {exclusion:?}: invalid glob {pattern:?}: {message}")]
+#[error("{owner}: invalid glob {pattern:?}: {message}")]
 pub struct GlobError {
-    pub exclusion: String,
+    /// The exclusion or rule holding the pattern, e.g. `exclusion "vip"`.
+    pub owner: String,
     pub pattern: String,
     pub message: String,
 }
@@ -243,32 +311,63 @@ impl Facts {
             // `Missing` does not occur here (null reads as not revoked); treat it as unreadable.
             Some(Stamp::Invalid(_) | Stamp::Missing) => return Err(Anomaly::UnparsableRevokedAt),
         };
-        let (last_seen, created) = match (&reg.last_seen_at, &reg.created_at) {
-            (Stamp::Invalid(_), _) => return Err(Anomaly::UnparsableLastSeen),
-            (Stamp::Missing, Stamp::Missing | Stamp::Invalid(_)) => {
-                return Err(Anomaly::NoActivityTimestamp)
-            }
-            (_, Stamp::Invalid(_)) => return Err(Anomaly::UnparsableCreatedAt),
-            (l, c) => (l.valid(), c.valid()),
-        };
-        if created.is_some_and(|c| c > latest_plausible) {
-            return Err(Anomaly::FutureCreatedAt);
-        }
-        if last_seen.is_some_and(|l| l > latest_plausible) {
-            return Err(Anomaly::FutureLastSeen);
-        }
-        let active_since = match (last_seen, created) {
-            (Some(l), Some(c)) if l + FUTURE_TOLERANCE < c => {
-                return Err(Anomaly::LastSeenBeforeCreated)
-            }
-            (Some(l), Some(c)) if c > l => (c, IdleFrom::CreatedAt),
-            (Some(l), _) => (l, IdleFrom::LastSeenAt),
-            (None, Some(c)) => (c, IdleFrom::NeverSeen),
-            (None, None) => return Err(Anomaly::NoActivityTimestamp),
-        };
         Ok(Facts {
-            active_since,
+            active_since: active_since(&reg.last_seen_at, &reg.created_at, now)?,
             revoked_at,
+        })
+    }
+}
+
+/// When an object was last active, from its `last_seen_at` and `created_at`: the later of the
+/// two, or `created_at` when it was never seen. Anything unreadable or implausible is the
+/// anomaly.
+fn active_since(
+    last_seen_at: &Stamp,
+    created_at: &Stamp,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, IdleFrom), Anomaly> {
+    let latest_plausible = now + FUTURE_TOLERANCE;
+    let (last_seen, created) = match (last_seen_at, created_at) {
+        (Stamp::Invalid(_), _) => return Err(Anomaly::UnparsableLastSeen),
+        (Stamp::Missing, Stamp::Missing | Stamp::Invalid(_)) => {
+            return Err(Anomaly::NoActivityTimestamp)
+        }
+        (_, Stamp::Invalid(_)) => return Err(Anomaly::UnparsableCreatedAt),
+        (l, c) => (l.valid(), c.valid()),
+    };
+    if created.is_some_and(|c| c > latest_plausible) {
+        return Err(Anomaly::FutureCreatedAt);
+    }
+    if last_seen.is_some_and(|l| l > latest_plausible) {
+        return Err(Anomaly::FutureLastSeen);
+    }
+    match (last_seen, created) {
+        (Some(l), Some(c)) if l + FUTURE_TOLERANCE < c => Err(Anomaly::LastSeenBeforeCreated),
+        (Some(l), Some(c)) if c > l => Ok((c, IdleFrom::CreatedAt)),
+        (Some(l), _) => Ok((l, IdleFrom::LastSeenAt)),
+        (None, Some(c)) => Ok((c, IdleFrom::NeverSeen)),
+        (None, None) => Err(Anomaly::NoActivityTimestamp),
+    }
+}
+
+/// The fields service-token rules read, once checked.
+#[derive(Debug, Clone, Copy)]
+struct TokenFacts {
+    active_since: (DateTime<Utc>, IdleFrom),
+    /// `None`: the token never expires.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl TokenFacts {
+    fn read(token: &ServiceToken, now: DateTime<Utc>) -> Result<TokenFacts, Anomaly> {
+        let expires_at = match &token.expires_at {
+            Stamp::Missing => None,
+            Stamp::Valid(t) => Some(*t),
+            Stamp::Invalid(_) => return Err(Anomaly::UnparsableExpiresAt),
+        };
+        Ok(TokenFacts {
+            active_since: active_since(&token.last_seen_at, &token.created_at, now)?,
+            expires_at,
         })
     }
 }
@@ -279,7 +378,10 @@ impl RuleSet {
         exclusions: &[ExclusionSettings],
     ) -> Result<Self, GlobError> {
         Ok(RuleSet {
-            rules: rules.iter().map(Rule::from_settings).collect(),
+            rules: rules
+                .iter()
+                .map(Rule::from_settings)
+                .collect::<Result<_, _>>()?,
             exclusions: exclusions
                 .iter()
                 .map(Exclusion::from_settings)
@@ -296,23 +398,57 @@ impl RuleSet {
         rule_warnings(&self.rules)
     }
 
+    /// The rules of `kind`, in config order.
+    pub fn rules_of(&self, kind: Kind) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(move |r| r.resource == kind)
+    }
+
+    /// The kinds that at least one rule selects from, in the order of [`Kind::ALL`].
+    pub fn kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| self.rules_of(*k).next().is_some())
+            .collect()
+    }
+
     pub fn evaluate(&self, reg: &Registration, now: DateTime<Utc>) -> Evaluation<'_> {
         let facts = match Facts::read(reg, now) {
             Ok(facts) => facts,
-            Err(anomaly) => {
-                return Evaluation {
-                    verdict: Verdict::Keep,
-                    anomaly: Some(anomaly),
-                }
-            }
+            Err(anomaly) => return Evaluation::untrusted(anomaly),
         };
         let selected = self
-            .rules
-            .iter()
+            .rules_of(Kind::DeviceRegistration)
             .find_map(|rule| rule.select(reg, &facts, now).map(|why| (rule, why)));
+        self.verdict(selected, || self.exclusion_for(reg))
+    }
+
+    /// Asks the service-token rules about `token`: the first that selects it wins, unless an
+    /// exclusion protects it.
+    pub fn evaluate_service_token(
+        &self,
+        token: &ServiceToken,
+        now: DateTime<Utc>,
+    ) -> Evaluation<'_> {
+        let facts = match TokenFacts::read(token, now) {
+            Ok(facts) => facts,
+            Err(anomaly) => return Evaluation::untrusted(anomaly),
+        };
+        let selected = self
+            .rules_of(Kind::AccessServiceToken)
+            .find_map(|rule| rule.select_token(token, &facts, now).map(|why| (rule, why)));
+        self.verdict(selected, || {
+            self.exclusion_for_parts(Kind::AccessServiceToken, &token.id, None, &token.name)
+        })
+    }
+
+    fn verdict<'a>(
+        &'a self,
+        selected: Option<(&'a Rule, Why)>,
+        exclusion: impl FnOnce() -> Option<&'a str>,
+    ) -> Evaluation<'a> {
         let verdict = match selected {
             None => Verdict::Keep,
-            Some((rule, why)) => match self.exclusion_for(reg) {
+            Some((rule, why)) => match exclusion() {
                 Some(exclusion) => Verdict::Excluded {
                     rule,
                     why,
@@ -329,25 +465,33 @@ impl RuleSet {
 
     /// The name of the first exclusion protecting `reg`, if any.
     pub fn exclusion_for(&self, reg: &Registration) -> Option<&str> {
-        self.exclusion_for_parts(&reg.id, reg.user_email(), &reg.device.name)
+        self.exclusion_for_parts(
+            Kind::DeviceRegistration,
+            &reg.id,
+            reg.user_email(),
+            &reg.device.name,
+        )
     }
 
-    /// [`RuleSet::exclusion_for`] from the only fields exclusions look at, so that a planned
-    /// candidate can be checked again without keeping the whole registration.
+    /// The first exclusion protecting an object of `kind`, from the only fields exclusions
+    /// look at (its id, its user's email, its name: a device's or a token's), so that a
+    /// planned candidate can be checked again without keeping the whole object.
     pub fn exclusion_for_parts(
         &self,
+        kind: Kind,
         id: &ResourceId,
         user_email: Option<&str>,
-        device_name: &str,
+        name: &str,
     ) -> Option<&str> {
         if self.exclusions.is_empty() {
             return None;
         }
         let email = user_email.filter(|e| !e.is_empty()).map(fold_case);
         let subject = Subject {
+            kind,
             id: id.key(),
             email: email.as_deref(),
-            device_name,
+            name,
         };
         self.exclusions
             .iter()
@@ -387,16 +531,28 @@ enum States {
 }
 
 impl Rule {
-    fn from_settings(s: &RuleSettings) -> Self {
-        Rule {
+    fn from_settings(s: &RuleSettings) -> Result<Self, GlobError> {
+        let owner = format!("rule {:?}", s.name);
+        let names = match &s.names {
+            None => None,
+            Some(patterns) => Some(NameGlobs {
+                set: globs(&owner, patterns, false)?,
+                patterns: patterns.clone(),
+            }),
+        };
+        Ok(Rule {
             name: s.name.clone(),
+            resource: s.resource,
             action: s.action,
             idle: s.idle_days,
             revoked: s.revoked,
             revoked_min_days: s.revoked_min_days,
             active_only: s.active_only,
             registration_type: s.registration_type,
-        }
+            expired_days: s.expired_days,
+            unused_days: s.unused_days,
+            names,
+        })
     }
 
     /// A revoke rule selects only registrations that are not revoked yet: revoking again does
@@ -417,6 +573,12 @@ impl Rule {
     /// Whether every registration `other` can select is also selected by `self`. False when
     /// either rule can select nothing at all.
     fn covers(&self, other: &Rule) -> bool {
+        if self.resource != other.resource {
+            return false;
+        }
+        if self.resource == Kind::AccessServiceToken {
+            return self.covers_token_rule(other);
+        }
         let selects_something = |r: &Rule| r.idle.is_some() || r.revoked;
         let (Some(mine), Some(theirs)) = (self.states(), other.states()) else {
             return false;
@@ -440,6 +602,65 @@ impl Rule {
             (Some(mine), Some(theirs)) => mine <= theirs,
             (Some(_), None) => false,
         }
+    }
+
+    /// For service-token rules: every condition of `self` is implied by one of `other`'s
+    /// (an older threshold of the same condition), and `self`'s name filter, if any, is the
+    /// same as `other`'s.
+    fn covers_token_rule(&self, other: &Rule) -> bool {
+        let implied = |mine: Option<u32>, theirs: Option<u32>| match (mine, theirs) {
+            (None, _) => true,
+            (Some(m), Some(t)) => m <= t,
+            (Some(_), None) => false,
+        };
+        let selects = |r: &Rule| r.expired_days.is_some() || r.unused_days.is_some();
+        selects(self)
+            && selects(other)
+            && implied(self.expired_days, other.expired_days)
+            && implied(self.unused_days, other.unused_days)
+            && (self.names.is_none() || self.names == other.names)
+    }
+
+    /// A service-token rule: all conditions must hold; the reason reported is the expiry
+    /// when the rule asks for it, else the disuse. The name filter only narrows.
+    fn select_token(
+        &self,
+        token: &ServiceToken,
+        facts: &TokenFacts,
+        now: DateTime<Utc>,
+    ) -> Option<Why> {
+        if let Some(names) = &self.names {
+            if !names.set.is_match(&token.name) {
+                return None;
+            }
+        }
+        let mut why = None;
+        if let Some(threshold) = self.unused_days {
+            let (since, from) = facts.active_since;
+            let unused_for = now - since;
+            if unused_for < TimeDelta::days(i64::from(threshold)) {
+                return None;
+            }
+            why = Some(Why::Unused {
+                days: unused_for.num_days(),
+                threshold,
+                since,
+                from,
+            });
+        }
+        if let Some(threshold) = self.expired_days {
+            let at = facts.expires_at?;
+            let expired_for = now - at;
+            if expired_for < TimeDelta::days(i64::from(threshold)) {
+                return None;
+            }
+            why = Some(Why::Expired {
+                days: expired_for.num_days(),
+                threshold,
+                at,
+            });
+        }
+        why
     }
 
     /// All conditions must hold. The reason reported is the selecting condition (idle or
@@ -485,28 +706,41 @@ impl Rule {
 
 /// What exclusions look at, prepared once per check.
 struct Subject<'a> {
+    kind: Kind,
     id: IdKey,
     /// Case-folded; `None` when there is no user or an empty email.
     email: Option<&'a str>,
-    device_name: &'a str,
+    /// The device's name, the token's name.
+    name: &'a str,
 }
 
 impl Exclusion {
     fn from_settings(s: &ExclusionSettings) -> Result<Self, GlobError> {
+        let owner = format!("exclusion {:?}", s.name);
         Ok(Exclusion {
             name: s.name.clone(),
-            user_emails: globs(&s.name, &s.user_emails, true)?,
-            device_names: globs(&s.name, &s.device_names, false)?,
+            user_emails: globs(&owner, &s.user_emails, true)?,
+            device_names: globs(&owner, &s.device_names, false)?,
             registration_ids: s.registration_ids.iter().map(ResourceId::key).collect(),
             no_user: s.no_user,
+            service_token_names: globs(&owner, &s.service_token_names, false)?,
+            service_token_ids: s.service_token_ids.iter().map(ResourceId::key).collect(),
         })
     }
 
+    /// Each criterion speaks of one kind: a `device_name` never protects a token.
     fn protects(&self, s: &Subject<'_>) -> bool {
-        (self.no_user && s.email.is_none_or(is_service_identity))
-            || s.email.is_some_and(|e| self.user_emails.is_match(e))
-            || self.device_names.is_match(s.device_name)
-            || self.registration_ids.contains(&s.id)
+        match s.kind {
+            Kind::DeviceRegistration => {
+                (self.no_user && s.email.is_none_or(is_service_identity))
+                    || s.email.is_some_and(|e| self.user_emails.is_match(e))
+                    || self.device_names.is_match(s.name)
+                    || self.registration_ids.contains(&s.id)
+            }
+            Kind::AccessServiceToken => {
+                self.service_token_names.is_match(s.name) || self.service_token_ids.contains(&s.id)
+            }
+        }
     }
 }
 
@@ -532,7 +766,7 @@ pub fn fold_case(s: &str) -> Cow<'_, str> {
 
 /// Compiles `patterns`; with `fold`, each pattern is case-folded first and the set must be
 /// matched against case-folded text (glob syntax is ASCII punctuation, which folding keeps).
-fn globs(exclusion: &str, patterns: &[String], fold: bool) -> Result<GlobSet, GlobError> {
+fn globs(owner: &str, patterns: &[String], fold: bool) -> Result<GlobSet, GlobError> {
     let mut set = GlobSetBuilder::new();
     for p in patterns {
         let pattern = if fold {
@@ -544,14 +778,14 @@ fn globs(exclusion: &str, patterns: &[String], fold: bool) -> Result<GlobSet, Gl
             .literal_separator(false)
             .build()
             .map_err(|e| GlobError {
-                exclusion: exclusion.to_owned(),
+                owner: owner.to_owned(),
                 pattern: p.clone(),
                 message: e.kind().to_string(),
             })?;
         set.add(glob);
     }
     set.build().map_err(|e| GlobError {
-        exclusion: exclusion.to_owned(),
+        owner: owner.to_owned(),
         pattern: patterns.join(", "),
         message: e.to_string(),
     })
@@ -601,6 +835,9 @@ mod tests {
             revoked_min_days: None,
             active_only: false,
             registration_type: None,
+            expired_days: None,
+            unused_days: None,
+            names: None,
         }
     }
 
@@ -626,6 +863,8 @@ mod tests {
             device_names: vec![],
             registration_ids: vec![],
             no_user: false,
+            service_token_names: Vec::new(),
+            service_token_ids: Vec::new(),
         }
     }
 

@@ -199,7 +199,12 @@ async fn idleness_is_measured_from_the_later_timestamp_and_impossible_times_are_
     assert_eq!(anomalies(&metrics, "future_revoked_at"), 1);
     assert_eq!(anomalies(&metrics, "unparsable_created_at"), 1);
 
-    let plan = report.plan.expect("a plan");
+    let plan = report
+        .resources
+        .into_iter()
+        .next()
+        .and_then(|p| p.plan)
+        .expect("a plan");
     let reason = |id: &str| {
         plan.candidates
             .iter()

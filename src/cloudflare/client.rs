@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::error::{ApiError, CfErrorDetail, Endpoint};
-use super::model::{AccountId, CursorInfo};
+use super::model::{AccountId, ResultInfo};
 use crate::config::{CloudflareSettings, MAX_CYCLE_DEADLINE_SECS};
 use crate::metrics::Metrics;
 use crate::resource::{self, ListRequest, MutationRequest};
@@ -37,7 +37,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct ListedPage {
     pub items: Vec<Box<RawValue>>,
-    pub info: Option<CursorInfo>,
+    pub info: Option<ResultInfo>,
 }
 
 /// What a delete or revoke call was answered. Both are only claims: confirm by listing.
@@ -90,7 +90,7 @@ struct Envelope<T> {
     errors: Vec<CfErrorDetail>,
     result: Option<T>,
     #[serde(default)]
-    result_info: Option<CursorInfo>,
+    result_info: Option<ResultInfo>,
     #[serde(skip)]
     status: u16,
 }

@@ -16,6 +16,10 @@ pub enum Endpoint {
     DeleteRegistration,
     BulkDeleteRegistrations,
     RevokeRegistrations,
+    /// Every Access service token, page by page (also what confirms a deletion: the listing
+    /// cannot be filtered by id).
+    ListServiceTokens,
+    DeleteServiceToken,
 }
 
 impl Endpoint {
@@ -26,6 +30,8 @@ impl Endpoint {
             Endpoint::DeleteRegistration => "delete_registration",
             Endpoint::BulkDeleteRegistrations => "bulk_delete_registrations",
             Endpoint::RevokeRegistrations => "revoke_registrations",
+            Endpoint::ListServiceTokens => "list_service_tokens",
+            Endpoint::DeleteServiceToken => "delete_service_token",
         }
     }
 
@@ -37,6 +43,7 @@ impl Endpoint {
             | Endpoint::DeleteRegistration
             | Endpoint::BulkDeleteRegistrations
             | Endpoint::RevokeRegistrations => Kind::DeviceRegistration,
+            Endpoint::ListServiceTokens | Endpoint::DeleteServiceToken => Kind::AccessServiceToken,
         }
     }
 
@@ -44,7 +51,7 @@ impl Endpoint {
     pub fn is_listing(self) -> bool {
         matches!(
             self,
-            Endpoint::ListRegistrations | Endpoint::FindRegistrations
+            Endpoint::ListRegistrations | Endpoint::FindRegistrations | Endpoint::ListServiceTokens
         )
     }
 
@@ -148,6 +155,14 @@ pub enum ApiError {
         left_secs: u64,
         last: Box<ApiError>,
     },
+    /// A page-numbered listing contradicted itself (a page shorter than its size before the
+    /// last, a page number or total that changed between pages): objects came or went while it
+    /// was read, so it may have skipped some.
+    #[error(
+        "{endpoint}: the listing is inconsistent ({message}); objects may have been skipped, \
+         so it is not trusted"
+    )]
+    InconsistentListing { endpoint: Endpoint, message: String },
     /// A stop request cut a retry wait short; the call was not sent again.
     #[error("{endpoint}: shutdown requested while waiting to retry; the call was not sent again")]
     Stopped { endpoint: Endpoint },
@@ -232,6 +247,7 @@ impl ApiError {
             // A shard missing now may be back in a moment; a mutation's answer stands.
             ApiError::PartialResult { endpoint, .. } => endpoint.is_listing(),
             ApiError::Redirect { .. }
+            | ApiError::InconsistentListing { .. }
             | ApiError::BudgetExhausted { .. }
             | ApiError::DeadlineExceeded { .. }
             | ApiError::WaitPastDeadline { .. }
@@ -273,6 +289,7 @@ impl ApiError {
             ApiError::Transport { .. }
             | ApiError::Decode { .. }
             | ApiError::Redirect { .. }
+            | ApiError::InconsistentListing { .. }
             | ApiError::BudgetExhausted { .. }
             | ApiError::DeadlineExceeded { .. }
             | ApiError::WaitPastDeadline { .. }

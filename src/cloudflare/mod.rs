@@ -7,4 +7,6 @@ pub mod model;
 
 pub use client::{Client, ListedPage, MutationOutcome};
 pub use error::{ApiError, CfErrorDetail, Endpoint};
-pub use model::{AccountId, CursorInfo, Device, Registration, RegistrationType, Stamp, User};
+pub use model::{
+    AccountId, Device, Registration, RegistrationType, ResultInfo, ServiceToken, Stamp, User,
+};

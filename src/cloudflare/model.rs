@@ -188,22 +188,47 @@ fn lenient_registration_type<'de, D: Deserializer<'de>>(
     Ok(raw.and_then(|v| serde_json::from_value(v).ok()))
 }
 
-/// `result_info` of a cursor-paginated listing.
+/// `result_info` of a listing: a cursor (device registrations) or page numbers (service
+/// tokens and the other page-numbered listings). Every field a listing's end is decided on
+/// must be a number or a string as documented, or the page is unreadable.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct CursorInfo {
+pub struct ResultInfo {
     #[serde(default)]
     pub count: Option<u64>,
     #[serde(default)]
     pub cursor: Option<String>,
     #[serde(default)]
     pub per_page: Option<u64>,
+    #[serde(default)]
+    pub page: Option<u64>,
+    #[serde(default)]
+    pub total_count: Option<u64>,
+    #[serde(default)]
+    pub total_pages: Option<u64>,
 }
 
-impl CursorInfo {
+impl ResultInfo {
     /// The cursor of the next page; `None` when the listing is complete.
     pub fn next_cursor(&self) -> Option<&str> {
         self.cursor.as_deref().filter(|c| !c.is_empty())
     }
+}
+
+/// An Access service token, as listed by `GET /accounts/{id}/access/service_tokens`. The
+/// SDK's model has no `created_at` or `last_seen_at` (the reference page shows both), so
+/// they are optional here; unknown fields are ignored. The id and the name are what rules and
+/// exclusions rest on: a token without them is unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ServiceToken {
+    pub id: ResourceId,
+    pub name: String,
+    #[serde(default)]
+    pub created_at: Stamp,
+    #[serde(default)]
+    pub last_seen_at: Stamp,
+    /// `null` or absent: the token never expires.
+    #[serde(default)]
+    pub expires_at: Stamp,
 }
 
 #[cfg(test)]

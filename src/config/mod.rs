@@ -212,7 +212,21 @@ mod tests {
             ("rule without action", format!("{CF}{RULE}resource = \"device_registration\"\nidle_days = 9\n"),
                 4, 1, "[[rule]] #1 action", "every rule needs action = \"delete\" or \"revoke\""),
             ("unknown resource", format!("{CF}{RULE}resource = \"service_token\"\naction = \"delete\"\nidle_days = 9\n"),
-                6, 12, "[[rule]] #1 resource", "expected \"device_registration\" (service tokens"),
+                6, 12, "[[rule]] #1 resource", "expected \"device_registration\" or \"access_service_token\" (account API tokens"),
+            ("token key on a registration rule", format!("{CF}{RULE}resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\nexpired_days = 3\n"),
+                9, 16, "[[rule]] #1 expired_days", "does not apply to resource = \"device_registration\"; its rules take name, resource, action, idle_days, revoked, revoked_min_days, active_only, registration_type"),
+            ("registration key on a token rule", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nidle_days = 9\n"),
+                8, 13, "[[rule]] #1 idle_days", "does not apply to resource = \"access_service_token\"; its rules take name, resource, action, expired_days, unused_days, service_token_name"),
+            ("revoking a token", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"revoke\"\nexpired_days = 9\n"),
+                7, 10, "[[rule]] #1 action", "service tokens can only be deleted"),
+            ("token rule selecting nothing", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nservice_token_name = [\"ci-*\"]\n"),
+                4, 1, "[[rule]] #1", "set expired_days = <days> and/or unused_days"),
+            ("unused_days zero", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nunused_days = 0\n"),
+                8, 15, "[[rule]] #1 unused_days", "(0 would select every token)"),
+            ("empty token name filter", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nunused_days = 9\nservice_token_name = []\n"),
+                9, 22, "[[rule]] #1 service_token_name", "an empty list matches no token"),
+            ("bad service token id", format!("{MINIMAL}[[exclude]]\nservice_token_id = [\"a/b\"]\n"),
+                10, 21, "[[exclude]] #1 service_token_id", "\"a/b\" is not a service token id"),
             ("unknown action", format!("{CF}{RULE}resource = \"device_registration\"\naction = \"remove\"\nidle_days = 9\n"),
                 7, 10, "[[rule]] #1 action", "expected \"delete\" or \"revoke\""),
             ("unknown registration_type", format!("{CF}{RULE}resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\nregistration_type = \"mobile\"\n"),
@@ -362,6 +376,9 @@ mod tests {
                 revoked_min_days: None,
                 active_only: false,
                 registration_type: None,
+                expired_days: None,
+                unused_days: None,
+                names: None,
             }]
         );
         assert!(config.exclusions.is_empty());
@@ -475,6 +492,7 @@ mod tests {
         let rules: Vec<_> = demo
             .rules
             .iter()
+            .filter(|r| r.resource == Kind::DeviceRegistration)
             .map(|r| (r.idle_days, r.revoked, r.revoked_min_days, r.action))
             .collect();
         assert_eq!(
@@ -482,6 +500,19 @@ mod tests {
             [
                 (Some(90), false, None, Action::Delete),
                 (None, true, Some(0), Action::Delete)
+            ]
+        );
+        let token_rules: Vec<_> = demo
+            .rules
+            .iter()
+            .filter(|r| r.resource == Kind::AccessServiceToken)
+            .map(|r| (r.expired_days, r.unused_days, r.action))
+            .collect();
+        assert_eq!(
+            token_rules,
+            [
+                (Some(30), None, Action::Delete),
+                (None, Some(180), Action::Delete)
             ]
         );
         assert_eq!(demo.exclusions[0].user_emails, ["*@board.example.com"]);

@@ -86,6 +86,9 @@ pub(super) struct RawRule {
     pub(super) revoked_min_days: Option<Sp<i64>>,
     pub(super) active_only: Option<Sp<bool>>,
     pub(super) registration_type: Option<Sp<String>>,
+    pub(super) expired_days: Option<Sp<i64>>,
+    pub(super) unused_days: Option<Sp<i64>>,
+    pub(super) service_token_name: Option<Sp<Vec<Sp<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -96,4 +99,6 @@ pub(super) struct RawExclude {
     pub(super) device_name: Option<Vec<Sp<String>>>,
     pub(super) registration_id: Option<Vec<Sp<String>>>,
     pub(super) no_user: Option<bool>,
+    pub(super) service_token_name: Option<Vec<Sp<String>>>,
+    pub(super) service_token_id: Option<Vec<Sp<String>>>,
 }

@@ -172,15 +172,17 @@ impl fmt::Display for Action {
     }
 }
 
-/// One `[[rule]]`. A registration matches when every condition that is set holds; validation
-/// guarantees at least one selecting condition (`idle_days` or `revoked = true`).
+/// One `[[rule]]`. An object of its `resource` matches when every condition that is set
+/// holds. Validation guarantees at least one selecting condition, and that only the keys of
+/// its resource are set: `idle_days` or `revoked = true` for device registrations,
+/// `expired_days` or `unused_days` for service tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSettings {
     /// `name`: unique, non-empty; recorded in the audit log. Required.
     pub name: String,
-    /// `resource`: `"device_registration"` (the only one so far). Required.
+    /// `resource`: `"device_registration"` or `"access_service_token"`. Required.
     pub resource: Kind,
-    /// `action`: `"delete"` or `"revoke"`. Required.
+    /// `action`: `"delete"` or `"revoke"` (service tokens: `"delete"` only). Required.
     pub action: Action,
     /// `idle_days`: select registrations last seen at least this many days ago, 1..=36500.
     /// Default: none.
@@ -194,10 +196,39 @@ pub struct RuleSettings {
     pub active_only: bool,
     /// `registration_type`: filter, `"warp"` or `"browser_extension"`. Default: none (any type).
     pub registration_type: Option<RegistrationType>,
+    /// `expired_days` (service tokens): select tokens whose `expires_at` is at least this many
+    /// days ago, 0..=36500. Default: none.
+    pub expired_days: Option<u32>,
+    /// `unused_days` (service tokens): select tokens not seen for at least this many days
+    /// (since `created_at` when never seen), 1..=36500. Default: none.
+    pub unused_days: Option<u32>,
+    /// `service_token_name` (service tokens): filter, globs matched case-sensitively against
+    /// the token's name. Default: none (any name).
+    pub names: Option<Vec<String>>,
 }
 
-/// One `[[exclude]]`: registrations it matches are never touched. It matches when ANY of its
-/// criteria matches.
+impl RuleSettings {
+    /// A rule of `resource` named `name` doing `action`, with no condition set yet.
+    pub fn new(name: &str, resource: Kind, action: Action) -> Self {
+        RuleSettings {
+            name: name.to_owned(),
+            resource,
+            action,
+            idle_days: None,
+            revoked: false,
+            revoked_min_days: None,
+            active_only: false,
+            registration_type: None,
+            expired_days: None,
+            unused_days: None,
+            names: None,
+        }
+    }
+}
+
+/// One `[[exclude]]`: objects it matches are never touched. It matches when ANY of its
+/// criteria matches; each criterion speaks of one kind (`service_token_*` of service tokens,
+/// the others of device registrations).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExclusionSettings {
     /// `name`: shown in plans and the audit log. Default: `"exclude #N"` (N counts from 1).
@@ -212,6 +243,11 @@ pub struct ExclusionSettings {
     /// `no_user`: registrations with no user, or the service-token identity
     /// `non_identity@*.cloudflareaccess.com`. Default: false.
     pub no_user: bool,
+    /// `service_token_name`: globs matched case-sensitively against a service token's name.
+    /// Default: none.
+    pub service_token_names: Vec<String>,
+    /// `service_token_id`: exact service token ids. Default: none.
+    pub service_token_ids: Vec<ResourceId>,
 }
 
 /// `$STATE_DIRECTORY/audit.db`, or the fixed default outside systemd. systemd joins several

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use chrono::{DateTime, Utc};
 
 use super::{Evaluated, Facts, ListRequest, MutationRequest, PageToken, Presence, ResourceId};
-use crate::cloudflare::{AccountId, CursorInfo, Endpoint, Registration, Stamp};
+use crate::cloudflare::{AccountId, Endpoint, Registration, ResultInfo, Stamp};
 use crate::config::Action;
 use crate::rules::RuleSet;
 
@@ -57,8 +57,8 @@ fn listing(
 }
 
 /// The cursor listing ends when the server hands out no cursor.
-pub fn next_page(info: Option<&CursorInfo>) -> Option<PageToken> {
-    info.and_then(CursorInfo::next_cursor)
+pub fn next_page(info: Option<&ResultInfo>) -> Option<PageToken> {
+    info.and_then(ResultInfo::next_cursor)
         .map(|c| PageToken::Cursor(c.to_owned()))
 }
 
@@ -211,9 +211,9 @@ mod tests {
                 ("id", "b")
             ])
         );
-        let info = |cursor: Option<&str>| CursorInfo {
+        let info = |cursor: Option<&str>| ResultInfo {
             cursor: cursor.map(str::to_owned),
-            ..CursorInfo::default()
+            ..ResultInfo::default()
         };
         assert_eq!(
             next_page(Some(&info(Some("c3")))),

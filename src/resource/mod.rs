@@ -16,6 +16,7 @@ use crate::cloudflare::{AccountId, ApiError, Client, Endpoint, Stamp};
 use crate::config::Action;
 use crate::rules::{Evaluation, RuleSet};
 
+pub mod access_service_token;
 pub mod device_registration;
 
 /// A kind of Cloudflare object. `as_str` is the config value of `[[rule]] resource`, the
@@ -24,14 +25,16 @@ pub mod device_registration;
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     DeviceRegistration,
+    AccessServiceToken,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 1] = [Kind::DeviceRegistration];
+    pub const ALL: [Kind; 2] = [Kind::DeviceRegistration, Kind::AccessServiceToken];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::DeviceRegistration => "device_registration",
+            Kind::AccessServiceToken => "access_service_token",
         }
     }
 
@@ -43,6 +46,7 @@ impl Kind {
     pub fn read_permission(self) -> &'static str {
         match self {
             Kind::DeviceRegistration => "Zero Trust Read",
+            Kind::AccessServiceToken => "Access: Service Tokens Read",
         }
     }
 
@@ -50,6 +54,15 @@ impl Kind {
     pub fn write_permission(self) -> &'static str {
         match self {
             Kind::DeviceRegistration => "Zero Trust Write",
+            Kind::AccessServiceToken => "Access: Service Tokens Write",
+        }
+    }
+
+    /// What one object of this kind is called in messages, singular and plural.
+    pub fn noun(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::DeviceRegistration => ("registration", "registrations"),
+            Kind::AccessServiceToken => ("service token", "service tokens"),
         }
     }
 }
@@ -187,6 +200,8 @@ pub enum Presence {
 pub struct Page {
     pub items: Vec<Box<RawValue>>,
     pub next: Option<PageToken>,
+    /// How many objects the whole listing holds, when the server says (`total_count`).
+    pub total: Option<u64>,
 }
 
 /// One listed item, read by its kind.
@@ -206,8 +221,9 @@ pub async fn list_page(
     let (account, per_page) = (client.account(), client.per_page());
     let request = match kind {
         Kind::DeviceRegistration => device_registration::list_request(account, per_page, token),
+        Kind::AccessServiceToken => access_service_token::list_request(account, token),
     };
-    read_page(kind, client, &request).await
+    read_page(kind, client, &request, token).await
 }
 
 /// One page of the objects of `kind` among `ids`, whatever their state: what confirms a call
@@ -223,19 +239,49 @@ pub async fn find_page(
         Kind::DeviceRegistration => {
             device_registration::find_request(account, per_page, ids, token)
         }
+        // No filter by id: the whole listing, which the caller searches.
+        Kind::AccessServiceToken => access_service_token::list_request(account, token),
     };
-    read_page(kind, client, &request).await
+    read_page(kind, client, &request, token).await
 }
 
-async fn read_page(kind: Kind, client: &Client, request: &ListRequest) -> Result<Page, ApiError> {
+async fn read_page(
+    kind: Kind,
+    client: &Client,
+    request: &ListRequest,
+    token: Option<&PageToken>,
+) -> Result<Page, ApiError> {
     let listed = client.list(request).await?;
+    let info = listed.info.as_ref();
     let next = match kind {
-        Kind::DeviceRegistration => device_registration::next_page(listed.info.as_ref()),
+        Kind::DeviceRegistration => device_registration::next_page(info),
+        Kind::AccessServiceToken => {
+            let asked = match token {
+                Some(PageToken::Page(n)) => *n,
+                _ => 1,
+            };
+            access_service_token::next_page(info, asked, listed.items.len()).map_err(|message| {
+                ApiError::InconsistentListing {
+                    endpoint: request.endpoint,
+                    message,
+                }
+            })?
+        }
     };
     Ok(Page {
+        total: info.and_then(|i| i.total_count),
         items: listed.items,
         next,
     })
+}
+
+/// Whether a listing of `kind` can be filtered by id: if not, confirming a call lists every
+/// object of the kind, and costs a whole listing's pages.
+pub fn finds_by_id(kind: Kind) -> bool {
+    match kind {
+        Kind::DeviceRegistration => true,
+        Kind::AccessServiceToken => false,
+    }
 }
 
 /// Reads one listed item of `kind` and asks the rules about it at `now`; an item whose data no
@@ -249,6 +295,7 @@ pub fn evaluate<'r>(
 ) -> Result<Evaluated<'r>, serde_json::Error> {
     match kind {
         Kind::DeviceRegistration => device_registration::evaluate(raw, rules, now),
+        Kind::AccessServiceToken => access_service_token::evaluate(raw, rules, now),
     }
 }
 
@@ -256,6 +303,7 @@ pub fn evaluate<'r>(
 pub fn presence(kind: Kind, raw: &RawValue) -> Result<(ResourceId, Presence), serde_json::Error> {
     match kind {
         Kind::DeviceRegistration => device_registration::presence(raw),
+        Kind::AccessServiceToken => access_service_token::presence(raw),
     }
 }
 
@@ -263,6 +311,7 @@ pub fn presence(kind: Kind, raw: &RawValue) -> Result<(ResourceId, Presence), se
 pub fn bulk(kind: Kind, action: Action) -> bool {
     match kind {
         Kind::DeviceRegistration => device_registration::bulk(action),
+        Kind::AccessServiceToken => access_service_token::bulk(action),
     }
 }
 
@@ -275,6 +324,7 @@ pub fn mutation_request(
 ) -> MutationRequest {
     match kind {
         Kind::DeviceRegistration => device_registration::mutation_request(account, action, ids),
+        Kind::AccessServiceToken => access_service_token::mutation_request(account, ids),
     }
 }
 
@@ -283,6 +333,33 @@ pub fn mutation_request(
 pub fn means_gone(endpoint: Endpoint, status: u16) -> bool {
     match endpoint.kind() {
         Kind::DeviceRegistration => device_registration::means_gone(status),
+        Kind::AccessServiceToken => access_service_token::means_gone(status),
+    }
+}
+
+/// What the user must change before Cloudflare accepts an action it refused.
+pub fn refusal_hint(kind: Kind) -> &'static str {
+    match kind {
+        Kind::AccessServiceToken => access_service_token::REFUSAL_HINT,
+        Kind::DeviceRegistration => "Cloudflare refuses to act on it; see the error above",
+    }
+}
+
+/// Whether `error`, answered to a call naming one object, is Cloudflare refusing to act on
+/// that object for a reason the user must fix first (a service token still in use): recorded
+/// `refused_by_api`, not retried, and not a failure of the run.
+pub fn means_refused(error: &ApiError) -> bool {
+    match error {
+        ApiError::Api {
+            endpoint,
+            status,
+            errors,
+            envelope: true,
+        } if !error.is_run_wide() => match endpoint.kind() {
+            Kind::DeviceRegistration => false,
+            Kind::AccessServiceToken => access_service_token::means_refused(*status, errors),
+        },
+        _ => false,
     }
 }
 
@@ -330,6 +407,7 @@ mod tests {
             );
         }
         assert_eq!(Kind::parse("service_token"), None);
+        assert_eq!(Kind::parse("Access_Service_Token"), None);
     }
 
     #[test]

@@ -1760,6 +1760,415 @@ mod tests {
         }
     }
 
+    fn token() -> ServiceToken {
+        ServiceToken {
+            id: ResourceId::parse("3f6b0c2e-1111-4a53-9d0e-5b7a3f1c2d4e").unwrap(),
+            name: "ci-deploy-01".into(),
+            created_at: days_ago(400),
+            last_seen_at: days_ago(1),
+            expires_at: Stamp::Valid(now() + TimeDelta::days(30)),
+        }
+    }
+
+    fn token_rule(name: &str, expired: Option<u32>, unused: Option<u32>) -> RuleSettings {
+        RuleSettings {
+            expired_days: expired,
+            unused_days: unused,
+            ..RuleSettings::new(name, Kind::AccessServiceToken, Action::Delete)
+        }
+    }
+
+    fn token_exclusion(names: &[&str], ids: &[&str]) -> ExclusionSettings {
+        ExclusionSettings {
+            name: "keep".into(),
+            service_token_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            service_token_ids: ids.iter().map(|i| ResourceId::parse(i).unwrap()).collect(),
+            ..exclusion()
+        }
+    }
+
+    #[test]
+    fn service_token_rule_table() {
+        use Expect::*;
+        let expired = || token_rule("expired", Some(30), None);
+        let unused = || token_rule("unused", None, Some(90));
+        let at = |d: i64| Stamp::Valid(now() - TimeDelta::days(d));
+        let second_short =
+            |d: i64| Stamp::Valid(now() - TimeDelta::days(d) + TimeDelta::seconds(1));
+        type Case = (
+            &'static str,
+            Vec<RuleSettings>,
+            Vec<ExclusionSettings>,
+            ServiceToken,
+            Expect,
+            Option<Anomaly>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a used token that expires later is kept",
+                vec![expired(), unused()],
+                vec![],
+                token(),
+                Keep,
+                None,
+            ),
+            (
+                "expired exactly N days ago is selected",
+                vec![expired()],
+                vec![],
+                ServiceToken {
+                    expires_at: at(30),
+                    ..token()
+                },
+                Act("expired"),
+                None,
+            ),
+            (
+                "expired one second short of N days is kept",
+                vec![expired()],
+                vec![],
+                ServiceToken {
+                    expires_at: second_short(30),
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "expired_days = 0 takes a token the moment it expires",
+                vec![token_rule("now", Some(0), None)],
+                vec![],
+                ServiceToken {
+                    expires_at: at(0),
+                    ..token()
+                },
+                Act("now"),
+                None,
+            ),
+            (
+                "a token that never expires is never expired",
+                vec![expired()],
+                vec![],
+                ServiceToken {
+                    expires_at: Stamp::Missing,
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "unused exactly N days is selected",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: at(90),
+                    ..token()
+                },
+                Act("unused"),
+                None,
+            ),
+            (
+                "unused one second short of N days is kept",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: second_short(90),
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "never seen counts from an old created_at",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: Stamp::Missing,
+                    created_at: at(100),
+                    ..token()
+                },
+                Act("unused"),
+                None,
+            ),
+            (
+                "never seen and created recently is kept",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: Stamp::Missing,
+                    created_at: at(10),
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "a token created after its last_seen_at counts from created_at",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: at(200),
+                    created_at: at(200),
+                    ..token()
+                },
+                Act("unused"),
+                None,
+            ),
+            (
+                "neither stamp: never selected, an anomaly",
+                vec![unused(), expired()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: Stamp::Missing,
+                    created_at: Stamp::Missing,
+                    expires_at: at(400),
+                    ..token()
+                },
+                Keep,
+                Some(Anomaly::NoActivityTimestamp),
+            ),
+            (
+                "unparsable last_seen_at: an anomaly, even for an expiry rule",
+                vec![expired()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: Stamp::Invalid("soon".into()),
+                    expires_at: at(400),
+                    ..token()
+                },
+                Keep,
+                Some(Anomaly::UnparsableLastSeen),
+            ),
+            (
+                "null last_seen_at and unparsable created_at: an anomaly",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: Stamp::Missing,
+                    created_at: Stamp::Invalid("x".into()),
+                    ..token()
+                },
+                Keep,
+                Some(Anomaly::NoActivityTimestamp),
+            ),
+            (
+                "unparsable expires_at: an anomaly",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    expires_at: Stamp::Invalid("never".into()),
+                    last_seen_at: at(400),
+                    ..token()
+                },
+                Keep,
+                Some(Anomaly::UnparsableExpiresAt),
+            ),
+            (
+                "last_seen_at in the future: an anomaly",
+                vec![unused()],
+                vec![],
+                ServiceToken {
+                    last_seen_at: Stamp::Valid(now() + TimeDelta::days(2)),
+                    ..token()
+                },
+                Keep,
+                Some(Anomaly::FutureLastSeen),
+            ),
+            (
+                "both conditions must hold",
+                vec![token_rule("both", Some(30), Some(90))],
+                vec![],
+                ServiceToken {
+                    expires_at: at(60),
+                    last_seen_at: at(10),
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "both conditions holding",
+                vec![token_rule("both", Some(30), Some(90))],
+                vec![],
+                ServiceToken {
+                    expires_at: at(60),
+                    last_seen_at: at(100),
+                    ..token()
+                },
+                Act("both"),
+                None,
+            ),
+            (
+                "the name filter narrows",
+                vec![RuleSettings {
+                    names: Some(vec!["backup-*".into()]),
+                    ..expired()
+                }],
+                vec![],
+                ServiceToken {
+                    expires_at: at(60),
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "the name filter matches",
+                vec![RuleSettings {
+                    names: Some(vec!["ci-*".into()]),
+                    ..expired()
+                }],
+                vec![],
+                ServiceToken {
+                    expires_at: at(60),
+                    ..token()
+                },
+                Act("expired"),
+                None,
+            ),
+            (
+                "the name filter is case-sensitive",
+                vec![RuleSettings {
+                    names: Some(vec!["CI-*".into()]),
+                    ..expired()
+                }],
+                vec![],
+                ServiceToken {
+                    expires_at: at(60),
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "the first matching rule wins",
+                vec![unused(), expired()],
+                vec![],
+                ServiceToken {
+                    expires_at: at(60),
+                    last_seen_at: at(100),
+                    ..token()
+                },
+                Act("unused"),
+                None,
+            ),
+            (
+                "a registration rule never selects a token",
+                vec![idle(1), revoked(None)],
+                vec![],
+                ServiceToken {
+                    expires_at: at(60),
+                    last_seen_at: at(100),
+                    ..token()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "service_token_name protects",
+                vec![expired()],
+                vec![token_exclusion(&["ci-deploy-*"], &[])],
+                ServiceToken {
+                    expires_at: at(60),
+                    ..token()
+                },
+                Excluded("keep"),
+                None,
+            ),
+            (
+                "service_token_id protects, whatever the case",
+                vec![expired()],
+                vec![token_exclusion(
+                    &[],
+                    &["3F6B0C2E-1111-4A53-9D0E-5B7A3F1C2D4E"],
+                )],
+                ServiceToken {
+                    expires_at: at(60),
+                    ..token()
+                },
+                Excluded("keep"),
+                None,
+            ),
+            (
+                "a registration criterion never protects a token",
+                vec![expired()],
+                vec![ExclusionSettings {
+                    device_names: vec!["ci-*".into()],
+                    no_user: true,
+                    ..exclusion()
+                }],
+                ServiceToken {
+                    expires_at: at(60),
+                    ..token()
+                },
+                Act("expired"),
+                None,
+            ),
+        ];
+        for (name, rules, exclusions, token, expect, anomaly) in cases {
+            let set = RuleSet::new(&rules, &exclusions).unwrap();
+            let eval = set.evaluate_service_token(&token, now());
+            let got = match eval.verdict {
+                Verdict::Keep => Keep,
+                Verdict::Act { rule, .. } => Act(rule.name.clone().leak()),
+                Verdict::Excluded { exclusion, .. } => Excluded(exclusion.to_owned().leak()),
+            };
+            assert_eq!(got, expect, "case: {name}");
+            assert_eq!(eval.anomaly, anomaly, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn token_criteria_never_protect_a_registration() {
+        let set = RuleSet::new(
+            &[idle(90)],
+            &[token_exclusion(
+                &["*"],
+                &["11111111-1111-4111-8111-111111111111"],
+            )],
+        )
+        .unwrap();
+        let old = Registration {
+            last_seen_at: days_ago(200),
+            ..reg()
+        };
+        assert!(matches!(
+            set.evaluate(&old, now()).verdict,
+            Verdict::Act { .. }
+        ));
+    }
+
+    #[test]
+    fn token_reasons_read_well() {
+        let set = RuleSet::new(
+            &[
+                token_rule("expired", Some(30), None),
+                token_rule("unused", None, Some(90)),
+            ],
+            &[],
+        )
+        .unwrap();
+        let why = |t: ServiceToken| match set.evaluate_service_token(&t, now()).verdict {
+            Verdict::Act { why, .. } => why.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            why(ServiceToken {
+                expires_at: days_ago(45),
+                ..token()
+            }),
+            "expired 45d ago >= 30d (expires_at 2026-04-17)"
+        );
+        assert_eq!(
+            why(ServiceToken {
+                last_seen_at: Stamp::Missing,
+                created_at: days_ago(120),
+                ..token()
+            }),
+            "unused 120d >= 90d (never seen; created_at 2026-02-01)"
+        );
+    }
+
     #[test]
     fn reasons_read_well() {
         let set = RuleSet::new(&[idle(90)], &[]).unwrap();

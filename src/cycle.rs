@@ -406,6 +406,7 @@ impl CycleContext<'_> {
                 excluded: s.excluded,
                 done: s.actions_done,
                 failed: s.actions_failed,
+                refused: s.actions_refused,
             })
             .collect();
         self.audit

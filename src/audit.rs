@@ -393,6 +393,7 @@ pub struct ActionFilter {
     pub run_id: Option<i64>,
     pub rule: Option<String>,
     pub user_email: Option<String>,
+    pub resource_kind: Option<Kind>,
     pub resource_id: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -1545,6 +1546,9 @@ impl AuditStore {
             // SQLite's lower() is ASCII-only: compare Unicode case-folded forms instead.
             q.push(" AND a.user_email_folded = ")
                 .push_bind(crate::rules::fold_case(email).into_owned());
+        }
+        if let Some(kind) = f.resource_kind {
+            q.push(" AND a.resource_kind = ").push_bind(kind.as_str());
         }
         if let Some(id) = &f.resource_id {
             q.push(" AND a.resource_id = ").push_bind(id.clone());

@@ -239,7 +239,7 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
         Format::Json => json_lines(out, actions),
         Format::Csv => csv_rows(out, actions),
         Format::Text => {
-            let rows: Vec<[String; 9]> = actions
+            let rows: Vec<[String; 10]> = actions
                 .iter()
                 .map(|a| {
                     [
@@ -247,6 +247,7 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
                         a.decided_at.clone(),
                         a.rule.clone(),
                         a.action.clone(),
+                        a.resource_kind.clone(),
                         a.resource_id.clone(),
                         a.user_email.clone().unwrap_or_else(|| "-".to_owned()),
                         a.device_name.clone().unwrap_or_default(),
@@ -265,7 +266,8 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
                     "DECIDED",
                     "RULE",
                     "ACTION",
-                    "REGISTRATION",
+                    "RESOURCE",
+                    "ID",
                     "USER",
                     "DEVICE",
                     "STATUS",

@@ -175,6 +175,23 @@ impl ActionStatus {
             ActionStatus::RefusedByApi => "refused_by_api",
         }
     }
+
+    /// The status an `actions.status` value names; `None` for a value no version wrote.
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "planned" => ActionStatus::Planned,
+            "excluded" => ActionStatus::Excluded,
+            "not_attempted" => ActionStatus::NotAttempted,
+            "in_flight" => ActionStatus::InFlight,
+            "done" => ActionStatus::Done,
+            "already_gone" => ActionStatus::AlreadyGone,
+            "failed" => ActionStatus::Failed,
+            "unconfirmed" => ActionStatus::Unconfirmed,
+            "stuck" => ActionStatus::Stuck,
+            "refused_by_api" => ActionStatus::RefusedByApi,
+            _ => return None,
+        })
+    }
 }
 
 /// What Cloudflare answered one API mutation, as the `mutations.outcome` column records it.
@@ -251,6 +268,8 @@ pub struct KindRun {
     pub excluded: Option<u64>,
     pub done: u64,
     pub failed: u64,
+    /// Refused by Cloudflare because the object is still in use (not in `failed`).
+    pub refused: u64,
 }
 
 /// An API call about to be sent. The registrations it names identify, within its run, the
@@ -341,6 +360,8 @@ pub struct RunRow {
     pub excluded: Option<i64>,
     pub actions_done: Option<i64>,
     pub actions_failed: Option<i64>,
+    /// `None` for runs written before refusals were counted (migration 20261128000001).
+    pub actions_refused: Option<i64>,
     pub api_requests: Option<i64>,
 }
 
@@ -372,6 +393,7 @@ pub struct ActionFilter {
     pub run_id: Option<i64>,
     pub rule: Option<String>,
     pub user_email: Option<String>,
+    pub resource_kind: Option<Kind>,
     pub resource_id: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -935,8 +957,8 @@ impl AuditStore {
         for k in kinds {
             sqlx::query(
                 "INSERT INTO run_kinds (run_id, kind, outcome, reason, seen, candidates, excluded,
-                     done, failed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     done, failed, refused)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .bind(run.0)
             .bind(k.kind.as_str())
@@ -947,6 +969,7 @@ impl AuditStore {
             .bind(n(k.excluded))
             .bind(k.done as i64)
             .bind(k.failed as i64)
+            .bind(k.refused as i64)
             .execute(&mut *tx)
             .await
             .map_err(AuditError::Write)?;
@@ -955,7 +978,7 @@ impl AuditStore {
             "UPDATE runs SET finished_at = ?2, outcome = ?3, reason = ?4, pages = ?5,
                  seen_total = ?6, seen_active = ?7, seen_revoked = ?8, candidates = ?9,
                  excluded = ?10, actions_done = ?11, actions_failed = ?12, api_requests = ?13,
-                 actions_unconfirmed = ?14, actions_stuck = ?15
+                 actions_unconfirmed = ?14, actions_stuck = ?15, refused = ?16
              WHERE id = ?1",
         )
         .bind(run.0)
@@ -973,6 +996,7 @@ impl AuditStore {
         .bind(summary.api_requests as i64)
         .bind(summary.actions_unconfirmed as i64)
         .bind(summary.actions_stuck as i64)
+        .bind(summary.actions_refused as i64)
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
@@ -1275,9 +1299,11 @@ impl AuditStore {
     /// The candidates of `run` (still planned) whose registration failed in each of the runs
     /// just before, with the same error, for reasons concerning its id alone (the call's
     /// outcome `rejected`, or `not_found` while it still existed) or was already stuck for it.
-    /// Runs that did not act on it (plan mode, refused, aborted, stopped) neither count nor
-    /// break the streak; a run that listed everything and did not select it (it left the plan),
-    /// or any other result, ends it. Counts up to `needed`.
+    /// Runs that did not act on it (plan mode, refused by the caps, aborted, stopped) neither
+    /// count nor break the streak, and neither does a run whose call Cloudflare refused
+    /// because the object is in use (`refused_by_api`): that is the object's state, not a
+    /// failing call, and it is reported every run anyway. A run that listed everything and did
+    /// not select it (it left the plan), or any other result, ends it. Counts up to `needed`.
     pub async fn failure_streaks(
         &self,
         run: RunId,
@@ -1341,16 +1367,22 @@ impl AuditStore {
                     break;
                 }
                 after = at;
-                let status: &str = h.get(1);
-                if matches!(status, "planned" | "not_attempted" | "in_flight") {
+                use ActionStatus as S;
+                let status = ActionStatus::parse(h.get(1));
+                if matches!(
+                    status,
+                    Some(S::Planned | S::NotAttempted | S::InFlight | S::RefusedByApi)
+                ) {
                     continue;
                 }
                 let outcome: Option<String> = h.get(5);
                 let mutation: Option<i64> = h.get(3);
                 let per_id = matches!(outcome.as_deref(), Some("rejected" | "not_found"));
-                let (Some(mutation), true, true) =
-                    (mutation, per_id, matches!(status, "failed" | "stuck"))
-                else {
+                let (Some(mutation), true, true) = (
+                    mutation,
+                    per_id,
+                    matches!(status, Some(S::Failed | S::Stuck)),
+                ) else {
                     break;
                 };
                 let this: Signature = (h.get(2), outcome, h.get(6), h.get(7));
@@ -1360,9 +1392,13 @@ impl AuditStore {
                 signature = Some(this);
                 let detail: Option<String> = h.get(4);
                 if latest.is_none() {
-                    latest = Some((MutationId(mutation), detail.clone(), status == "stuck"));
+                    latest = Some((
+                        MutationId(mutation),
+                        detail.clone(),
+                        status == Some(S::Stuck),
+                    ));
                 }
-                if status == "failed" && failure_detail.is_none() {
+                if status == Some(S::Failed) && failure_detail.is_none() {
                     failure_detail = detail;
                 }
                 runs += 1;
@@ -1463,7 +1499,7 @@ impl AuditStore {
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, AuditError> {
         let rows = sqlx::query(
             "SELECT id, started_at, finished_at, mode, outcome, reason, seen_total, candidates,
-                    excluded, actions_done, actions_failed, api_requests
+                    excluded, actions_done, actions_failed, api_requests, refused
              FROM runs ORDER BY id DESC LIMIT ?1",
         )
         .bind(limit)
@@ -1484,6 +1520,7 @@ impl AuditStore {
                 excluded: r.get(8),
                 actions_done: r.get(9),
                 actions_failed: r.get(10),
+                actions_refused: r.get(12),
                 api_requests: r.get(11),
             })
             .collect())
@@ -1509,6 +1546,9 @@ impl AuditStore {
             // SQLite's lower() is ASCII-only: compare Unicode case-folded forms instead.
             q.push(" AND a.user_email_folded = ")
                 .push_bind(crate::rules::fold_case(email).into_owned());
+        }
+        if let Some(kind) = f.resource_kind {
+            q.push(" AND a.resource_kind = ").push_bind(kind.as_str());
         }
         if let Some(id) = &f.resource_id {
             q.push(" AND a.resource_id = ").push_bind(id.clone());
@@ -1577,5 +1617,152 @@ mod tests {
             "a symlinked directory holds the same database"
         );
         first.close().await;
+    }
+
+    #[test]
+    fn every_status_reads_back_as_written() {
+        use ActionStatus::*;
+        for status in [
+            Planned,
+            Excluded,
+            NotAttempted,
+            InFlight,
+            Done,
+            AlreadyGone,
+            Failed,
+            Unconfirmed,
+            Stuck,
+            RefusedByApi,
+        ] {
+            assert_eq!(ActionStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(ActionStatus::parse("refused_by_api"), Some(RefusedByApi));
+        assert_eq!(ActionStatus::parse("bogus"), None);
+    }
+
+    #[tokio::test]
+    async fn a_run_and_each_of_its_kinds_record_their_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        let run = audit.begin_run(Mode::Apply, Utc::now()).await.unwrap();
+        let summary = RunSummary {
+            actions_done: 3,
+            actions_refused: 2,
+            ..RunSummary::default()
+        };
+        let kind = KindRun {
+            kind: Kind::DeviceRegistration,
+            outcome: RunOutcome::Applied,
+            reason: None,
+            seen: Some(10),
+            candidates: Some(5),
+            excluded: Some(0),
+            done: 3,
+            failed: 0,
+            refused: 2,
+        };
+        audit
+            .finish_run(
+                run,
+                RunOutcome::Applied,
+                None,
+                &summary,
+                &[kind],
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let runs = audit.recent_runs(1).await.unwrap();
+        assert_eq!(runs[0].actions_refused, Some(2));
+        assert_eq!(
+            runs[0].actions_failed,
+            Some(0),
+            "a refusal is not a failure"
+        );
+        let refused: i64 = sqlx::query_scalar("SELECT refused FROM run_kinds WHERE run_id = ?1")
+            .bind(run.0)
+            .fetch_one(&audit.pool)
+            .await
+            .unwrap();
+        assert_eq!(refused, 2);
+        audit.close().await;
+    }
+
+    /// A token still in use is refused by Cloudflare run after run: that is its state, not a
+    /// failing call. A refusal neither starts a failure streak, nor extends one, nor breaks
+    /// one.
+    #[tokio::test]
+    async fn a_refusal_by_the_api_is_not_a_failure_streak() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        let only_refused = "aaaaaaaa-0000-4000-8000-000000000001";
+        let failed_around_a_refusal = "bbbbbbbb-0000-4000-8000-000000000002";
+        // Runs 1 to 3 listed everything and acted; run 4 is the one asking.
+        for run in 1..=4 {
+            sqlx::query(
+                "INSERT INTO runs (id, started_at, mode, outcome, seen_total)
+                 VALUES (?1, 't', 'apply', 'applied', 10)",
+            )
+            .bind(run)
+            .execute(&audit.pool)
+            .await
+            .unwrap();
+        }
+        let mut next = 0;
+        let mut row = |run: i64, id: &str, status: &str, code: Option<i64>| {
+            next += 1;
+            let mutation = format!(
+                "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path,
+                     resource_ids, intent_at, completed_at, outcome, http_status, cf_error_code)
+                 VALUES ({next}, {run}, 'device_registration', 'delete', 'DELETE', '/x',
+                     '[\"{id}\"]', 't', 't', 'rejected', 400, {code})",
+                code = code.map_or("NULL".to_owned(), |c| c.to_string()),
+            );
+            let action = format!(
+                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                     resource_id, reason, status, mutation_id)
+                 VALUES ({next}, {run}, 't', 'unused', 'delete', 'device_registration', '{id}',
+                     'unused', '{status}', {mutation})",
+                mutation = if status == "planned" {
+                    "NULL".to_owned()
+                } else {
+                    next.to_string()
+                },
+            );
+            [mutation, action]
+        };
+        let mut statements = Vec::new();
+        for run in 1..=3 {
+            statements.extend(row(run, only_refused, "refused_by_api", Some(12139)));
+        }
+        statements.extend(row(1, failed_around_a_refusal, "failed", Some(1001)));
+        statements.extend(row(
+            2,
+            failed_around_a_refusal,
+            "refused_by_api",
+            Some(12139),
+        ));
+        statements.extend(row(3, failed_around_a_refusal, "failed", Some(1001)));
+        statements.extend(row(4, only_refused, "planned", None));
+        statements.extend(row(4, failed_around_a_refusal, "planned", None));
+        for statement in statements {
+            sqlx::query(&statement).execute(&audit.pool).await.unwrap();
+        }
+
+        let streaks = audit.failure_streaks(RunId(4), 3).await.unwrap();
+        let planned: i64 =
+            sqlx::query_scalar("SELECT id FROM actions WHERE run_id = 4 AND resource_id = ?1")
+                .bind(failed_around_a_refusal)
+                .fetch_one(&audit.pool)
+                .await
+                .unwrap();
+        assert_eq!(streaks.len(), 1, "{streaks:?}");
+        assert_eq!(streaks[0].action_id, planned, "only refused: no streak");
+        assert_eq!(
+            streaks[0].runs, 2,
+            "the failures of runs 1 and 3 count; the refusal between them neither counts nor ends them"
+        );
+        assert!(!streaks[0].already_stuck);
+        audit.close().await;
     }
 }

@@ -14,6 +14,7 @@ use crate::apply::StopSignal;
 use crate::audit::{ActionFilter, AuditStore, RunOutcome};
 use crate::config::{Config, LogFormat, Mode};
 use crate::report::{self, Format};
+use crate::resource::Kind;
 use crate::startup::Loaded;
 
 #[derive(Parser)]
@@ -125,9 +126,13 @@ enum AuditQuery {
         /// User email, case-insensitive.
         #[arg(long)]
         user: Option<String>,
-        /// Registration id.
-        #[arg(long)]
+        /// A resource kind as `[[rule]] resource` names it (e.g. device_registration), or else
+        /// an object id (as --id).
+        #[arg(long, value_name = "KIND|ID")]
         resource: Option<String>,
+        /// An object id, of any kind.
+        #[arg(long)]
+        id: Option<String>,
         /// RFC 3339 time; actions decided at or after it.
         #[arg(long)]
         since: Option<DateTime<Utc>>,
@@ -317,6 +322,26 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
     })
 }
 
+/// `--resource` names a kind when it is one, and otherwise an id, as it did before kinds
+/// existed (no id is spelled like a kind: kinds have underscores, ids do not).
+fn resource_filter(
+    resource: Option<String>,
+    id: Option<String>,
+) -> Result<(Option<Kind>, Option<String>)> {
+    let Some(resource) = resource else {
+        return Ok((None, id));
+    };
+    match (Kind::parse(&resource), id) {
+        (Some(kind), id) => Ok((Some(kind), id)),
+        (None, None) => Ok((None, Some(resource))),
+        (None, Some(id)) => anyhow::bail!(
+            "--resource {resource:?} is not a resource kind ({}), and --id {id:?} already names the id; \
+             pass the id once, with --id",
+            Kind::ALL.map(Kind::as_str).join(", ")
+        ),
+    }
+}
+
 async fn audit(query: AuditQuery) -> Result<ExitCode> {
     let (common, filter) = match query {
         AuditQuery::Runs { common } => (common, None),
@@ -326,14 +351,17 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
             rule,
             user,
             resource,
+            id,
             since,
             until,
         } => {
+            let (resource_kind, resource_id) = resource_filter(resource, id)?;
             let filter = ActionFilter {
                 run_id: run,
                 rule,
                 user_email: user,
-                resource_id: resource,
+                resource_kind,
+                resource_id,
                 since,
                 until,
                 limit: common.limit,
@@ -363,4 +391,44 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_a_kind_or_else_an_id() {
+        let id = "0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e";
+        let s = |v: &str| Some(v.to_owned());
+        // (case, --resource, --id, kind filter, id filter)
+        let cases = [
+            ("neither", None, None, None, None),
+            ("an id, as before kinds", s(id), None, None, s(id)),
+            ("--id alone", None, s(id), None, s(id)),
+            (
+                "a kind",
+                s("device_registration"),
+                None,
+                Some(Kind::DeviceRegistration),
+                None,
+            ),
+            (
+                "a kind and an id",
+                s("device_registration"),
+                s(id),
+                Some(Kind::DeviceRegistration),
+                s(id),
+            ),
+        ];
+        for (case, resource, id, kind, resource_id) in cases {
+            let got = resource_filter(resource, id).unwrap();
+            assert_eq!(got, (kind, resource_id), "{case}");
+        }
+        let twice = resource_filter(s(id), s(id)).unwrap_err().to_string();
+        assert!(
+            twice.contains("device_registration") && twice.contains("--id"),
+            "{twice}"
+        );
+    }
 }

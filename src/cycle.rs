@@ -525,6 +525,7 @@ impl CycleContext<'_> {
                 excluded: part.summary.excluded,
                 done: part.summary.actions_done,
                 failed: part.summary.actions_failed,
+                refused: part.summary.actions_refused,
             })
             .collect();
         self.audit

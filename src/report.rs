@@ -255,7 +255,7 @@ pub fn runs(out: &mut dyn Write, runs: &[RunRow], format: Format) -> io::Result<
         Format::Json => json_lines(out, runs),
         Format::Csv => csv_rows(out, runs),
         Format::Text => {
-            let rows: Vec<[String; 8]> = runs
+            let rows: Vec<[String; 9]> = runs
                 .iter()
                 .map(|r| {
                     [
@@ -266,6 +266,8 @@ pub fn runs(out: &mut dyn Write, runs: &[RunRow], format: Format) -> io::Result<
                         opt(r.seen_total),
                         opt(r.candidates),
                         format!("{}/{}", opt(r.actions_done), opt(r.actions_failed)),
+                        // Refused by the API (object in use): neither done nor failed.
+                        opt(r.actions_refused),
                         r.reason.clone().unwrap_or_default(),
                     ]
                 })
@@ -280,6 +282,7 @@ pub fn runs(out: &mut dyn Write, runs: &[RunRow], format: Format) -> io::Result<
                     "SEEN",
                     "CANDIDATES",
                     "DONE/FAILED",
+                    "REFUSED",
                     "REASON",
                 ],
                 &rows,
@@ -293,7 +296,7 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
         Format::Json => json_lines(out, actions),
         Format::Csv => csv_rows(out, actions),
         Format::Text => {
-            let rows: Vec<[String; 9]> = actions
+            let rows: Vec<[String; 10]> = actions
                 .iter()
                 .map(|a| {
                     [
@@ -301,6 +304,7 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
                         a.decided_at.clone(),
                         a.rule.clone(),
                         a.action.clone(),
+                        a.resource_kind.clone(),
                         a.resource_id.clone(),
                         a.user_email.clone().unwrap_or_else(|| "-".to_owned()),
                         a.device_name.clone().unwrap_or_default(),
@@ -319,7 +323,8 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
                     "DECIDED",
                     "RULE",
                     "ACTION",
-                    "REGISTRATION",
+                    "RESOURCE",
+                    "ID",
                     "USER",
                     "DEVICE",
                     "STATUS",
@@ -474,6 +479,7 @@ mod tests {
             excluded: Some(0),
             actions_done: Some(0),
             actions_failed: Some(1),
+            actions_refused: Some(0),
             api_requests: Some(2),
         }
     }
@@ -580,6 +586,49 @@ mod tests {
         assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
         assert_eq!(text.lines().count(), 3, "header and two runs:\n{text}");
         assert!(text.contains(r"x\u{1b}]0;pwned\u{7}\u{d}\u{a}99"), "{text}");
+    }
+
+    #[test]
+    fn runs_show_how_many_actions_the_api_refused() {
+        let refused = RunRow {
+            actions_refused: Some(2),
+            ..run_row(2, None)
+        };
+        let before = RunRow {
+            actions_refused: None,
+            ..run_row(1, None)
+        };
+        let mut out = Vec::new();
+        runs(&mut out, &[refused.clone(), before.clone()], Format::Text).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let cells: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(cells[0][6..8], ["DONE/FAILED", "REFUSED"], "{text}");
+        assert_eq!(cells[1][6..8], ["0/1", "2"], "{text}");
+        assert_eq!(cells[2][6..8], ["0/1", "-"], "not counted before: {text}");
+
+        let mut out = Vec::new();
+        runs(&mut out, &[refused.clone(), before.clone()], Format::Json).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json[0]["actions_refused"], 2);
+        assert!(json[1]["actions_refused"].is_null());
+
+        let mut out = Vec::new();
+        runs(&mut out, &[refused, before], Format::Csv).unwrap();
+        let mut reader = csv::Reader::from_reader(out.as_slice());
+        let column = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "actions_refused")
+            .unwrap();
+        let values: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[column].to_owned())
+            .collect();
+        assert_eq!(values, ["2", ""]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! decisions and their snapshots intact.
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use zt_janitor::audit::{ActionFilter, AuditStore};
+use zt_janitor::audit::{ActionFilter, ActionStatus, AuditStore};
 use zt_janitor::resource::Kind;
 
 #[tokio::test]
@@ -335,6 +335,202 @@ async fn a_database_from_before_resource_kinds_reads_back_as_device_registration
             .unwrap();
     assert!(tables.iter().all(|t| !t.ends_with("_new")), "{tables:?}");
     assert!(tables.contains(&"run_kinds".to_owned()), "{tables:?}");
+    let references: Vec<String> =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name IN ('actions', 'snapshots')")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        references.iter().all(|sql| !sql.contains("_new")),
+        "{references:?}"
+    );
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "actions_failing",
+            "actions_mutation",
+            "actions_resource",
+            "actions_run",
+            "actions_user_folded",
+            "mutations_pending",
+        ]
+    );
+    pool.close().await;
+}
+
+/// A database built by the migrations up to resource kinds: actions, snapshots, mutations and
+/// run_kinds come through the rebuild that admits `refused_by_api` with every row, reference
+/// and index intact; runs and their kinds gain a refused count.
+#[tokio::test]
+async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let earlier = dir.path().join("migrations");
+    std::fs::create_dir(&earlier).unwrap();
+    for name in [
+        "20261124000001_audit.sql",
+        "20261125000001_snapshots_apart.sql",
+        "20261126000001_confirmed_outcomes.sql",
+        "20261126000002_user_email_folded.sql",
+        "20261127000001_resource_kind.sql",
+    ] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(name),
+            earlier.join(name),
+        )
+        .unwrap();
+    }
+    let db = dir.path().join("audit.db");
+    let old = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&db)
+                .create_if_missing(true)
+                .foreign_keys(true),
+        )
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&old)
+        .await
+        .unwrap();
+    let id = "aaaaaaaa-0000-4000-8000-000000000001";
+    for statement in [
+        "INSERT INTO runs (id, started_at, finished_at, mode, outcome, reason, seen_total,
+             candidates, excluded, actions_done, actions_failed, api_requests)
+         VALUES (1, 't', 't1', 'apply', 'failed', '1 failed', 10, 1, 0, 0, 1, 3)",
+        "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path, resource_ids,
+             intent_at, completed_at, outcome, http_status, cf_error_code, cf_error_message)
+         VALUES (7, 1, 'device_registration', 'delete', 'DELETE', '/x',
+             '[\"aaaaaaaa-0000-4000-8000-000000000001\"]', 't', 't', 'rejected', 400, 12139,
+             'in use')",
+        "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind, resource_id,
+             user_email, user_email_folded, device_name, last_seen_at, reason, excluded_by,
+             status, status_detail, mutation_id)
+         VALUES (3, 1, 't', 'idle-90d', 'delete', 'device_registration',
+             'aaaaaaaa-0000-4000-8000-000000000001', 'ÉLISE@example.com', 'élise@example.com',
+             'laptop', '2026-01-01T00:00:00Z', 'idle', NULL, 'failed', 'HTTP 400', 7)",
+        "INSERT INTO snapshots (action_id, body) VALUES (3, '{\"id\":1}')",
+        "INSERT INTO run_kinds (run_id, kind, outcome, reason, seen, candidates, excluded,
+             done, failed)
+         VALUES (1, 'device_registration', 'failed', '1 failed', 10, 1, 0, 0, 1)",
+    ] {
+        sqlx::query(statement).execute(&old).await.unwrap();
+    }
+    // The old schema refuses the new status.
+    assert!(
+        sqlx::query("UPDATE actions SET status = 'refused_by_api' WHERE id = 3")
+            .execute(&old)
+            .await
+            .is_err()
+    );
+    old.close().await;
+
+    let audit = AuditStore::open(&db).await.unwrap();
+    let rows = audit
+        .actions(&ActionFilter {
+            user_email: Some("Élise@Example.com".into()),
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the folded email survives");
+    let a = &rows[0];
+    assert_eq!(
+        (
+            a.id,
+            a.run_id,
+            a.decided_at.as_str(),
+            a.rule.as_str(),
+            a.action.as_str()
+        ),
+        (3, 1, "t", "idle-90d", "delete")
+    );
+    assert_eq!(a.resource_kind, "device_registration");
+    assert_eq!(a.resource_id, id);
+    assert_eq!(a.user_email.as_deref(), Some("ÉLISE@example.com"));
+    assert_eq!(a.device_name.as_deref(), Some("laptop"));
+    assert_eq!(a.last_seen_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+    assert_eq!(a.reason, "idle");
+    assert_eq!(a.status, "failed");
+    assert_eq!(a.status_detail.as_deref(), Some("HTTP 400"));
+    assert_eq!(a.mutation_id, Some(7));
+    assert_eq!(a.mutation_completed_at.as_deref(), Some("t"));
+    assert_eq!(a.http_status, Some(400));
+    assert_eq!(a.snapshot, r#"{"id":1}"#);
+    let runs = audit.recent_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].actions_failed, Some(1));
+    assert_eq!(runs[0].reason.as_deref(), Some("1 failed"));
+    assert_eq!(runs[0].actions_refused, None, "not counted before");
+
+    audit
+        .set_action_status(&[3], ActionStatus::RefusedByApi, Some("in use"))
+        .await
+        .unwrap();
+    let rows = audit
+        .actions(&ActionFilter {
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "refused_by_api");
+    assert_eq!(rows[0].status_detail.as_deref(), Some("in use"));
+    assert_eq!(rows[0].mutation_id, Some(7), "still points at its call");
+    audit.close().await;
+
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&db).foreign_keys(true))
+        .await
+        .unwrap();
+    let run_kinds: Vec<(i64, String, String, i64, i64, i64)> =
+        sqlx::query_as("SELECT run_id, kind, outcome, done, failed, refused FROM run_kinds")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        run_kinds,
+        [(1, "device_registration".into(), "failed".into(), 0, 1, 0)]
+    );
+    let mutation: (String, i64, String) = sqlx::query_as(
+        "SELECT outcome, cf_error_code, cf_error_message FROM mutations WHERE id = 7",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(mutation, ("rejected".into(), 12139, "in use".into()));
+    assert!(
+        sqlx::query("UPDATE actions SET status = 'bogus' WHERE id = 3")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
+    let violations: Vec<(String,)> =
+        sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(tables.iter().all(|t| !t.ends_with("_new")), "{tables:?}");
     let references: Vec<String> =
         sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name IN ('actions', 'snapshots')")
             .fetch_all(&pool)

@@ -187,14 +187,17 @@ pub struct CapCheck {
     pub actions: u64,
     pub max_actions_per_run: u64,
     pub max_fraction_per_run: f64,
-    /// The most actions the fraction cap allows for the registrations seen.
+    /// The most actions the fraction cap allows for the objects of the kind seen.
     pub fraction_limit: u64,
     /// Why the run must not act; empty when within both caps.
     pub violations: Vec<String>,
 }
 
 impl CapCheck {
-    pub fn new(actions: u64, seen: u64, safety: &SafetySettings) -> Self {
+    /// The caps over `actions` on `seen` objects of `kind` (the fraction is of that kind's
+    /// own population).
+    pub fn new(kind: Kind, actions: u64, seen: u64, safety: &SafetySettings) -> Self {
+        let things = kind.noun().1;
         // floor: a 10% cap over 15 registrations allows 1 action, not 2.
         let fraction_limit = (safety.max_fraction_per_run * seen as f64).floor() as u64;
         let mut violations = Vec::new();
@@ -206,7 +209,7 @@ impl CapCheck {
         }
         if actions > fraction_limit {
             violations.push(format!(
-                "{actions} actions exceed max_fraction_per_run = {} of {seen} registrations seen (limit {fraction_limit})",
+                "{actions} actions exceed max_fraction_per_run = {} of {seen} {things} seen (limit {fraction_limit})",
                 safety.max_fraction_per_run
             ));
         }
@@ -465,7 +468,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
             generated_at: self.now,
             pages: self.pages,
             seen: self.seen,
-            caps: CapCheck::new(actionable, self.seen.total, safety),
+            caps: CapCheck::new(self.kind, actionable, self.seen.total, safety),
             candidates,
             anomalies: self.anomalies,
         }
@@ -495,6 +498,8 @@ mod tests {
     struct Pages {
         pages: Vec<Vec<String>>,
         cursors: Vec<Option<String>>,
+        /// The `total_count` each page announces.
+        totals: Vec<Option<u64>>,
         asked: Mutex<Vec<Option<String>>>,
     }
 
@@ -507,6 +512,7 @@ mod tests {
             Pages {
                 pages,
                 cursors,
+                totals: vec![None; n],
                 asked: Mutex::new(Vec::new()),
             }
         }
@@ -524,7 +530,7 @@ mod tests {
                 Some(c) => c[1..].parse::<usize>().unwrap(),
             };
             Ok(Page {
-                total: None,
+                total: self.totals[i],
                 items: self.pages[i]
                     .iter()
                     .map(|s| RawValue::from_string(s.clone()).unwrap())
@@ -622,6 +628,35 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, PlanError::CursorLoop { page: 2 }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_total_count_that_changes_or_is_not_met_aborts() {
+        let plan = |totals: [Option<u64>; 2]| {
+            let mut source = Pages::new(vec![vec![item("a", OLD)], vec![item("b", OLD)]]);
+            source.totals = totals.to_vec();
+            async move {
+                build_plan(
+                    &source,
+                    Kind::DeviceRegistration,
+                    &rules(),
+                    &safety(10, 1.0),
+                    now(),
+                )
+                .await
+            }
+        };
+        assert!(plan([Some(2), Some(2)]).await.is_ok());
+        assert!(plan([None, None]).await.is_ok());
+        // An object came or went between the pages: one may have been skipped.
+        let err = plan([Some(2), Some(1)]).await.unwrap_err();
+        assert!(matches!(err, PlanError::Inconsistent { .. }), "{err}");
+        // The listing announced more than it held.
+        let err = plan([Some(3), Some(3)]).await.unwrap_err();
+        assert!(matches!(err, PlanError::Inconsistent { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .contains("counted 3 objects in all but held 2"));
     }
 
     #[tokio::test]
@@ -730,7 +765,12 @@ mod tests {
             (1, 5, 50, 0.1, false),
         ];
         for (actions, seen, max, fraction, within) in cases {
-            let check = CapCheck::new(actions, seen, &safety(max, fraction));
+            let check = CapCheck::new(
+                Kind::DeviceRegistration,
+                actions,
+                seen,
+                &safety(max, fraction),
+            );
             assert_eq!(
                 check.within(),
                 within,

@@ -66,7 +66,7 @@ fn token(id: &str, name: &str, now: DateTime<Utc>, created: i64) -> FakeServiceT
 /// Seven tokens, each far from every rule's boundary, so the oracle never sits on one.
 fn seed_tokens(env: &Env) -> Tokens {
     let now = env.fake.now();
-    let mut insert = |t: FakeServiceToken| env.fake.insert_service_token(&t);
+    let insert = |t: FakeServiceToken| env.fake.insert_service_token(&t);
     let expired = insert(FakeServiceToken {
         expires_at: days_ago(now, 60),
         last_seen_at: Some(days_ago(now, 2)),
@@ -321,7 +321,9 @@ async fn plan_then_apply_acts_on_both_kinds_and_records_a_refused_token() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    let per_kind: Vec<(String, String, i64, i64, i64, i64, i64, i64)> = per_kind
+    // kind, outcome, seen, candidates, excluded, done, failed, refused
+    type KindRow = (String, String, i64, i64, i64, i64, i64, i64);
+    let per_kind: Vec<KindRow> = per_kind
         .iter()
         .map(|r| {
             (

@@ -237,9 +237,13 @@ pub fn cycle_text(out: &mut dyn Write, r: &CycleReport) -> io::Result<()> {
             .map(|why| format!(" — {}", escape(why)))
             .unwrap_or_default()
     )?;
+    let refused = match s.actions_refused {
+        0 => String::new(),
+        n => format!(", refused by the API {n}"),
+    };
     writeln!(
         out,
-        "  seen {}, candidates {}, excluded {}, done {}, failed {}, API requests {}, {:.2}s",
+        "  seen {}, candidates {}, excluded {}, done {}, failed {}{refused}, API requests {}, {:.2}s",
         s.seen_total.unwrap_or(0),
         s.candidates.unwrap_or(0),
         s.excluded.unwrap_or(0),
@@ -247,7 +251,28 @@ pub fn cycle_text(out: &mut dyn Write, r: &CycleReport) -> io::Result<()> {
         s.actions_failed,
         r.api_requests,
         r.seconds
-    )
+    )?;
+    if r.resources.len() > 1 {
+        for part in &r.resources {
+            let p = &part.summary;
+            writeln!(
+                out,
+                "  {}: {}{}; seen {}, candidates {}, done {}, failed {}, refused {}",
+                part.kind,
+                part.outcome,
+                part.reason
+                    .as_deref()
+                    .map(|why| format!(" — {}", escape(why)))
+                    .unwrap_or_default(),
+                p.seen_total.map_or("-".to_owned(), |n| n.to_string()),
+                p.candidates.map_or("-".to_owned(), |n| n.to_string()),
+                p.actions_done,
+                p.actions_failed,
+                p.actions_refused
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub fn runs(out: &mut dyn Write, runs: &[RunRow], format: Format) -> io::Result<()> {

@@ -586,3 +586,35 @@ async fn a_token_listing_that_cannot_be_trusted_touches_no_token() {
         assert_eq!(report.resources[0].outcome, RunOutcome::Applied);
     }
 }
+
+#[tokio::test]
+async fn a_missing_permission_is_named_for_service_tokens() {
+    for (target, outcome, permission) in [
+        (
+            Endpoint::ListServiceTokens,
+            RunOutcome::Aborted,
+            "'Access: Service Tokens Read' permission",
+        ),
+        (
+            Endpoint::DeleteServiceToken,
+            RunOutcome::Failed,
+            "'Access: Service Tokens Write' permission",
+        ),
+    ] {
+        let (env, _) = both_kinds().await;
+        env.fake.set_faults(vec![FaultRule::always(
+            target,
+            Fault::Status {
+                code: 403,
+                retry_after: None,
+            },
+        )]);
+        let report = env.once().await;
+        let part = &report.resources[1];
+        assert_eq!(part.outcome, outcome, "{target:?}");
+        let reason = part.reason.as_deref().unwrap_or("");
+        assert!(reason.contains(permission), "{target:?}: {reason}");
+        assert!(env.fake.deleted_service_token_ids().is_empty());
+        env.assert_every_mutation_audited().await;
+    }
+}

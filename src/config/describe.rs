@@ -1,7 +1,7 @@
 //! `check-config`'s human summary of the effective settings: one line per setting group, one
 //! per rule and one per exclusion.
 
-use crate::resource::ResourceId;
+use crate::resource::{Kind, ResourceId};
 
 use super::{Config, ExclusionSettings, Mode, RuleSettings};
 
@@ -36,11 +36,7 @@ impl Config {
                 cf.max_requests_per_cycle,
                 cf.cycle_deadline_secs,
             ),
-            format!(
-                "limits: at most {} actions and {} of the registrations listed per run",
-                self.safety.max_actions_per_run,
-                percent(self.safety.max_fraction_per_run),
-            ),
+            self.limits(),
             format!("audit: {}", self.audit.path.display()),
             format!(
                 "schedule: {:?}{}",
@@ -73,8 +69,39 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The caps, which apply to each kind on its own.
+    fn limits(&self) -> String {
+        let mut kinds: Vec<Kind> = self.rules.iter().map(|r| r.resource).collect();
+        kinds.dedup();
+        let (actions, fraction) = (
+            self.safety.max_actions_per_run,
+            percent(self.safety.max_fraction_per_run),
+        );
+        match kinds.as_slice() {
+            [one] => format!(
+                "limits: at most {actions} actions and {fraction} of the {} listed per run",
+                one.noun().1
+            ),
+            _ => format!(
+                "limits, for each resource kind on its own: at most {actions} actions and \
+                 {fraction} of that kind's objects listed per run"
+            ),
+        }
+    }
+}
+
 fn describe_rule(rule: &RuleSettings) -> String {
     let mut conditions = Vec::new();
+    if let Some(days) = rule.expired_days {
+        conditions.push(format!("expired at least {days} days ago"));
+    }
+    if let Some(days) = rule.unused_days {
+        conditions.push(format!("unused for at least {days} days"));
+    }
+    if let Some(names) = &rule.names {
+        conditions.push(format!("named {}", names.join(" | ")));
+    }
     if let Some(days) = rule.idle_days {
         conditions.push(format!("idle for at least {days} days"));
     }
@@ -124,6 +151,20 @@ fn describe_exclusion(exclusion: &ExclusionSettings) -> String {
     if exclusion.no_user {
         criteria.push("no user (or a service token)".to_owned());
     }
+    if !exclusion.service_token_names.is_empty() {
+        criteria.push(format!(
+            "service_token_name matches {}",
+            exclusion.service_token_names.join(" | ")
+        ));
+    }
+    if !exclusion.service_token_ids.is_empty() {
+        let ids: Vec<&str> = exclusion
+            .service_token_ids
+            .iter()
+            .map(ResourceId::as_str)
+            .collect();
+        criteria.push(format!("service_token_id is {}", ids.join(" | ")));
+    }
     format!("{}: {}", exclusion.name, criteria.join(", or "))
 }
 
@@ -155,6 +196,20 @@ mod tests {
             text.contains("executives: user_email matches *@board.example.com | ceo@example.com"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn describe_shows_service_token_rules_and_exclusions() {
+        let demo = Config::load(&repo_file("config/demo.toml")).unwrap();
+        let text = demo.describe();
+        for expected in [
+            "  token-expired-30d: delete access_service_token expired at least 30 days ago",
+            "  token-unused-180d: delete access_service_token unused for at least 180 days",
+            "  break-glass: service_token_name matches break-glass-*",
+            "limits, for each resource kind on its own: at most 100000 actions and 50% of that kind's objects listed per run",
+        ] {
+            assert!(text.lines().any(|l| l == expected), "missing {expected:?} in\n{text}");
+        }
     }
 
     #[test]

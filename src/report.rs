@@ -351,7 +351,7 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
                     "RESOURCE",
                     "ID",
                     "USER",
-                    "DEVICE",
+                    "NAME",
                     "STATUS",
                     "COMPLETED",
                 ],

@@ -42,19 +42,7 @@ fn registrations(now: DateTime<Utc>) -> Vec<Registration> {
 }
 
 fn rule_set() -> RuleSet {
-    let rule = |name: &str| RuleSettings {
-        name: name.into(),
-        resource: Kind::DeviceRegistration,
-        action: Action::Delete,
-        idle_days: None,
-        revoked: false,
-        revoked_min_days: None,
-        active_only: false,
-        registration_type: None,
-        expired_days: None,
-        unused_days: None,
-        names: None,
-    };
+    let rule = |name: &str| RuleSettings::new(name, Kind::DeviceRegistration, Action::Delete);
     RuleSet::new(
         &[
             RuleSettings {

@@ -553,17 +553,8 @@ mod tests {
     fn rules() -> RuleSet {
         RuleSet::new(
             &[RuleSettings {
-                name: "idle-90d".into(),
-                resource: Kind::DeviceRegistration,
-                action: Action::Delete,
                 idle_days: Some(90),
-                revoked: false,
-                revoked_min_days: None,
-                active_only: false,
-                registration_type: None,
-                expired_days: None,
-                unused_days: None,
-                names: None,
+                ..RuleSettings::new("idle-90d", Kind::DeviceRegistration, Action::Delete)
             }],
             &[],
         )

@@ -826,19 +826,7 @@ mod tests {
     }
 
     fn rule(name: &str) -> RuleSettings {
-        RuleSettings {
-            name: name.into(),
-            resource: Kind::DeviceRegistration,
-            action: Action::Delete,
-            idle_days: None,
-            revoked: false,
-            revoked_min_days: None,
-            active_only: false,
-            registration_type: None,
-            expired_days: None,
-            unused_days: None,
-            names: None,
-        }
+        RuleSettings::new(name, Kind::DeviceRegistration, Action::Delete)
     }
 
     fn idle(days: u32) -> RuleSettings {

@@ -73,37 +73,7 @@ async fn snapshots_written_before_they_had_a_table_of_their_own_survive_the_upgr
 #[tokio::test]
 async fn a_database_from_before_confirmation_gains_the_new_statuses_with_its_rows_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let earlier = dir.path().join("migrations");
-    std::fs::create_dir(&earlier).unwrap();
-    for name in [
-        "20261124000001_audit.sql",
-        "20261125000001_snapshots_apart.sql",
-    ] {
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(name),
-            earlier.join(name),
-        )
-        .unwrap();
-    }
-    let db = dir.path().join("audit.db");
-    let old = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&db)
-                .create_if_missing(true)
-                .foreign_keys(true),
-        )
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(earlier.as_path())
-        .await
-        .unwrap()
-        .run(&old)
-        .await
-        .unwrap();
+    let (db, old) = migrated_up_to(dir.path(), "20261125000001_snapshots_apart.sql").await;
     for statement in [
         "INSERT INTO runs (id, started_at, mode, outcome) VALUES (1, 't', 'apply', 'applied')",
         "INSERT INTO mutations (id, run_id, kind, method, path, resource_ids, intent_at,
@@ -217,39 +187,7 @@ async fn a_database_from_before_confirmation_gains_the_new_statuses_with_its_row
 #[tokio::test]
 async fn a_database_from_before_resource_kinds_reads_back_as_device_registrations() {
     let dir = tempfile::tempdir().unwrap();
-    let earlier = dir.path().join("migrations");
-    std::fs::create_dir(&earlier).unwrap();
-    for name in [
-        "20261124000001_audit.sql",
-        "20261125000001_snapshots_apart.sql",
-        "20261126000001_confirmed_outcomes.sql",
-        "20261126000002_user_email_folded.sql",
-    ] {
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(name),
-            earlier.join(name),
-        )
-        .unwrap();
-    }
-    let db = dir.path().join("audit.db");
-    let old = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&db)
-                .create_if_missing(true)
-                .foreign_keys(true),
-        )
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(earlier.as_path())
-        .await
-        .unwrap()
-        .run(&old)
-        .await
-        .unwrap();
+    let (db, old) = migrated_up_to(dir.path(), "20261126000002_user_email_folded.sql").await;
     let id = "aaaaaaaa-0000-4000-8000-000000000001";
     for statement in [
         "INSERT INTO runs (id, started_at, mode, outcome) VALUES (1, 't', 'apply', 'applied')",
@@ -370,40 +308,7 @@ async fn a_database_from_before_resource_kinds_reads_back_as_device_registration
 #[tokio::test]
 async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let earlier = dir.path().join("migrations");
-    std::fs::create_dir(&earlier).unwrap();
-    for name in [
-        "20261124000001_audit.sql",
-        "20261125000001_snapshots_apart.sql",
-        "20261126000001_confirmed_outcomes.sql",
-        "20261126000002_user_email_folded.sql",
-        "20261127000001_resource_kind.sql",
-    ] {
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(name),
-            earlier.join(name),
-        )
-        .unwrap();
-    }
-    let db = dir.path().join("audit.db");
-    let old = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&db)
-                .create_if_missing(true)
-                .foreign_keys(true),
-        )
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(earlier.as_path())
-        .await
-        .unwrap()
-        .run(&old)
-        .await
-        .unwrap();
+    let (db, old) = migrated_up_to(dir.path(), "20261127000001_resource_kind.sql").await;
     let id = "aaaaaaaa-0000-4000-8000-000000000001";
     for statement in [
         "INSERT INTO runs (id, started_at, finished_at, mode, outcome, reason, seen_total,
@@ -558,4 +463,39 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
         ]
     );
     pool.close().await;
+}
+
+/// A database in `dir` built by the migrations up to and including `last`, as an earlier
+/// zt-janitor left it, and a connection to it.
+async fn migrated_up_to(
+    dir: &std::path::Path,
+    last: &str,
+) -> (std::path::PathBuf, sqlx::SqlitePool) {
+    let earlier = dir.join("migrations");
+    std::fs::create_dir(&earlier).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_str().is_some_and(|n| n <= last) {
+            std::fs::copy(all.join(&name), earlier.join(&name)).unwrap();
+        }
+    }
+    let db = dir.join("audit.db");
+    let old = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&db)
+                .create_if_missing(true)
+                .foreign_keys(true),
+        )
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&old)
+        .await
+        .unwrap();
+    (db, old)
 }

@@ -139,6 +139,15 @@ fn seed_tokens(env: &Env) -> Tokens {
 }
 
 async fn both_kinds() -> (Env, Tokens) {
+    both_kinds_with(Settings {
+        per_page: 100,
+        ..Settings::default()
+    })
+    .await
+}
+
+/// 300 registrations and the seven tokens, under the standard rules and `TOKEN_RULES`.
+async fn both_kinds_with(settings: Settings<'static>) -> (Env, Tokens) {
     let rules = format!("{STANDARD_RULES}{TOKEN_RULES}");
     let env = Env::start(
         FakeOptions {
@@ -146,9 +155,8 @@ async fn both_kinds() -> (Env, Tokens) {
             ..FakeOptions::default()
         },
         Settings {
-            per_page: 100,
             rules: Box::leak(rules.into_boxed_str()),
-            ..Settings::default()
+            ..settings
         },
     )
     .await;
@@ -520,20 +528,11 @@ async fn a_listing_failure_of_one_kind_leaves_the_other_kinds_run_intact() {
 #[tokio::test]
 async fn the_fraction_cap_of_each_kind_is_over_its_own_population() {
     // 4 of 7 tokens are selected: 57%, over a 50% cap, while the registrations' share is under it.
-    let rules = format!("{STANDARD_RULES}{TOKEN_RULES}");
-    let env = Env::start(
-        FakeOptions {
-            registrations: 300,
-            ..FakeOptions::default()
-        },
-        Settings {
-            max_fraction: 0.5,
-            rules: Box::leak(rules.into_boxed_str()),
-            ..Settings::default()
-        },
-    )
+    let (env, _) = both_kinds_with(Settings {
+        max_fraction: 0.5,
+        ..Settings::default()
+    })
     .await;
-    seed_tokens(&env);
     let registrations = env.expected_candidates(Utc::now());
     assert!(
         (registrations.len() as f64) < 0.5 * 300.0,

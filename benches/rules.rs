@@ -62,8 +62,7 @@ fn rule_set() -> RuleSet {
                 device_names: vec!["kiosk-*".into(), "build-??".into()],
                 registration_ids: vec![ResourceId::parse("abc-1").unwrap()],
                 no_user: false,
-                service_token_names: Vec::new(),
-                service_token_ids: Vec::new(),
+                ..ExclusionSettings::named("")
             },
             ExclusionSettings {
                 name: "service-tokens".into(),
@@ -71,8 +70,7 @@ fn rule_set() -> RuleSet {
                 device_names: vec![],
                 registration_ids: vec![],
                 no_user: true,
-                service_token_names: Vec::new(),
-                service_token_ids: Vec::new(),
+                ..ExclusionSettings::named("")
             },
         ],
     )

@@ -20,7 +20,7 @@ use crate::cloudflare::{ApiError, Client, MutationOutcome};
 use crate::config::Action;
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan, Recorded};
-use crate::resource::{self, Kind, PageToken, Presence, ResourceId};
+use crate::resource::{self, Kind, PageToken, Presence, ResourceId, Scope};
 use crate::rules::RuleSet;
 
 /// Calls go out in groups, and the intents of the next group are committed while the current
@@ -113,6 +113,8 @@ pub struct Executor<'a> {
     pub stop: &'a StopSignal,
     /// `[cloudflare] max_requests_per_cycle`: no call is sent without budget left to confirm it.
     pub request_budget: u32,
+    /// Where the plan was listed (its zone) and the janitor's own token, never acted on.
+    pub scope: &'a Scope,
 }
 
 /// One candidate on its way, with its audit row.
@@ -182,6 +184,15 @@ impl Executor<'_> {
     /// calls.
     pub async fn apply(&self, plan: &Plan<Recorded>) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
+        if let Err(why) = self.scope.check(plan.kind) {
+            let actionable: Vec<i64> = plan.actionable().map(|r| r.action_id).collect();
+            self.audit
+                .set_action_status(&actionable, ActionStatus::NotAttempted, Some(&why))
+                .await?;
+            report.not_attempted = actionable.len() as u64;
+            report.stopped_by = Some(why);
+            return Ok(report);
+        }
         let cost = ConfirmCost::of(plan);
         let queue = self.still_unprotected(plan, &mut report).await?;
         let queue = self.leave_out_stuck(queue, &mut report).await?;
@@ -298,12 +309,22 @@ impl Executor<'_> {
         let mut queue = Vec::new();
         for recorded in plan.actionable() {
             let (candidate, action_id) = (&recorded.candidate, recorded.action_id);
-            let protected = self.rules.exclusion_for_parts(
-                candidate.kind,
-                &candidate.id,
-                candidate.user_email.as_deref(),
-                &candidate.name,
-            );
+            let own = self
+                .scope
+                .own_token
+                .as_ref()
+                .filter(|own| {
+                    candidate.kind == Kind::AccountApiToken && own.key() == candidate.id.key()
+                })
+                .map(|_| crate::rules::OWN_TOKEN);
+            let protected = own.or_else(|| {
+                self.rules.exclusion_for_parts(
+                    candidate.kind,
+                    &candidate.id,
+                    candidate.user_email.as_deref(),
+                    &candidate.name,
+                )
+            });
             if let Some(exclusion) = protected {
                 self.audit
                     .set_action_status(
@@ -380,10 +401,16 @@ impl Executor<'_> {
     /// The intent of `call`, as the audit log records it.
     fn intent(&self, call: &Call<'_, '_>) -> Intent {
         let ids: Vec<ResourceId> = call.items.iter().map(|i| i.candidate.id.clone()).collect();
-        let request =
-            resource::mutation_request(call.kind, self.client.account(), call.action, &ids);
+        let request = resource::mutation_request(
+            call.kind,
+            self.client.account(),
+            self.scope,
+            call.action,
+            &ids,
+        );
         Intent {
             resource_kind: call.kind,
+            zone: self.scope.zone.clone(),
             kind: call_kind(call.action, ids.len()),
             method: request.method.to_string(),
             path: request.shown,
@@ -474,7 +501,7 @@ impl Executor<'_> {
                 .iter()
                 .flat_map(|a| a.items.iter().map(|i| i.candidate.id.clone()))
                 .collect();
-            let found = current_state(self.client, kind, &ids).await;
+            let found = current_state(self.client, kind, self.scope, &ids).await;
             if let Err(e) = &found {
                 tracing::warn!(ids = ids.len(), error = %e, "cannot confirm the calls just made by listing; their actions are recorded unconfirmed");
                 // Acting on without being able to check what the calls did is not safe.
@@ -499,14 +526,26 @@ impl Executor<'_> {
     fn settle(
         &self,
         answered: Answered<'_, '_>,
-        found: Result<&HashMap<ResourceId, Presence>, &str>,
+        found: Result<&HashMap<ResourceId, Listed>, &str>,
         report: &mut Tally,
     ) -> Outcome {
         let mut settles: Vec<Settled> = Vec::new();
         let mut unconfirmed = 0;
         for item in answered.items {
-            let now = found.map(|f| f.get(&item.candidate.id).copied());
-            let (status, detail) = verdict(answered.action, &answered.claim, now);
+            let listed = found.map(|f| f.get(&item.candidate.id));
+            let now = listed.map(|l| l.map(|l| l.presence));
+            let (status, mut detail) = verdict(answered.action, &answered.claim, now);
+            // A kind with a status of its own (a certificate's `pending_revocation`) records
+            // it as it is after the call; the snapshot holds it as it was before.
+            if let (
+                ActionStatus::Done,
+                Ok(Some(Listed {
+                    status: Some(s), ..
+                })),
+            ) = (status, listed)
+            {
+                detail.get_or_insert_with(|| format!("status after: {s}"));
+            }
             self.count(std::slice::from_ref(item), status.as_str());
             match status {
                 ActionStatus::Done => report.done += 1,
@@ -581,8 +620,13 @@ impl Executor<'_> {
             }
             let ids: Vec<ResourceId> = part.iter().map(|i| i.candidate.id.clone()).collect();
             report.mutations += 1;
-            let request =
-                resource::mutation_request(call.kind, self.client.account(), action, &ids);
+            let request = resource::mutation_request(
+                call.kind,
+                self.client.account(),
+                self.scope,
+                action,
+                &ids,
+            );
             let result = self.client.mutate(&request).await;
             let (result, claim) = match result {
                 Ok(MutationOutcome::Done { status }) => (
@@ -844,12 +888,16 @@ const IDS_PER_LOOKUP: usize = 100;
 pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u64, ReconcileError> {
     let pending = audit.pending_mutations().await?;
     for m in &pending {
-        let now = current_state(client, m.resource_kind, &m.resource_ids).await?;
+        let scope = Scope {
+            zone: m.zone.clone(),
+            own_token: None,
+        };
+        let now = current_state(client, m.resource_kind, &scope, &m.resource_ids).await?;
         let mut all_done = true;
         for id in &m.resource_ids {
             let done = match m.kind {
                 MutationKind::Delete | MutationKind::BulkDelete => !now.contains_key(id),
-                MutationKind::Revoke => now.get(id) == Some(&Presence::Revoked),
+                MutationKind::Revoke => now.get(id).map(|l| l.presence) == Some(Presence::Revoked),
             };
             all_done &= done;
             let (status, detail) = if done {
@@ -902,11 +950,20 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
 /// What Cloudflare holds now of `ids` of `kind`: one filtered listing per hundred ids rather
 /// than a GET each, followed to its end. An id missing from the map does not exist. Used to
 /// reconcile interrupted calls and to confirm what every call claims.
+/// One object as a confirmation listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    presence: Presence,
+    /// Its status as listed, for kinds that have one.
+    status: Option<String>,
+}
+
 async fn current_state(
     client: &Client,
     kind: Kind,
+    scope: &Scope,
     ids: &[ResourceId],
-) -> Result<HashMap<ResourceId, Presence>, LookupError> {
+) -> Result<HashMap<ResourceId, Listed>, LookupError> {
     let mut found = HashMap::new();
     // A kind that cannot be listed by id is listed whole, once.
     let lookups: Vec<&[ResourceId]> = if resource::finds_by_id(kind) {
@@ -919,7 +976,7 @@ async fn current_state(
         let mut followed = HashSet::new();
         let (mut total, mut listed) = (None, 0u64);
         loop {
-            let page = resource::find_page(kind, client, lookup, token.as_ref()).await?;
+            let page = resource::find_page(kind, client, scope, lookup, token.as_ref()).await?;
             listed += page.items.len() as u64;
             match (total, page.total) {
                 (Some(before), Some(now)) if before != now => {
@@ -931,9 +988,9 @@ async fn current_state(
                 _ => {}
             }
             for raw in &page.items {
-                let (id, presence) = resource::presence(kind, raw)
+                let (id, presence, status) = resource::presence(kind, raw)
                     .map_err(|e| LookupError::Unreadable(e.to_string()))?;
-                found.insert(id, presence);
+                found.insert(id, Listed { presence, status });
             }
             match page.next {
                 None => {

@@ -18,6 +18,7 @@ use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
+use crate::cloudflare::ZoneId;
 use crate::config::Mode;
 use crate::plan::{Candidate, Recorded};
 use crate::resource::{Kind, ResourceId};
@@ -278,6 +279,8 @@ pub struct KindRun {
 #[derive(Debug, Clone)]
 pub struct Intent {
     pub resource_kind: Kind,
+    /// The zone the call acts in, for a zoned kind.
+    pub zone: Option<ZoneId>,
     pub kind: MutationKind,
     pub method: String,
     pub path: String,
@@ -344,6 +347,7 @@ pub struct PendingMutation {
     pub id: MutationId,
     pub run_id: RunId,
     pub resource_kind: Kind,
+    pub zone: Option<ZoneId>,
     pub kind: MutationKind,
     pub resource_ids: Vec<ResourceId>,
 }
@@ -1026,7 +1030,7 @@ impl AuditStore {
             let mut q = QueryBuilder::new(
                 "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
                      resource_id, user_email, user_email_folded, device_name, last_seen_at,
-                     reason, excluded_by, status) ",
+                     reason, excluded_by, status, zone_id) ",
             );
             q.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
                 let status = if c.excluded_by.is_some() {
@@ -1051,7 +1055,8 @@ impl AuditStore {
                     .push_bind(c.last_seen_at.to_string())
                     .push_bind(c.why.to_string())
                     .push_bind(c.excluded_by.as_deref())
-                    .push_bind(status.as_str());
+                    .push_bind(status.as_str())
+                    .push_bind(c.zone.as_ref().map(ZoneId::as_str));
             });
             q.build()
                 .execute(&mut *tx)
@@ -1250,7 +1255,7 @@ impl AuditStore {
         for batch in with_ids.chunks(INSERT_BATCH) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path, resource_ids,
-                     intent_at) ",
+                     intent_at, zone_id) ",
             );
             q.push_values(batch, |mut row, (id, intent)| {
                 row.push_bind(id.0)
@@ -1260,7 +1265,8 @@ impl AuditStore {
                     .push_bind(&intent.method)
                     .push_bind(&intent.path)
                     .push_bind(serde_json::to_string(&intent.ids).expect("ids serialize"))
-                    .push_bind(ts(intent.at));
+                    .push_bind(ts(intent.at))
+                    .push_bind(intent.zone.as_ref().map(ZoneId::as_str));
             });
             q.build()
                 .persistent(false)
@@ -1449,7 +1455,7 @@ impl AuditStore {
     /// never skipped: skipped, it would never be reconciled.
     pub async fn pending_mutations(&self) -> Result<Vec<PendingMutation>, AuditError> {
         let rows = sqlx::query(
-            "SELECT id, run_id, kind, resource_ids, resource_kind FROM mutations
+            "SELECT id, run_id, kind, resource_ids, resource_kind, zone_id FROM mutations
              WHERE outcome IS NULL ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -1486,10 +1492,23 @@ impl AuditStore {
                     .map(|s| ResourceId::parse(s))
                     .collect::<Result<_, _>>()
                     .map_err(|e| unreadable(format!("resource_ids names {e}")))?;
+                let zone: Option<String> = r
+                    .try_get(5)
+                    .map_err(|e| unreadable(format!("its zone_id cannot be read: {e}")))?;
+                let zone = zone
+                    .map(|z| ZoneId::parse(&z))
+                    .transpose()
+                    .map_err(|e| unreadable(format!("zone_id: {e}")))?;
+                if resource_kind.zoned() && zone.is_none() {
+                    return Err(unreadable(format!(
+                        "a {resource_kind} call without its zone_id"
+                    )));
+                }
                 Ok(PendingMutation {
                     id: MutationId(id),
                     run_id: RunId(run_id),
                     resource_kind,
+                    zone,
                     kind,
                     resource_ids,
                 })

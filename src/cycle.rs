@@ -11,11 +11,11 @@ use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
 use crate::audit::{
     ActionStatus, AuditError, AuditStore, BackgroundWrite, KindRun, RunId, RunOutcome, RunSummary,
 };
-use crate::cloudflare::Client;
+use crate::cloudflare::{Client, ZoneId};
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan, Planner, Recorded};
-use crate::resource::Kind;
+use crate::resource::{Kind, Scope};
 use crate::rules::RuleSet;
 use crate::secret::ApiToken;
 
@@ -47,11 +47,14 @@ pub struct CycleReport {
     pub resources: Vec<KindReport>,
 }
 
-/// How one kind's part of a cycle went; the run's figures are the sum of its kinds'.
+/// How one kind's part of a cycle went (for a zoned kind, one zone's); the run's figures are
+/// the sum of its parts'.
 #[derive(Debug, Serialize)]
 pub struct KindReport {
     #[serde(rename = "resource")]
     pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ZoneId>,
     pub outcome: RunOutcome,
     pub reason: Option<String>,
     #[serde(flatten)]
@@ -65,6 +68,10 @@ pub struct KindReport {
 /// The run's outcome from its kinds': the worst of them (failed, aborted, refused, then the
 /// mode's own), and their reasons, each named by its kind once there are several.
 fn combined(mode: Mode, parts: &[KindReport]) -> (RunOutcome, Option<String>) {
+    combined_parts(mode, &parts.iter().collect::<Vec<_>>())
+}
+
+fn combined_parts(mode: Mode, parts: &[&KindReport]) -> (RunOutcome, Option<String>) {
     let rank = |o: RunOutcome| match o {
         RunOutcome::Failed => 4,
         RunOutcome::Aborted => 3,
@@ -85,7 +92,13 @@ fn combined(mode: Mode, parts: &[KindReport]) -> (RunOutcome, Option<String>) {
         _ => {
             let reasons: Vec<String> = parts
                 .iter()
-                .filter_map(|p| Some(format!("{}: {}", p.kind, p.reason.as_deref()?)))
+                .filter_map(|p| {
+                    let reason = p.reason.as_deref()?;
+                    Some(match &p.zone {
+                        Some(zone) => format!("{} in zone {zone}: {reason}", p.kind),
+                        None => format!("{}: {reason}", p.kind),
+                    })
+                })
                 .collect();
             (!reasons.is_empty()).then(|| reasons.join("; "))
         }
@@ -94,12 +107,12 @@ fn combined(mode: Mode, parts: &[KindReport]) -> (RunOutcome, Option<String>) {
 }
 
 /// The run's figures: the sum of its kinds' (a count is absent only when no kind has it).
-fn total(parts: &[KindReport]) -> RunSummary {
+fn total<'a>(parts: impl IntoIterator<Item = &'a KindReport>) -> RunSummary {
     let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (None, None) => None,
         (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
     };
-    parts.iter().fold(RunSummary::default(), |t, p| {
+    parts.into_iter().fold(RunSummary::default(), |t, p| {
         let s = &p.summary;
         RunSummary {
             pages: add(t.pages, s.pages),
@@ -292,10 +305,18 @@ impl CycleContext<'_> {
         // Each kind is listed, planned, capped and applied on its own: one kind's listing
         // failure leaves the others' parts intact.
         for kind in self.rules.kinds() {
-            let before = client.requests_sent();
-            let mut part = self.run_kind(client, run, now, kind).await?;
-            part.summary.api_requests = u64::from(client.requests_sent() - before);
-            report.resources.push(part);
+            let first = report.resources.len();
+            for (scope, blocked) in
+                crate::plan::scopes(client, &self.config.cloudflare.zone_ids, kind).await
+            {
+                let before = client.requests_sent();
+                let mut part = self
+                    .run_kind(client, run, now, kind, scope, blocked)
+                    .await?;
+                part.summary.api_requests = u64::from(client.requests_sent() - before);
+                report.resources.push(part);
+            }
+            self.observe_kind(kind, &report.resources[first..]);
         }
         (report.outcome, report.reason) = combined(self.config.safety.mode, &report.resources);
         report.summary = total(&report.resources);
@@ -309,25 +330,29 @@ impl CycleContext<'_> {
         run: RunId,
         now: DateTime<Utc>,
         kind: Kind,
+        scope: Scope,
+        blocked: Option<String>,
     ) -> Result<KindReport, CycleError> {
         let mut part = KindReport {
             kind,
+            zone: scope.zone.clone(),
             outcome: RunOutcome::Failed,
             reason: None,
             summary: RunSummary::default(),
             plan: None,
             apply: None,
         };
-        let plan = match self.list_and_record(client, run, now, kind).await? {
+        let plan = match self.list_and_record(client, run, now, kind, scope).await? {
             Ok(listed) => listed,
             Err(reason) => {
-                tracing::warn!(resource = %kind, %reason, "listing failed; this kind is left alone this run");
+                tracing::warn!(resource = %kind, zone = ?part.zone, %reason, "listing failed; this part is left alone this run");
                 part.outcome = RunOutcome::Aborted;
                 part.reason = Some(reason);
                 return Ok(part);
             }
         };
-        self.observe_plan(&plan);
+        let mut plan = plan;
+        plan.blocked = blocked;
         part.summary = RunSummary {
             pages: Some(plan.pages),
             seen_total: Some(plan.seen.total),
@@ -340,6 +365,13 @@ impl CycleContext<'_> {
         let actionable: Vec<i64> = plan.actionable().map(|r| r.action_id).collect();
         if self.config.safety.mode == Mode::Plan {
             part.outcome = RunOutcome::Planned;
+            part.reason = plan.blocked.clone();
+        } else if let Some(why) = &plan.blocked {
+            self.audit
+                .set_action_status(&actionable, ActionStatus::NotAttempted, Some(why))
+                .await?;
+            part.outcome = RunOutcome::Refused;
+            part.reason = Some(format!("{why}; nothing was done"));
         } else if !plan.caps.within() {
             let reason = format!(
                 "refused by the blast-radius caps: {}; nothing was done. If this is intended, raise the cap in [safety] for one run",
@@ -382,6 +414,7 @@ impl CycleContext<'_> {
             chunk_size: self.config.cloudflare.bulk_chunk_size,
             stop: self.stop,
             request_budget: self.config.cloudflare.max_requests_per_cycle,
+            scope: &plan.scope,
         };
         let applied = executor
             .apply(plan)
@@ -450,8 +483,9 @@ impl CycleContext<'_> {
         run: RunId,
         now: DateTime<Utc>,
         kind: Kind,
+        scope: Scope,
     ) -> Result<Result<Plan<Recorded>, String>, CycleError> {
-        let mut planner = Planner::new(client, kind, self.rules, now);
+        let mut planner = Planner::new(client, kind, self.rules, now).in_scope(scope);
         let mut log = DecisionLog::new(self.audit, run, now);
         loop {
             log.pace().await?;
@@ -479,29 +513,55 @@ impl CycleContext<'_> {
         }
     }
 
-    fn observe_plan(&self, plan: &Plan<Recorded>) {
+    /// The metrics of one kind from its parts (one per zone for a zoned kind); a part whose
+    /// listing failed leaves the kind's last figures as they were.
+    fn observe_kind(&self, kind: Kind, parts: &[KindReport]) {
+        let plans: Vec<&Plan<Recorded>> = parts.iter().filter_map(|p| p.plan.as_ref()).collect();
+        if plans.is_empty() || plans.len() < parts.len() {
+            for plan in &plans {
+                self.count_anomalies(plan);
+            }
+            return;
+        }
         let m = self.metrics;
-        let kind = plan.kind.as_str();
+        let label = kind.as_str();
+        let sum = |f: fn(&Plan<Recorded>) -> u64| plans.iter().map(|p| f(p)).sum::<u64>() as i64;
         m.resources_seen
-            .with_label_values(&[kind, "active"])
-            .set(plan.seen.active as i64);
-        // Only registrations can be revoked; a token series of revoked ones would always be 0.
-        if plan.kind == Kind::DeviceRegistration {
+            .with_label_values(&[label, "active"])
+            .set(sum(|p| p.seen.active));
+        // Only registrations and certificates can be revoked; a token series of revoked ones
+        // would always be 0.
+        if matches!(kind, Kind::DeviceRegistration | Kind::ClientCertificate) {
             m.resources_seen
-                .with_label_values(&[kind, "revoked"])
-                .set(plan.seen.revoked as i64);
+                .with_label_values(&[label, "revoked"])
+                .set(sum(|p| p.seen.revoked));
         }
         // A rule renamed or removed by a reload must not leave its last count behind; the
         // other kinds' counts stay.
-        m.forget_candidates_of(plan.kind);
-        for (rule, n) in plan.candidates_by_rule(self.rules) {
-            m.candidates.with_label_values(&[kind, &rule]).set(n as i64);
+        m.forget_candidates_of(kind);
+        let mut by_rule: std::collections::BTreeMap<String, u64> = Default::default();
+        for plan in &plans {
+            for (rule, n) in plan.candidates_by_rule(self.rules) {
+                *by_rule.entry(rule).or_default() += n;
+            }
+            self.count_anomalies(plan);
+        }
+        for (rule, n) in by_rule {
+            m.candidates
+                .with_label_values(&[label, &rule])
+                .set(n as i64);
         }
         m.excluded
-            .with_label_values(&[kind])
-            .set(plan.excluded().count() as i64);
+            .with_label_values(&[label])
+            .set(sum(|p| p.excluded().count() as u64));
+    }
+
+    fn count_anomalies(&self, plan: &Plan<Recorded>) {
         for (anomaly, n) in plan.anomalies.by_label() {
-            m.anomalies.with_label_values(&[kind, anomaly]).inc_by(n);
+            self.metrics
+                .anomalies
+                .with_label_values(&[plan.kind.as_str(), anomaly])
+                .inc_by(n);
         }
     }
 
@@ -513,19 +573,27 @@ impl CycleContext<'_> {
     ) -> Result<CycleReport, CycleError> {
         report.seconds = started.elapsed().as_secs_f64();
         let finished = Utc::now();
-        let kinds: Vec<KindRun> = report
-            .resources
-            .iter()
-            .map(|part| KindRun {
-                kind: part.kind,
-                outcome: part.outcome,
-                reason: part.reason.clone(),
-                seen: part.summary.seen_total,
-                candidates: part.summary.candidates,
-                excluded: part.summary.excluded,
-                done: part.summary.actions_done,
-                failed: part.summary.actions_failed,
-                refused: part.summary.actions_refused,
+        // One row per kind: a zoned kind's zones are summed, and its reason names each zone.
+        let kinds: Vec<KindRun> = self
+            .rules
+            .kinds()
+            .into_iter()
+            .filter_map(|kind| {
+                let parts: Vec<&KindReport> =
+                    report.resources.iter().filter(|p| p.kind == kind).collect();
+                let (outcome, reason) = combined_parts(self.config.safety.mode, &parts);
+                let s = total(parts.iter().copied());
+                (!parts.is_empty()).then_some(KindRun {
+                    kind,
+                    outcome,
+                    reason,
+                    seen: s.seen_total,
+                    candidates: s.candidates,
+                    excluded: s.excluded,
+                    done: s.actions_done,
+                    failed: s.actions_failed,
+                    refused: s.actions_refused,
+                })
             })
             .collect();
         self.audit

@@ -13,10 +13,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::cloudflare::client::ClientBuildError;
+use crate::cloudflare::ZoneId;
 use crate::cloudflare::{ApiError, Client, Stamp};
 use crate::config::{Action, Config, SafetySettings};
 use crate::metrics::Metrics;
-use crate::resource::{self, Kind, Page, PageToken, ResourceId};
+use crate::resource::{self, Kind, Page, PageToken, ResourceId, Scope};
 use crate::rules::{Anomaly, RuleSet, Verdict, Why};
 use crate::secret::{ApiToken, TokenError};
 
@@ -25,13 +26,19 @@ pub trait PageSource {
     fn page(
         &self,
         kind: Kind,
+        scope: &Scope,
         token: Option<&PageToken>,
     ) -> impl std::future::Future<Output = Result<Page, ApiError>> + Send;
 }
 
 impl PageSource for Client {
-    async fn page(&self, kind: Kind, token: Option<&PageToken>) -> Result<Page, ApiError> {
-        resource::list_page(kind, self, token).await
+    async fn page(
+        &self,
+        kind: Kind,
+        scope: &Scope,
+        token: Option<&PageToken>,
+    ) -> Result<Page, ApiError> {
+        resource::list_page(kind, self, scope, token).await
     }
 }
 
@@ -65,8 +72,10 @@ pub struct Candidate {
     pub rule: String,
     pub action: Action,
     pub id: ResourceId,
+    /// The zone it lives in, for a zoned kind.
+    pub zone: Option<ZoneId>,
     pub user_email: Option<String>,
-    /// The device's name, the token's name.
+    /// The device's name, the token's name, the certificate's common name.
     pub name: String,
     pub last_seen_at: Stamp,
     /// Why the rule selected it.
@@ -96,6 +105,9 @@ impl Serialize for Candidate {
         map.serialize_entry("rule", &self.rule)?;
         map.serialize_entry("action", &self.action)?;
         map.serialize_entry("id", &self.id)?;
+        if let Some(zone) = &self.zone {
+            map.serialize_entry("zone", zone)?;
+        }
         map.serialize_entry("user_email", &self.user_email)?;
         map.serialize_entry(self.name_key(), &self.name)?;
         map.serialize_entry("last_seen_at", &self.last_seen_at)?;
@@ -152,6 +164,7 @@ pub struct AnomalyCounts {
     pub future_last_seen_at: u64,
     pub last_seen_before_created: u64,
     pub unparsable_expires_at: u64,
+    pub unparsable_modified_on: u64,
 }
 
 impl AnomalyCounts {
@@ -167,6 +180,7 @@ impl AnomalyCounts {
             Anomaly::FutureLastSeen => &mut self.future_last_seen_at,
             Anomaly::LastSeenBeforeCreated => &mut self.last_seen_before_created,
             Anomaly::UnparsableExpiresAt => &mut self.unparsable_expires_at,
+            Anomaly::UnparsableModifiedOn => &mut self.unparsable_modified_on,
         }
     }
 
@@ -232,6 +246,13 @@ pub struct Plan<E = Candidate> {
     /// The kind listed; a plan covers one kind, and its caps that kind's population.
     #[serde(rename = "resource")]
     pub kind: Kind,
+    /// Where it was listed (the zone, for a zoned kind; shown as `zone`).
+    #[serde(flatten)]
+    pub scope: Scope,
+    /// Why this kind must not act this run whatever the caps say (the janitor could not learn
+    /// its own token), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
     pub generated_at: DateTime<Utc>,
     pub pages: u64,
     pub seen: SeenCounts,
@@ -291,9 +312,60 @@ pub async fn preview(
     let client = Client::new(&config.cloudflare, token, Metrics::new())?;
     let mut plans = Vec::new();
     for kind in rules.kinds() {
-        plans.push(build_plan(&client, kind, rules, &config.safety, now).await?);
+        for (scope, blocked) in scopes(&client, &config.cloudflare.zone_ids, kind).await {
+            let mut planner = Planner::new(&client, kind, rules, now).in_scope(scope);
+            let mut candidates = Vec::new();
+            while let Some(page) = planner.next_page().await? {
+                candidates.extend(page.into_iter().map(|c| Candidate {
+                    snapshot: None,
+                    ..c
+                }));
+            }
+            let mut plan = planner.finish(candidates, &config.safety);
+            plan.blocked = blocked;
+            plans.push(plan);
+        }
     }
     Ok(plans)
+}
+
+/// The parts of a cycle for `kind`: one per zone for a zoned kind, else one; and for account
+/// API tokens the janitor's own token, which no rule acts on, or why it is unknown (then
+/// that kind must not act this run: it never guesses).
+pub async fn scopes(client: &Client, zones: &[ZoneId], kind: Kind) -> Vec<(Scope, Option<String>)> {
+    match kind {
+        _ if kind.zoned() => zones
+            .iter()
+            .map(|z| (Scope::zone(z.clone()), None))
+            .collect(),
+        Kind::AccountApiToken => {
+            if !client.credentials_are_api_token() {
+                let why = "the janitor authenticates with the global API key, which \
+                           tokens/verify cannot name, so it cannot tell its own credential from \
+                           the tokens it lists; account API token actions are refused (use a \
+                           scoped API token)";
+                return vec![(Scope::default(), Some(why.to_owned()))];
+            }
+            match resource::own_token_id(client).await {
+                Ok(own) => vec![(
+                    Scope {
+                        zone: None,
+                        own_token: Some(own),
+                    },
+                    None,
+                )],
+                Err(e) => vec![(
+                    Scope::default(),
+                    Some(format!(
+                        "cannot learn the id of the API token the janitor runs with ({e}); \
+                         account API token actions are refused this run, since it never \
+                         guesses which token is its own"
+                    )),
+                )],
+            }
+        }
+        _ => vec![(Scope::default(), None)],
+    }
 }
 
 /// Lists everything from `source` and evaluates it at `now`, for display: snapshots are
@@ -321,6 +393,7 @@ pub async fn build_plan<S: PageSource>(
 pub struct Planner<'a, S> {
     source: &'a S,
     kind: Kind,
+    scope: Scope,
     rules: &'a RuleSet,
     now: DateTime<Utc>,
     seen: SeenCounts,
@@ -343,6 +416,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
         Planner {
             source,
             kind,
+            scope: Scope::default(),
             rules,
             now,
             seen: SeenCounts::default(),
@@ -356,6 +430,11 @@ impl<'a, S: PageSource> Planner<'a, S> {
         }
     }
 
+    /// Lists within `scope` (a zone, the janitor's own token).
+    pub fn in_scope(self, scope: Scope) -> Self {
+        Planner { scope, ..self }
+    }
+
     /// The candidates of the next page (possibly none), or `None` once the listing ended.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Candidate>>, PlanError> {
         if self.done {
@@ -365,7 +444,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
         let page_no = self.pages;
         let page = self
             .source
-            .page(self.kind, self.token.as_ref())
+            .page(self.kind, &self.scope, self.token.as_ref())
             .await
             .map_err(|source| PlanError::Listing {
                 page: page_no,
@@ -385,14 +464,13 @@ impl<'a, S: PageSource> Planner<'a, S> {
         }
         let mut candidates = Vec::new();
         for (index, raw) in page.items.into_iter().enumerate() {
-            let item = resource::evaluate(self.kind, &raw, self.rules, self.now).map_err(|e| {
-                PlanError::Malformed {
+            let item = resource::evaluate(self.kind, &raw, self.rules, self.now, &self.scope)
+                .map_err(|e| PlanError::Malformed {
                     kind: self.kind,
                     page: page_no,
                     index,
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             let facts = item.facts;
             // By the id's UUID value, so that the same id in two cases is a repeat.
             self.fingerprints.push(fingerprint(&facts.id.key()));
@@ -419,12 +497,13 @@ impl<'a, S: PageSource> Planner<'a, S> {
                 rule: rule.name.clone(),
                 action: rule.action,
                 id: facts.id,
+                zone: self.scope.zone.clone(),
                 user_email: facts.subject,
                 name: facts.display_name,
                 last_seen_at: facts.last_active,
                 why,
                 excluded_by,
-                snapshot: Some(raw),
+                snapshot: Some(item.snapshot.unwrap_or(raw)),
             });
         }
         match page.next {
@@ -465,6 +544,8 @@ impl<'a, S: PageSource> Planner<'a, S> {
             .count() as u64;
         Plan {
             kind: self.kind,
+            scope: self.scope,
+            blocked: None,
             generated_at: self.now,
             pages: self.pages,
             seen: self.seen,
@@ -519,7 +600,12 @@ mod tests {
     }
 
     impl PageSource for Pages {
-        async fn page(&self, _: Kind, token: Option<&PageToken>) -> Result<Page, ApiError> {
+        async fn page(
+            &self,
+            _: Kind,
+            _: &Scope,
+            token: Option<&PageToken>,
+        ) -> Result<Page, ApiError> {
             let cursor = token.map(|t| match t {
                 PageToken::Cursor(c) => c.clone(),
                 PageToken::Page(n) => panic!("page {n} asked of a cursor listing"),

@@ -67,7 +67,7 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
                 ];
                 table(out, &header, &rows)?;
             }
-            Kind::AccessServiceToken => {
+            Kind::AccessServiceToken | Kind::AccountApiToken | Kind::ClientCertificate => {
                 let rows: Vec<[String; 6]> = candidates
                     .map(|c| {
                         [
@@ -80,14 +80,12 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
                         ]
                     })
                     .collect();
-                let header = [
-                    "RULE",
-                    "ACTION",
-                    "SERVICE TOKEN",
-                    "NAME",
-                    "LAST SEEN",
-                    "WHY",
-                ];
+                let (what, name, seen) = match plan.kind {
+                    Kind::ClientCertificate => ("CLIENT CERTIFICATE", "COMMON NAME", "ISSUED"),
+                    Kind::AccountApiToken => ("ACCOUNT API TOKEN", "NAME", "LAST USED"),
+                    _ => ("SERVICE TOKEN", "NAME", "LAST SEEN"),
+                };
+                let header = ["RULE", "ACTION", what, name, seen, "WHY"];
                 table(out, &header, &rows)?;
             }
         }
@@ -98,6 +96,18 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
             out,
             "Seen: {} {many} ({} active, {} revoked) in {} pages",
             plan.seen.total, plan.seen.active, plan.seen.revoked, plan.pages
+        )?,
+        Kind::ClientCertificate => writeln!(
+            out,
+            "Seen: {} {many} ({} active, {} pending revocation or revoked) in zone {} in {} pages",
+            plan.seen.total,
+            plan.seen.active,
+            plan.seen.revoked,
+            plan.scope
+                .zone
+                .as_ref()
+                .map_or("-".to_owned(), ToString::to_string),
+            plan.pages
         )?,
         _ => writeln!(
             out,
@@ -129,6 +139,13 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
             out,
             "Untrusted data (no rule acts on these): {}",
             anomalies.join(", ")
+        )?;
+    }
+    if let Some(blocked) = &plan.blocked {
+        writeln!(
+            out,
+            "Refused: an apply run would not act on these: {}",
+            escape(blocked)
         )?;
     }
     let caps = &plan.caps;

@@ -26,7 +26,9 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::cloudflare::{Registration, RegistrationType, ServiceToken, Stamp};
+use crate::cloudflare::{
+    AccountApiToken, ClientCertificate, Registration, RegistrationType, ServiceToken, Stamp,
+};
 use crate::config::{Action, ExclusionSettings, RuleSettings};
 use crate::resource::{IdKey, Kind, ResourceId};
 
@@ -47,7 +49,10 @@ pub struct Rule {
     registration_type: Option<RegistrationType>,
     expired_days: Option<u32>,
     unused_days: Option<u32>,
+    disabled_days: Option<u32>,
     names: Option<NameGlobs>,
+    common_names: Option<NameGlobs>,
+    certificate_authority: Option<String>,
 }
 
 /// A rule's `name` filter: compiled globs, compared by their patterns.
@@ -75,6 +80,10 @@ pub struct Exclusion {
     no_user: bool,
     service_token_names: GlobSet,
     service_token_ids: HashSet<IdKey>,
+    account_api_token_names: GlobSet,
+    account_api_token_ids: HashSet<IdKey>,
+    common_names: GlobSet,
+    client_certificate_ids: HashSet<IdKey>,
 }
 
 /// The compiled rules and exclusions of one config.
@@ -108,20 +117,33 @@ pub enum Why {
         /// Whole days since `revoked_at`.
         days: i64,
     },
-    /// A service token not used for `threshold` days or more.
+    /// A token not used for `threshold` days or more; `stamps` names its "last used" and
+    /// "created" fields.
     Unused {
         days: i64,
         threshold: u32,
         since: DateTime<Utc>,
         from: IdleFrom,
+        stamps: (&'static str, &'static str),
     },
-    /// A service token expired `threshold` days ago or more.
+    /// Expired `threshold` days ago or more, by the stamp `field`.
     Expired {
         days: i64,
         threshold: u32,
         at: DateTime<Utc>,
+        field: &'static str,
+    },
+    /// An account API token disabled, and last modified `threshold` days ago or more.
+    Disabled {
+        days: i64,
+        threshold: u32,
+        since: DateTime<Utc>,
     },
 }
+
+/// The stamps of a service token's activity, and of an account API token's.
+const SERVICE_TOKEN_STAMPS: (&str, &str) = ("last_seen_at", "created_at");
+const ACCOUNT_TOKEN_STAMPS: (&str, &str) = ("last_used_on", "issued_on");
 
 impl fmt::Display for Why {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,37 +155,54 @@ impl fmt::Display for Why {
                 from,
             } => {
                 write!(f, "idle {days}d >= {threshold}d (")?;
-                write_since(f, *since, *from)
+                write_since(f, *since, *from, ("last_seen_at", "created_at"))
             }
             Why::Unused {
                 days,
                 threshold,
                 since,
                 from,
+                stamps,
             } => {
                 write!(f, "unused {days}d >= {threshold}d (")?;
-                write_since(f, *since, *from)
+                write_since(f, *since, *from, *stamps)
             }
+            Why::Disabled {
+                days,
+                threshold,
+                since,
+            } => write!(
+                f,
+                "disabled, modified {days}d ago >= {threshold}d (modified_on {})",
+                since.format("%Y-%m-%d")
+            ),
             Why::Revoked { days } => write!(f, "revoked {days}d ago"),
             Why::Expired {
                 days,
                 threshold,
                 at,
+                field,
             } => write!(
                 f,
-                "expired {days}d ago >= {threshold}d (expires_at {})",
+                "expired {days}d ago >= {threshold}d ({field} {})",
                 at.format("%Y-%m-%d")
             ),
         }
     }
 }
 
-fn write_since(f: &mut fmt::Formatter<'_>, since: DateTime<Utc>, from: IdleFrom) -> fmt::Result {
+/// `(seen, created)`: the names of the two stamps activity is read from.
+fn write_since(
+    f: &mut fmt::Formatter<'_>,
+    since: DateTime<Utc>,
+    from: IdleFrom,
+    (seen, created): (&str, &str),
+) -> fmt::Result {
     let date = since.format("%Y-%m-%d");
     match from {
-        IdleFrom::LastSeenAt => write!(f, "last_seen_at {date})"),
-        IdleFrom::CreatedAt => write!(f, "created_at {date}, later than last_seen_at)"),
-        IdleFrom::NeverSeen => write!(f, "never seen; created_at {date})"),
+        IdleFrom::LastSeenAt => write!(f, "{seen} {date})"),
+        IdleFrom::CreatedAt => write!(f, "{created} {date}, later than {seen})"),
+        IdleFrom::NeverSeen => write!(f, "never seen; {created} {date})"),
     }
 }
 
@@ -183,12 +222,14 @@ pub enum Anomaly {
     FutureCreatedAt,
     FutureLastSeen,
     LastSeenBeforeCreated,
-    /// A service token's `expires_at` is set but unreadable.
+    /// A token's or a certificate's expiry is set but unreadable.
     UnparsableExpiresAt,
+    /// An account API token's `modified_on` is set but unreadable.
+    UnparsableModifiedOn,
 }
 
 impl Anomaly {
-    pub const ALL: [Anomaly; 10] = [
+    pub const ALL: [Anomaly; 11] = [
         Anomaly::DeletedAtSet,
         Anomaly::UnparsableRevokedAt,
         Anomaly::FutureRevokedAt,
@@ -199,6 +240,7 @@ impl Anomaly {
         Anomaly::FutureLastSeen,
         Anomaly::LastSeenBeforeCreated,
         Anomaly::UnparsableExpiresAt,
+        Anomaly::UnparsableModifiedOn,
     ];
 
     pub fn label(self) -> &'static str {
@@ -213,6 +255,7 @@ impl Anomaly {
             Anomaly::FutureLastSeen => "future_last_seen_at",
             Anomaly::LastSeenBeforeCreated => "last_seen_before_created",
             Anomaly::UnparsableExpiresAt => "unparsable_expires_at",
+            Anomaly::UnparsableModifiedOn => "unparsable_modified_on",
         }
     }
 }
@@ -360,15 +403,41 @@ struct TokenFacts {
 
 impl TokenFacts {
     fn read(token: &ServiceToken, now: DateTime<Utc>) -> Result<TokenFacts, Anomaly> {
-        let expires_at = match &token.expires_at {
-            Stamp::Missing => None,
-            Stamp::Valid(t) => Some(*t),
-            Stamp::Invalid(_) => return Err(Anomaly::UnparsableExpiresAt),
-        };
+        let expires_at = optional(&token.expires_at, Anomaly::UnparsableExpiresAt)?;
         Ok(TokenFacts {
             active_since: active_since(&token.last_seen_at, &token.created_at, now)?,
             expires_at,
         })
+    }
+}
+
+/// The fields account-API-token rules read, once checked: `last_used_on` and `issued_on`
+/// play `last_seen_at` and `created_at`.
+#[derive(Debug, Clone, Copy)]
+struct AccountTokenFacts {
+    active_since: (DateTime<Utc>, IdleFrom),
+    expires_on: Option<DateTime<Utc>>,
+    modified_on: Option<DateTime<Utc>>,
+}
+
+impl AccountTokenFacts {
+    fn read(token: &AccountApiToken, now: DateTime<Utc>) -> Result<Self, Anomaly> {
+        let expires_on = optional(&token.expires_on, Anomaly::UnparsableExpiresAt)?;
+        let modified_on = optional(&token.modified_on, Anomaly::UnparsableModifiedOn)?;
+        Ok(AccountTokenFacts {
+            active_since: active_since(&token.last_used_on, &token.issued_on, now)?,
+            expires_on,
+            modified_on,
+        })
+    }
+}
+
+/// A stamp that may be absent; set but unreadable, it is `anomaly`.
+fn optional(stamp: &Stamp, anomaly: Anomaly) -> Result<Option<DateTime<Utc>>, Anomaly> {
+    match stamp {
+        Stamp::Missing => Ok(None),
+        Stamp::Valid(t) => Ok(Some(*t)),
+        Stamp::Invalid(_) => Err(anomaly),
     }
 }
 
@@ -441,6 +510,52 @@ impl RuleSet {
         })
     }
 
+    /// Asks the account-API-token rules about `token`. The token the janitor runs with
+    /// (`own`) is never acted on: selected, it is recorded excluded by "own token".
+    pub fn evaluate_account_token(
+        &self,
+        token: &AccountApiToken,
+        now: DateTime<Utc>,
+        own: Option<&ResourceId>,
+    ) -> Evaluation<'_> {
+        let facts = match AccountTokenFacts::read(token, now) {
+            Ok(facts) => facts,
+            Err(anomaly) => return Evaluation::untrusted(anomaly),
+        };
+        let selected = self.rules_of(Kind::AccountApiToken).find_map(|rule| {
+            rule.select_account_token(token, &facts, now)
+                .map(|why| (rule, why))
+        });
+        let name = token.name.as_deref().unwrap_or_default();
+        self.verdict(selected, || {
+            if own.is_some_and(|own| own.key() == token.id.key()) {
+                return Some(OWN_TOKEN);
+            }
+            self.exclusion_for_parts(Kind::AccountApiToken, &token.id, None, name)
+        })
+    }
+
+    /// Asks the client-certificate rules about `cert`. Only an active certificate is ever
+    /// selected: one whose revocation is under way or done is never acted on again.
+    pub fn evaluate_certificate(
+        &self,
+        cert: &ClientCertificate,
+        now: DateTime<Utc>,
+    ) -> Evaluation<'_> {
+        let expires_on = match optional(&cert.expires_on, Anomaly::UnparsableExpiresAt) {
+            Ok(at) => at,
+            Err(anomaly) => return Evaluation::untrusted(anomaly),
+        };
+        let selected = self.rules_of(Kind::ClientCertificate).find_map(|rule| {
+            rule.select_certificate(cert, expires_on, now)
+                .map(|why| (rule, why))
+        });
+        let name = cert.common_name.as_deref().unwrap_or_default();
+        self.verdict(selected, || {
+            self.exclusion_for_parts(Kind::ClientCertificate, &cert.id, None, name)
+        })
+    }
+
     fn verdict<'a>(
         &'a self,
         selected: Option<(&'a Rule, Why)>,
@@ -500,6 +615,14 @@ impl RuleSet {
     }
 }
 
+/// A filter of `mine` that is unset, or the same as `theirs`, lets through all `theirs` does.
+fn same_or_none<T: PartialEq>(mine: &Option<T>, theirs: &Option<T>) -> bool {
+    mine.is_none() || mine == theirs
+}
+
+/// The exclusion that protects the janitor's own API token, whatever the config says.
+pub const OWN_TOKEN: &str = "own token";
+
 /// Warnings about rules that can never act because an earlier rule takes every registration
 /// they could select. Only a single earlier rule is considered (not a union of several), so
 /// every warning is certain; some shadowed orders may go unwarned.
@@ -551,7 +674,16 @@ impl Rule {
             registration_type: s.registration_type,
             expired_days: s.expired_days,
             unused_days: s.unused_days,
+            disabled_days: s.disabled_days,
             names,
+            common_names: match &s.common_names {
+                None => None,
+                Some(patterns) => Some(NameGlobs {
+                    set: globs(&owner, patterns, false)?,
+                    patterns: patterns.clone(),
+                }),
+            },
+            certificate_authority: s.certificate_authority.clone(),
         })
     }
 
@@ -576,7 +708,7 @@ impl Rule {
         if self.resource != other.resource {
             return false;
         }
-        if self.resource == Kind::AccessServiceToken {
+        if self.resource != Kind::DeviceRegistration {
             return self.covers_token_rule(other);
         }
         let selects_something = |r: &Rule| r.idle.is_some() || r.revoked;
@@ -604,21 +736,119 @@ impl Rule {
         }
     }
 
-    /// For service-token rules: every condition of `self` is implied by one of `other`'s
-    /// (an older threshold of the same condition), and `self`'s name filter, if any, is the
-    /// same as `other`'s.
+    /// For the rules of tokens and certificates: every condition of `self` is implied by one
+    /// of `other`'s (an older threshold of the same condition), and each of `self`'s filters,
+    /// if set, is the same as `other`'s.
     fn covers_token_rule(&self, other: &Rule) -> bool {
         let implied = |mine: Option<u32>, theirs: Option<u32>| match (mine, theirs) {
             (None, _) => true,
             (Some(m), Some(t)) => m <= t,
             (Some(_), None) => false,
         };
-        let selects = |r: &Rule| r.expired_days.is_some() || r.unused_days.is_some();
+        let selects = |r: &Rule| {
+            r.expired_days.is_some() || r.unused_days.is_some() || r.disabled_days.is_some()
+        };
         selects(self)
             && selects(other)
             && implied(self.expired_days, other.expired_days)
             && implied(self.unused_days, other.unused_days)
-            && (self.names.is_none() || self.names == other.names)
+            && implied(self.disabled_days, other.disabled_days)
+            && same_or_none(&self.names, &other.names)
+            && same_or_none(&self.common_names, &other.common_names)
+            && same_or_none(&self.certificate_authority, &other.certificate_authority)
+    }
+
+    /// An account-API-token rule: all conditions must hold; the reason is the expiry, else
+    /// the disabling, else the disuse. `expired_days` reads `expires_on`, or, for a token
+    /// whose status is `expired` without one, `modified_on`; the reason names which.
+    fn select_account_token(
+        &self,
+        token: &AccountApiToken,
+        facts: &AccountTokenFacts,
+        now: DateTime<Utc>,
+    ) -> Option<Why> {
+        if let Some(names) = &self.names {
+            if !names
+                .set
+                .is_match(token.name.as_deref().unwrap_or_default())
+            {
+                return None;
+            }
+        }
+        let status = token.status.as_deref();
+        let at_least = |since: DateTime<Utc>, threshold: u32| {
+            let age = now - since;
+            (age >= TimeDelta::days(i64::from(threshold))).then(|| age.num_days())
+        };
+        let mut why = None;
+        if let Some(threshold) = self.unused_days {
+            let (since, from) = facts.active_since;
+            why = Some(Why::Unused {
+                days: at_least(since, threshold)?,
+                threshold,
+                since,
+                from,
+                stamps: ACCOUNT_TOKEN_STAMPS,
+            });
+        }
+        if let Some(threshold) = self.disabled_days {
+            let since = facts.modified_on.filter(|_| status == Some("disabled"))?;
+            why = Some(Why::Disabled {
+                days: at_least(since, threshold)?,
+                threshold,
+                since,
+            });
+        }
+        if let Some(threshold) = self.expired_days {
+            let (at, field) = match (facts.expires_on, facts.modified_on) {
+                (Some(at), _) => (at, "expires_on"),
+                (None, Some(at)) if status == Some("expired") => (at, "modified_on"),
+                _ => return None,
+            };
+            why = Some(Why::Expired {
+                days: at_least(at, threshold)?,
+                threshold,
+                at,
+                field,
+            });
+        }
+        why
+    }
+
+    /// A client-certificate rule: only an active certificate, expired `expired_days` ago,
+    /// within the filters.
+    fn select_certificate(
+        &self,
+        cert: &ClientCertificate,
+        expires_on: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Option<Why> {
+        if cert.status.as_deref() != Some("active") {
+            return None;
+        }
+        if let Some(names) = &self.common_names {
+            if !names
+                .set
+                .is_match(cert.common_name.as_deref().unwrap_or_default())
+            {
+                return None;
+            }
+        }
+        if let Some(wanted) = &self.certificate_authority {
+            let ca = cert.certificate_authority.as_ref()?;
+            if ca.id.as_deref() != Some(wanted) && ca.name.as_deref() != Some(wanted) {
+                return None;
+            }
+        }
+        let threshold = self.expired_days?;
+        let at = expires_on?;
+        let age = now - at;
+        (age >= TimeDelta::days(i64::from(threshold))).then(|| Why::Expired {
+            days: age.num_days(),
+            threshold,
+            at,
+            field: "expires_on",
+        })
     }
 
     /// A service-token rule: all conditions must hold; the reason reported is the expiry
@@ -646,6 +876,7 @@ impl Rule {
                 threshold,
                 since,
                 from,
+                stamps: SERVICE_TOKEN_STAMPS,
             });
         }
         if let Some(threshold) = self.expired_days {
@@ -658,6 +889,7 @@ impl Rule {
                 days: expired_for.num_days(),
                 threshold,
                 at,
+                field: "expires_at",
             });
         }
         why
@@ -725,6 +957,18 @@ impl Exclusion {
             no_user: s.no_user,
             service_token_names: globs(&owner, &s.service_token_names, false)?,
             service_token_ids: s.service_token_ids.iter().map(ResourceId::key).collect(),
+            account_api_token_names: globs(&owner, &s.account_api_token_names, false)?,
+            account_api_token_ids: s
+                .account_api_token_ids
+                .iter()
+                .map(ResourceId::key)
+                .collect(),
+            common_names: globs(&owner, &s.common_names, false)?,
+            client_certificate_ids: s
+                .client_certificate_ids
+                .iter()
+                .map(ResourceId::key)
+                .collect(),
         })
     }
 
@@ -739,6 +983,13 @@ impl Exclusion {
             }
             Kind::AccessServiceToken => {
                 self.service_token_names.is_match(s.name) || self.service_token_ids.contains(&s.id)
+            }
+            Kind::AccountApiToken => {
+                self.account_api_token_names.is_match(s.name)
+                    || self.account_api_token_ids.contains(&s.id)
+            }
+            Kind::ClientCertificate => {
+                self.common_names.is_match(s.name) || self.client_certificate_ids.contains(&s.id)
             }
         }
     }
@@ -845,15 +1096,7 @@ mod tests {
     }
 
     fn exclusion() -> ExclusionSettings {
-        ExclusionSettings {
-            name: "vip".into(),
-            user_emails: vec![],
-            device_names: vec![],
-            registration_ids: vec![],
-            no_user: false,
-            service_token_names: Vec::new(),
-            service_token_ids: Vec::new(),
-        }
+        ExclusionSettings::named("vip")
     }
 
     /// Outcome of one case: the selecting rule, or the exclusion that won, or nothing.

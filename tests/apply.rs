@@ -350,6 +350,7 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
         let entry = JournalEntry {
             intents: vec![Intent {
                 resource_kind: Kind::DeviceRegistration,
+                zone: None,
                 kind: MutationKind::Delete,
                 method: "DELETE".to_owned(),
                 path: "/devices/registrations/x".to_owned(),

@@ -21,7 +21,7 @@ use zt_janitor::cloudflare::{ApiError, Client, MutationOutcome};
 use zt_janitor::config::{Action, Config};
 use zt_janitor::fake::{Endpoint as Target, FakeHandle, FakeOptions, FakeServer, Fault, FaultRule};
 use zt_janitor::metrics::Metrics;
-use zt_janitor::resource::{self, Kind, Page, ResourceId};
+use zt_janitor::resource::{self, Kind, Page, ResourceId, Scope};
 use zt_janitor::secret::ApiToken;
 use zt_janitor::stop::StopSignal;
 
@@ -58,7 +58,7 @@ idle_days = 90
 
 /// The first page of the registration listing, as the planner asks for it.
 async fn list_first_page(client: &Client) -> Result<Page, ApiError> {
-    resource::list_page(Kind::DeviceRegistration, client, None).await
+    resource::list_page(Kind::DeviceRegistration, client, &Scope::default(), None).await
 }
 
 /// The call the executor sends to carry out `action` on `ids`.
@@ -67,8 +67,13 @@ async fn act(
     action: Action,
     ids: &[ResourceId],
 ) -> Result<MutationOutcome, ApiError> {
-    let request =
-        resource::mutation_request(Kind::DeviceRegistration, client.account(), action, ids);
+    let request = resource::mutation_request(
+        Kind::DeviceRegistration,
+        client.account(),
+        &Scope::default(),
+        action,
+        ids,
+    );
     client.mutate(&request).await
 }
 

@@ -354,6 +354,7 @@ async fn after_a_failed_write_a_write_reported_committed_is_on_disk() {
     let intents = JournalEntry {
         intents: vec![Intent {
             resource_kind: Kind::DeviceRegistration,
+            zone: None,
             kind: AuditMutationKind::Delete,
             method: "DELETE".to_owned(),
             path: "/accounts/x/devices/registrations/y".to_owned(),

@@ -167,6 +167,12 @@ impl Client {
     }
 
     /// `[cloudflare] per_page`: the page size listings ask for.
+    /// Whether the janitor authenticates with an API token (the only scheme so far), which
+    /// `tokens/verify` can name.
+    pub fn credentials_are_api_token(&self) -> bool {
+        true
+    }
+
     pub fn per_page(&self) -> u32 {
         self.per_page
     }
@@ -197,6 +203,28 @@ impl Client {
         Ok(ListedPage {
             items,
             info: env.result_info,
+        })
+    }
+
+    /// Sends one read request whose `result` is a single object (built by the resource kind),
+    /// such as `tokens/verify`.
+    pub async fn read(&self, request: &ListRequest) -> Result<Box<RawValue>, ApiError> {
+        let endpoint = request.endpoint;
+        let query = pairs(&request.query);
+        let env: Envelope<Box<RawValue>> = self
+            .send(
+                endpoint,
+                Method::GET,
+                &self.url(&request.path),
+                &query,
+                Body::Required,
+                &mut false,
+            )
+            .await?;
+        env.result.ok_or(ApiError::Decode {
+            endpoint,
+            status: env.status,
+            message: "the answer has no `result` object".to_owned(),
         })
     }
 

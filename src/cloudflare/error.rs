@@ -20,6 +20,16 @@ pub enum Endpoint {
     /// cannot be filtered by id).
     ListServiceTokens,
     DeleteServiceToken,
+    /// Every account-owned API token, page by page (also what confirms a deletion).
+    ListAccountTokens,
+    /// `GET .../tokens/verify` (account-owned) or `/user/tokens/verify`: which token the
+    /// janitor itself runs with.
+    VerifyAccountToken,
+    VerifyUserToken,
+    DeleteAccountToken,
+    /// One zone's client certificates, page by page (also what confirms a revocation).
+    ListClientCertificates,
+    RevokeClientCertificate,
 }
 
 impl Endpoint {
@@ -32,6 +42,12 @@ impl Endpoint {
             Endpoint::RevokeRegistrations => "revoke_registrations",
             Endpoint::ListServiceTokens => "list_service_tokens",
             Endpoint::DeleteServiceToken => "delete_service_token",
+            Endpoint::ListAccountTokens => "list_account_tokens",
+            Endpoint::VerifyAccountToken => "verify_account_token",
+            Endpoint::VerifyUserToken => "verify_user_token",
+            Endpoint::DeleteAccountToken => "delete_account_token",
+            Endpoint::ListClientCertificates => "list_client_certificates",
+            Endpoint::RevokeClientCertificate => "revoke_client_certificate",
         }
     }
 
@@ -44,6 +60,13 @@ impl Endpoint {
             | Endpoint::BulkDeleteRegistrations
             | Endpoint::RevokeRegistrations => Kind::DeviceRegistration,
             Endpoint::ListServiceTokens | Endpoint::DeleteServiceToken => Kind::AccessServiceToken,
+            Endpoint::ListAccountTokens
+            | Endpoint::VerifyAccountToken
+            | Endpoint::VerifyUserToken
+            | Endpoint::DeleteAccountToken => Kind::AccountApiToken,
+            Endpoint::ListClientCertificates | Endpoint::RevokeClientCertificate => {
+                Kind::ClientCertificate
+            }
         }
     }
 
@@ -51,7 +74,13 @@ impl Endpoint {
     pub fn is_listing(self) -> bool {
         matches!(
             self,
-            Endpoint::ListRegistrations | Endpoint::FindRegistrations | Endpoint::ListServiceTokens
+            Endpoint::ListRegistrations
+                | Endpoint::FindRegistrations
+                | Endpoint::ListServiceTokens
+                | Endpoint::ListAccountTokens
+                | Endpoint::VerifyAccountToken
+                | Endpoint::VerifyUserToken
+                | Endpoint::ListClientCertificates
         )
     }
 

@@ -8,5 +8,6 @@ pub mod model;
 pub use client::{Client, ListedPage, MutationOutcome};
 pub use error::{ApiError, CfErrorDetail, Endpoint};
 pub use model::{
-    AccountId, Device, Registration, RegistrationType, ResultInfo, ServiceToken, Stamp, User,
+    AccountApiToken, AccountId, CertificateAuthority, ClientCertificate, Device, Registration,
+    RegistrationType, ResultInfo, ServiceToken, Stamp, User, ZoneId,
 };

@@ -33,6 +33,46 @@ impl AccountId {
     }
 }
 
+/// A Cloudflare zone id: 32 lowercase hex characters. Client certificates live in zones.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ZoneId(String);
+
+impl ZoneId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.len() == 32 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a Cloudflare zone id: expected 32 lowercase hex characters \
+                 (the zone's overview page shows it under API)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// An empty zone, in the one request path that is built but never sent (see
+    /// `resource::mutation_request`).
+    pub(crate) fn missing() -> Self {
+        Self(String::new())
+    }
+}
+
+impl fmt::Display for ZoneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ZoneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ZoneId({})", self.0)
+    }
+}
+
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -229,6 +269,80 @@ pub struct ServiceToken {
     /// `null` or absent: the token never expires.
     #[serde(default)]
     pub expires_at: Stamp,
+}
+
+/// An account-owned API token, as listed by `GET /accounts/{id}/tokens`. Every field but the
+/// id is optional in the SDK's model; the rules read `status` and the stamps, and an unknown
+/// status matches no status rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccountApiToken {
+    pub id: ResourceId,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub issued_on: Stamp,
+    #[serde(default)]
+    pub modified_on: Stamp,
+    #[serde(default)]
+    pub expires_on: Stamp,
+    #[serde(default)]
+    pub last_used_on: Stamp,
+}
+
+/// An API Shield mTLS client certificate, as listed by `GET /zones/{id}/client_certificates`.
+/// The PEM body is never kept: see [`ClientCertificate::metadata`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ClientCertificate {
+    pub id: ResourceId,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub common_name: Option<String>,
+    #[serde(default)]
+    pub certificate_authority: Option<CertificateAuthority>,
+    #[serde(default)]
+    pub expires_on: Stamp,
+    #[serde(default)]
+    pub issued_on: Stamp,
+    #[serde(default)]
+    pub serial_number: Option<String>,
+    #[serde(default)]
+    pub fingerprint_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub struct CertificateAuthority {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl ClientCertificate {
+    /// What the audit log keeps of a certificate: its metadata, never the PEM body.
+    pub fn metadata(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "status": self.status,
+            "common_name": self.common_name,
+            "certificate_authority": self.certificate_authority,
+            "serial_number": self.serial_number,
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "issued_on": self.issued_on,
+            "expires_on": self.expires_on,
+        })
+    }
+}
+
+/// A string field no decision rests on by its exact type: anything that is not a string reads
+/// as absent.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

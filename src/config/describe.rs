@@ -52,13 +52,36 @@ impl Config {
                 "logging: {}, level {:?}",
                 self.logging.format, self.logging.level
             ),
-            format!("rules ({}):", self.rules.len()),
         ];
-        lines.extend(
-            self.rules
-                .iter()
-                .map(|rule| format!("  {}", describe_rule(rule))),
-        );
+        if !cf.zone_ids.is_empty() {
+            let zones: Vec<&str> = cf.zone_ids.iter().map(|z| z.as_str()).collect();
+            lines.push(format!("zones: {}", zones.join(", ")));
+        }
+        lines.push(format!(
+            "rules ({}), each resource kind listed, planned and capped on its own:",
+            self.rules.len()
+        ));
+        for kind in Kind::ALL {
+            let rules: Vec<&RuleSettings> =
+                self.rules.iter().filter(|r| r.resource == kind).collect();
+            if rules.is_empty() {
+                continue;
+            }
+            let zones = if kind.zoned() {
+                format!(", in each of {} zones", cf.zone_ids.len())
+            } else {
+                String::new()
+            };
+            lines.push(format!(
+                " {kind} ({} rules{zones}; the first that matches applies):",
+                rules.len()
+            ));
+            lines.extend(
+                rules
+                    .iter()
+                    .map(|rule| format!("  {}", describe_rule(rule))),
+            );
+        }
         lines.push(format!("exclusions ({}):", self.exclusions.len()));
         lines.extend(
             self.exclusions
@@ -99,8 +122,17 @@ fn describe_rule(rule: &RuleSettings) -> String {
     if let Some(days) = rule.unused_days {
         conditions.push(format!("unused for at least {days} days"));
     }
+    if let Some(days) = rule.disabled_days {
+        conditions.push(format!("disabled and modified at least {days} days ago"));
+    }
     if let Some(names) = &rule.names {
         conditions.push(format!("named {}", names.join(" | ")));
+    }
+    if let Some(names) = &rule.common_names {
+        conditions.push(format!("with common name {}", names.join(" | ")));
+    }
+    if let Some(ca) = &rule.certificate_authority {
+        conditions.push(format!("issued by {ca}"));
     }
     if let Some(days) = rule.idle_days {
         conditions.push(format!("idle for at least {days} days"));
@@ -164,6 +196,32 @@ fn describe_exclusion(exclusion: &ExclusionSettings) -> String {
             .map(ResourceId::as_str)
             .collect();
         criteria.push(format!("service_token_id is {}", ids.join(" | ")));
+    }
+    let globs = |key: &str, globs: &[String]| format!("{key} matches {}", globs.join(" | "));
+    let ids = |key: &str, ids: &[ResourceId]| {
+        let ids: Vec<&str> = ids.iter().map(ResourceId::as_str).collect();
+        format!("{key} is {}", ids.join(" | "))
+    };
+    if !exclusion.account_api_token_names.is_empty() {
+        criteria.push(globs(
+            "account_api_token_name",
+            &exclusion.account_api_token_names,
+        ));
+    }
+    if !exclusion.account_api_token_ids.is_empty() {
+        criteria.push(ids(
+            "account_api_token_id",
+            &exclusion.account_api_token_ids,
+        ));
+    }
+    if !exclusion.common_names.is_empty() {
+        criteria.push(globs("common_name", &exclusion.common_names));
+    }
+    if !exclusion.client_certificate_ids.is_empty() {
+        criteria.push(ids(
+            "client_certificate_id",
+            &exclusion.client_certificate_ids,
+        ));
     }
     format!("{}: {}", exclusion.name, criteria.join(", or "))
 }

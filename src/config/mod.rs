@@ -212,7 +212,7 @@ mod tests {
             ("rule without action", format!("{CF}{RULE}resource = \"device_registration\"\nidle_days = 9\n"),
                 4, 1, "[[rule]] #1 action", "every rule needs action = \"delete\" or \"revoke\""),
             ("unknown resource", format!("{CF}{RULE}resource = \"service_token\"\naction = \"delete\"\nidle_days = 9\n"),
-                6, 12, "[[rule]] #1 resource", "expected \"device_registration\" or \"access_service_token\" (account API tokens"),
+                6, 12, "[[rule]] #1 resource", "expected \"device_registration\", \"access_service_token\", \"account_api_token\" or \"client_certificate\""),
             ("token key on a registration rule", format!("{CF}{RULE}resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\nexpired_days = 3\n"),
                 9, 16, "[[rule]] #1 expired_days", "does not apply to resource = \"device_registration\"; its rules take name, resource, action, idle_days, revoked, revoked_min_days, active_only, registration_type"),
             ("registration key on a token rule", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nidle_days = 9\n"),
@@ -222,9 +222,23 @@ mod tests {
             ("token rule selecting nothing", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nservice_token_name = [\"ci-*\"]\n"),
                 4, 1, "[[rule]] #1", "set expired_days = <days> and/or unused_days"),
             ("unused_days zero", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nunused_days = 0\n"),
-                8, 15, "[[rule]] #1 unused_days", "(0 would select every token)"),
+                8, 15, "[[rule]] #1 unused_days", "(0 would select every one of the service tokens)"),
             ("empty token name filter", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\nunused_days = 9\nservice_token_name = []\n"),
-                9, 22, "[[rule]] #1 service_token_name", "an empty list matches no token"),
+                9, 22, "[[rule]] #1 service_token_name", "an empty list matches none of the service tokens"),
+            ("disabled_days on a service token rule", format!("{CF}{RULE}resource = \"access_service_token\"\naction = \"delete\"\ndisabled_days = 9\n"),
+                8, 17, "[[rule]] #1 disabled_days", "its rules take name, resource, action, expired_days, unused_days, service_token_name"),
+            ("service token name on an account token rule", format!("{CF}{RULE}resource = \"account_api_token\"\naction = \"delete\"\nservice_token_name = [\"x\"]\n"),
+                8, 22, "[[rule]] #1 service_token_name", "its rules take name, resource, action, expired_days, unused_days, disabled_days, account_api_token_name"),
+            ("deleting a certificate", format!("[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\nzone_ids = [\"fedcba9876543210fedcba9876543210\"]\n{RULE}resource = \"client_certificate\"\naction = \"delete\"\nexpired_days = 9\n"),
+                8, 10, "[[rule]] #1 action", "client certificates can only be revoked"),
+            ("certificates without zones", format!("{CF}{RULE}resource = \"client_certificate\"\naction = \"revoke\"\nexpired_days = 9\n"),
+                6, 12, "[[rule]] #1 resource", "add zone_ids = ["),
+            ("a bad zone id", "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\nzone_ids = [\"example.com\"]\n".to_string(),
+                3, 13, "[cloudflare] zone_ids", "\"example.com\" is not a Cloudflare zone id"),
+            ("a zone listed twice", "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\nzone_ids = [\"fedcba9876543210fedcba9876543210\", \"fedcba9876543210fedcba9876543210\"]\n".to_string(),
+                3, 49, "[cloudflare] zone_ids", "is listed twice"),
+            ("certificate rule selecting nothing", format!("[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\nzone_ids = [\"fedcba9876543210fedcba9876543210\"]\n{RULE}resource = \"client_certificate\"\naction = \"revoke\"\ncommon_name = [\"*\"]\n"),
+                5, 1, "[[rule]] #1", "set expired_days = <days>"),
             ("bad service token id", format!("{MINIMAL}[[exclude]]\nservice_token_id = [\"a/b\"]\n"),
                 10, 21, "[[exclude]] #1 service_token_id", "\"a/b\" is not a service token id"),
             ("unknown action", format!("{CF}{RULE}resource = \"device_registration\"\naction = \"remove\"\nidle_days = 9\n"),
@@ -331,6 +345,7 @@ mod tests {
                 max_retries: 5,
                 max_requests_per_cycle: 1000,
                 cycle_deadline_secs: 1800,
+                zone_ids: Vec::new(),
             }
         );
         assert_eq!(config.cloudflare.request_timeout(), Duration::from_secs(30));
@@ -379,6 +394,9 @@ mod tests {
                 expired_days: None,
                 unused_days: None,
                 names: None,
+                disabled_days: None,
+                common_names: None,
+                certificate_authority: None,
             }]
         );
         assert!(config.exclusions.is_empty());

@@ -39,6 +39,7 @@ pub(super) struct RawCloudflare {
     pub(super) max_retries: Option<Sp<i64>>,
     pub(super) max_requests_per_cycle: Option<Sp<i64>>,
     pub(super) cycle_deadline_secs: Option<Sp<i64>>,
+    pub(super) zone_ids: Option<Vec<Sp<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -89,6 +90,10 @@ pub(super) struct RawRule {
     pub(super) expired_days: Option<Sp<i64>>,
     pub(super) unused_days: Option<Sp<i64>>,
     pub(super) service_token_name: Option<Sp<Vec<Sp<String>>>>,
+    pub(super) disabled_days: Option<Sp<i64>>,
+    pub(super) account_api_token_name: Option<Sp<Vec<Sp<String>>>>,
+    pub(super) common_name: Option<Sp<Vec<Sp<String>>>>,
+    pub(super) certificate_authority: Option<Sp<String>>,
 }
 
 #[derive(Deserialize)]
@@ -101,4 +106,8 @@ pub(super) struct RawExclude {
     pub(super) no_user: Option<bool>,
     pub(super) service_token_name: Option<Vec<Sp<String>>>,
     pub(super) service_token_id: Option<Vec<Sp<String>>>,
+    pub(super) account_api_token_name: Option<Vec<Sp<String>>>,
+    pub(super) account_api_token_id: Option<Vec<Sp<String>>>,
+    pub(super) common_name: Option<Vec<Sp<String>>>,
+    pub(super) client_certificate_id: Option<Vec<Sp<String>>>,
 }

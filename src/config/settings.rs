@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cloudflare::model::{AccountId, RegistrationType};
+use crate::cloudflare::model::{AccountId, RegistrationType, ZoneId};
 use crate::resource::{Kind, ResourceId};
 
 pub(super) const DEFAULT_API_TOKEN_ENV: &str = "CLOUDFLARE_API_TOKEN";
@@ -57,6 +57,9 @@ pub struct CloudflareSettings {
     /// `cycle_deadline_secs`: a cycle still running after this long is abandoned, 1..=604800.
     /// Default: 1800.
     pub cycle_deadline_secs: u64,
+    /// `zone_ids`: the zones whose API Shield client certificates rules look at, each 32
+    /// lowercase hex characters. Default: none (required by `client_certificate` rules).
+    pub zone_ids: Vec<ZoneId>,
 }
 
 impl CloudflareSettings {
@@ -202,9 +205,19 @@ pub struct RuleSettings {
     /// `unused_days` (service tokens): select tokens not seen for at least this many days
     /// (since `created_at` when never seen), 1..=36500. Default: none.
     pub unused_days: Option<u32>,
-    /// `service_token_name` (service tokens): filter, globs matched case-sensitively against
-    /// the token's name. Default: none (any name).
+    /// `service_token_name` (service tokens) or `account_api_token_name` (account API
+    /// tokens): filter, globs matched case-sensitively against the token's name. Default: none
+    /// (any name).
     pub names: Option<Vec<String>>,
+    /// `disabled_days` (account API tokens): select tokens disabled (`status = "disabled"`)
+    /// whose `modified_on` is at least this many days ago, 0..=36500. Default: none.
+    pub disabled_days: Option<u32>,
+    /// `common_name` (client certificates): filter, globs matched case-sensitively against the
+    /// certificate's common name. Default: none (any).
+    pub common_names: Option<Vec<String>>,
+    /// `certificate_authority` (client certificates): filter, the id or the name of the
+    /// certificate's authority. Default: none (any).
+    pub certificate_authority: Option<String>,
 }
 
 impl RuleSettings {
@@ -222,6 +235,9 @@ impl RuleSettings {
             expired_days: None,
             unused_days: None,
             names: None,
+            disabled_days: None,
+            common_names: None,
+            certificate_authority: None,
         }
     }
 }
@@ -248,6 +264,35 @@ pub struct ExclusionSettings {
     pub service_token_names: Vec<String>,
     /// `service_token_id`: exact service token ids. Default: none.
     pub service_token_ids: Vec<ResourceId>,
+    /// `account_api_token_name`: globs matched case-sensitively against an account API
+    /// token's name. Default: none.
+    pub account_api_token_names: Vec<String>,
+    /// `account_api_token_id`: exact account API token ids. Default: none.
+    pub account_api_token_ids: Vec<ResourceId>,
+    /// `common_name`: globs matched case-sensitively against a client certificate's common
+    /// name. Default: none.
+    pub common_names: Vec<String>,
+    /// `client_certificate_id`: exact client certificate ids. Default: none.
+    pub client_certificate_ids: Vec<ResourceId>,
+}
+
+impl ExclusionSettings {
+    /// An exclusion named `name` with no criterion yet.
+    pub fn named(name: &str) -> Self {
+        ExclusionSettings {
+            name: name.to_owned(),
+            user_emails: Vec::new(),
+            device_names: Vec::new(),
+            registration_ids: Vec::new(),
+            no_user: false,
+            service_token_names: Vec::new(),
+            service_token_ids: Vec::new(),
+            account_api_token_names: Vec::new(),
+            account_api_token_ids: Vec::new(),
+            common_names: Vec::new(),
+            client_certificate_ids: Vec::new(),
+        }
+    }
 }
 
 /// `$STATE_DIRECTORY/audit.db`, or the fixed default outside systemd. systemd joins several

@@ -85,6 +85,7 @@ pub fn evaluate<'r>(
     Ok(Evaluated {
         revoked: reg.is_revoked(),
         eval,
+        snapshot: None,
         facts: Facts {
             display_name: reg.device.name,
             subject: reg.user.and_then(|u| u.email),

@@ -12,12 +12,15 @@ use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::cloudflare::{AccountId, ApiError, Client, Endpoint, Stamp};
+use crate::cloudflare::{AccountId, ApiError, Client, Endpoint, Stamp, ZoneId};
 use crate::config::Action;
 use crate::rules::{Evaluation, RuleSet};
 
 pub mod access_service_token;
+pub mod account_api_token;
+pub mod client_certificate;
 pub mod device_registration;
+mod paging;
 
 /// A kind of Cloudflare object. `as_str` is the config value of `[[rule]] resource`, the
 /// audit log's `resource_kind` and the metrics' `resource` label.
@@ -26,15 +29,24 @@ pub mod device_registration;
 pub enum Kind {
     DeviceRegistration,
     AccessServiceToken,
+    AccountApiToken,
+    ClientCertificate,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::DeviceRegistration, Kind::AccessServiceToken];
+    pub const ALL: [Kind; 4] = [
+        Kind::DeviceRegistration,
+        Kind::AccessServiceToken,
+        Kind::AccountApiToken,
+        Kind::ClientCertificate,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::DeviceRegistration => "device_registration",
             Kind::AccessServiceToken => "access_service_token",
+            Kind::AccountApiToken => "account_api_token",
+            Kind::ClientCertificate => "client_certificate",
         }
     }
 
@@ -47,6 +59,8 @@ impl Kind {
         match self {
             Kind::DeviceRegistration => "Zero Trust Read",
             Kind::AccessServiceToken => "Access: Service Tokens Read",
+            Kind::AccountApiToken => "Account API Tokens Read",
+            Kind::ClientCertificate => "SSL and Certificates Read",
         }
     }
 
@@ -55,6 +69,8 @@ impl Kind {
         match self {
             Kind::DeviceRegistration => "Zero Trust Write",
             Kind::AccessServiceToken => "Access: Service Tokens Write",
+            Kind::AccountApiToken => "Account API Tokens Write",
+            Kind::ClientCertificate => "SSL and Certificates Write",
         }
     }
 
@@ -63,7 +79,15 @@ impl Kind {
         match self {
             Kind::DeviceRegistration => ("registration", "registrations"),
             Kind::AccessServiceToken => ("service token", "service tokens"),
+            Kind::AccountApiToken => ("account API token", "account API tokens"),
+            Kind::ClientCertificate => ("client certificate", "client certificates"),
         }
+    }
+
+    /// Whether objects of this kind live in zones (listed once per zone) rather than in the
+    /// account.
+    pub fn zoned(self) -> bool {
+        self == Kind::ClientCertificate
     }
 }
 
@@ -210,18 +234,65 @@ pub struct Evaluated<'r> {
     /// For the `status` of the seen counts.
     pub revoked: bool,
     pub eval: Evaluation<'r>,
+    /// What the audit log keeps of it, when not the item as listed (a certificate's metadata
+    /// without its PEM body).
+    pub snapshot: Option<Box<RawValue>>,
+}
+
+/// Where a part of a cycle lists and acts, beyond the account, and what it must not touch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Scope {
+    /// The zone, for a kind that lives in zones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ZoneId>,
+    /// The API token the janitor runs with, which no rule acts on (account API tokens).
+    #[serde(skip)]
+    pub own_token: Option<ResourceId>,
+}
+
+impl Scope {
+    pub fn zone(zone: ZoneId) -> Self {
+        Scope {
+            zone: Some(zone),
+            own_token: None,
+        }
+    }
+
+    /// The zone of a zone-scoped kind; an error (never a panic) if a caller forgot it.
+    fn zone_of(&self, endpoint: Endpoint) -> Result<&ZoneId, ApiError> {
+        self.zone.as_ref().ok_or(ApiError::InconsistentListing {
+            endpoint,
+            message: "no zone given for a zone-scoped kind (a bug: please report it)".to_owned(),
+        })
+    }
+
+    /// Whether the scope names what `kind` needs: a zoned kind is nothing without its zone.
+    pub fn check(&self, kind: Kind) -> Result<(), String> {
+        if kind.zoned() && self.zone.is_none() {
+            return Err(format!(
+                "{kind}: no zone to act in (a bug: please report it); nothing was done"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One page of everything of `kind` in the account, from `token` (the first page if `None`).
 pub async fn list_page(
     kind: Kind,
     client: &Client,
+    scope: &Scope,
     token: Option<&PageToken>,
 ) -> Result<Page, ApiError> {
     let (account, per_page) = (client.account(), client.per_page());
     let request = match kind {
         Kind::DeviceRegistration => device_registration::list_request(account, per_page, token),
         Kind::AccessServiceToken => access_service_token::list_request(account, token),
+        Kind::AccountApiToken => account_api_token::list_request(account, token),
+        Kind::ClientCertificate => client_certificate::list_request(
+            scope.zone_of(Endpoint::ListClientCertificates)?,
+            token,
+        ),
     };
     read_page(kind, client, &request, token).await
 }
@@ -231,18 +302,40 @@ pub async fn list_page(
 pub async fn find_page(
     kind: Kind,
     client: &Client,
+    scope: &Scope,
     ids: &[ResourceId],
     token: Option<&PageToken>,
 ) -> Result<Page, ApiError> {
-    let (account, per_page) = (client.account(), client.per_page());
-    let request = match kind {
-        Kind::DeviceRegistration => {
-            device_registration::find_request(account, per_page, ids, token)
+    if kind == Kind::DeviceRegistration {
+        let (account, per_page) = (client.account(), client.per_page());
+        let request = device_registration::find_request(account, per_page, ids, token);
+        return read_page(kind, client, &request, token).await;
+    }
+    // No filter by id: the whole listing, which the caller searches.
+    list_page(kind, client, scope, token).await
+}
+
+/// The id of the API token the janitor runs with: `tokens/verify` as an account-owned token,
+/// then, if that is refused, as a user-owned one. `Err` when neither names it.
+pub async fn own_token_id(client: &Client) -> Result<ResourceId, ApiError> {
+    let [account, user] = account_api_token::verify_requests(client.account());
+    let raw = match client.read(&account).await {
+        Ok(raw) => raw,
+        Err(first)
+            if first
+                .status()
+                .is_some_and(|s| (400..500).contains(&s) && s != 429) =>
+        {
+            tracing::debug!(error = %first, "not an account-owned token; asking as a user token");
+            client.read(&user).await?
         }
-        // No filter by id: the whole listing, which the caller searches.
-        Kind::AccessServiceToken => access_service_token::list_request(account, token),
+        Err(e) => return Err(e),
     };
-    read_page(kind, client, &request, token).await
+    account_api_token::verified_id(&raw).map_err(|e| ApiError::Decode {
+        endpoint: Endpoint::VerifyAccountToken,
+        status: 200,
+        message: format!("the answer names no token id: {e}"),
+    })
 }
 
 async fn read_page(
@@ -253,21 +346,17 @@ async fn read_page(
 ) -> Result<Page, ApiError> {
     let listed = client.list(request).await?;
     let info = listed.info.as_ref();
+    let (asked, items) = (paging::page_number(token), listed.items.len());
     let next = match kind {
-        Kind::DeviceRegistration => device_registration::next_page(info),
-        Kind::AccessServiceToken => {
-            let asked = match token {
-                Some(PageToken::Page(n)) => *n,
-                _ => 1,
-            };
-            access_service_token::next_page(info, asked, listed.items.len()).map_err(|message| {
-                ApiError::InconsistentListing {
-                    endpoint: request.endpoint,
-                    message,
-                }
-            })?
-        }
-    };
+        Kind::DeviceRegistration => Ok(device_registration::next_page(info)),
+        Kind::AccessServiceToken => access_service_token::next_page(info, asked, items),
+        Kind::AccountApiToken => account_api_token::next_page(info, asked, items),
+        Kind::ClientCertificate => client_certificate::next_page(info, asked, items),
+    }
+    .map_err(|message| ApiError::InconsistentListing {
+        endpoint: request.endpoint,
+        message,
+    })?;
     Ok(Page {
         total: info.and_then(|i| i.total_count),
         items: listed.items,
@@ -280,7 +369,7 @@ async fn read_page(
 pub fn finds_by_id(kind: Kind) -> bool {
     match kind {
         Kind::DeviceRegistration => true,
-        Kind::AccessServiceToken => false,
+        Kind::AccessServiceToken | Kind::AccountApiToken | Kind::ClientCertificate => false,
     }
 }
 
@@ -292,18 +381,30 @@ pub fn evaluate<'r>(
     raw: &RawValue,
     rules: &'r RuleSet,
     now: DateTime<Utc>,
+    scope: &Scope,
 ) -> Result<Evaluated<'r>, serde_json::Error> {
     match kind {
         Kind::DeviceRegistration => device_registration::evaluate(raw, rules, now),
         Kind::AccessServiceToken => access_service_token::evaluate(raw, rules, now),
+        Kind::AccountApiToken => {
+            account_api_token::evaluate(raw, rules, now, scope.own_token.as_ref())
+        }
+        Kind::ClientCertificate => client_certificate::evaluate(raw, rules, now),
     }
 }
 
-/// What a confirmation listing's item shows: its id and state.
-pub fn presence(kind: Kind, raw: &RawValue) -> Result<(ResourceId, Presence), serde_json::Error> {
+/// What a confirmation listing's item shows: its id, its state, and its status as listed for
+/// kinds that have one (for the audit log).
+pub fn presence(
+    kind: Kind,
+    raw: &RawValue,
+) -> Result<(ResourceId, Presence, Option<String>), serde_json::Error> {
+    let plain = |(id, presence)| (id, presence, None);
     match kind {
-        Kind::DeviceRegistration => device_registration::presence(raw),
-        Kind::AccessServiceToken => access_service_token::presence(raw),
+        Kind::DeviceRegistration => device_registration::presence(raw).map(plain),
+        Kind::AccessServiceToken => access_service_token::presence(raw).map(plain),
+        Kind::AccountApiToken => account_api_token::presence(raw).map(plain),
+        Kind::ClientCertificate => client_certificate::presence(raw),
     }
 }
 
@@ -312,19 +413,30 @@ pub fn bulk(kind: Kind, action: Action) -> bool {
     match kind {
         Kind::DeviceRegistration => device_registration::bulk(action),
         Kind::AccessServiceToken => access_service_token::bulk(action),
+        Kind::AccountApiToken | Kind::ClientCertificate => false,
     }
 }
 
-/// The call that carries out `action` on `ids` of `kind` in `account`.
+/// The call that carries out `action` on `ids` of `kind` in `account` and, for a zoned kind,
+/// the scope's zone. The executor refuses a zoned plan without a zone before any call (see
+/// [`Scope::check`]), so a request without one is never built.
 pub fn mutation_request(
     kind: Kind,
     account: &AccountId,
+    scope: &Scope,
     action: Action,
     ids: &[ResourceId],
 ) -> MutationRequest {
-    match kind {
-        Kind::DeviceRegistration => device_registration::mutation_request(account, action, ids),
-        Kind::AccessServiceToken => access_service_token::mutation_request(account, ids),
+    match (kind, &scope.zone) {
+        (Kind::DeviceRegistration, _) => {
+            device_registration::mutation_request(account, action, ids)
+        }
+        (Kind::AccessServiceToken, _) => access_service_token::mutation_request(account, ids),
+        (Kind::AccountApiToken, _) => account_api_token::mutation_request(account, ids),
+        (Kind::ClientCertificate, Some(zone)) => client_certificate::mutation_request(zone, ids),
+        (Kind::ClientCertificate, None) => {
+            client_certificate::mutation_request(&ZoneId::missing(), ids)
+        }
     }
 }
 
@@ -334,6 +446,9 @@ pub fn means_gone(endpoint: Endpoint, status: u16) -> bool {
     match endpoint.kind() {
         Kind::DeviceRegistration => device_registration::means_gone(status),
         Kind::AccessServiceToken => access_service_token::means_gone(status),
+        // A 404 about one token or certificate, in Cloudflare's envelope with a code other
+        // than a routing error (checked by the client), means it does not exist.
+        Kind::AccountApiToken | Kind::ClientCertificate => status == 404,
     }
 }
 
@@ -341,7 +456,9 @@ pub fn means_gone(endpoint: Endpoint, status: u16) -> bool {
 pub fn refusal_hint(kind: Kind) -> &'static str {
     match kind {
         Kind::AccessServiceToken => access_service_token::REFUSAL_HINT,
-        Kind::DeviceRegistration => "Cloudflare refuses to act on it; see the error above",
+        Kind::DeviceRegistration | Kind::AccountApiToken | Kind::ClientCertificate => {
+            "Cloudflare refuses to act on it; see the error above"
+        }
     }
 }
 
@@ -356,7 +473,7 @@ pub fn means_refused(error: &ApiError) -> bool {
             errors,
             envelope: true,
         } if !error.is_run_wide() => match endpoint.kind() {
-            Kind::DeviceRegistration => false,
+            Kind::DeviceRegistration | Kind::AccountApiToken | Kind::ClientCertificate => false,
             Kind::AccessServiceToken => access_service_token::means_refused(*status, errors),
         },
         _ => false,

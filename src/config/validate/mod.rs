@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 
-use crate::cloudflare::model::AccountId;
+use crate::cloudflare::model::{AccountId, ZoneId};
 
 use super::diagnostics::line_col;
 use super::raw::{RawCloudflare, RawConfig, RawLogging, RawMetrics, RawSafety, RawSchedule, Sp};
@@ -101,7 +101,7 @@ impl Validator<'_> {
                     ));
                 }
             }
-            rules.push(self.rule(index, raw_rule)?);
+            rules.push(self.rule(index, raw_rule, &cloudflare.zone_ids)?);
         }
         let exclusions = raw
             .exclude
@@ -179,7 +179,21 @@ impl Validator<'_> {
             Some(url) => self.base_url(url, &key("base_url"))?,
             None => DEFAULT_BASE_URL.to_owned(),
         };
+        let mut zone_ids: Vec<ZoneId> = Vec::new();
+        for zone in raw.zone_ids.iter().flatten() {
+            let id = ZoneId::parse(zone.get_ref())
+                .map_err(|m| self.error(zone.span(), key("zone_ids"), m))?;
+            if zone_ids.contains(&id) {
+                return Err(self.error(
+                    zone.span(),
+                    key("zone_ids"),
+                    format!("zone {id} is listed twice; list each zone once"),
+                ));
+            }
+            zone_ids.push(id);
+        }
         Ok(CloudflareSettings {
+            zone_ids,
             account_id,
             api_token_file,
             api_token_env,

@@ -1045,7 +1045,7 @@ fn globs(owner: &str, patterns: &[String], fold: bool) -> Result<GlobSet, GlobEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloudflare::{Device, User};
+    use crate::cloudflare::{CertificateAuthority, Device, User};
     use crate::resource::Kind;
 
     fn now() -> DateTime<Utc> {
@@ -2345,6 +2345,741 @@ mod tests {
                 Verdict::Excluded { exclusion, .. } => Excluded(exclusion.to_owned().leak()),
             };
             assert_eq!(got, expect, "case: {name}");
+            assert_eq!(eval.anomaly, anomaly, "case: {name}");
+        }
+    }
+
+    fn account_token() -> AccountApiToken {
+        AccountApiToken {
+            id: ResourceId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            name: Some("ci-deploy".into()),
+            status: Some("active".into()),
+            issued_on: days_ago(400),
+            modified_on: days_ago(400),
+            expires_on: Stamp::Missing,
+            last_used_on: days_ago(1),
+        }
+    }
+
+    fn account_rule(
+        name: &str,
+        expired: Option<u32>,
+        disabled: Option<u32>,
+        unused: Option<u32>,
+    ) -> RuleSettings {
+        RuleSettings {
+            expired_days: expired,
+            disabled_days: disabled,
+            unused_days: unused,
+            ..RuleSettings::new(name, Kind::AccountApiToken, Action::Delete)
+        }
+    }
+
+    fn verdict_of(eval: &Evaluation<'_>) -> Expect {
+        match &eval.verdict {
+            Verdict::Keep => Expect::Keep,
+            Verdict::Act { rule, .. } => Expect::Act(rule.name.clone().leak()),
+            Verdict::Excluded { exclusion, .. } => Expect::Excluded((*exclusion).to_owned().leak()),
+        }
+    }
+
+    #[test]
+    fn account_token_rule_table() {
+        use Expect::*;
+        let expired = || account_rule("expired", Some(30), None, None);
+        let disabled = || account_rule("disabled", None, Some(60), None);
+        let unused = || account_rule("unused", None, None, Some(90));
+        let at = |d: i64| Stamp::Valid(now() - TimeDelta::days(d));
+        let second_short =
+            |d: i64| Stamp::Valid(now() - TimeDelta::days(d) + TimeDelta::seconds(1));
+        let own = account_token().id;
+        let other_id = ResourceId::parse("fedcba9876543210fedcba9876543210").unwrap();
+        let keep_named = ExclusionSettings {
+            account_api_token_names: vec!["ci-*".into()],
+            ..ExclusionSettings::named("keep ci")
+        };
+        let keep_id = ExclusionSettings {
+            account_api_token_ids: vec![account_token().id],
+            ..ExclusionSettings::named("keep id")
+        };
+        type Case = (
+            &'static str,
+            Vec<RuleSettings>,
+            Vec<ExclusionSettings>,
+            AccountApiToken,
+            Option<&'static ResourceId>,
+            Expect,
+            Option<Anomaly>,
+        );
+        let own: &'static ResourceId = Box::leak(Box::new(own));
+        let other: &'static ResourceId = Box::leak(Box::new(other_id));
+        let cases: Vec<Case> = vec![
+            (
+                "a used token without expiry is kept",
+                vec![expired(), disabled(), unused()],
+                vec![],
+                account_token(),
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "expires_on exactly N days ago is selected",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    expires_on: at(30),
+                    ..account_token()
+                },
+                None,
+                Act("expired"),
+                None,
+            ),
+            (
+                "expires_on one second short of N days is kept",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    expires_on: second_short(30),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "expired_days reads expires_on whatever the status says",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    status: Some("active".into()),
+                    expires_on: at(45),
+                    ..account_token()
+                },
+                None,
+                Act("expired"),
+                None,
+            ),
+            (
+                "status expired without expires_on ages from modified_on",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    status: Some("expired".into()),
+                    modified_on: at(30),
+                    ..account_token()
+                },
+                None,
+                Act("expired"),
+                None,
+            ),
+            (
+                "status expired, modified one second short of N days, is kept",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    status: Some("expired".into()),
+                    modified_on: second_short(30),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "an active token modified long ago is not expired",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    modified_on: at(300),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "expires_on in the future keeps even a token whose status says expired",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    status: Some("expired".into()),
+                    expires_on: Stamp::Valid(now() + TimeDelta::days(3)),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "disabled exactly N days ago is selected",
+                vec![disabled()],
+                vec![],
+                AccountApiToken {
+                    status: Some("disabled".into()),
+                    modified_on: at(60),
+                    ..account_token()
+                },
+                None,
+                Act("disabled"),
+                None,
+            ),
+            (
+                "disabled one second short of N days is kept",
+                vec![disabled()],
+                vec![],
+                AccountApiToken {
+                    status: Some("disabled".into()),
+                    modified_on: second_short(60),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "an active token modified long ago is not disabled",
+                vec![disabled()],
+                vec![],
+                AccountApiToken {
+                    modified_on: at(600),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "disabled without modified_on is kept",
+                vec![disabled()],
+                vec![],
+                AccountApiToken {
+                    status: Some("disabled".into()),
+                    modified_on: Stamp::Missing,
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "unused exactly N days is selected",
+                vec![unused()],
+                vec![],
+                AccountApiToken {
+                    last_used_on: at(90),
+                    ..account_token()
+                },
+                None,
+                Act("unused"),
+                None,
+            ),
+            (
+                "unused one second short of N days is kept",
+                vec![unused()],
+                vec![],
+                AccountApiToken {
+                    last_used_on: second_short(90),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "never used counts from issued_on",
+                vec![unused()],
+                vec![],
+                AccountApiToken {
+                    last_used_on: Stamp::Missing,
+                    issued_on: at(90),
+                    ..account_token()
+                },
+                None,
+                Act("unused"),
+                None,
+            ),
+            (
+                "never used, issued one second short of N days, is kept",
+                vec![unused()],
+                vec![],
+                AccountApiToken {
+                    last_used_on: Stamp::Missing,
+                    issued_on: second_short(90),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "all conditions of one rule must hold",
+                vec![account_rule("both", Some(30), None, Some(90))],
+                vec![],
+                AccountApiToken {
+                    expires_on: at(40),
+                    last_used_on: at(10),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "a name glob narrows",
+                vec![RuleSettings {
+                    names: Some(vec!["backup-*".into()]),
+                    ..unused()
+                }],
+                vec![],
+                AccountApiToken {
+                    last_used_on: at(200),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+            (
+                "a matching name glob selects",
+                vec![RuleSettings {
+                    names: Some(vec!["ci-*".into()]),
+                    ..unused()
+                }],
+                vec![],
+                AccountApiToken {
+                    last_used_on: at(200),
+                    ..account_token()
+                },
+                None,
+                Act("unused"),
+                None,
+            ),
+            (
+                "the janitor's own token is never acted on",
+                vec![unused(), expired()],
+                vec![],
+                AccountApiToken {
+                    last_used_on: at(200),
+                    expires_on: at(100),
+                    ..account_token()
+                },
+                Some(own),
+                Excluded(OWN_TOKEN),
+                None,
+            ),
+            (
+                "own-token protection wins over a configured exclusion",
+                vec![unused()],
+                vec![keep_named.clone()],
+                AccountApiToken {
+                    last_used_on: at(200),
+                    ..account_token()
+                },
+                Some(own),
+                Excluded(OWN_TOKEN),
+                None,
+            ),
+            (
+                "another token than the own one is acted on",
+                vec![unused()],
+                vec![],
+                AccountApiToken {
+                    last_used_on: at(200),
+                    ..account_token()
+                },
+                Some(other),
+                Act("unused"),
+                None,
+            ),
+            (
+                "an exclusion by name protects",
+                vec![unused()],
+                vec![keep_named],
+                AccountApiToken {
+                    last_used_on: at(200),
+                    ..account_token()
+                },
+                None,
+                Excluded("keep ci"),
+                None,
+            ),
+            (
+                "an exclusion by id protects",
+                vec![unused()],
+                vec![keep_id],
+                AccountApiToken {
+                    last_used_on: at(200),
+                    ..account_token()
+                },
+                None,
+                Excluded("keep id"),
+                None,
+            ),
+            (
+                "an unreadable last_used_on is untouchable",
+                vec![unused()],
+                vec![],
+                AccountApiToken {
+                    last_used_on: Stamp::Invalid("yesterday".into()),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                Some(Anomaly::UnparsableLastSeen),
+            ),
+            (
+                "an unreadable modified_on is untouchable",
+                vec![disabled()],
+                vec![],
+                AccountApiToken {
+                    status: Some("disabled".into()),
+                    modified_on: Stamp::Invalid("x".into()),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                Some(Anomaly::UnparsableModifiedOn),
+            ),
+            (
+                "an unreadable expires_on is untouchable",
+                vec![expired()],
+                vec![],
+                AccountApiToken {
+                    expires_on: Stamp::Invalid("x".into()),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                Some(Anomaly::UnparsableExpiresAt),
+            ),
+            (
+                "device and service-token rules never select an account token",
+                vec![idle(1), token_rule("st", Some(0), Some(1))],
+                vec![],
+                AccountApiToken {
+                    last_used_on: at(300),
+                    expires_on: at(900),
+                    ..account_token()
+                },
+                None,
+                Keep,
+                None,
+            ),
+        ];
+        for (name, rules, exclusions, token, own, expect, anomaly) in cases {
+            let set = RuleSet::new(&rules, &exclusions).unwrap();
+            let eval = set.evaluate_account_token(&token, now(), own);
+            assert_eq!(verdict_of(&eval), expect, "case: {name}");
+            assert_eq!(eval.anomaly, anomaly, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn account_token_reasons_name_the_stamp_they_read() {
+        let set = RuleSet::new(
+            &[
+                account_rule("expired", Some(30), None, None),
+                account_rule("disabled", None, Some(60), None),
+                account_rule("unused", None, None, Some(90)),
+            ],
+            &[],
+        )
+        .unwrap();
+        let why = |t: AccountApiToken| match set.evaluate_account_token(&t, now(), None).verdict {
+            Verdict::Act { why, .. } => why.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let expires = why(AccountApiToken {
+            expires_on: days_ago(45),
+            ..account_token()
+        });
+        assert!(expires.contains("expires_on"), "{expires}");
+        let modified = why(AccountApiToken {
+            status: Some("expired".into()),
+            modified_on: days_ago(45),
+            ..account_token()
+        });
+        assert!(modified.contains("modified_on"), "{modified}");
+        let disabled = why(AccountApiToken {
+            status: Some("disabled".into()),
+            modified_on: days_ago(70),
+            ..account_token()
+        });
+        assert!(
+            disabled.starts_with("disabled, modified 70d ago"),
+            "{disabled}"
+        );
+        let never = why(AccountApiToken {
+            last_used_on: Stamp::Missing,
+            issued_on: days_ago(120),
+            ..account_token()
+        });
+        assert!(never.contains("issued_on"), "{never}");
+    }
+
+    fn certificate() -> ClientCertificate {
+        ClientCertificate {
+            id: ResourceId::parse("b2f6e2a4-5c1d-4e7a-9a3b-0c9d8e7f6a5b").unwrap(),
+            status: Some("active".into()),
+            common_name: Some("device-0001.example.com".into()),
+            certificate_authority: Some(CertificateAuthority {
+                id: Some("8e0c3ad0c8ed4a7e9f1b2c3d4e5f6a7b".into()),
+                name: Some("API Shield default CA".into()),
+            }),
+            expires_on: Stamp::Valid(now() + TimeDelta::days(100)),
+            issued_on: days_ago(265),
+            serial_number: Some("1a2b".into()),
+            fingerprint_sha256: Some("ab".repeat(32)),
+        }
+    }
+
+    fn cert_rule(name: &str, expired: u32) -> RuleSettings {
+        RuleSettings {
+            expired_days: Some(expired),
+            ..RuleSettings::new(name, Kind::ClientCertificate, Action::Revoke)
+        }
+    }
+
+    #[test]
+    fn client_certificate_rule_table() {
+        use Expect::*;
+        let expired = || cert_rule("expired", 30);
+        let at = |d: i64| Stamp::Valid(now() - TimeDelta::days(d));
+        let second_short =
+            |d: i64| Stamp::Valid(now() - TimeDelta::days(d) + TimeDelta::seconds(1));
+        let gone = || ClientCertificate {
+            expires_on: at(400),
+            ..certificate()
+        };
+        let keep_cn = ExclusionSettings {
+            common_names: vec!["*.example.com".into()],
+            ..ExclusionSettings::named("keep cn")
+        };
+        let keep_id = ExclusionSettings {
+            client_certificate_ids: vec![certificate().id],
+            ..ExclusionSettings::named("keep id")
+        };
+        type Case = (
+            &'static str,
+            Vec<RuleSettings>,
+            Vec<ExclusionSettings>,
+            ClientCertificate,
+            Expect,
+            Option<Anomaly>,
+        );
+        let status = |s: &str| ClientCertificate {
+            status: Some(s.into()),
+            ..gone()
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "a valid certificate is kept",
+                vec![expired()],
+                vec![],
+                certificate(),
+                Keep,
+                None,
+            ),
+            (
+                "expired exactly N days ago is selected",
+                vec![expired()],
+                vec![],
+                ClientCertificate {
+                    expires_on: at(30),
+                    ..certificate()
+                },
+                Act("expired"),
+                None,
+            ),
+            (
+                "expired one second short of N days is kept",
+                vec![expired()],
+                vec![],
+                ClientCertificate {
+                    expires_on: second_short(30),
+                    ..certificate()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "expired_days = 0 takes a certificate the moment it expires",
+                vec![cert_rule("now", 0)],
+                vec![],
+                ClientCertificate {
+                    expires_on: at(0),
+                    ..certificate()
+                },
+                Act("now"),
+                None,
+            ),
+            (
+                "without expires_on nothing is selected",
+                vec![expired()],
+                vec![],
+                ClientCertificate {
+                    expires_on: Stamp::Missing,
+                    ..certificate()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "pending revocation is never acted on again",
+                vec![expired()],
+                vec![],
+                status("pending_revocation"),
+                Keep,
+                None,
+            ),
+            (
+                "revoked is never acted on again",
+                vec![expired()],
+                vec![],
+                status("revoked"),
+                Keep,
+                None,
+            ),
+            (
+                "pending reactivation is left alone",
+                vec![expired()],
+                vec![],
+                status("pending_reactivation"),
+                Keep,
+                None,
+            ),
+            (
+                "an unknown status is left alone",
+                vec![expired()],
+                vec![],
+                status("suspended"),
+                Keep,
+                None,
+            ),
+            (
+                "no status is left alone",
+                vec![expired()],
+                vec![],
+                ClientCertificate {
+                    status: None,
+                    ..gone()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "a common-name glob narrows",
+                vec![RuleSettings {
+                    common_names: Some(vec!["*.corp.example".into()]),
+                    ..expired()
+                }],
+                vec![],
+                gone(),
+                Keep,
+                None,
+            ),
+            (
+                "a matching common-name glob selects",
+                vec![RuleSettings {
+                    common_names: Some(vec!["device-*".into()]),
+                    ..expired()
+                }],
+                vec![],
+                gone(),
+                Act("expired"),
+                None,
+            ),
+            (
+                "the authority by name selects",
+                vec![RuleSettings {
+                    certificate_authority: Some("API Shield default CA".into()),
+                    ..expired()
+                }],
+                vec![],
+                gone(),
+                Act("expired"),
+                None,
+            ),
+            (
+                "the authority by id selects",
+                vec![RuleSettings {
+                    certificate_authority: Some("8e0c3ad0c8ed4a7e9f1b2c3d4e5f6a7b".into()),
+                    ..expired()
+                }],
+                vec![],
+                gone(),
+                Act("expired"),
+                None,
+            ),
+            (
+                "another authority narrows",
+                vec![RuleSettings {
+                    certificate_authority: Some("Managed CA".into()),
+                    ..expired()
+                }],
+                vec![],
+                gone(),
+                Keep,
+                None,
+            ),
+            (
+                "no authority listed never matches an authority filter",
+                vec![RuleSettings {
+                    certificate_authority: Some("API Shield default CA".into()),
+                    ..expired()
+                }],
+                vec![],
+                ClientCertificate {
+                    certificate_authority: None,
+                    ..gone()
+                },
+                Keep,
+                None,
+            ),
+            (
+                "an exclusion by common name protects",
+                vec![expired()],
+                vec![keep_cn],
+                gone(),
+                Excluded("keep cn"),
+                None,
+            ),
+            (
+                "an exclusion by id protects",
+                vec![expired()],
+                vec![keep_id],
+                gone(),
+                Excluded("keep id"),
+                None,
+            ),
+            (
+                "an unreadable expires_on is untouchable",
+                vec![expired()],
+                vec![],
+                ClientCertificate {
+                    expires_on: Stamp::Invalid("soon".into()),
+                    ..certificate()
+                },
+                Keep,
+                Some(Anomaly::UnparsableExpiresAt),
+            ),
+            (
+                "token rules never select a certificate",
+                vec![
+                    token_rule("st", Some(0), None),
+                    account_rule("at", Some(0), None, None),
+                ],
+                vec![],
+                gone(),
+                Keep,
+                None,
+            ),
+        ];
+        for (name, rules, exclusions, cert, expect, anomaly) in cases {
+            let set = RuleSet::new(&rules, &exclusions).unwrap();
+            let eval = set.evaluate_certificate(&cert, now());
+            assert_eq!(verdict_of(&eval), expect, "case: {name}");
             assert_eq!(eval.anomaly, anomaly, "case: {name}");
         }
     }

@@ -183,9 +183,11 @@ impl fmt::Display for Action {
 pub struct RuleSettings {
     /// `name`: unique, non-empty; recorded in the audit log. Required.
     pub name: String,
-    /// `resource`: `"device_registration"` or `"access_service_token"`. Required.
+    /// `resource`: `"device_registration"`, `"access_service_token"`, `"account_api_token"` or
+    /// `"client_certificate"`. Required.
     pub resource: Kind,
-    /// `action`: `"delete"` or `"revoke"` (service tokens: `"delete"` only). Required.
+    /// `action`: `"delete"` or `"revoke"` (tokens: `"delete"` only; client certificates:
+    /// `"revoke"` only). Required.
     pub action: Action,
     /// `idle_days`: select registrations last seen at least this many days ago, 1..=36500.
     /// Default: none.
@@ -199,11 +201,12 @@ pub struct RuleSettings {
     pub active_only: bool,
     /// `registration_type`: filter, `"warp"` or `"browser_extension"`. Default: none (any type).
     pub registration_type: Option<RegistrationType>,
-    /// `expired_days` (service tokens): select tokens whose `expires_at` is at least this many
-    /// days ago, 0..=36500. Default: none.
+    /// `expired_days` (tokens and certificates): select those whose expiry (`expires_at`,
+    /// `expires_on`; for an account token with status `expired` and no `expires_on`, its
+    /// `modified_on`) is at least this many days ago, 0..=36500. Default: none.
     pub expired_days: Option<u32>,
-    /// `unused_days` (service tokens): select tokens not seen for at least this many days
-    /// (since `created_at` when never seen), 1..=36500. Default: none.
+    /// `unused_days` (service and account API tokens): select tokens not used for at least this
+    /// many days (since `created_at`/`issued_on` when never used), 1..=36500. Default: none.
     pub unused_days: Option<u32>,
     /// `service_token_name` (service tokens) or `account_api_token_name` (account API
     /// tokens): filter, globs matched case-sensitively against the token's name. Default: none

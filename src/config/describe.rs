@@ -67,14 +67,18 @@ impl Config {
             if rules.is_empty() {
                 continue;
             }
+            let plural = |n: usize, noun: &str| match n {
+                1 => format!("1 {noun}"),
+                n => format!("{n} {noun}s"),
+            };
             let zones = if kind.zoned() {
-                format!(", in each of {} zones", cf.zone_ids.len())
+                format!(", in each of {}", plural(cf.zone_ids.len(), "zone"))
             } else {
                 String::new()
             };
             lines.push(format!(
-                " {kind} ({} rules{zones}; the first that matches applies):",
-                rules.len()
+                " {kind} ({}{zones}; the first that matches applies):",
+                plural(rules.len(), "rule")
             ));
             lines.extend(
                 rules

@@ -170,7 +170,7 @@ impl Validator<'_> {
         let misplaced = unused
             .iter()
             .flat_map(|c| {
-                let (file, env) = (c.fields)(&raw);
+                let [file, env] = (c.fields)(&raw);
                 [(c.file, file), (c.env, env)]
             })
             .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.span())))
@@ -529,7 +529,7 @@ impl Validator<'_> {
         credential: &Credential,
     ) -> Result<(Option<PathBuf>, String), ConfigError> {
         let key = |field: &str| table_key("cloudflare", field);
-        let (file, env) = (credential.fields)(raw);
+        let [file, env] = (credential.fields)(raw);
         if let (Some(file), Some(env)) = (file, env) {
             let (later, name) = if env.span().start > file.span().start {
                 (env.span(), credential.env)
@@ -655,7 +655,8 @@ struct Credential {
     what: &'static str,
     /// The name the examples give its systemd credential.
     systemd_name: &'static str,
-    fields: fn(&RawCloudflare) -> (&Option<Sp<String>>, &Option<Sp<String>>),
+    /// Its `*_file` and `*_env` values as written.
+    fields: fn(&RawCloudflare) -> [&Option<Sp<String>>; 2],
 }
 
 const TOKEN: Credential = Credential {
@@ -664,7 +665,7 @@ const TOKEN: Credential = Credential {
     default_env: DEFAULT_API_TOKEN_ENV,
     what: "token",
     systemd_name: "cloudflare-token",
-    fields: |raw| (&raw.api_token_file, &raw.api_token_env),
+    fields: |raw| [&raw.api_token_file, &raw.api_token_env],
 };
 
 const EMAIL: Credential = Credential {
@@ -673,7 +674,7 @@ const EMAIL: Credential = Credential {
     default_env: DEFAULT_API_EMAIL_ENV,
     what: "email",
     systemd_name: "cloudflare-email",
-    fields: |raw| (&raw.api_email_file, &raw.api_email_env),
+    fields: |raw| [&raw.api_email_file, &raw.api_email_env],
 };
 
 const KEY: Credential = Credential {
@@ -682,7 +683,7 @@ const KEY: Credential = Credential {
     default_env: DEFAULT_API_KEY_ENV,
     what: "key",
     systemd_name: "cloudflare-api-key",
-    fields: |raw| (&raw.api_key_file, &raw.api_key_env),
+    fields: |raw| [&raw.api_key_file, &raw.api_key_env],
 };
 
 /// `localhost` or a loopback address, as the URL parser writes hosts (lowercase, IPv6 in

@@ -186,6 +186,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::CheckConfig { config } => {
             let Loaded { config: cfg, rules } = Loaded::new(Config::load(&config.config)?)?;
             print!("{}", cfg.describe());
+            if let Some(warning) = crate::startup::credentials_warning(&cfg.cloudflare) {
+                eprintln!("warning: {warning}");
+            }
             for warning in rules.warnings() {
                 eprintln!("warning: {warning}");
             }
@@ -250,6 +253,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
 
 async fn plan(config: Config, output: Format) -> Result<ExitCode> {
     let Loaded { config, rules } = Loaded::new(config)?;
+    if let Some(warning) = crate::startup::credentials_warning(&config.cloudflare) {
+        tracing::warn!("{warning}");
+    }
     let plans = crate::plan::preview(&config, &rules, Utc::now()).await?;
     let mut out = std::io::stdout().lock();
     match output {

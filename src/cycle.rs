@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan, Planner, Recorded};
 use crate::resource::{Kind, Scope};
 use crate::rules::RuleSet;
-use crate::secret::ApiToken;
+use crate::secret::Credentials;
 
 /// Decisions are written to the audit log in batches of this many, so that no more than a
 /// few batches' snapshots are in memory at once.
@@ -280,8 +280,8 @@ impl CycleContext<'_> {
     }
 
     fn client(&self) -> Result<Client, String> {
-        let token = ApiToken::load(&self.config.cloudflare).map_err(|e| e.to_string())?;
-        Client::new(&self.config.cloudflare, token, self.metrics.clone())
+        let credentials = Credentials::load(&self.config.cloudflare).map_err(|e| e.to_string())?;
+        Client::new(&self.config.cloudflare, credentials, self.metrics.clone())
             .map(|c| c.with_stop(self.stop.clone()))
             .map_err(|e| e.to_string())
     }

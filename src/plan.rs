@@ -19,7 +19,7 @@ use crate::config::{Action, Config, SafetySettings};
 use crate::metrics::Metrics;
 use crate::resource::{self, Kind, Page, PageToken, ResourceId, Scope};
 use crate::rules::{Anomaly, RuleSet, Verdict, Why};
-use crate::secret::{ApiToken, TokenError};
+use crate::secret::{Credentials, TokenError};
 
 /// Where pages come from: the Cloudflare client in production, a vector in unit tests.
 pub trait PageSource {
@@ -308,8 +308,8 @@ pub async fn preview(
     rules: &RuleSet,
     now: DateTime<Utc>,
 ) -> Result<Vec<Plan>, PreviewError> {
-    let token = ApiToken::load(&config.cloudflare)?;
-    let client = Client::new(&config.cloudflare, token, Metrics::new())?;
+    let credentials = Credentials::load(&config.cloudflare)?;
+    let client = Client::new(&config.cloudflare, credentials, Metrics::new())?;
     let mut plans = Vec::new();
     for kind in rules.kinds() {
         for (scope, blocked) in scopes(&client, &config.cloudflare.zone_ids, kind).await {

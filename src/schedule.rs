@@ -274,6 +274,11 @@ impl Daemon {
         {
             tracing::warn!("[audit] path and [metrics] listen take effect only after a restart");
         }
+        if loaded.config.cloudflare.auth != old.config.cloudflare.auth {
+            if let Some(warning) = startup::credentials_warning(&loaded.config.cloudflare) {
+                tracing::warn!("{warning}");
+            }
+        }
         *self.loaded.write().expect("config lock") = Arc::new(loaded);
         if let Some(new_job) = new_job {
             match scheduler.add(new_job).await {

@@ -9,10 +9,21 @@ use chrono::Utc;
 
 use crate::apply::StopSignal;
 use crate::audit::{AuditError, AuditStore};
-use crate::config::Config;
+use crate::config::{Auth, CloudflareSettings, Config};
 use crate::cycle::CycleContext;
 use crate::metrics::Metrics;
 use crate::rules::{GlobError, RuleSet};
+
+/// Logged at start-up when `[cloudflare] auth = "global_api_key"`.
+pub const GLOBAL_KEY_WARNING: &str = "authenticating with the global API key (X-Auth-Email + \
+     X-Auth-Key): it can do anything its user can, in every account, and cannot be scoped or \
+     expire; a scoped API token (auth = \"api_token\") is safer. Account API token rules are \
+     refused, because tokens/verify does not apply to a global key";
+
+/// The warning the way `settings` authenticate deserves, if any.
+pub fn credentials_warning(settings: &CloudflareSettings) -> Option<&'static str> {
+    (settings.auth == Auth::GlobalApiKey).then_some(GLOBAL_KEY_WARNING)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -71,6 +82,9 @@ pub struct Janitor {
 pub async fn open(config: Config) -> Result<Janitor, StartupError> {
     // Rules first: a config whose rules cannot compile leaves the database untouched.
     let loaded = Loaded::new(config)?;
+    if let Some(warning) = credentials_warning(&loaded.config.cloudflare) {
+        tracing::warn!("{warning}");
+    }
     let audit = AuditStore::open(&loaded.config.audit.path).await?;
     let closed = audit.close_interrupted_runs(Utc::now()).await?;
     if closed > 0 {
@@ -157,6 +171,47 @@ user_email = ["*@board.example.com"]
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].outcome.as_deref(), Some("failed"));
         janitor.close().await;
+    }
+
+    /// What `tracing` wrote while `body` ran, on this thread.
+    async fn logs_of<F: std::future::Future>(body: F) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        body.await;
+        drop(guard);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn open_warns_that_the_global_key_is_less_safe_than_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut global = config(&dir.path().join("global.db"));
+        global.cloudflare.auth = Auth::GlobalApiKey;
+        let logs = logs_of(async { open(global).await.unwrap().close().await }).await;
+        assert!(logs.contains("WARN"), "{logs}");
+        assert!(logs.contains(GLOBAL_KEY_WARNING), "{logs}");
+
+        let token = config(&dir.path().join("token.db"));
+        let logs = logs_of(async { open(token).await.unwrap().close().await }).await;
+        assert!(!logs.contains("global API key"), "{logs}");
     }
 
     #[tokio::test]

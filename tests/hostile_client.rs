@@ -22,7 +22,7 @@ use zt_janitor::config::{Action, Config};
 use zt_janitor::fake::{Endpoint as Target, FakeHandle, FakeOptions, FakeServer, Fault, FaultRule};
 use zt_janitor::metrics::Metrics;
 use zt_janitor::resource::{self, Kind, Page, ResourceId, Scope};
-use zt_janitor::secret::ApiToken;
+use zt_janitor::secret::{ApiToken, Credentials};
 use zt_janitor::stop::StopSignal;
 
 fn opts(registrations: usize, seed: u64) -> FakeOptions {
@@ -53,7 +53,12 @@ idle_days = 90
     );
     let config = Config::from_toml_str(&text, Path::new("test.toml")).expect("valid config");
     let token = ApiToken::new(token.to_owned()).expect("valid token");
-    Client::new(&config.cloudflare, token, Metrics::new()).expect("client builds")
+    Client::new(
+        &config.cloudflare,
+        Credentials::ApiToken(token),
+        Metrics::new(),
+    )
+    .expect("client builds")
 }
 
 /// The first page of the registration listing, as the planner asks for it.

@@ -3,16 +3,17 @@
 //! Every call goes through [`Client::send`], which enforces the per-cycle request budget and
 //! deadline, retries what is safe to retry (429, 5xx, network errors, garbled bodies — all calls
 //! made here are idempotent), honours `Retry-After` within bounds, stops waiting when the
-//! process is asked to stop, and records metrics. Redirects are never followed: the token would
-//! go with them.
+//! process is asked to stop, and records metrics. Redirects are never followed: the credentials
+//! would go with them.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use reqwest::header::{HeaderMap, LOCATION};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
+use secrecy::zeroize::Zeroize;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -23,7 +24,7 @@ use super::model::{AccountId, ResultInfo};
 use crate::config::{CloudflareSettings, MAX_CYCLE_DEADLINE_SECS};
 use crate::metrics::Metrics;
 use crate::resource::{self, ListRequest, MutationRequest};
-use crate::secret::ApiToken;
+use crate::secret::Credentials;
 use crate::stop::StopSignal;
 
 const USER_AGENT: &str = concat!("zt-janitor/", env!("CARGO_PKG_VERSION"));
@@ -67,7 +68,9 @@ pub struct Client {
     http: reqwest::Client,
     base_url: String,
     account: AccountId,
-    token: ApiToken,
+    /// Turned into headers afresh for each request, so that the only long-lived copy stays
+    /// in [`crate::secret`]'s zeroed types.
+    credentials: Credentials,
     per_page: u32,
     retry: RetryPolicy,
     budget_limit: u32,
@@ -120,12 +123,12 @@ impl Client {
     /// A client for one cycle: the request budget and the deadline start now.
     pub fn new(
         settings: &CloudflareSettings,
-        token: ApiToken,
+        credentials: Credentials,
         metrics: Metrics,
     ) -> Result<Self, ClientBuildError> {
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            // A redirect would carry the token to wherever it points; a 3xx is an error.
+            // A redirect would carry the credentials to wherever it points; a 3xx is an error.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.request_timeout())
             .connect_timeout(Duration::from_secs(10))
@@ -135,7 +138,8 @@ impl Client {
             http,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             account: settings.account_id.clone(),
-            token,
+            // Checked once here, so that every request can build them.
+            credentials: auth_headers(&credentials).map(|_| credentials)?,
             per_page: settings.per_page,
             retry: RetryPolicy {
                 max_retries: settings.max_retries,
@@ -166,13 +170,13 @@ impl Client {
         &self.account
     }
 
-    /// `[cloudflare] per_page`: the page size listings ask for.
-    /// Whether the janitor authenticates with an API token (the only scheme so far), which
-    /// `tokens/verify` can name.
+    /// Whether the janitor authenticates with an API token, which `tokens/verify` can name
+    /// (the global API key cannot be named).
     pub fn credentials_are_api_token(&self) -> bool {
-        true
+        self.credentials.is_api_token()
     }
 
+    /// `[cloudflare] per_page`: the page size listings ask for.
     pub fn per_page(&self) -> u32 {
         self.per_page
     }
@@ -324,7 +328,9 @@ impl Client {
             .http
             .request(method, url)
             .query(query)
-            .bearer_auth(self.token.expose())
+            // `new` checked that these build; were they not to, the request would go without
+            // credentials and be refused, never with a credential in the clear.
+            .headers(auth_headers(&self.credentials).unwrap_or_default())
             .send()
             .await;
         let (result, retry_after, class) = match response {
@@ -354,6 +360,39 @@ impl Client {
             .observe(started.elapsed().as_secs_f64());
         (result, retry_after)
     }
+}
+
+/// The headers that authenticate a request, each marked sensitive so that no debug output of
+/// `reqwest` or `hyper` shows it. A value that cannot be a header is refused without being
+/// shown (loading already refuses such values).
+fn auth_headers(credentials: &Credentials) -> Result<HeaderMap, ClientBuildError> {
+    fn sensitive(value: &str) -> Result<HeaderValue, ClientBuildError> {
+        let mut value = HeaderValue::from_str(value).map_err(|_| {
+            ClientBuildError("a credential contains characters not allowed in a header".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+    let mut headers = HeaderMap::new();
+    match credentials {
+        Credentials::ApiToken(token) => {
+            let mut bearer = format!("Bearer {}", token.expose());
+            let value = sensitive(&bearer);
+            bearer.zeroize();
+            headers.insert(reqwest::header::AUTHORIZATION, value?);
+        }
+        Credentials::GlobalKey { email, key } => {
+            headers.insert(
+                HeaderName::from_static("x-auth-email"),
+                sensitive(email.as_str())?,
+            );
+            headers.insert(
+                HeaderName::from_static("x-auth-key"),
+                sensitive(key.expose())?,
+            );
+        }
+    }
+    Ok(headers)
 }
 
 fn pairs(query: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -794,6 +833,28 @@ mod tests {
         assert_eq!(envelope(404, r#"{"error":"not found"}"#), (false, 0));
         assert_eq!(envelope(404, r#"{"success":true,"errors":[]}"#), (false, 0));
         assert_eq!(envelope(502, "Bad Gateway"), (false, 0));
+    }
+
+    #[test]
+    fn auth_headers_are_the_bearer_token_or_the_email_and_key_all_sensitive() {
+        use crate::secret::{ApiEmail, ApiKey, ApiToken};
+        let token = Credentials::ApiToken(ApiToken::new("cf-token".into()).unwrap());
+        let h = auth_headers(&token).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["authorization"], "Bearer cf-token");
+        assert!(h["authorization"].is_sensitive());
+
+        let key = Credentials::GlobalKey {
+            email: ApiEmail::new("admin@example.com".into()).unwrap(),
+            key: ApiKey::new("0123456789abcdef".into()).unwrap(),
+        };
+        let h = auth_headers(&key).unwrap();
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-auth-email"], "admin@example.com");
+        assert_eq!(h["x-auth-key"], "0123456789abcdef");
+        assert!(h.values().all(HeaderValue::is_sensitive));
+        let shown = format!("{h:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
     }
 
     #[test]

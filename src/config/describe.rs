@@ -3,7 +3,7 @@
 
 use crate::resource::{Kind, ResourceId};
 
-use super::{Config, ExclusionSettings, Mode, RuleSettings};
+use super::{Auth, CloudflareSettings, Config, ExclusionSettings, Mode, RuleSettings};
 
 impl Config {
     /// A human summary of the effective settings, one rule per line, for `check-config`.
@@ -18,13 +18,9 @@ impl Config {
                 }
             },
             format!("account: {}", cf.account_id),
-            match &cf.api_token_file {
-                Some(file) => format!("api token: read from file {}", file.display()),
-                None => format!(
-                    "api token: read from environment variable {}",
-                    cf.api_token_env
-                ),
-            },
+        ];
+        lines.extend(credentials(cf));
+        lines.extend([
             format!(
                 "api: {} ({} per page, {} ids per bulk call, {}s timeout, {} retries, \
                  at most {} requests and {}s per cycle)",
@@ -52,7 +48,7 @@ impl Config {
                 "logging: {}, level {:?}",
                 self.logging.format, self.logging.level
             ),
-        ];
+        ]);
         if !cf.zone_ids.is_empty() {
             let zones: Vec<&str> = cf.zone_ids.iter().map(|z| z.as_str()).collect();
             lines.push(format!("zones: {}", zones.join(", ")));
@@ -115,6 +111,27 @@ impl Config {
                  {fraction} of that kind's objects listed per run"
             ),
         }
+    }
+}
+
+/// How requests are authenticated, and where each credential is read from (never its value).
+fn credentials(cf: &CloudflareSettings) -> Vec<String> {
+    let source = |what: &str, file: &Option<std::path::PathBuf>, env: &str| match file {
+        Some(file) => format!("{what}: read from file {}", file.display()),
+        None => format!("{what}: read from environment variable {env}"),
+    };
+    match cf.auth {
+        Auth::ApiToken => vec![
+            "auth: api_token (Authorization: Bearer)".to_owned(),
+            source("api token", &cf.api_token_file, &cf.api_token_env),
+        ],
+        Auth::GlobalApiKey => vec![
+            "auth: global_api_key (X-Auth-Email + X-Auth-Key; a scoped API token is safer, and \
+             account_api_token rules are refused)"
+                .to_owned(),
+            source("api email", &cf.api_email_file, &cf.api_email_env),
+            source("api key", &cf.api_key_file, &cf.api_key_env),
+        ],
     }
 }
 
@@ -272,6 +289,38 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == expected), "missing {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn describe_names_the_auth_method_and_where_each_credential_comes_from() {
+        let text = Config::from_toml_str(
+            "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+             auth = \"global_api_key\"\napi_key_file = \"%d/cloudflare-api-key\"\n\
+             [[rule]]\nname = \"r\"\nresource = \"device_registration\"\naction = \"delete\"\n\
+             idle_days = 9\n",
+            std::path::Path::new("zt.toml"),
+        )
+        .unwrap()
+        .describe();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[3].starts_with("auth: global_api_key (X-Auth-Email + X-Auth-Key;"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[4],
+            "api email: read from environment variable CLOUDFLARE_EMAIL"
+        );
+        assert_eq!(lines[5], "api key: read from file %d/cloudflare-api-key");
+        assert!(!text.contains("api token"), "{text}");
+
+        let example = Config::load(&repo_file("config/zt-janitor.example.toml")).unwrap();
+        let text = example.describe();
+        assert!(
+            text.lines()
+                .any(|l| l == "auth: api_token (Authorization: Bearer)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -49,12 +49,8 @@ impl Validator<'_> {
 }
 
 fn unknown_key_message(unknown: &str, expected: &[&str]) -> String {
-    if matches!(unknown, "api_token" | "token" | "api_key" | "apitoken") {
-        return "tokens never go in the config file; put the token in a file and set \
-                api_token_file = \"<path>\" (with systemd: LoadCredential= and \"%d/<name>\"), \
-                or export it in the environment variable named by api_token_env \
-                (default CLOUDFLARE_API_TOKEN)"
-            .to_owned();
+    if let Some(message) = literal_credential_message(unknown) {
+        return message.to_owned();
     }
     let mut message = format!("unknown key {unknown:?}");
     if let Some(suggestion) = closest(unknown, expected) {
@@ -66,6 +62,30 @@ fn unknown_key_message(unknown: &str, expected: &[&str]) -> String {
         message += &format!(" (valid keys here: {})", expected.join(", "));
     }
     message
+}
+
+/// For a key that would hold a credential itself: where the credential goes instead.
+fn literal_credential_message(key: &str) -> Option<&'static str> {
+    match key {
+        "api_token" | "token" | "apitoken" => Some(
+            "tokens never go in the config file; put the token in a file and set \
+             api_token_file = \"<path>\" (with systemd: LoadCredential= and \"%d/<name>\"), \
+             or export it in the environment variable named by api_token_env \
+             (default CLOUDFLARE_API_TOKEN)",
+        ),
+        "api_key" | "apikey" | "auth_key" | "global_api_key" | "x_auth_key" => Some(
+            "API keys never go in the config file; with auth = \"global_api_key\", put the key \
+             in a file and set api_key_file = \"<path>\" (with systemd: LoadCredential= and \
+             \"%d/<name>\"), or export it in the environment variable named by api_key_env \
+             (default CLOUDFLARE_API_KEY); a scoped API token (api_token_file) is safer",
+        ),
+        "api_email" | "auth_email" | "x_auth_email" => Some(
+            "the API email does not go in the config file either; with auth = \
+             \"global_api_key\", put it in a file and set api_email_file = \"<path>\", or export \
+             it in the environment variable named by api_email_env (default CLOUDFLARE_EMAIL)",
+        ),
+        _ => None,
+    }
 }
 
 /// The expected name a typo most likely meant: within two edits, or one the typo begins.

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use raw::RawConfig;
 pub use settings::{
-    Action, AuditSettings, CloudflareSettings, ExclusionSettings, LogFormat, LoggingSettings,
+    Action, AuditSettings, Auth, CloudflareSettings, ExclusionSettings, LogFormat, LoggingSettings,
     MetricsSettings, Mode, RuleSettings, SafetySettings, ScheduleSettings, MAX_CYCLE_DEADLINE_SECS,
     MAX_REQUEST_TIMEOUT_SECS,
 };
@@ -149,6 +149,28 @@ mod tests {
                 3, 1, "[cloudflare] api_token", "tokens never go in the config file"),
             ("inline token", format!("{CF}token = \"sekrit-token-value\"\n{RULE}"),
                 3, 1, "[cloudflare] token", "api_token_file"),
+            ("inline api_key", format!("{CF}auth = \"global_api_key\"\napi_key = \"sekrit-token-value\"\n{RULE}"),
+                4, 1, "[cloudflare] api_key", "API keys never go in the config file; with auth = \"global_api_key\", put the key in a file and set api_key_file"),
+            ("inline api_email", format!("{CF}auth = \"global_api_key\"\napi_email = \"sekrit-token-value\"\n{RULE}"),
+                4, 1, "[cloudflare] api_email", "set api_email_file = \"<path>\", or export it in the environment variable named by api_email_env"),
+            ("inline auth_key", format!("{CF}auth_key = \"sekrit-token-value\"\n{RULE}"),
+                3, 1, "[cloudflare] auth_key", "api_key_env (default CLOUDFLARE_API_KEY)"),
+            ("unknown auth", format!("{CF}auth = \"api_key\"\n{RULE}"),
+                3, 8, "[cloudflare] auth", "unknown value \"api_key\"; expected \"api_token\" or \"global_api_key\""),
+            ("key file with auth = api_token", format!("{CF}api_key_file = \"/k\"\n{RULE}"),
+                3, 16, "[cloudflare] api_key_file", "does not apply with auth = \"api_token\", which reads api_token_file or api_token_env; remove it, or set auth = \"global_api_key\""),
+            ("email env with auth = api_token", format!("{CF}auth = \"api_token\"\napi_email_env = \"E\"\n{RULE}"),
+                4, 17, "[cloudflare] api_email_env", "does not apply with auth = \"api_token\""),
+            ("token file with the global key", format!("{CF}auth = \"global_api_key\"\napi_token_file = \"/t\"\n{RULE}"),
+                4, 18, "[cloudflare] api_token_file", "which reads api_email_file or api_email_env, and api_key_file or api_key_env; remove it, or remove auth"),
+            ("the first misplaced key is named", format!("{CF}auth = \"global_api_key\"\napi_token_env = \"T\"\napi_token_file = \"/t\"\n{RULE}"),
+                4, 17, "[cloudflare] api_token_env", "does not apply"),
+            ("api_key_file and api_key_env", format!("{CF}auth = \"global_api_key\"\napi_key_env = \"K\"\napi_key_file = \"/k\"\n{RULE}"),
+                5, 16, "[cloudflare] api_key_file", "both api_key_file and api_key_env are set, so where the key comes from is ambiguous"),
+            ("empty api_email_file", format!("{CF}auth = \"global_api_key\"\napi_email_file = \"\"\n{RULE}"),
+                4, 18, "[cloudflare] api_email_file", "is empty; write the path of a file holding the email, e.g. \"%d/cloudflare-email\""),
+            ("api_key_env holding a key", format!("{CF}auth = \"global_api_key\"\napi_key_env = \"sekrit-token-value\"\n{RULE}"),
+                4, 15, "[cloudflare] api_key_env", "NAME of an environment variable (letters, digits and _), such as \"CLOUDFLARE_API_KEY\"; the key itself"),
             ("string for a number", format!("{CF}per_page = \"1000\"\n{RULE}"),
                 3, 12, "[cloudflare] per_page", "expected a whole number; remove the quotes"),
             ("a table name inside a rule", format!("{MINIMAL}safety = 5\n"),
@@ -336,8 +358,13 @@ mod tests {
             config.cloudflare,
             CloudflareSettings {
                 account_id: AccountId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+                auth: Auth::ApiToken,
                 api_token_file: None,
                 api_token_env: "CLOUDFLARE_API_TOKEN".into(),
+                api_email_file: None,
+                api_email_env: "CLOUDFLARE_EMAIL".into(),
+                api_key_file: None,
+                api_key_env: "CLOUDFLARE_API_KEY".into(),
                 base_url: "https://api.cloudflare.com/client/v4".into(),
                 per_page: 1000,
                 bulk_chunk_size: 100,
@@ -465,6 +492,25 @@ mod tests {
             "0b9a1c2e-6f0e-4a53-9d0e-5b7a3f1c2d4e"
         );
         assert!(config.exclusions[1].no_user);
+    }
+
+    #[test]
+    fn the_global_key_reads_its_email_and_key_from_files_or_the_environment() {
+        let text = format!(
+            "{CF}auth = \"global_api_key\"\napi_email_file = \"%d/cloudflare-email\"\n\
+             api_key_env = \"ZT_KEY\"\n{RULE}resource = \"device_registration\"\n\
+             action = \"delete\"\nidle_days = 9\n"
+        );
+        let cf = load(&text).unwrap().cloudflare;
+        assert_eq!(cf.auth, Auth::GlobalApiKey);
+        assert_eq!(
+            cf.api_email_file.as_deref(),
+            Some(Path::new("%d/cloudflare-email"))
+        );
+        assert_eq!(cf.api_email_env, "CLOUDFLARE_EMAIL");
+        assert_eq!(cf.api_key_file, None);
+        assert_eq!(cf.api_key_env, "ZT_KEY");
+        assert_eq!(cf.api_token_file, None);
     }
 
     #[test]

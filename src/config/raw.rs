@@ -30,8 +30,13 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCloudflare {
     pub(super) account_id: Option<Sp<String>>,
+    pub(super) auth: Option<Sp<String>>,
     pub(super) api_token_file: Option<Sp<String>>,
     pub(super) api_token_env: Option<Sp<String>>,
+    pub(super) api_email_file: Option<Sp<String>>,
+    pub(super) api_email_env: Option<Sp<String>>,
+    pub(super) api_key_file: Option<Sp<String>>,
+    pub(super) api_key_env: Option<Sp<String>>,
     pub(super) base_url: Option<Sp<String>>,
     pub(super) per_page: Option<Sp<i64>>,
     pub(super) bulk_chunk_size: Option<Sp<i64>>,

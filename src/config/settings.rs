@@ -11,6 +11,8 @@ use crate::cloudflare::model::{AccountId, RegistrationType, ZoneId};
 use crate::resource::{Kind, ResourceId};
 
 pub(super) const DEFAULT_API_TOKEN_ENV: &str = "CLOUDFLARE_API_TOKEN";
+pub(super) const DEFAULT_API_EMAIL_ENV: &str = "CLOUDFLARE_EMAIL";
+pub(super) const DEFAULT_API_KEY_ENV: &str = "CLOUDFLARE_API_KEY";
 pub(super) const DEFAULT_BASE_URL: &str = "https://api.cloudflare.com/client/v4";
 pub(super) const DEFAULT_PER_PAGE: u32 = 1000;
 pub(super) const DEFAULT_BULK_CHUNK_SIZE: usize = 100;
@@ -34,13 +36,29 @@ pub(super) const DEFAULT_LOG_LEVEL: &str = "info";
 pub struct CloudflareSettings {
     /// `account_id`: 32 lowercase hex characters. Required.
     pub account_id: AccountId,
+    /// `auth`: how requests are authenticated, `"api_token"` or `"global_api_key"`.
+    /// Default: `"api_token"`. Only the keys of the chosen method may be set.
+    pub auth: Auth,
     /// `api_token_file`: file holding the API token. Default: none (use `api_token_env`).
     /// A path starting with `%d/` or `$CREDENTIALS_DIRECTORY/` is in systemd's credentials
     /// directory (`LoadCredential=`); a relative path is relative to the current directory.
+    /// The same holds for `api_email_file` and `api_key_file`.
     pub api_token_file: Option<PathBuf>,
     /// `api_token_env`: environment variable holding the token when `api_token_file` is not set.
     /// Default: `CLOUDFLARE_API_TOKEN`.
     pub api_token_env: String,
+    /// `api_email_file` (global API key): file holding the Cloudflare user's email.
+    /// Default: none (use `api_email_env`).
+    pub api_email_file: Option<PathBuf>,
+    /// `api_email_env` (global API key): environment variable holding the email when
+    /// `api_email_file` is not set. Default: `CLOUDFLARE_EMAIL`.
+    pub api_email_env: String,
+    /// `api_key_file` (global API key): file holding the global API key. Default: none (use
+    /// `api_key_env`).
+    pub api_key_file: Option<PathBuf>,
+    /// `api_key_env` (global API key): environment variable holding the key when
+    /// `api_key_file` is not set. Default: `CLOUDFLARE_API_KEY`.
+    pub api_key_env: String,
     /// `base_url`: API root, without trailing `/`. Default: `https://api.cloudflare.com/client/v4`.
     pub base_url: String,
     /// `per_page`: registrations asked for per list page, 1..=10000. Default: 1000.
@@ -69,6 +87,30 @@ impl CloudflareSettings {
 
     pub fn cycle_deadline(&self) -> Duration {
         Duration::from_secs(self.cycle_deadline_secs)
+    }
+}
+
+/// How the janitor authenticates to the API.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Auth {
+    /// `Authorization: Bearer <API token>`: scoped to what the token grants. The default.
+    ApiToken,
+    /// The legacy `X-Auth-Email` + `X-Auth-Key`: everything the user can do, in every account.
+    GlobalApiKey,
+}
+
+impl Auth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::ApiToken => "api_token",
+            Auth::GlobalApiKey => "global_api_key",
+        }
+    }
+}
+
+impl fmt::Display for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

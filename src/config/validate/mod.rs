@@ -14,12 +14,13 @@ use crate::cloudflare::model::{AccountId, ZoneId};
 use super::diagnostics::line_col;
 use super::raw::{RawCloudflare, RawConfig, RawLogging, RawMetrics, RawSafety, RawSchedule, Sp};
 use super::settings::{
-    default_audit_path, AuditSettings, CloudflareSettings, LogFormat, LoggingSettings,
-    MetricsSettings, Mode, SafetySettings, ScheduleSettings, DEFAULT_API_TOKEN_ENV,
-    DEFAULT_BASE_URL, DEFAULT_BULK_CHUNK_SIZE, DEFAULT_CRON, DEFAULT_CYCLE_DEADLINE_SECS,
-    DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_MAX_ACTIONS_PER_RUN, DEFAULT_MAX_FRACTION_PER_RUN,
-    DEFAULT_MAX_REQUESTS_PER_CYCLE, DEFAULT_MAX_RETRIES, DEFAULT_PER_PAGE,
-    DEFAULT_REQUEST_TIMEOUT_SECS, MAX_CYCLE_DEADLINE_SECS, MAX_REQUEST_TIMEOUT_SECS,
+    default_audit_path, AuditSettings, Auth, CloudflareSettings, LogFormat, LoggingSettings,
+    MetricsSettings, Mode, SafetySettings, ScheduleSettings, DEFAULT_API_EMAIL_ENV,
+    DEFAULT_API_KEY_ENV, DEFAULT_API_TOKEN_ENV, DEFAULT_BASE_URL, DEFAULT_BULK_CHUNK_SIZE,
+    DEFAULT_CRON, DEFAULT_CYCLE_DEADLINE_SECS, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_ACTIONS_PER_RUN, DEFAULT_MAX_FRACTION_PER_RUN, DEFAULT_MAX_REQUESTS_PER_CYCLE,
+    DEFAULT_MAX_RETRIES, DEFAULT_PER_PAGE, DEFAULT_REQUEST_TIMEOUT_SECS, MAX_CYCLE_DEADLINE_SECS,
+    MAX_REQUEST_TIMEOUT_SECS,
 };
 use super::{Config, ConfigError, RuleSettings};
 
@@ -149,32 +150,52 @@ impl Validator<'_> {
                      dashboard URL) to [cloudflare]",
                 )),
             };
-        if let (Some(file), Some(env)) = (&raw.api_token_file, &raw.api_token_env) {
-            let (later, name) = if env.span().start > file.span().start {
-                (env.span(), "api_token_env")
-            } else {
-                (file.span(), "api_token_file")
+        let auth = match &raw.auth {
+            Some(auth) => self.one_of_with(
+                auth,
+                &key("auth"),
+                &[
+                    ("api_token", Auth::ApiToken),
+                    ("global_api_key", Auth::GlobalApiKey),
+                ],
+                " (\"api_token\", the default, is a scoped API token; \"global_api_key\" is the \
+                 legacy API Email + API Key)",
+            )?,
+            None => Auth::ApiToken,
+        };
+        let (used, unused): (&[&Credential], &[&Credential]) = match auth {
+            Auth::ApiToken => (&[&TOKEN], &[&EMAIL, &KEY]),
+            Auth::GlobalApiKey => (&[&EMAIL, &KEY], &[&TOKEN]),
+        };
+        let misplaced = unused
+            .iter()
+            .flat_map(|c| {
+                let [file, env] = (c.fields)(&raw);
+                [(c.file, file), (c.env, env)]
+            })
+            .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.span())))
+            .min_by_key(|(_, span)| span.start);
+        if let Some((name, span)) = misplaced {
+            let wanted: Vec<String> = used
+                .iter()
+                .map(|c| format!("{} or {}", c.file, c.env))
+                .collect();
+            let fix = match auth {
+                Auth::ApiToken => "or set auth = \"global_api_key\" to use the global API key",
+                Auth::GlobalApiKey => "or remove auth to use an API token",
             };
             return Err(self.error(
-                later,
+                span,
                 key(name),
-                "both api_token_file and api_token_env are set, so where the token comes from is \
-                 ambiguous; keep only one of them",
+                format!(
+                    "does not apply with auth = \"{auth}\", which reads {}; remove it, {fix}",
+                    wanted.join(", and ")
+                ),
             ));
         }
-        let api_token_file = match &raw.api_token_file {
-            Some(file) => Some(PathBuf::from(self.non_empty(
-                file,
-                &key("api_token_file"),
-                "the path of a file holding the token, e.g. \"%d/cloudflare-token\" with systemd's \
-                 LoadCredential=",
-            )?)),
-            None => None,
-        };
-        let api_token_env = match &raw.api_token_env {
-            Some(name) => self.env_var_name(name, &key("api_token_env"))?,
-            None => DEFAULT_API_TOKEN_ENV.to_owned(),
-        };
+        let (api_token_file, api_token_env) = self.credential_source(&raw, &TOKEN)?;
+        let (api_email_file, api_email_env) = self.credential_source(&raw, &EMAIL)?;
+        let (api_key_file, api_key_env) = self.credential_source(&raw, &KEY)?;
         let base_url = match &raw.base_url {
             Some(url) => self.base_url(url, &key("base_url"))?,
             None => DEFAULT_BASE_URL.to_owned(),
@@ -195,8 +216,13 @@ impl Validator<'_> {
         Ok(CloudflareSettings {
             zone_ids,
             account_id,
+            auth,
             api_token_file,
             api_token_env,
+            api_email_file,
+            api_email_env,
+            api_key_file,
+            api_key_env,
             base_url,
             per_page: self.number_or(
                 &raw.per_page,
@@ -495,7 +521,56 @@ impl Validator<'_> {
         }
     }
 
-    fn env_var_name(&self, name: &Sp<String>, key: &str) -> Result<String, ConfigError> {
+    /// Where one credential comes from: its file when set, else its environment variable
+    /// (named, or the default). Setting both is ambiguous.
+    fn credential_source(
+        &self,
+        raw: &RawCloudflare,
+        credential: &Credential,
+    ) -> Result<(Option<PathBuf>, String), ConfigError> {
+        let key = |field: &str| table_key("cloudflare", field);
+        let [file, env] = (credential.fields)(raw);
+        if let (Some(file), Some(env)) = (file, env) {
+            let (later, name) = if env.span().start > file.span().start {
+                (env.span(), credential.env)
+            } else {
+                (file.span(), credential.file)
+            };
+            return Err(self.error(
+                later,
+                key(name),
+                format!(
+                    "both {} and {} are set, so where the {} comes from is ambiguous; keep only \
+                     one of them",
+                    credential.file, credential.env, credential.what
+                ),
+            ));
+        }
+        let file = match file {
+            Some(file) => Some(PathBuf::from(self.non_empty(
+                file,
+                &key(credential.file),
+                &format!(
+                    "the path of a file holding the {}, e.g. \"%d/{}\" with systemd's \
+                     LoadCredential=",
+                    credential.what, credential.systemd_name
+                ),
+            )?)),
+            None => None,
+        };
+        let env = match env {
+            Some(name) => self.env_var_name(name, &key(credential.env), credential)?,
+            None => credential.default_env.to_owned(),
+        };
+        Ok((file, env))
+    }
+
+    fn env_var_name(
+        &self,
+        name: &Sp<String>,
+        key: &str,
+        credential: &Credential,
+    ) -> Result<String, ConfigError> {
         let text = name.get_ref();
         let valid = text
             .chars()
@@ -505,12 +580,15 @@ impl Validator<'_> {
         if valid {
             Ok(text.clone())
         } else {
-            // The value is not echoed: a confused user may have pasted the token itself here.
+            // The value is not echoed: a confused user may have pasted the secret itself here.
             Err(self.error(
                 name.span(),
                 key,
-                "must be the NAME of an environment variable (letters, digits and _), such as \
-                 \"CLOUDFLARE_API_TOKEN\"; the token itself goes in that variable, never in this file",
+                format!(
+                    "must be the NAME of an environment variable (letters, digits and _), such \
+                     as {:?}; the {} itself goes in that variable, never in this file",
+                    credential.default_env, credential.what
+                ),
             ))
         }
     }
@@ -567,6 +645,46 @@ impl Validator<'_> {
         Ok(parsed.as_str().trim_end_matches('/').to_owned())
     }
 }
+
+/// The `[cloudflare]` keys that say where one credential comes from.
+struct Credential {
+    file: &'static str,
+    env: &'static str,
+    default_env: &'static str,
+    /// What it is, in messages: "token", "email", "key".
+    what: &'static str,
+    /// The name the examples give its systemd credential.
+    systemd_name: &'static str,
+    /// Its `*_file` and `*_env` values as written.
+    fields: fn(&RawCloudflare) -> [&Option<Sp<String>>; 2],
+}
+
+const TOKEN: Credential = Credential {
+    file: "api_token_file",
+    env: "api_token_env",
+    default_env: DEFAULT_API_TOKEN_ENV,
+    what: "token",
+    systemd_name: "cloudflare-token",
+    fields: |raw| [&raw.api_token_file, &raw.api_token_env],
+};
+
+const EMAIL: Credential = Credential {
+    file: "api_email_file",
+    env: "api_email_env",
+    default_env: DEFAULT_API_EMAIL_ENV,
+    what: "email",
+    systemd_name: "cloudflare-email",
+    fields: |raw| [&raw.api_email_file, &raw.api_email_env],
+};
+
+const KEY: Credential = Credential {
+    file: "api_key_file",
+    env: "api_key_env",
+    default_env: DEFAULT_API_KEY_ENV,
+    what: "key",
+    systemd_name: "cloudflare-api-key",
+    fields: |raw| [&raw.api_key_file, &raw.api_key_env],
+};
 
 /// `localhost` or a loopback address, as the URL parser writes hosts (lowercase, IPv6 in
 /// brackets). A name that merely resolves to loopback does not count: it could change.

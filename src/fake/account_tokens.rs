@@ -295,10 +295,46 @@ pub(crate) struct AccountTokenPage<'a> {
     pub total_count: usize,
 }
 
+/// A stored token and what its expiry is read from, parsed once at insertion so that a
+/// listing's scan stays cheap.
+struct Entry {
+    object: Value,
+    /// `status` is `expired`.
+    status_expired: bool,
+    /// `expires_on`, if readable.
+    expires_on: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn new(object: Value) -> Self {
+        Entry {
+            status_expired: object.get("status").and_then(Value::as_str) == Some("expired"),
+            expires_on: object
+                .get("expires_on")
+                .and_then(Value::as_str)
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            object,
+        }
+    }
+
+    /// A token is expired when its `status` says so or its `expires_on` has passed; it counts
+    /// as recently expired unless a readable `expires_on` is more than
+    /// [`RECENTLY_EXPIRED_DAYS`] before `now`.
+    fn expiry(&self, now: DateTime<Utc>) -> Expiry {
+        let expired = self.status_expired || self.expires_on.is_some_and(|at| at <= now);
+        match (expired, self.expires_on) {
+            (false, _) => Expiry::Unexpired,
+            (true, Some(at)) if now - at > Duration::days(RECENTLY_EXPIRED_DAYS) => Expiry::LongAgo,
+            (true, _) => Expiry::Recently,
+        }
+    }
+}
+
 /// The fake's account API tokens, sorted by id.
 #[derive(Default)]
 pub(crate) struct AccountTokenStore {
-    tokens: BTreeMap<Key, Value>,
+    tokens: BTreeMap<Key, Entry>,
     /// Numbers the keys of raw objects that have no usable `id`.
     anonymous: u64,
 }
@@ -307,7 +343,7 @@ impl AccountTokenStore {
     pub(crate) fn new(generated: Vec<FakeAccountToken>) -> Self {
         let tokens = generated
             .into_iter()
-            .map(|t| (Key::parse(&t.id), t.to_json()))
+            .map(|t| (Key::parse(&t.id), Entry::new(t.to_json())))
             .collect();
         AccountTokenStore {
             tokens,
@@ -320,7 +356,7 @@ impl AccountTokenStore {
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<&Value> {
-        self.tokens.get(&Key::parse(id))
+        self.tokens.get(&Key::parse(id)).map(|e| &e.object)
     }
 
     /// Stores `object` as-is under its string `id` (or `~raw-N` without one), replacing any
@@ -333,7 +369,7 @@ impl AccountTokenStore {
                 format!("~raw-{}", self.anonymous)
             }
         };
-        self.tokens.insert(Key::parse(&id), object);
+        self.tokens.insert(Key::parse(&id), Entry::new(object));
         id
     }
 
@@ -353,9 +389,9 @@ impl AccountTokenStore {
         shape: PageShape,
     ) -> AccountTokenPage<'_> {
         let only = only.map(Key::parse);
-        let shown = |key: &Key, token: &Value| {
+        let shown = |key: &Key, token: &Entry| {
             only.as_ref().is_none_or(|only| only == key)
-                && match expiry(token, now) {
+                && match token.expiry(now) {
                     Expiry::Unexpired => true,
                     Expiry::Recently => query.include_expired,
                     Expiry::LongAgo => false,
@@ -369,7 +405,7 @@ impl AccountTokenStore {
                         .iter()
                         .rev()
                         .filter(|(k, t)| shown(k, t))
-                        .map(|(_, t)| t)
+                        .map(|(_, t)| &t.object)
                 },
                 query.page,
                 query.per_page,
@@ -381,7 +417,7 @@ impl AccountTokenStore {
                     self.tokens
                         .iter()
                         .filter(|(k, t)| shown(k, t))
-                        .map(|(_, t)| t)
+                        .map(|(_, t)| &t.object)
                 },
                 query.page,
                 query.per_page,
@@ -396,23 +432,6 @@ enum Expiry {
     Unexpired,
     Recently,
     LongAgo,
-}
-
-/// A token is expired when its `status` says so or its `expires_on` has passed; it counts as
-/// recently expired unless a readable `expires_on` is more than [`RECENTLY_EXPIRED_DAYS`] ago.
-fn expiry(token: &Value, now: DateTime<Utc>) -> Expiry {
-    let expires_on = token
-        .get("expires_on")
-        .and_then(Value::as_str)
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc));
-    let expired = token.get("status").and_then(Value::as_str) == Some("expired")
-        || expires_on.is_some_and(|at| at <= now);
-    match (expired, expires_on) {
-        (false, _) => Expiry::Unexpired,
-        (true, Some(at)) if now - at > Duration::days(RECENTLY_EXPIRED_DAYS) => Expiry::LongAgo,
-        (true, _) => Expiry::Recently,
-    }
 }
 
 #[cfg(test)]

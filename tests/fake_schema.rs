@@ -1,12 +1,16 @@
 //! The fake serves exactly the documented wire format: every registration, service token,
-//! `result_info` and envelope it returns validates against the JSON Schemas generated from Cloudflare's SDK models
+//! account API token (and `tokens/verify` answer), client certificate, `result_info` and
+//! envelope it returns validates against the JSON Schemas generated from Cloudflare's SDK models
 //! (vendored in `tests/data/cloudflare-schemas.json`, see `tests/data/README.md`) and the
 //! envelope Cloudflare documents.
 
 use chrono::{DateTime, TimeZone, Utc};
 use jsonschema::Validator;
 use serde_json::{json, Value};
-use zt_janitor::fake::{FakeHandle, FakeOptions, FakeRegistration, FakeServer, FakeServiceToken};
+use zt_janitor::fake::{
+    FakeAccountToken, FakeCertificate, FakeHandle, FakeOptions, FakeRegistration, FakeServer,
+    FakeServiceToken, TokenOwner,
+};
 
 const SCHEMAS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -425,4 +429,369 @@ async fn the_schema_check_itself_rejects_broken_service_tokens() {
         shape.is_err(),
         "a missing field is caught by the shape check"
     );
+}
+
+// ---- Account API tokens and client certificates ----
+
+const ZONES: [&str; 2] = [
+    "023e105f4ecef8ad9ca31a8372d0c353",
+    "9f1c2d3e4b5a69788796a5b4c3d2e1f0",
+];
+
+async fn start_kinds(owner: TokenOwner) -> FakeHandle {
+    FakeServer::start(FakeOptions {
+        account_tokens: 130,
+        own_token_owner: owner,
+        zones: ZONES.map(str::to_owned).to_vec(),
+        client_certificates: 60,
+        now: now(),
+        ..FakeOptions::default()
+    })
+    .await
+    .expect("fake starts")
+}
+
+/// `method` on `rest` (below `/client/v4`) with the fake's token; status and JSON body.
+async fn call(fake: &FakeHandle, method: reqwest::Method, rest: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .request(method, format!("{}/{rest}", fake.base_url()))
+        .bearer_auth(fake.token())
+        .send()
+        .await
+        .expect("request reaches the fake");
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    (status, response.json().await.expect("body is JSON"))
+}
+
+fn assert_stamp(object: &Value, field: &str, optional: bool) {
+    let value = &object[field];
+    if optional && value.is_null() {
+        assert!(
+            object.get(field).is_none(),
+            "{field} is left out, not null: {object}"
+        );
+        return;
+    }
+    let stamp = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{field}: {object}"));
+    assert!(
+        DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with('Z'),
+        "{field}: {stamp}"
+    );
+}
+
+fn is_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// What the fake serves of an account token beyond the SDK model, which makes every field
+/// optional: a 32-hex id, a name, a documented status, the stamps it always has.
+fn assert_account_token_shape(token: &Value) {
+    assert!(
+        is_hex(token["id"].as_str().unwrap_or_default(), 32),
+        "{token}"
+    );
+    assert!(token["name"].is_string(), "{token}");
+    assert!(
+        ["active", "disabled", "expired"].contains(&token["status"].as_str().unwrap_or_default()),
+        "{token}"
+    );
+    assert_stamp(token, "issued_on", false);
+    assert_stamp(token, "modified_on", false);
+    for field in ["not_before", "expires_on", "last_used_on"] {
+        assert_stamp(token, field, true);
+    }
+    assert!(
+        token["policies"].is_array() && token["condition"].is_object(),
+        "{token}"
+    );
+}
+
+/// The same for a certificate: its identity, status, CA, stamps and the PEM body.
+fn assert_certificate_shape(cert: &Value) {
+    assert!(
+        uuid::Uuid::parse_str(cert["id"].as_str().unwrap_or_default()).is_ok(),
+        "{cert}"
+    );
+    for field in ["common_name", "serial_number", "fingerprint_sha256"] {
+        assert!(cert[field].is_string(), "{field}: {cert}");
+    }
+    assert!(
+        is_hex(cert["fingerprint_sha256"].as_str().unwrap(), 64),
+        "{cert}"
+    );
+    assert!(
+        [
+            "active",
+            "pending_reactivation",
+            "pending_revocation",
+            "revoked"
+        ]
+        .contains(&cert["status"].as_str().unwrap_or_default()),
+        "{cert}"
+    );
+    assert!(cert["certificate_authority"]["id"].is_string(), "{cert}");
+    assert!(cert["certificate_authority"]["name"].is_string(), "{cert}");
+    assert!(cert["validity_days"].is_u64(), "{cert}");
+    let pem = cert["certificate"].as_str().unwrap_or_default();
+    assert!(
+        pem.starts_with("-----BEGIN CERTIFICATE-----\n")
+            && pem.ends_with("-----END CERTIFICATE-----\n"),
+        "{cert}"
+    );
+    assert_stamp(cert, "issued_on", false);
+    assert_stamp(cert, "expires_on", false);
+}
+
+#[tokio::test]
+async fn every_listed_account_token_and_the_verify_answer_match_the_schema() {
+    let fake = start_kinds(TokenOwner::Account).await;
+    let token = validator("AccountApiToken");
+    let result_info = validator("PageResultInfo");
+    let envelope = envelope_validator(true);
+    fake.insert_account_token(&FakeAccountToken {
+        last_used_on: Some(now()),
+        expires_on: Some(now() + chrono::Duration::days(9)),
+        not_before: Some(now() - chrono::Duration::days(1)),
+        ..FakeAccountToken::new(
+            "f".repeat(32),
+            "hand-made",
+            now() - chrono::Duration::days(3),
+        )
+    });
+
+    let mut seen = Vec::new();
+    for page in 1.. {
+        let rest = format!(
+            "accounts/{}/tokens?page={page}&per_page=50&include_expired=true",
+            fake.account_id()
+        );
+        let (status, body) = call(&fake, reqwest::Method::GET, &rest).await;
+        assert_eq!(status, 200);
+        assert_valid(&envelope, &body, "token list envelope");
+        assert_valid(&result_info, &body["result_info"], "result_info");
+        let items = body["result"].as_array().expect("result is an array");
+        assert_eq!(body["result_info"]["count"], items.len());
+        if items.is_empty() {
+            break;
+        }
+        for item in items {
+            assert_valid(&token, item, "account API token");
+            assert_account_token_shape(item);
+            seen.push(item.clone());
+        }
+    }
+    // 130 generated, 13 of them expired long ago and never listed; the own and hand-made ones.
+    assert_eq!(seen.len(), 119);
+    for status in ["active", "disabled", "expired"] {
+        assert!(seen.iter().any(|t| t["status"] == status), "{status}");
+    }
+    for field in ["last_used_on", "expires_on", "not_before"] {
+        assert!(
+            seen.iter().any(|t| t.get(field).is_some()),
+            "{field} served"
+        );
+        assert!(
+            seen.iter().any(|t| t.get(field).is_none()),
+            "{field} left out"
+        );
+    }
+
+    let (status, body) = call(
+        &fake,
+        reqwest::Method::GET,
+        &format!("accounts/{}/tokens/verify", fake.account_id()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_valid(&envelope, &body, "verify envelope");
+    assert!(body.get("result_info").is_none());
+    assert_valid(&token, &body["result"], "verify answer");
+    assert!(is_hex(body["result"]["id"].as_str().unwrap(), 32));
+    assert_eq!(body["result"]["status"], "active");
+
+    let user = start_kinds(TokenOwner::User).await;
+    let (status, body) = call(&user, reqwest::Method::GET, "user/tokens/verify").await;
+    assert_eq!(status, 200);
+    assert_valid(&token, &body["result"], "user verify answer");
+
+    let id = seen[0]["id"].as_str().unwrap();
+    let (status, body) = call(
+        &fake,
+        reqwest::Method::DELETE,
+        &format!("accounts/{}/tokens/{id}", fake.account_id()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_valid(&envelope, &body, "delete envelope");
+    assert_eq!(body["result"], json!({"id": id}));
+}
+
+#[tokio::test]
+async fn every_listed_certificate_and_the_revoke_answer_match_the_schema() {
+    let fake = start_kinds(TokenOwner::Account).await;
+    let certificate = validator("ClientCertificate");
+    let result_info = validator("PageResultInfo");
+    let envelope = envelope_validator(true);
+    let mut seen = Vec::new();
+    for zone in ZONES {
+        for page in 1.. {
+            let rest =
+                format!("zones/{zone}/client_certificates?status=all&page={page}&per_page=25");
+            let (status, body) = call(&fake, reqwest::Method::GET, &rest).await;
+            assert_eq!(status, 200);
+            assert_valid(&envelope, &body, "certificate list envelope");
+            assert_valid(&result_info, &body["result_info"], "result_info");
+            assert_eq!(body["result_info"]["total_count"], 60);
+            assert_eq!(body["result_info"]["total_pages"], 3);
+            let items = body["result"].as_array().expect("result is an array");
+            if items.is_empty() {
+                break;
+            }
+            for item in items {
+                assert_valid(&certificate, item, "client certificate");
+                assert_certificate_shape(item);
+                seen.push(item.clone());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 120);
+    for status in ["active", "pending_revocation", "revoked"] {
+        assert!(seen.iter().any(|c| c["status"] == status), "{status}");
+    }
+    let cas: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .map(|c| c["certificate_authority"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(cas.len(), 2);
+
+    let active = seen.iter().find(|c| c["status"] == "active").unwrap();
+    let zone = ZONES
+        .into_iter()
+        .find(|z| {
+            fake.certificate(z, active["id"].as_str().unwrap())
+                .is_some()
+        })
+        .unwrap();
+    let (status, body) = call(
+        &fake,
+        reqwest::Method::DELETE,
+        &format!(
+            "zones/{zone}/client_certificates/{}",
+            active["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_valid(&envelope, &body, "revoke envelope");
+    assert_valid(&certificate, &body["result"], "revoked certificate");
+    assert_certificate_shape(&body["result"]);
+    assert_eq!(body["result"]["status"], "pending_revocation");
+}
+
+#[tokio::test]
+async fn refusals_of_the_new_endpoints_have_the_cloudflare_shape() {
+    let fake = start_kinds(TokenOwner::Account).await;
+    let failure = envelope_validator(false);
+    let account = fake.account_id().to_owned();
+    let zone = ZONES[0];
+    let cases = [
+        (
+            reqwest::Method::GET,
+            format!("accounts/{account}/tokens?per_page=4"),
+            400,
+            1002,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("zones/{zone}/client_certificates?per_page=51"),
+            400,
+            1002,
+        ),
+        (
+            reqwest::Method::GET,
+            "user/tokens/verify".to_owned(),
+            401,
+            1000,
+        ),
+        (
+            reqwest::Method::GET,
+            "zones/ffffffffffffffffffffffffffffffff/client_certificates".to_owned(),
+            404,
+            7003,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("accounts/{account}/tokens/{}", "0".repeat(32)),
+            404,
+            1001,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("zones/{zone}/client_certificates/00000000-0000-4000-8000-000000000000"),
+            404,
+            1001,
+        ),
+    ];
+    for (method, rest, status, code) in cases {
+        let (got, body) = call(&fake, method, &rest).await;
+        assert_eq!(got, status, "{rest}");
+        assert_valid(&failure, &body, "refusal envelope");
+        assert_eq!(body["errors"][0]["code"], code, "{rest}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn the_schema_check_itself_rejects_broken_tokens_and_certificates() {
+    let token = validator("AccountApiToken");
+    let good = FakeAccountToken::new("a".repeat(32), "ci", now()).to_json();
+    assert!(token.validate(&good).is_ok());
+    assert_account_token_shape(&good);
+    for (field, broken) in [
+        ("status", json!("revoked")),
+        ("expires_on", json!(17)),
+        ("policies", json!([{"effect": "allow"}])),
+        ("condition", json!("anywhere")),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = broken;
+        assert!(token.validate(&bad).is_err(), "{field} not checked");
+    }
+    let mut null_stamp = good.clone();
+    null_stamp["last_used_on"] = Value::Null;
+    let shape = std::panic::catch_unwind(|| assert_account_token_shape(&null_stamp));
+    assert!(shape.is_err(), "a null stamp is caught by the shape check");
+
+    let certificate = validator("ClientCertificate");
+    let good = FakeCertificate::new(
+        "00000000-0000-4000-8000-000000000001",
+        "device",
+        now() - chrono::Duration::days(30),
+        now() + chrono::Duration::days(335),
+    )
+    .to_json();
+    assert!(certificate.validate(&good).is_ok());
+    assert_certificate_shape(&good);
+    for (field, broken) in [
+        ("status", json!("expired")),
+        ("validity_days", json!("365")),
+        ("certificate_authority", json!("Managed CA")),
+        ("common_name", json!(["device"])),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = broken;
+        assert!(certificate.validate(&bad).is_err(), "{field} not checked");
+    }
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("certificate");
+    let shape = std::panic::catch_unwind(|| assert_certificate_shape(&missing));
+    assert!(
+        shape.is_err(),
+        "a missing PEM body is caught by the shape check"
+    );
+    assert!(validator("PageResultInfo")
+        .validate(&json!({"page": 1, "per_page": "50"}))
+        .is_err());
 }

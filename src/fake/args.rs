@@ -22,6 +22,39 @@ pub struct FakeApiArgs {
     #[arg(long, default_value_t = 0)]
     pub service_tokens: usize,
 
+    /// Number of account-owned API tokens to generate: a mix of recently and long expired,
+    /// disabled, never used, idle and fresh ones. The fake's own token (the one --token names)
+    /// is listed among them on top.
+    #[arg(long, default_value_t = 0)]
+    pub account_tokens: usize,
+
+    /// Zone ids served under /client/v4/zones/{id} (32 lowercase hex characters), comma
+    /// separated; --zone adds one.
+    #[arg(long, value_delimiter = ',', value_name = "ZONE,ZONE")]
+    pub zones: Vec<String>,
+
+    /// One more zone id served (repeatable).
+    #[arg(long = "zone", value_name = "ZONE")]
+    pub zone: Vec<String>,
+
+    /// Number of API Shield client certificates to generate in each zone: expired, valid,
+    /// pending_revocation and revoked ones, from two CAs.
+    #[arg(long, default_value_t = 0)]
+    pub client_certificates: usize,
+
+    /// Seconds a revoked certificate stays pending_revocation in listings before it shows
+    /// revoked.
+    #[arg(long, default_value_t = 0)]
+    pub revocation_settles_after_secs: u64,
+
+    /// Also accept the legacy global key: X-Auth-Email with this email (needs --global-key).
+    #[arg(long, requires = "global_key")]
+    pub global_key_email: Option<String>,
+
+    /// Also accept the legacy global key: X-Auth-Key with this key (needs --global-key-email).
+    #[arg(long, requires = "global_key_email")]
+    pub global_key: Option<String>,
+
     /// Seed of the data generator (same seed, same data).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -61,14 +94,20 @@ pub struct FakeApiArgs {
     /// Inject a fault, TARGET:FAULT[:WHEN] (repeatable), e.g. `bulk_delete:status=503:first=2`,
     /// `list:status=429:retry_after=3:nth=2`, `delete_one:delay_ms=3000`,
     /// `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`.
+    /// `list_client_certificates:status=500:id=<zone>`.
     /// TARGET: list, get, delete_one, bulk_delete, revoke, list_service_tokens,
-    /// delete_service_token, any_mutation, any.
+    /// delete_service_token, list_account_tokens, delete_account_token, verify_token (both
+    /// tokens/verify endpoints), list_client_certificates, revoke_client_certificate,
+    /// any_mutation, any.
     /// FAULT: status=CODE [retry_after=SECS | code=N], delay_ms=MS, reset, malformed_json,
-    /// success_false, wrong_auth, for list only repeat_cursor, and for list and
-    /// list_service_tokens short_page, duplicate_ids, partial_errors. Hostile answers: retry_after_raw=TEXT, retry_after_ms_raw=TEXT, html=CODE,
-    /// errors_null, partial_apply, noop[=200|202|204], noop_with_errors, empty_204,
-    /// apply_then_status=CODE, redirect=URL / redirect302=URL (last part).
-    /// WHEN: always (default), nth=N, first=N, p=PROB [seed=N]; id=ID limits it to calls naming ID.
+    /// success_false, wrong_auth, for list only repeat_cursor, and for list,
+    /// list_service_tokens, list_account_tokens and list_client_certificates short_page,
+    /// duplicate_ids, partial_errors. Hostile answers: retry_after_raw=TEXT,
+    /// retry_after_ms_raw=TEXT, html=CODE, errors_null, partial_apply, noop[=200|202|204],
+    /// noop_with_errors, empty_204, apply_then_status=CODE, redirect=URL / redirect302=URL
+    /// (last part).
+    /// WHEN: always (default), nth=N, first=N, p=PROB [seed=N]; id=ID limits it to calls naming
+    /// ID (in the path, or as the zone of a /zones/{zone}/... call).
     #[arg(long = "fault", value_name = "RULE")]
     pub faults: Vec<FaultRule>,
 }
@@ -87,6 +126,14 @@ impl FakeApiArgs {
             max_per_page: self.max_per_page,
             max_bulk_ids: self.max_bulk_ids,
             service_tokens: self.service_tokens,
+            account_tokens: self.account_tokens,
+            zones: self.zones.iter().chain(&self.zone).cloned().collect(),
+            client_certificates: self.client_certificates,
+            revocation_settles_after: std::time::Duration::from_secs(
+                self.revocation_settles_after_secs,
+            ),
+            global_key: self.global_key_email.clone().zip(self.global_key.clone()),
+            ..FakeOptions::default()
         }
     }
 }
@@ -99,13 +146,18 @@ pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not start the fake API on {}", args.listen))?;
     fake.set_faults(args.faults.clone());
+    let zones = fake.zones();
+    let certificates: usize = zones.iter().map(|z| fake.certificate_ids(z).len()).sum();
     println!(
         "fake Cloudflare API listening on {} (account {}, {} registrations, {} service tokens, \
-         token from --token)",
+         {} account API tokens, {} zones with {} client certificates, token from --token)",
         fake.base_url(),
         fake.account_id(),
         fake.len(),
-        fake.service_token_ids().len()
+        fake.service_token_ids().len(),
+        fake.account_token_ids().len(),
+        zones.len(),
+        certificates
     );
     tokio::signal::ctrl_c()
         .await
@@ -142,6 +194,50 @@ mod tests {
         assert_eq!(opts.service_tokens, 0, "nothing changes for existing users");
         let cli = Cli::try_parse_from(["fake", "--service-tokens", "40"]).unwrap();
         assert_eq!(cli.args.options().service_tokens, 40);
+        assert_eq!(opts.account_tokens, 0);
+        assert!(opts.zones.is_empty());
+        assert_eq!(opts.client_certificates, 0);
+        assert_eq!(
+            opts.revocation_settles_after,
+            defaults.revocation_settles_after
+        );
+        assert_eq!(opts.global_key, None);
+        assert_eq!(opts.own_token_owner, defaults.own_token_owner);
+    }
+
+    #[test]
+    fn kinds_zones_and_the_global_key_are_read() {
+        let a = "0".repeat(32);
+        let b = "1".repeat(32);
+        let c = "2".repeat(32);
+        let cli = Cli::try_parse_from([
+            "fake",
+            "--account-tokens",
+            "30",
+            "--zones",
+            &format!("{a},{b}"),
+            "--zone",
+            &c,
+            "--client-certificates",
+            "12",
+            "--revocation-settles-after-secs",
+            "90",
+            "--global-key-email",
+            "admin@example.com",
+            "--global-key",
+            "k3y",
+        ])
+        .unwrap();
+        let opts = cli.args.options();
+        assert_eq!(opts.account_tokens, 30);
+        assert_eq!(opts.zones, [a, b, c]);
+        assert_eq!(opts.client_certificates, 12);
+        assert_eq!(opts.revocation_settles_after.as_secs(), 90);
+        assert_eq!(
+            opts.global_key,
+            Some(("admin@example.com".to_owned(), "k3y".to_owned()))
+        );
+        assert!(Cli::try_parse_from(["fake", "--global-key", "k3y"]).is_err());
     }
 
     #[test]

@@ -6,19 +6,26 @@
 //! ```text
 //! TARGET:FAULT[:retry_after=SECS|:code=N][:WHEN][:id=ID]
 //! TARGET  list | get | delete_one | bulk_delete | revoke | list_service_tokens
-//!         | delete_service_token | any_mutation | any
+//!         | delete_service_token | list_account_tokens | delete_account_token
+//!         | verify_token (both tokens/verify endpoints) | list_client_certificates
+//!         | revoke_client_certificate | any_mutation | any
 //! FAULT   status=CODE (400-599) | delay_ms=MS | reset | malformed_json | success_false
 //!         | wrong_auth | repeat_cursor (list only) | short_page | duplicate_ids (listings only)
 //!         | retry_after_raw=TEXT | retry_after_ms_raw=TEXT | html=CODE | errors_null
 //!         | partial_errors (listings only) | partial_apply | noop[=200|202|204] | noop_with_errors
 //!         | empty_204 | apply_then_status=CODE | redirect=URL | redirect302=URL (last part)
 //! WHEN    always (default) | nth=N | first=N | p=PROB[:seed=N]
-//! id=ID   only requests naming ID (in the path or as an `id` query parameter) match and count
+//! id=ID   only requests naming ID (in the path, as an `id` query parameter, or as the zone of
+//!         a `/zones/{zone}/...` call) match and count
 //! ```
+//!
+//! The listings are `list` (registrations, by cursor) and the page-numbered `list_service_tokens`,
+//! `list_account_tokens` and `list_client_certificates`.
 //!
 //! e.g. `bulk_delete:status=503:first=2`, `list:status=429:retry_after=3:nth=2`,
 //! `delete_one:delay_ms=3000:always`, `list:repeat_cursor:nth=2`, `any_mutation:reset:p=0.1:seed=7`,
-//! `any_mutation:status=400:code=2001:id=0b9a…`, `any:redirect=http://127.0.0.1:9/client/v4`.
+//! `any_mutation:status=400:code=2001:id=0b9a…`, `any:redirect=http://127.0.0.1:9/client/v4`,
+//! `list_client_certificates:status=500:id=<zone>` (one zone fails, the others answer).
 //!
 //! The faults after `duplicate_ids` are a hostile server's answers: what a proxy, a partial
 //! outage or an API that claims more than it did may send. They exist so that every such answer
@@ -45,6 +52,16 @@ pub enum Endpoint {
     ListServiceTokens,
     /// `DELETE .../access/service_tokens/{id}`
     DeleteServiceToken,
+    /// `GET .../accounts/{account}/tokens`
+    ListAccountTokens,
+    /// `DELETE .../accounts/{account}/tokens/{id}`
+    DeleteAccountToken,
+    /// `GET .../accounts/{account}/tokens/verify` and `GET .../user/tokens/verify`
+    VerifyToken,
+    /// `GET .../zones/{zone}/client_certificates`
+    ListClientCertificates,
+    /// `DELETE .../zones/{zone}/client_certificates/{id}`
+    RevokeClientCertificate,
     AnyMutation,
     Any,
 }
@@ -59,9 +76,24 @@ impl Endpoint {
             Endpoint::Revoke => op == Op::Revoke,
             Endpoint::ListServiceTokens => op == Op::ListServiceTokens,
             Endpoint::DeleteServiceToken => op == Op::DeleteServiceToken,
+            Endpoint::ListAccountTokens => op == Op::ListAccountTokens,
+            Endpoint::DeleteAccountToken => op == Op::DeleteAccountToken,
+            Endpoint::VerifyToken => matches!(op, Op::VerifyAccountToken | Op::VerifyUserToken),
+            Endpoint::ListClientCertificates => op == Op::ListClientCertificates,
+            Endpoint::RevokeClientCertificate => op == Op::RevokeClientCertificate,
             Endpoint::AnyMutation => op.mutation_kind().is_some(),
             Endpoint::Any => true,
         }
+    }
+
+    /// A page-numbered listing: every listing-only fault but `repeat_cursor` applies.
+    fn is_page_numbered_listing(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ListServiceTokens
+                | Endpoint::ListAccountTokens
+                | Endpoint::ListClientCertificates
+        )
     }
 }
 
@@ -166,7 +198,8 @@ pub struct FaultRule {
     pub target: Endpoint,
     pub when: When,
     pub fault: Fault,
-    /// Only requests naming this id match (and are counted).
+    /// Only requests naming this id (or, for a zone-scoped call, this zone) match (and are
+    /// counted).
     pub only_id: Option<String>,
 }
 
@@ -180,7 +213,8 @@ impl FaultRule {
         }
     }
 
-    /// Restricts the rule to requests that name `id` (path or `id` query parameter).
+    /// Restricts the rule to requests that name `id` (path, `id` query parameter, or the zone
+    /// of a `/zones/{zone}/...` call).
     pub fn for_id(self, id: impl Into<String>) -> Self {
         FaultRule {
             only_id: Some(id.into()),
@@ -213,7 +247,9 @@ pub struct FaultParseError {
 }
 
 const TARGETS: &str = "list, get, delete_one, bulk_delete, revoke, list_service_tokens, \
-                       delete_service_token, any_mutation, any";
+                       delete_service_token, list_account_tokens, delete_account_token, \
+                       verify_token, list_client_certificates, revoke_client_certificate, \
+                       any_mutation, any";
 const FAULTS: &str = "status=CODE, delay_ms=MS, reset, malformed_json, success_false, wrong_auth, \
                       repeat_cursor, short_page, duplicate_ids, retry_after_raw=TEXT, \
                       retry_after_ms_raw=TEXT, html=CODE, errors_null, partial_errors, \
@@ -256,6 +292,11 @@ impl FromStr for FaultRule {
             "revoke" => Endpoint::Revoke,
             "list_service_tokens" => Endpoint::ListServiceTokens,
             "delete_service_token" => Endpoint::DeleteServiceToken,
+            "list_account_tokens" => Endpoint::ListAccountTokens,
+            "delete_account_token" => Endpoint::DeleteAccountToken,
+            "verify_token" => Endpoint::VerifyToken,
+            "list_client_certificates" => Endpoint::ListClientCertificates,
+            "revoke_client_certificate" => Endpoint::RevokeClientCertificate,
             "any_mutation" => Endpoint::AnyMutation,
             "any" => Endpoint::Any,
             other => {
@@ -422,22 +463,21 @@ impl FromStr for FaultRule {
                 _ => return Err(fail("code only goes with status=CODE".to_owned())),
             };
         }
-        if fault == Fault::RepeatCursor && target == Endpoint::ListServiceTokens {
+        if fault == Fault::RepeatCursor && target.is_page_numbered_listing() {
             return Err(fail(
-                "repeat_cursor only applies to list: service tokens are paged by number, \
-                 not by cursor"
+                "repeat_cursor only applies to list: service tokens, account tokens and client \
+                 certificates are paged by number, not by cursor"
                     .to_owned(),
             ));
         }
         if fault.is_listing_only()
-            && !matches!(
-                target,
-                Endpoint::ListRegistrations | Endpoint::ListServiceTokens
-            )
+            && target != Endpoint::ListRegistrations
+            && !target.is_page_numbered_listing()
         {
             return Err(fail(
                 "repeat_cursor, short_page, duplicate_ids and partial_errors only apply to list \
-                 (and all but repeat_cursor to list_service_tokens)"
+                 (and all but repeat_cursor to list_service_tokens, list_account_tokens and \
+                 list_client_certificates)"
                     .to_owned(),
             ));
         }
@@ -782,6 +822,113 @@ mod tests {
             delete.pick(Op::DeleteServiceToken, &[]),
             Some(Fault::ConnectionReset)
         );
+    }
+
+    #[test]
+    fn new_kinds_targets_parse_and_listing_faults_fit_their_listings() {
+        let zone = "023e105f4ecef8ad9ca31a8372d0c353";
+        let cases = [
+            (
+                "list_account_tokens:short_page:nth=2".to_owned(),
+                FaultRule::nth(Endpoint::ListAccountTokens, 2, Fault::ShortPageWithCursor),
+            ),
+            (
+                "delete_account_token:status=503:first=1".to_owned(),
+                FaultRule::first(
+                    Endpoint::DeleteAccountToken,
+                    1,
+                    Fault::Status {
+                        code: 503,
+                        retry_after: None,
+                    },
+                ),
+            ),
+            (
+                "verify_token:wrong_auth".to_owned(),
+                FaultRule::always(Endpoint::VerifyToken, Fault::WrongAuth),
+            ),
+            (
+                format!("list_client_certificates:status=500:id={zone}"),
+                FaultRule::always(
+                    Endpoint::ListClientCertificates,
+                    Fault::Status {
+                        code: 500,
+                        retry_after: None,
+                    },
+                )
+                .for_id(zone),
+            ),
+            (
+                "list_client_certificates:duplicate_ids".to_owned(),
+                FaultRule::always(Endpoint::ListClientCertificates, Fault::DuplicateIds),
+            ),
+            (
+                "list_account_tokens:partial_errors".to_owned(),
+                FaultRule::always(Endpoint::ListAccountTokens, Fault::PartialErrors),
+            ),
+            (
+                "revoke_client_certificate:reset:p=0.5:seed=3".to_owned(),
+                FaultRule::new(
+                    Endpoint::RevokeClientCertificate,
+                    When::Probability { p: 0.5, seed: 3 },
+                    Fault::ConnectionReset,
+                ),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(text.parse::<FaultRule>(), Ok(expected), "{text}");
+        }
+        for (text, needle) in [
+            ("list_account_tokens:repeat_cursor", "paged by number"),
+            ("list_client_certificates:repeat_cursor", "paged by number"),
+            ("verify_token:short_page", "only apply to list"),
+            (
+                "revoke_client_certificate:duplicate_ids",
+                "only apply to list",
+            ),
+            ("delete_account_tokens:reset", "unknown target"),
+        ] {
+            let err = text.parse::<FaultRule>().expect_err(text).to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn new_targets_match_their_calls_only() {
+        let reset = || Fault::ConnectionReset;
+        let cases = [
+            (Endpoint::ListAccountTokens, Op::ListAccountTokens),
+            (Endpoint::DeleteAccountToken, Op::DeleteAccountToken),
+            (Endpoint::VerifyToken, Op::VerifyAccountToken),
+            (Endpoint::VerifyToken, Op::VerifyUserToken),
+            (Endpoint::ListClientCertificates, Op::ListClientCertificates),
+            (
+                Endpoint::RevokeClientCertificate,
+                Op::RevokeClientCertificate,
+            ),
+        ];
+        for (target, op) in cases {
+            let mut set = FaultSet::new(vec![FaultRule::always(target, reset())]);
+            assert_eq!(set.pick(op, &[]), Some(reset()), "{target:?} {op:?}");
+            for other in [Op::List, Op::ListServiceTokens, Op::DeleteServiceToken] {
+                assert_eq!(set.pick(other, &[]), None, "{target:?} {other:?}");
+            }
+        }
+        let mut mutations = FaultSet::new(vec![FaultRule::always(Endpoint::AnyMutation, reset())]);
+        assert_eq!(mutations.pick(Op::DeleteAccountToken, &[]), Some(reset()));
+        assert_eq!(
+            mutations.pick(Op::RevokeClientCertificate, &[]),
+            Some(reset())
+        );
+        assert_eq!(mutations.pick(Op::VerifyAccountToken, &[]), None);
+        assert_eq!(mutations.pick(Op::ListClientCertificates, &[]), None);
+        let mut pages = FaultSet::new(vec![FaultRule::always(
+            Endpoint::Any,
+            Fault::ShortPageWithCursor,
+        )]);
+        assert!(pages.pick(Op::ListAccountTokens, &[]).is_some());
+        assert!(pages.pick(Op::ListClientCertificates, &[]).is_some());
+        assert_eq!(pages.pick(Op::VerifyUserToken, &[]), None);
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! A fake Cloudflare API v4 for device registrations and Access service tokens, served over
-//! HTTP on loopback. Integration tests, benchmarks and the demo (`zt-janitor fake-api`) run the
+//! A fake Cloudflare API v4 for device registrations, Access service tokens, account-owned API
+//! tokens and API Shield client certificates, served over HTTP on loopback. Integration tests, benchmarks and the demo (`zt-janitor fake-api`) run the
 //! real client against it.
 //!
 //! It speaks the documented wire format exactly (see `shared/cloudflare-api.md`): base path
 //! `/client/v4`, the `success`/`errors`/`messages`/`result`/`result_info` envelope, Bearer
-//! authentication, cursor pagination, `status` defaulting to `active`, ids as repeated `id`
+//! authentication (and optionally the legacy global key), cursor pagination, `status` defaulting to `active`, ids as repeated `id`
 //! query parameters. On top of that it records every request, logs every mutation at receipt,
 //! and injects faults on demand ([`FaultRule`]).
 //!
@@ -19,10 +19,22 @@
 //! - `GET service_tokens` (`page`, `per_page`; page pagination, see the `tokens` module)
 //! - `DELETE service_tokens/{id}` (answers the deleted token; a token in use is refused)
 //!
+//! under `/client/v4/accounts/{account}/tokens` (see the `account_tokens` module):
+//! - `GET` (`page`, `per_page` 5–50, `direction`, `include_expired`; page pagination)
+//! - `DELETE {id}` (answers `{"id": ..}`; the fake's own token is not protected)
+//! - `GET verify`, and `GET /client/v4/user/tokens/verify`: the fake's own token, as an
+//!   account-owned or a user-owned token ([`TokenOwner`])
+//!
+//! and under `/client/v4/zones/{zone}/client_certificates` (see the `certificates` module):
+//! - `GET` (`status`, `page`, `per_page` 5–50; page pagination)
+//! - `DELETE {id}` (revokes: answers the certificate, now `pending_revocation`)
+//!
 //! The fake owns no knowledge of zt-janitor's rules or client; it must never import them, so
 //! that it stays an independent check of the client's understanding of the API.
 
+mod account_tokens;
 mod args;
+mod certificates;
 mod conn;
 mod data;
 mod faults;
@@ -40,14 +52,25 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use account_tokens::{
+    AccountTokenStatus, FakeAccountToken, TokenOwner, ACCOUNT_TOKENS_DEFAULT_PER_PAGE,
+    ACCOUNT_TOKENS_MAX_PER_PAGE, ACCOUNT_TOKENS_MIN_PER_PAGE, OWN_TOKEN_NAME,
+    RECENTLY_EXPIRED_DAYS,
+};
 pub use args::{serve_from_args, FakeApiArgs};
+pub use certificates::{
+    CertificateStatus, FakeCertificate, CERTIFICATES_DEFAULT_PER_PAGE, CERTIFICATES_MAX_PER_PAGE,
+    CERTIFICATES_MIN_PER_PAGE, DEFAULT_CA_ID, DEFAULT_CA_NAME, OTHER_CA_ID, OTHER_CA_NAME,
+};
 pub use data::{FakeRegistration, FAKE_TEAM};
 pub use faults::{Endpoint, Fault, FaultParseError, FaultRule, When};
 pub use tokens::{FakeServiceToken, SERVICE_TOKENS_DEFAULT_PER_PAGE, SERVICE_TOKENS_MAX_PER_PAGE};
 
+use account_tokens::AccountTokenStore;
+use certificates::CertificateStore;
 use conn::{ConnControl, FakeListener};
 use faults::FaultSet;
-use server::{lock, Clock, Log, Shared};
+use server::{lock, Clock, Log, OwnToken, Shared};
 use store::Store;
 use tokens::TokenStore;
 
@@ -62,7 +85,8 @@ pub const DEFAULT_TOKEN: &str = "fake-token";
 pub struct FakeOptions {
     /// Requests for any other account get a 404 envelope (code 7003).
     pub account_id: String,
-    /// Accepted as `Authorization: Bearer <token>`; anything else gets 403 (code 10000).
+    /// Accepted as `Authorization: Bearer <token>`; anything else gets 403 (code 10000). Its id
+    /// is the own token's ([`FakeHandle::own_token_id`]).
     pub token: String,
     /// Seed of the generator: the same seed and options give byte-identical registrations.
     pub seed: u64,
@@ -94,6 +118,55 @@ pub struct FakeOptions {
     /// - in use (attached to the device enrollment policy: kept by the fake, not served, and a
     ///   delete is refused) when `i % 6 == 0`, disabled when `i % 9 == 4`.
     pub service_tokens: usize,
+    /// How many account-owned API tokens to generate (at most 100,000; the own token comes on
+    /// top), from their own random stream of `seed`, so nothing else of a seed changes. Ids are
+    /// 32 lowercase hex characters. Token `i` (0-based, in generation order; listing order is
+    /// by id) is, by `i % 10`:
+    /// - 0: expired recently: status `expired`, `expires_on` 1–25 days before `now`,
+    ///   `modified_on` = `expires_on`, issued 30–365 days before expiry; about half never used,
+    ///   the others last used 1–20 days before expiry,
+    /// - 5: expired long ago: the same with `expires_on` 45–400 days ago; stored but never
+    ///   listed (only tokens expired at most [`RECENTLY_EXPIRED_DAYS`] ago are),
+    /// - 1, 6: disabled: status `disabled`, `modified_on` 60–300 days ago, issued 30–300 days
+    ///   before that; about half never used, the others last used 1–25 days before `modified_on`,
+    /// - 2: never used: active, no `last_used_on`, issued (= modified) 120–390 days ago,
+    /// - 7: idle: active, last used 120–390 days ago, issued 400–700 days ago,
+    /// - 3, 4, 8, 9: fresh: active, last used 0–20 days ago, issued 30–300 days ago; 4 and 9
+    ///   expire 100–400 days after `now`, 9 has `not_before` = `issued_on`.
+    ///
+    /// Only the expired bands carry `expires_on` in the past; the others have none or a future
+    /// one.
+    pub account_tokens: usize,
+    /// Who owns the fake's own token: [`TokenOwner::Account`] lists it among the account's
+    /// tokens (active, named [`OWN_TOKEN_NAME`], used just now, issued 30 days before `now`).
+    pub own_token_owner: TokenOwner,
+    /// The own token holds only `token.list_self`: the account token listing shows it alone
+    /// (nothing at all when it is user-owned).
+    pub own_token_lists_self_only: bool,
+    /// Zone ids served under `/client/v4/zones/{zone}` (32 lowercase hex characters each);
+    /// any other zone gets a 404 envelope (code 7003).
+    pub zones: Vec<String>,
+    /// How many API Shield client certificates to generate in each zone (at most 100,000, and
+    /// 1,000,000 over all zones), from their own random stream of `seed` and the zone id, so
+    /// nothing else changes. Ids are UUIDs. Certificate `i` of a zone (0-based, in generation
+    /// order; listing order is by id) is, by `i % 8`:
+    /// - 0, 3: expired: `active`, `expires_on` 10–400 days before `now`,
+    /// - 1, 4, 5, 7: valid: `active`, `expires_on` 100–1000 days after `now`,
+    /// - 2: `pending_revocation` (never settles), expired 10–400 days ago,
+    /// - 6: `revoked`, expired 10–400 days ago;
+    ///
+    /// and issued by [`OTHER_CA_ID`] when `i % 3 == 2`, by [`DEFAULT_CA_ID`] otherwise.
+    /// `validity_days` is 365, 730 or 3650 (expired bands) or 1825 or 3650 (valid), and
+    /// `issued_on` is `expires_on` minus that.
+    pub client_certificates: usize,
+    /// How long a certificate revoked through the API stays `pending_revocation` in listings
+    /// before they show it `revoked` (on the fake's clock). The `DELETE` answer always says
+    /// `pending_revocation`; with 0 the next listing already says `revoked`.
+    pub revocation_settles_after: std::time::Duration,
+    /// The legacy global API key, `(email, key)`: when set, `X-Auth-Email` + `X-Auth-Key`
+    /// with these values are accepted as well as the Bearer token. `tokens/verify` refuses
+    /// them (400, code 6003), as Cloudflare does.
+    pub global_key: Option<(String, String)>,
 }
 
 impl Default for FakeOptions {
@@ -110,6 +183,13 @@ impl Default for FakeOptions {
             max_per_page: 1000,
             max_bulk_ids: 100,
             service_tokens: 0,
+            account_tokens: 0,
+            own_token_owner: TokenOwner::Account,
+            own_token_lists_self_only: false,
+            zones: Vec::new(),
+            client_certificates: 0,
+            revocation_settles_after: std::time::Duration::ZERO,
+            global_key: None,
         }
     }
 }
@@ -138,6 +218,45 @@ impl FakeOptions {
                 tokens::MAX_SERVICE_TOKENS
             ));
         }
+        if self.account_tokens > account_tokens::MAX_ACCOUNT_TOKENS {
+            return Err(format!(
+                "at most {} account API tokens can be generated",
+                account_tokens::MAX_ACCOUNT_TOKENS
+            ));
+        }
+        let mut zones = std::collections::BTreeSet::new();
+        for zone in &self.zones {
+            let hex = zone.len() == 32
+                && zone
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex {
+                return Err(format!(
+                    "zone id {zone:?} is not 32 lowercase hex characters"
+                ));
+            }
+            if !zones.insert(zone) {
+                return Err(format!("zone id {zone} is given twice"));
+            }
+        }
+        if self.client_certificates > certificates::MAX_CERTIFICATES_PER_ZONE
+            || self.client_certificates.saturating_mul(self.zones.len())
+                > certificates::MAX_CERTIFICATES
+        {
+            return Err(format!(
+                "at most {} client certificates per zone and {} in all can be generated",
+                certificates::MAX_CERTIFICATES_PER_ZONE,
+                certificates::MAX_CERTIFICATES
+            ));
+        }
+        if chrono::Duration::from_std(self.revocation_settles_after).is_err() {
+            return Err("revocation_settles_after is too long".to_owned());
+        }
+        if let Some((email, key)) = &self.global_key {
+            if email.is_empty() || key.is_empty() {
+                return Err("the global key needs an email and a key".to_owned());
+            }
+        }
         if self.registrations > data::MAX_GENERATED {
             return Err(format!(
                 "at most {} registrations can be generated",
@@ -163,6 +282,10 @@ pub enum MutationKind {
     DeprecatedRevoke,
     /// `DELETE .../access/service_tokens/{id}`
     DeleteServiceToken,
+    /// `DELETE .../accounts/{account}/tokens/{id}`
+    DeleteAccountToken,
+    /// `DELETE .../zones/{zone}/client_certificates/{id}`
+    RevokeClientCertificate,
 }
 
 /// One mutation request, logged when it arrived (before faults) and completed when answered.
@@ -200,6 +323,14 @@ pub struct RequestCounts {
     /// Pages of `GET .../access/service_tokens`.
     pub list_service_tokens: u64,
     pub delete_service_token: u64,
+    /// Pages of `GET .../accounts/{account}/tokens`.
+    pub list_account_tokens: u64,
+    pub delete_account_token: u64,
+    /// Both `tokens/verify` endpoints.
+    pub verify_token: u64,
+    /// Pages of `GET .../zones/{zone}/client_certificates`, all zones.
+    pub list_client_certificates: u64,
+    pub revoke_client_certificate: u64,
     /// Everything, including requests to unknown paths.
     pub total: u64,
 }
@@ -228,15 +359,34 @@ impl FakeServer {
             now,
             max_per_page,
             max_bulk_ids,
+            own_token_owner,
+            own_token_lists_self_only,
+            global_key,
             ..
         } = opts.clone();
+        let own_token = OwnToken {
+            id: account_tokens::own_token_id(seed),
+            owner: own_token_owner,
+            lists_self_only: own_token_lists_self_only,
+        };
         // A million registrations take a moment: keep the runtime's worker threads free.
-        let (store, tokens) = tokio::task::spawn_blocking(move || {
-            let tokens = TokenStore::new(tokens::generate(&opts));
-            (Store::new(data::generate(&opts), seed), tokens)
-        })
-        .await
-        .map_err(io::Error::other)?;
+        let (store, tokens, account_tokens, certificates) =
+            tokio::task::spawn_blocking(move || {
+                let tokens = TokenStore::new(tokens::generate(&opts));
+                let mut account_tokens = AccountTokenStore::new(account_tokens::generate(&opts));
+                if opts.own_token_owner == TokenOwner::Account {
+                    account_tokens.insert_raw(account_tokens::own_token(seed, now).to_json());
+                }
+                let settles_after =
+                    chrono::Duration::from_std(opts.revocation_settles_after).unwrap_or_default();
+                let certificates = CertificateStore::new(&opts.zones, settles_after, |zone| {
+                    certificates::generate(&opts, zone)
+                });
+                let store = Store::new(data::generate(&opts), seed);
+                (store, tokens, account_tokens, certificates)
+            })
+            .await
+            .map_err(io::Error::other)?;
         let (shutdown, mut shutdown_requested) = watch::channel(false);
         let shared = Arc::new(Shared {
             account_id,
@@ -246,6 +396,10 @@ impl FakeServer {
             token: Mutex::new(token),
             store: Mutex::new(store),
             tokens: Mutex::new(tokens),
+            account_tokens: Mutex::new(account_tokens),
+            certificates: Mutex::new(certificates),
+            own_token,
+            global_key,
             faults: Mutex::new(FaultSet::default()),
             log: Mutex::new(Log::default()),
             shutdown,
@@ -416,6 +570,74 @@ impl FakeHandle {
     /// Service token ids deleted through the API, in the order they were deleted.
     pub fn deleted_service_token_ids(&self) -> Vec<String> {
         self.affected_by(&[MutationKind::DeleteServiceToken])
+    }
+
+    /// Ids of all stored account API tokens in listing order (sorted), those the listing does
+    /// not show included; the own token among them when it is account-owned.
+    pub fn account_token_ids(&self) -> Vec<String> {
+        lock(&self.shared.account_tokens).ids()
+    }
+
+    /// The account API token exactly as the listing serves it.
+    pub fn account_token(&self, id: &str) -> Option<Value> {
+        lock(&self.shared.account_tokens).get(id).cloned()
+    }
+
+    /// Account API token ids deleted through the API, in the order they were deleted.
+    pub fn deleted_account_token_ids(&self) -> Vec<String> {
+        self.affected_by(&[MutationKind::DeleteAccountToken])
+    }
+
+    /// The id of the token the fake accepts (see [`FakeOptions::own_token_owner`]).
+    pub fn own_token_id(&self) -> String {
+        self.shared.own_token.id.clone()
+    }
+
+    /// Stores a hand-made account API token; returns its id.
+    pub fn insert_account_token(&self, token: &FakeAccountToken) -> String {
+        self.insert_account_token_raw(token.to_json())
+    }
+
+    /// Stores `object` exactly as given under its string `id` (`~raw-N` without one, listed
+    /// after all hex ids), replacing any token with that id; returns the key.
+    pub fn insert_account_token_raw(&self, object: Value) -> String {
+        lock(&self.shared.account_tokens).insert_raw(object)
+    }
+
+    /// The zones served, sorted (those given in [`FakeOptions::zones`] and any a certificate
+    /// was inserted into).
+    pub fn zones(&self) -> Vec<String> {
+        lock(&self.shared.certificates).zones()
+    }
+
+    /// Ids of a zone's certificates in listing order (sorted), whatever their status.
+    pub fn certificate_ids(&self, zone: &str) -> Vec<String> {
+        lock(&self.shared.certificates).ids(zone)
+    }
+
+    /// The certificate exactly as a listing would serve it now (a settled revocation shows
+    /// `revoked`).
+    pub fn certificate(&self, zone: &str, id: &str) -> Option<Value> {
+        let mut certificates = lock(&self.shared.certificates);
+        certificates.settle(self.shared.clock.now());
+        certificates.get(zone, id).cloned()
+    }
+
+    /// Certificate ids whose state a revoke through the API changed, in order, all zones.
+    pub fn revoked_certificate_ids(&self) -> Vec<String> {
+        self.affected_by(&[MutationKind::RevokeClientCertificate])
+    }
+
+    /// Stores a hand-made certificate in `zone` (which is served from then on); returns its id.
+    pub fn insert_certificate(&self, zone: &str, certificate: &FakeCertificate) -> String {
+        self.insert_certificate_raw(zone, certificate.to_json())
+    }
+
+    /// Stores `object` exactly as given in `zone` (served from then on) under its string `id`
+    /// (`~raw-N` without one, listed after all UUIDs), replacing any certificate with that id;
+    /// returns the key.
+    pub fn insert_certificate_raw(&self, zone: &str, object: Value) -> String {
+        lock(&self.shared.certificates).insert_raw(zone, object)
     }
 
     pub fn request_counts(&self) -> RequestCounts {

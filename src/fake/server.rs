@@ -1,6 +1,7 @@
 //! The HTTP side of the fake: routing of the Cloudflare paths, authentication, the JSON envelope,
-//! applying faults, and the log of requests and mutations. Registration data is `store`'s; this
-//! module only holds it behind a lock that is never held across an `.await`.
+//! applying faults, and the log of requests and mutations. The data is the stores' (`store`,
+//! `tokens`, `account_tokens`, `certificates`); this module only holds each behind a lock that
+//! is never held across an `.await`.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -12,9 +13,17 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::account_tokens::{
+    AccountTokenStore, TokenOwner, TokenQuery, ACCOUNT_TOKENS_DEFAULT_PER_PAGE,
+    ACCOUNT_TOKENS_MAX_PER_PAGE, ACCOUNT_TOKENS_MIN_PER_PAGE,
+};
+use super::certificates::{
+    CertificateQuery, CertificateStore, Revocation, CERTIFICATES_DEFAULT_PER_PAGE,
+    CERTIFICATES_MAX_PER_PAGE, CERTIFICATES_MIN_PER_PAGE,
+};
 use super::conn::ConnControl;
 use super::faults::{Fault, FaultSet};
 use super::store::{Cursor, Key, PageQuery, PageShape, StatusFilter, Store};
@@ -29,9 +38,14 @@ pub(crate) const DEFAULT_PER_PAGE: usize = 100;
 /// `max_bulk_ids`.
 pub(crate) const DEPRECATED_REVOKE_MAX_IDS: usize = 200;
 
-/// Error codes. 10000, 7000, 7003 and 971 are the codes Cloudflare uses for these cases; the
-/// registration-specific ones are not published, so these are the fake's own, kept stable.
+/// Error codes. 10000, 7000, 7003, 971, 1000 and 6003 are the codes Cloudflare uses for these
+/// cases; the others (1001 not found, 1002 bad request, also for `per_page` outside 5–50) are
+/// not published, so these are the fake's own, kept stable.
 mod code {
+    /// `tokens/verify` for a token of the other owner (account vs user): "Invalid API Token".
+    pub const INVALID_API_TOKEN: u32 = 1000;
+    /// `tokens/verify` under the global key, which is not a token: "Invalid request headers".
+    pub const INVALID_HEADERS: u32 = 6003;
     pub const NOT_FOUND: u32 = 1001;
     pub const BAD_REQUEST: u32 = 1002;
     pub const NO_ROUTE: u32 = 7000;
@@ -79,9 +93,28 @@ pub(crate) struct Shared {
     pub token: Mutex<String>,
     pub store: Mutex<Store>,
     pub tokens: Mutex<TokenStore>,
+    pub account_tokens: Mutex<AccountTokenStore>,
+    pub certificates: Mutex<CertificateStore>,
+    pub own_token: OwnToken,
+    /// `(email, key)` accepted as `X-Auth-Email` + `X-Auth-Key`.
+    pub global_key: Option<(String, String)>,
     pub faults: Mutex<FaultSet>,
     pub log: Mutex<Log>,
     pub shutdown: watch::Sender<bool>,
+}
+
+/// The token the fake accepts, as `tokens/verify` and the account token listing know it.
+pub(crate) struct OwnToken {
+    pub id: String,
+    pub owner: TokenOwner,
+    pub lists_self_only: bool,
+}
+
+/// How a request authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    Token,
+    GlobalKey,
 }
 
 #[derive(Default)]
@@ -107,33 +140,102 @@ pub(crate) enum Op {
     DeprecatedRevoke,
     ListServiceTokens,
     DeleteServiceToken,
+    ListAccountTokens,
+    DeleteAccountToken,
+    VerifyAccountToken,
+    VerifyUserToken,
+    ListClientCertificates,
+    RevokeClientCertificate,
 }
 
 impl Op {
     pub(crate) fn is_listing(self) -> bool {
-        matches!(self, Op::List | Op::ListServiceTokens)
+        matches!(
+            self,
+            Op::List | Op::ListServiceTokens | Op::ListAccountTokens | Op::ListClientCertificates
+        )
+    }
+
+    /// Reads whose answer `MalformedJson` and `SuccessFalse` bend.
+    fn is_read(self) -> bool {
+        self.is_listing()
+            || matches!(
+                self,
+                Op::GetOne | Op::VerifyAccountToken | Op::VerifyUserToken
+            )
+    }
+
+    /// Under `/zones/{zone}`: the zone must be served.
+    fn is_zone_scoped(self) -> bool {
+        matches!(
+            self,
+            Op::ListClientCertificates | Op::RevokeClientCertificate
+        )
     }
 
     pub(crate) fn mutation_kind(self) -> Option<MutationKind> {
         match self {
-            Op::List | Op::GetOne | Op::ListServiceTokens => None,
+            Op::List
+            | Op::GetOne
+            | Op::ListServiceTokens
+            | Op::ListAccountTokens
+            | Op::VerifyAccountToken
+            | Op::VerifyUserToken
+            | Op::ListClientCertificates => None,
             Op::DeleteOne => Some(MutationKind::DeleteOne),
             Op::BulkDelete => Some(MutationKind::BulkDelete),
             Op::Revoke => Some(MutationKind::Revoke),
             Op::Unrevoke => Some(MutationKind::Unrevoke),
             Op::DeprecatedRevoke => Some(MutationKind::DeprecatedRevoke),
             Op::DeleteServiceToken => Some(MutationKind::DeleteServiceToken),
+            Op::DeleteAccountToken => Some(MutationKind::DeleteAccountToken),
+            Op::RevokeClientCertificate => Some(MutationKind::RevokeClientCertificate),
         }
     }
 }
 
 enum Route {
-    Api { op: Op, account: String, id: String },
+    /// `account` is empty outside `/accounts/{account}`, `zone` outside `/zones/{zone}`.
+    Api {
+        op: Op,
+        account: String,
+        zone: String,
+        id: String,
+    },
     WrongMethod,
     Unknown,
 }
 
 fn route(method: &Method, path: &str) -> Route {
+    if let Some(rest) = path.strip_prefix("/client/v4/user/") {
+        return match (rest, method) {
+            ("tokens/verify", &Method::GET) => Route::Api {
+                op: Op::VerifyUserToken,
+                account: String::new(),
+                zone: String::new(),
+                id: String::new(),
+            },
+            ("tokens/verify", _) => Route::WrongMethod,
+            _ => Route::Unknown,
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/client/v4/zones/") {
+        let segments: Vec<&str> = rest.split('/').collect();
+        let (zone, op, id) = match (segments.as_slice(), method) {
+            ([zone, "client_certificates"], &Method::GET) => (zone, Op::ListClientCertificates, ""),
+            ([zone, "client_certificates", id], &Method::DELETE) if !id.is_empty() => {
+                (zone, Op::RevokeClientCertificate, *id)
+            }
+            ([_, "client_certificates", ..], _) => return Route::WrongMethod,
+            _ => return Route::Unknown,
+        };
+        return Route::Api {
+            op,
+            account: String::new(),
+            zone: percent_decode(zone),
+            id: percent_decode(id),
+        };
+    }
     let Some(rest) = path.strip_prefix("/client/v4/accounts/") else {
         return Route::Unknown;
     };
@@ -160,10 +262,16 @@ fn route(method: &Method, path: &str) -> Route {
         ([account, "access", "service_tokens", id], &Method::DELETE) if !id.is_empty() => {
             (account, Op::DeleteServiceToken, *id)
         }
+        ([account, "tokens"], &Method::GET) => (account, Op::ListAccountTokens, ""),
+        ([account, "tokens", "verify"], &Method::GET) => (account, Op::VerifyAccountToken, ""),
+        ([account, "tokens", id], &Method::DELETE) if !id.is_empty() => {
+            (account, Op::DeleteAccountToken, *id)
+        }
         (
             [_, "devices", "registrations", ..]
             | [_, "devices", "revoke"]
-            | [_, "access", "service_tokens", ..],
+            | [_, "access", "service_tokens", ..]
+            | [_, "tokens", ..],
             _,
         ) => return Route::WrongMethod,
         _ => return Route::Unknown,
@@ -171,6 +279,7 @@ fn route(method: &Method, path: &str) -> Route {
     Route::Api {
         op,
         account: percent_decode(account),
+        zone: String::new(),
         id: percent_decode(id),
     }
 }
@@ -362,21 +471,30 @@ impl Reply {
 }
 
 /// What a request asked for, parsed once.
+#[derive(Clone)]
 struct Request {
     op: Op,
     account: String,
+    zone: String,
     params: Result<Vec<(String, String)>, String>,
     /// Path id (get/delete one), query ids (bulk) or body ids (deprecated revoke).
     ids: Result<Vec<String>, String>,
     authorization: Option<String>,
+    /// `X-Auth-Email` and `X-Auth-Key` (the global key).
+    auth_email: Option<String>,
+    auth_key: Option<String>,
     path: String,
     query: Option<String>,
 }
 
 impl Request {
-    /// Every id the request names: path, query or body ids, and `id` filters of a listing.
+    /// Every id the request names: path, query or body ids, `id` filters of a listing, and the
+    /// zone of a zone-scoped call.
     fn named_ids(&self) -> Vec<String> {
         let mut ids = self.ids.clone().unwrap_or_default();
+        if self.op.is_zone_scoped() {
+            ids.push(self.zone.clone());
+        }
         if let Ok(params) = &self.params {
             if self.op == Op::List {
                 ids.extend(
@@ -401,8 +519,13 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
-    let (op, account, id) = match route(&method, &path) {
-        Route::Api { op, account, id } => (op, account, id),
+    let (op, account, zone, id) = match route(&method, &path) {
+        Route::Api {
+            op,
+            account,
+            zone,
+            id,
+        } => (op, account, zone, id),
         Route::WrongMethod => {
             lock(&shared.log).counts.total += 1;
             return Reply::error(
@@ -426,7 +549,11 @@ pub(crate) async fn handle(
         .map(|q| q.0)
         .map_err(|err| format!("Invalid query string: {err}"));
     let ids = match op {
-        Op::GetOne | Op::DeleteOne | Op::DeleteServiceToken => Ok(vec![id]),
+        Op::GetOne
+        | Op::DeleteOne
+        | Op::DeleteServiceToken
+        | Op::DeleteAccountToken
+        | Op::RevokeClientCertificate => Ok(vec![id]),
         Op::BulkDelete | Op::Revoke | Op::Unrevoke => params
             .as_ref()
             .map(|params| {
@@ -439,17 +566,28 @@ pub(crate) async fn handle(
             .map_err(Clone::clone),
         Op::DeprecatedRevoke => serde_json::from_slice::<Vec<String>>(&body)
             .map_err(|_| "Request body must be a JSON array of registration ids".to_owned()),
-        Op::List | Op::ListServiceTokens => Ok(Vec::new()),
+        Op::List
+        | Op::ListServiceTokens
+        | Op::ListAccountTokens
+        | Op::VerifyAccountToken
+        | Op::VerifyUserToken
+        | Op::ListClientCertificates => Ok(Vec::new()),
+    };
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
     let request = Request {
         op,
         account,
+        zone,
         params,
         ids,
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        authorization: header_text(header::AUTHORIZATION.as_str()),
+        auth_email: header_text("x-auth-email"),
+        auth_key: header_text("x-auth-key"),
         path,
         query: uri.query().map(str::to_owned),
     };
@@ -547,12 +685,7 @@ fn hostile(shared: &Shared, request: &Request, fault: Fault) -> (Reply, Vec<Stri
                     .as_ref()
                     .map(|ids| ids.iter().take(1).cloned().collect())
                     .map_err(Clone::clone),
-                params: request.params.clone(),
-                account: request.account.clone(),
-                authorization: request.authorization.clone(),
-                path: request.path.clone(),
-                query: request.query.clone(),
-                op: request.op,
+                ..request.clone()
             };
             let (_, affected) = shared.process(&first, PageShape::Normal);
             (Reply::ok(Value::Null, None), affected)
@@ -628,6 +761,53 @@ fn hostile(shared: &Shared, request: &Request, fault: Fault) -> (Reply, Vec<Stri
     }
 }
 
+/// `result_info` of a page-numbered listing.
+fn page_info(page: usize, per_page: usize, count: usize, total_count: usize) -> ResultInfo {
+    ResultInfo::Page {
+        page,
+        per_page,
+        count,
+        total_count,
+        total_pages: total_count.div_ceil(per_page),
+    }
+}
+
+/// A `page` parameter: a whole number from 1.
+fn page_number(value: &str) -> Result<usize, Reply> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            Reply::bad_request(format!("Invalid page {value:?}: use a whole number from 1"))
+        })
+}
+
+/// A `per_page` parameter of a listing that refuses (400, code 1002) sizes outside `min..=max`.
+fn bounded_per_page(value: &str, min: usize, max: usize) -> Result<usize, Reply> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            Reply::bad_request(format!(
+                "Invalid per_page {value:?}: per_page must be between {min} and {max}"
+            ))
+        })
+}
+
+/// The answer for a zone the fake does not serve: Cloudflare's routing error.
+fn unknown_zone(request: &Request) -> Reply {
+    Reply::error(
+        StatusCode::NOT_FOUND,
+        code::BAD_ACCOUNT,
+        format!(
+            "Could not route to {}, perhaps your object identifier is invalid?",
+            request.path
+        ),
+    )
+}
+
 /// Turns `reply` into HTTP 500 with `success: false` and an error, keeping its `result`.
 fn success_false(reply: Reply) -> Reply {
     let mut envelope: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
@@ -659,6 +839,11 @@ impl Shared {
             Op::DeprecatedRevoke => counts.deprecated_revoke += 1,
             Op::ListServiceTokens => counts.list_service_tokens += 1,
             Op::DeleteServiceToken => counts.delete_service_token += 1,
+            Op::ListAccountTokens => counts.list_account_tokens += 1,
+            Op::DeleteAccountToken => counts.delete_account_token += 1,
+            Op::VerifyAccountToken | Op::VerifyUserToken => counts.verify_token += 1,
+            Op::ListClientCertificates => counts.list_client_certificates += 1,
+            Op::RevokeClientCertificate => counts.revoke_client_certificate += 1,
         }
         let kind = request.op.mutation_kind()?;
         let index = log.mutations.len();
@@ -684,21 +869,34 @@ impl Shared {
         }
     }
 
-    fn authorized(&self, request: &Request) -> bool {
+    /// The Bearer token, else the global key (when the fake has one); `None` if neither holds.
+    fn credential(&self, request: &Request) -> Option<Credential> {
         let token = lock(&self.token);
-        request
+        let bearer = request
             .authorization
             .as_deref()
             .and_then(|value| value.strip_prefix("Bearer "))
-            .is_some_and(|given| given == token.as_str())
+            .is_some_and(|given| given == token.as_str());
+        let global_key = self.global_key.as_ref().is_some_and(|(email, key)| {
+            request.auth_email.as_deref() == Some(email.as_str())
+                && request.auth_key.as_deref() == Some(key.as_str())
+        });
+        if bearer {
+            Some(Credential::Token)
+        } else if global_key {
+            Some(Credential::GlobalKey)
+        } else {
+            None
+        }
     }
 
     /// Serves the request as the real API would; returns the ids whose state changed.
     fn process(&self, request: &Request, shape: PageShape) -> (Reply, Vec<String>) {
-        if !self.authorized(request) {
+        let Some(credential) = self.credential(request) else {
             return (Reply::authentication(), Vec::new());
-        }
-        if request.account != self.account_id {
+        };
+        let account_scoped = !request.op.is_zone_scoped() && request.op != Op::VerifyUserToken;
+        if account_scoped && request.account != self.account_id {
             let message = format!(
                 "Could not route to {}, perhaps your object identifier is invalid?",
                 request.path
@@ -745,6 +943,24 @@ impl Shared {
             }
             Op::ListServiceTokens => (self.token_page(params, shape), Vec::new()),
             Op::DeleteServiceToken => self.delete_token(&ids[0]),
+            Op::ListAccountTokens => (self.account_token_page(params, now, shape), Vec::new()),
+            Op::DeleteAccountToken => {
+                if lock(&self.account_tokens).delete(&ids[0]) {
+                    (Reply::ok(json!({"id": ids[0]}), None), ids.to_vec())
+                } else {
+                    let reply =
+                        Reply::error(StatusCode::NOT_FOUND, code::NOT_FOUND, "Token not found");
+                    (reply, Vec::new())
+                }
+            }
+            Op::VerifyAccountToken | Op::VerifyUserToken => {
+                (self.verify(request.op, credential), Vec::new())
+            }
+            Op::ListClientCertificates => (
+                self.certificate_page(request, params, now, shape),
+                Vec::new(),
+            ),
+            Op::RevokeClientCertificate => self.revoke_certificate(request, &ids[0], now),
             Op::BulkDelete | Op::Revoke | Op::Unrevoke | Op::DeprecatedRevoke => {
                 let max = if request.op == Op::DeprecatedRevoke {
                     DEPRECATED_REVOKE_MAX_IDS
@@ -784,11 +1000,183 @@ impl Shared {
     /// A read's reply as it would be served, or a mutation's success reply without applying
     /// it: the material `MalformedJson` and `SuccessFalse` bend.
     fn read_only(&self, request: &Request) -> Reply {
-        match request.op {
-            Op::List | Op::GetOne | Op::ListServiceTokens => {
-                self.process(request, PageShape::Normal).0
+        if request.op.is_read() {
+            self.process(request, PageShape::Normal).0
+        } else {
+            Reply::ok(Value::Null, None)
+        }
+    }
+
+    /// `tokens/verify` as the account (`Op::VerifyAccountToken`) or the user: the own token if
+    /// it has that owner, else 401 code 1000; under the global key 400 code 6003.
+    fn verify(&self, op: Op, credential: Credential) -> Reply {
+        if credential == Credential::GlobalKey {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_HEADERS,
+                "Invalid request headers",
+            );
+        }
+        let asked = match op {
+            Op::VerifyAccountToken => TokenOwner::Account,
+            _ => TokenOwner::User,
+        };
+        if self.own_token.owner == asked {
+            Reply::ok(json!({"id": self.own_token.id, "status": "active"}), None)
+        } else {
+            Reply::error(
+                StatusCode::UNAUTHORIZED,
+                code::INVALID_API_TOKEN,
+                "Invalid API Token",
+            )
+        }
+    }
+
+    /// One page of account API tokens (see the `account_tokens` module for what is listed).
+    fn account_token_page(
+        &self,
+        params: &[(String, String)],
+        now: DateTime<Utc>,
+        shape: PageShape,
+    ) -> Reply {
+        let mut query = TokenQuery {
+            page: 1,
+            per_page: ACCOUNT_TOKENS_DEFAULT_PER_PAGE,
+            include_expired: false,
+            descending: false,
+        };
+        for (name, value) in params {
+            match name.as_str() {
+                "page" => match page_number(value) {
+                    Ok(n) => query.page = n,
+                    Err(reply) => return reply,
+                },
+                "per_page" => match bounded_per_page(
+                    value,
+                    ACCOUNT_TOKENS_MIN_PER_PAGE,
+                    ACCOUNT_TOKENS_MAX_PER_PAGE,
+                ) {
+                    Ok(n) => query.per_page = n,
+                    Err(reply) => return reply,
+                },
+                "include_expired" => match value.as_str() {
+                    "true" => query.include_expired = true,
+                    "false" => query.include_expired = false,
+                    _ => {
+                        return Reply::bad_request(format!(
+                            "Invalid include_expired {value:?}: use true or false"
+                        ))
+                    }
+                },
+                "direction" => match value.as_str() {
+                    "asc" => query.descending = false,
+                    "desc" => query.descending = true,
+                    _ => {
+                        return Reply::bad_request(format!(
+                            "Invalid direction {value:?}: use asc or desc"
+                        ))
+                    }
+                },
+                _ => {}
             }
-            _ => Reply::ok(Value::Null, None),
+        }
+        let only = self
+            .own_token
+            .lists_self_only
+            .then_some(self.own_token.id.as_str());
+        let tokens = lock(&self.account_tokens);
+        let served = tokens.page(&query, now, only, shape);
+        Reply::ok(
+            &served.items,
+            Some(page_info(
+                query.page,
+                query.per_page,
+                served.items.len(),
+                served.total_count,
+            )),
+        )
+    }
+
+    /// One page of a zone's client certificates, revocations settled first.
+    fn certificate_page(
+        &self,
+        request: &Request,
+        params: &[(String, String)],
+        now: DateTime<Utc>,
+        shape: PageShape,
+    ) -> Reply {
+        let mut query = CertificateQuery {
+            status: None,
+            page: 1,
+            per_page: CERTIFICATES_DEFAULT_PER_PAGE,
+        };
+        for (name, value) in params {
+            match name.as_str() {
+                "status" => match CertificateQuery::parse_status(value) {
+                    Some(status) => query.status = status,
+                    None => {
+                        return Reply::bad_request(format!(
+                            "Invalid status {value:?}: use all, active, pending_reactivation, \
+                             pending_revocation or revoked"
+                        ))
+                    }
+                },
+                "page" => match page_number(value) {
+                    Ok(n) => query.page = n,
+                    Err(reply) => return reply,
+                },
+                "per_page" => match bounded_per_page(
+                    value,
+                    CERTIFICATES_MIN_PER_PAGE,
+                    CERTIFICATES_MAX_PER_PAGE,
+                ) {
+                    Ok(n) => query.per_page = n,
+                    Err(reply) => return reply,
+                },
+                // limit, offset: accepted and ignored, the fake pages by number only.
+                _ => {}
+            }
+        }
+        let mut certificates = lock(&self.certificates);
+        certificates.settle(now);
+        match certificates.page(&request.zone, &query, shape) {
+            Some(served) => Reply::ok(
+                &served.items,
+                Some(page_info(
+                    query.page,
+                    query.per_page,
+                    served.items.len(),
+                    served.total_count,
+                )),
+            ),
+            None => unknown_zone(request),
+        }
+    }
+
+    /// Revokes a certificate: answers it `pending_revocation`; one already revoked (or under
+    /// way) is answered unchanged and changes nothing.
+    fn revoke_certificate(
+        &self,
+        request: &Request,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> (Reply, Vec<String>) {
+        let mut certificates = lock(&self.certificates);
+        if !certificates.has_zone(&request.zone) {
+            return (unknown_zone(request), Vec::new());
+        }
+        certificates.settle(now);
+        match certificates.revoke(&request.zone, id, now) {
+            Revocation::Revoked(cert) => (Reply::ok(cert, None), vec![id.to_owned()]),
+            Revocation::AlreadyRevoked(cert) => (Reply::ok(cert, None), Vec::new()),
+            Revocation::NotFound => (
+                Reply::error(
+                    StatusCode::NOT_FOUND,
+                    code::NOT_FOUND,
+                    "Client certificate not found",
+                ),
+                Vec::new(),
+            ),
         }
     }
 
@@ -821,13 +1209,7 @@ impl Shared {
         }
         let tokens = lock(&self.tokens);
         let served = tokens.page(page, per_page, shape);
-        let info = ResultInfo::Page {
-            page,
-            per_page,
-            count: served.items.len(),
-            total_count: served.total_count,
-            total_pages: served.total_count.div_ceil(per_page),
-        };
+        let info = page_info(page, per_page, served.items.len(), served.total_count);
         Reply::ok(&served.items, Some(info))
     }
 
@@ -950,6 +1332,21 @@ mod tests {
                 "/client/v4/accounts/acc/access/service_tokens/".to_owned(),
                 None,
             ),
+            (
+                Method::GET,
+                "/client/v4/accounts/acc/tokens".to_owned(),
+                Some(Op::ListAccountTokens),
+            ),
+            (
+                Method::GET,
+                "/client/v4/accounts/acc/tokens/verify".to_owned(),
+                Some(Op::VerifyAccountToken),
+            ),
+            (
+                Method::DELETE,
+                "/client/v4/accounts/acc/tokens/0123".to_owned(),
+                Some(Op::DeleteAccountToken),
+            ),
             (Method::GET, format!("{base}/registrations/"), None),
             (Method::GET, "/client/v4/zones/z/devices".to_owned(), None),
         ];
@@ -974,6 +1371,50 @@ mod tests {
             ),
             Route::WrongMethod
         ));
+    }
+
+    #[test]
+    fn user_and_zone_paths_route_with_their_zone() {
+        let api = |method: Method, path: &str| match route(&method, path) {
+            Route::Api { op, zone, id, .. } => Some((op, zone, id)),
+            _ => None,
+        };
+        assert_eq!(
+            api(Method::GET, "/client/v4/user/tokens/verify"),
+            Some((Op::VerifyUserToken, String::new(), String::new()))
+        );
+        assert_eq!(
+            api(Method::GET, "/client/v4/zones/z1/client_certificates"),
+            Some((Op::ListClientCertificates, "z1".to_owned(), String::new()))
+        );
+        assert_eq!(
+            api(
+                Method::DELETE,
+                "/client/v4/zones/z1/client_certificates/c-1"
+            ),
+            Some((
+                Op::RevokeClientCertificate,
+                "z1".to_owned(),
+                "c-1".to_owned()
+            ))
+        );
+        for (method, path) in [
+            (Method::POST, "/client/v4/user/tokens/verify"),
+            (Method::PATCH, "/client/v4/zones/z1/client_certificates/c-1"),
+            (Method::GET, "/client/v4/zones/z1/client_certificates/c-1"),
+            (Method::PUT, "/client/v4/accounts/acc/tokens"),
+        ] {
+            assert!(
+                matches!(route(&method, path), Route::WrongMethod),
+                "{method} {path}"
+            );
+        }
+        for path in ["/client/v4/user/tokens", "/client/v4/zones/z1/dns_records"] {
+            assert!(
+                matches!(route(&Method::GET, path), Route::Unknown),
+                "{path}"
+            );
+        }
     }
 
     #[test]

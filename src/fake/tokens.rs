@@ -293,42 +293,57 @@ impl TokenStore {
         }
     }
 
-    /// Page `page` (1-based) of `per_page` tokens in id order; empty past the end. A fault's
-    /// `shape` bends it the way `PageShape` describes for cursor listings: `ShortPageWithCursor`
-    /// serves the first half of the page only (the rest is lost to a client that does not
-    /// notice), `DuplicateIds` starts the page with the previous page's last token.
+    /// Page `page` (1-based) of `per_page` tokens in id order; empty past the end, bent by a
+    /// fault's `shape` (see [`shaped_page`]).
     pub(crate) fn page(&self, page: usize, per_page: usize, shape: PageShape) -> TokenPage<'_> {
-        let offset = (page - 1).saturating_mul(per_page);
-        let all = || self.tokens.values().map(|e| &e.object);
-        let items = match shape {
-            PageShape::ShortPageWithCursor => {
-                all().skip(offset).take(per_page.div_ceil(2)).collect()
-            }
-            PageShape::DuplicateIds => {
-                let mut items: Vec<&Value> = all()
-                    .skip(offset)
-                    .take(per_page.saturating_sub(1).max(1))
-                    .collect();
-                let previous = match offset {
-                    0 => items.first().copied(),
-                    _ => all().nth(offset - 1),
-                };
-                if let Some(previous) = previous {
-                    match offset {
-                        0 => items.push(previous),
-                        _ => items.insert(0, previous),
-                    }
-                }
-                items
-            }
-            PageShape::Normal | PageShape::RepeatCursor => {
-                all().skip(offset).take(per_page).collect()
-            }
-        };
+        let items = shaped_page(
+            || self.tokens.values().map(|e| &e.object),
+            page,
+            per_page,
+            shape,
+        );
         TokenPage {
             items,
             total_count: self.tokens.len(),
         }
+    }
+}
+
+/// Page `page` (1-based) of `per_page` items of a page-numbered listing whose items, in listing
+/// order, `all` yields afresh on each call; empty past the end. A fault's `shape` bends it the
+/// way `PageShape` describes for cursor listings: `ShortPageWithCursor` serves the first half of
+/// the page only (the rest is lost to a client that does not notice), `DuplicateIds` starts the
+/// page with the previous page's last item.
+pub(crate) fn shaped_page<'a, I>(
+    all: impl Fn() -> I,
+    page: usize,
+    per_page: usize,
+    shape: PageShape,
+) -> Vec<&'a Value>
+where
+    I: Iterator<Item = &'a Value>,
+{
+    let offset = (page - 1).saturating_mul(per_page);
+    match shape {
+        PageShape::ShortPageWithCursor => all().skip(offset).take(per_page.div_ceil(2)).collect(),
+        PageShape::DuplicateIds => {
+            let mut items: Vec<&Value> = all()
+                .skip(offset)
+                .take(per_page.saturating_sub(1).max(1))
+                .collect();
+            let previous = match offset {
+                0 => items.first().copied(),
+                _ => all().nth(offset - 1),
+            };
+            if let Some(previous) = previous {
+                match offset {
+                    0 => items.push(previous),
+                    _ => items.insert(0, previous),
+                }
+            }
+            items
+        }
+        PageShape::Normal | PageShape::RepeatCursor => all().skip(offset).take(per_page).collect(),
     }
 }
 

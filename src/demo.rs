@@ -12,7 +12,7 @@ use clap::Args;
 use crate::apply::StopSignal;
 use crate::audit::{ActionFilter, AuditStore};
 use crate::config::Config;
-use crate::fake::{FakeOptions, FakeServer};
+use crate::fake::{FakeHandle, FakeOptions, FakeServer};
 use crate::report::{self, Format};
 use crate::startup::Loaded;
 
@@ -28,6 +28,14 @@ pub struct DemoArgs {
     /// in use and so refused by the API).
     #[arg(long, default_value_t = 60)]
     service_tokens: usize,
+    /// Account API tokens the fake API starts with (some expired, disabled or unused), besides
+    /// the token the demo runs with, which no rule may touch.
+    #[arg(long, default_value_t = 40)]
+    account_tokens: usize,
+    /// Client certificates the fake API starts with in each zone of the config's `zone_ids`
+    /// (some expired, some already revoked).
+    #[arg(long, default_value_t = 30)]
+    client_certificates: usize,
     /// Where to keep the audit database (default: a new directory under the system temp dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -53,6 +61,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         account_id: config.cloudflare.account_id.to_string(),
         registrations: args.registrations,
         service_tokens: args.service_tokens,
+        account_tokens: args.account_tokens,
+        zones: config
+            .cloudflare
+            .zone_ids
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        client_certificates: args.client_certificates,
         ..FakeOptions::default()
     })
     .await
@@ -67,17 +83,27 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     config.schedule.run_on_start = true;
 
     println!(
-        "== Fake Cloudflare API: {} ({} registrations, {} service tokens, seeded)",
+        "== Fake Cloudflare API: {} ({}, seeded)",
         fake.base_url(),
-        fake.len(),
-        fake.service_token_ids().len()
+        holdings(&fake)
     );
     let Loaded { rules, .. } = Loaded::new(config.clone())?;
     for plan in crate::plan::preview(&config, &rules, Utc::now()).await? {
+        let rows = plan.candidates.len();
+        let zone = plan
+            .scope
+            .zone
+            .as_ref()
+            .map(|z| format!(" in zone {z}"))
+            .unwrap_or_default();
         println!(
-            "\n== Plan of {} (first {PLAN_ROWS_SHOWN} of {} rows)",
+            "\n== Plan of {}{zone} ({} of {rows} rows)",
             plan.kind.noun().1,
-            plan.candidates.len()
+            if rows > PLAN_ROWS_SHOWN {
+                format!("first {PLAN_ROWS_SHOWN}")
+            } else {
+                "all".to_owned()
+            }
         );
         let mut text = Vec::new();
         report::plan_text(&mut text, &plan, &rules)?;
@@ -122,9 +148,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         Format::Text,
     )?;
     println!(
-        "\nThe fake API now holds {} registrations and {} service tokens; it saw {} mutation calls.",
-        fake.len(),
-        fake.service_token_ids().len(),
+        "\nThe fake API now holds {}; it saw {} mutation calls.",
+        holdings(&fake),
         fake.mutations().len()
     );
     let first_run = audit.recent_runs(2).await?.last().map(|r| r.id);
@@ -170,6 +195,29 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     audit.close().await;
     fake.shutdown().await;
     Ok(())
+}
+
+/// What the fake holds, kind by kind; certificates count the active ones, since a revoked
+/// certificate stays listed.
+fn holdings(fake: &FakeHandle) -> String {
+    let zones = fake.zones();
+    let certificates: usize = zones
+        .iter()
+        .flat_map(|zone| {
+            fake.certificate_ids(zone)
+                .into_iter()
+                .filter_map(move |id| fake.certificate(zone, &id))
+        })
+        .filter(|cert| cert["status"] == "active")
+        .count();
+    format!(
+        "{} registrations, {} service tokens, {} account API tokens, {certificates} active client \
+         certificates in {} zones",
+        fake.len(),
+        fake.service_token_ids().len(),
+        fake.account_token_ids().len(),
+        zones.len()
+    )
 }
 
 async fn finished_runs(audit: &AuditStore) -> Result<usize> {

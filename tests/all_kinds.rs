@@ -581,3 +581,97 @@ async fn one_zones_listing_failure_aborts_that_zone_only() {
         "the other kinds ran"
     );
 }
+
+#[tokio::test]
+async fn a_403_names_the_permission_each_kind_needs() {
+    let (env, seeded) = all_kinds_with(options(), OTHER_RULES).await;
+    env.fake.set_faults(vec![
+        "list_account_tokens:status=403"
+            .parse::<FaultRule>()
+            .unwrap(),
+        "revoke_client_certificate:status=403"
+            .parse::<FaultRule>()
+            .unwrap(),
+    ]);
+    let report = env.once().await;
+    let reason = report.reason.unwrap_or_default();
+    assert!(
+        reason.contains("Account API Tokens Read"),
+        "listing tokens needs the read permission: {reason}"
+    );
+    assert!(
+        reason.contains("SSL and Certificates Write"),
+        "revoking needs the write permission: {reason}"
+    );
+    assert!(env.fake.deleted_account_token_ids().is_empty());
+    assert!(env.fake.revoked_certificate_ids().is_empty());
+    assert!(!seeded.revoke_a.is_empty());
+    env.assert_every_mutation_audited().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_global_api_key_account_token_rules_are_refused_and_the_rest_runs() {
+    const EMAIL: &str = "admin@example.com";
+    const KEY: &str = "0123456789abcdef0123456789abcdef01234";
+    let (env, seeded) = all_kinds_with(
+        FakeOptions {
+            global_key: Some((EMAIL.to_owned(), KEY.to_owned())),
+            ..options()
+        },
+        OTHER_RULES,
+    )
+    .await;
+    // No API token at all: the fake must accept the key, and the janitor must send it.
+    env.fake.set_token("a-token-nobody-has");
+    let email_file = env.dir.path().join("email");
+    let key_file = env.dir.path().join("key");
+    std::fs::write(&email_file, EMAIL).unwrap();
+    std::fs::write(&key_file, KEY).unwrap();
+    common::set_private(&key_file);
+    let config = std::fs::read_to_string(&env.config_path).unwrap();
+    let token_line = config
+        .lines()
+        .find(|l| l.starts_with("api_token_file"))
+        .unwrap()
+        .to_owned();
+    let config = config.replace(
+        &token_line,
+        &format!(
+            "auth = \"global_api_key\"\napi_email_file = \"{}\"\napi_key_file = \"{}\"",
+            email_file.display(),
+            key_file.display()
+        ),
+    );
+    std::fs::write(&env.config_path, config).unwrap();
+
+    let registrations = env.expected_candidates(Utc::now());
+    let out = env.binary(&["once", "--output", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "refused: {stderr}");
+    assert!(stderr.contains("global API key"), "the warning: {stderr}");
+    assert!(!stderr.contains(KEY) && !String::from_utf8_lossy(&out.stdout).contains(KEY));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["outcome"], "refused");
+    let part = run["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["resource"] == "account_api_token")
+        .unwrap();
+    assert_eq!(part["outcome"], "refused");
+    assert!(
+        part["reason"].as_str().unwrap().contains("global API key"),
+        "{part}"
+    );
+    assert_eq!(
+        env.fake.request_counts().verify_token,
+        0,
+        "tokens/verify does not apply to a global key"
+    );
+    assert!(env.fake.deleted_account_token_ids().is_empty());
+    let deleted: BTreeSet<String> = env.fake.deleted_ids().into_iter().collect();
+    assert_eq!(deleted, registrations, "the other kinds ran under the key");
+    let revoked: BTreeSet<String> = env.fake.revoked_certificate_ids().into_iter().collect();
+    let expected: BTreeSet<String> = seeded.revoke_a.union(&seeded.revoke_b).cloned().collect();
+    assert_eq!(revoked, expected);
+}

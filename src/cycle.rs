@@ -11,7 +11,7 @@ use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
 use crate::audit::{
     ActionStatus, AuditError, AuditStore, BackgroundWrite, KindRun, RunId, RunOutcome, RunSummary,
 };
-use crate::cloudflare::{Client, ZoneId};
+use crate::cloudflare::{Client, Quota, ZoneId};
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan, Planner, Recorded};
@@ -30,6 +30,7 @@ pub struct CycleContext<'a> {
     pub audit: &'a AuditStore,
     pub metrics: &'a Metrics,
     pub stop: &'a StopSignal,
+    pub quota: &'a Quota,
 }
 
 /// What a cycle did, for the summary line, the CLI and the tests.
@@ -282,7 +283,10 @@ impl CycleContext<'_> {
     fn client(&self) -> Result<Client, String> {
         let credentials = Credentials::load(&self.config.cloudflare).map_err(|e| e.to_string())?;
         Client::new(&self.config.cloudflare, credentials, self.metrics.clone())
-            .map(|c| c.with_stop(self.stop.clone()))
+            .map(|c| {
+                c.with_stop(self.stop.clone())
+                    .with_quota(self.quota.clone())
+            })
             .map_err(|e| e.to_string())
     }
 

@@ -2,7 +2,7 @@
 //! daemon exports. Owns metric names and labels; rendering over HTTP lives in `http`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -22,6 +22,9 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub api_latency: HistogramVec,
     pub api_retries: IntCounterVec,
+    pub rate_limited: IntCounter,
+    pub quota_wait_seconds: Counter,
+    pub quota_remaining: IntGauge,
     pub skipped_ticks: IntCounter,
     pub config_reloads: IntCounterVec,
     pub stuck_resources: IntGaugeVec,
@@ -124,6 +127,22 @@ impl Metrics {
                 &["endpoint"],
             )
             .expect("valid metric"),
+            rate_limited: IntCounter::new(
+                "zt_janitor_cloudflare_rate_limited_total",
+                "Cloudflare API answers 429 (rate limited): the pacing should keep this at 0.",
+            )
+            .expect("valid metric"),
+            quota_wait_seconds: Counter::new(
+                "zt_janitor_cloudflare_quota_wait_seconds_total",
+                "Time spent waiting for Cloudflare's rate-limit quota before sending calls.",
+            )
+            .expect("valid metric"),
+            quota_remaining: IntGauge::new(
+                "zt_janitor_cloudflare_quota_remaining",
+                "Calls left in Cloudflare's rate-limit window, as the last answer reported it \
+                 (-1 before any answer reported it).",
+            )
+            .expect("valid metric"),
             skipped_ticks: IntCounter::new(
                 "zt_janitor_skipped_ticks_total",
                 "Schedule ticks skipped because a cycle was still running.",
@@ -180,6 +199,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        m.quota_remaining.set(-1);
         m.register_all(build_info);
         m
     }
@@ -198,6 +218,9 @@ impl Metrics {
             Box::new(self.api_requests.clone()),
             Box::new(self.api_latency.clone()),
             Box::new(self.api_retries.clone()),
+            Box::new(self.rate_limited.clone()),
+            Box::new(self.quota_wait_seconds.clone()),
+            Box::new(self.quota_remaining.clone()),
             Box::new(self.skipped_ticks.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.stuck_resources.clone()),

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::apply::StopSignal;
 use crate::audit::{AuditStore, RunOutcome};
+use crate::cloudflare::Quota;
 use crate::config::{Config, ConfigError};
 use crate::cycle::{self, CycleError};
 use crate::http::{self, Health};
@@ -94,6 +95,8 @@ struct Daemon {
     metrics: Metrics,
     health: Health,
     stop: StopSignal,
+    /// What the daemon knows of Cloudflare's rate-limit window, across its cycles.
+    quota: Quota,
     /// Held for the whole of a cycle; a tick that cannot take it is skipped.
     cycle_lock: Mutex<()>,
 }
@@ -117,6 +120,7 @@ pub async fn run_daemon(
         audit,
         metrics,
         stop,
+        quota,
     } = startup::open(config).await?.with_stop(stop);
     let listen = loaded.config.metrics.listen;
     let cron = loaded.config.schedule.cron.clone();
@@ -128,6 +132,7 @@ pub async fn run_daemon(
         metrics: metrics.clone(),
         health: Health::default(),
         stop: stop.clone(),
+        quota,
         cycle_lock: Mutex::new(()),
     });
 
@@ -224,7 +229,7 @@ async fn tick(daemon: Arc<Daemon>) {
     // On a task of its own, so that a panic in the cycle is caught and recorded.
     let result = cycle::run_isolated(&daemon.audit, &daemon.metrics, async move {
         loaded
-            .cycle(&d.audit, &d.metrics, &d.stop)
+            .cycle(&d.audit, &d.metrics, &d.stop, &d.quota)
             .run(Utc::now())
             .await
     })

@@ -9,6 +9,7 @@ use chrono::Utc;
 
 use crate::apply::StopSignal;
 use crate::audit::{AuditError, AuditStore};
+use crate::cloudflare::Quota;
 use crate::config::{Auth, CloudflareSettings, Config};
 use crate::cycle::CycleContext;
 use crate::metrics::Metrics;
@@ -48,12 +49,14 @@ impl Loaded {
         Ok(Loaded { config, rules })
     }
 
-    /// The context of one cycle under this config, writing to `audit` and `metrics`.
+    /// The context of one cycle under this config, writing to `audit` and `metrics`, pacing
+    /// its API calls under `quota`.
     pub fn cycle<'a>(
         &'a self,
         audit: &'a AuditStore,
         metrics: &'a Metrics,
         stop: &'a StopSignal,
+        quota: &'a Quota,
     ) -> CycleContext<'a> {
         CycleContext {
             config: &self.config,
@@ -61,6 +64,7 @@ impl Loaded {
             audit,
             metrics,
             stop,
+            quota,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct Janitor {
     pub audit: AuditStore,
     pub metrics: Metrics,
     pub stop: StopSignal,
+    /// What the process knows of Cloudflare's rate-limit window, across its cycles.
+    pub quota: Quota,
 }
 
 /// Opens what `config` names: the audit store (created and migrated if need be, and locked
@@ -98,6 +104,7 @@ pub async fn open(config: Config) -> Result<Janitor, StartupError> {
         audit,
         metrics: Metrics::new(),
         stop: StopSignal::default(),
+        quota: Quota::default(),
     })
 }
 
@@ -114,7 +121,8 @@ impl Janitor {
 
     /// The context of the next cycle.
     pub fn cycle(&self) -> CycleContext<'_> {
-        self.loaded.cycle(&self.audit, &self.metrics, &self.stop)
+        self.loaded
+            .cycle(&self.audit, &self.metrics, &self.stop, &self.quota)
     }
 
     /// Closes the audit store, waiting for its writes to finish.

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::error::{ApiError, CfErrorDetail, Endpoint};
 use super::model::{AccountId, ResultInfo};
+use super::quota::{self, Decision, Quota, Slot};
 use crate::config::{CloudflareSettings, MAX_CYCLE_DEADLINE_SECS};
 use crate::metrics::Metrics;
 use crate::resource::{self, ListRequest, MutationRequest};
@@ -78,6 +79,8 @@ pub struct Client {
     deadline: Instant,
     metrics: Metrics,
     stop: StopSignal,
+    quota: Quota,
+    rate_share: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +154,16 @@ impl Client {
             deadline: deadline_after(settings.cycle_deadline()),
             metrics,
             stop: StopSignal::default(),
+            quota: Quota::default(),
+            rate_share: settings.rate_share,
         })
+    }
+
+    /// Paces under `quota`, the rate-limit state the process's cycles share, instead of a
+    /// fresh one that knows nothing of the calls before this client.
+    pub fn with_quota(mut self, quota: Quota) -> Client {
+        self.quota = quota;
+        self
     }
 
     /// A stop request cuts any retry wait short; the call then fails with
@@ -314,6 +326,10 @@ impl Client {
         query: &[(&str, &str)],
         body: Body,
     ) -> (Result<Envelope<T>, ApiError>, Option<Duration>) {
+        let slot = match self.pace(endpoint).await {
+            Ok(slot) => slot,
+            Err(e) => return (Err(e), None),
+        };
         if Instant::now() >= self.deadline {
             return (Err(ApiError::DeadlineExceeded { endpoint }), None);
         }
@@ -345,6 +361,7 @@ impl Client {
             }
             Ok(resp) => {
                 let status = resp.status();
+                self.settle(slot, status, resp.headers());
                 let retry_after = retry_after(resp.headers(), Utc::now(), self.retry.max_wait);
                 let result = read_envelope(endpoint, status, resp, body).await;
                 (result, retry_after, status_class(status))
@@ -361,6 +378,84 @@ impl Client {
         (result, retry_after)
     }
 }
+
+impl Client {
+    /// Waits until Cloudflare's rate limit leaves room for one more call of the janitor's
+    /// share (see [`quota`]): never past the cycle deadline, and never past a stop request.
+    async fn pace(&self, endpoint: Endpoint) -> Result<Slot, ApiError> {
+        let started = Instant::now();
+        let mut announced = false;
+        let result = loop {
+            let now = Instant::now();
+            let decision = match self.quota.decide(now, self.rate_share) {
+                Ok(slot) => break Ok(slot),
+                Err(decision) => decision,
+            };
+            if self.stop.is_stopped() {
+                break Err(ApiError::Stopped { endpoint });
+            }
+            match decision {
+                Decision::WaitUntil(until) => {
+                    if until > self.deadline {
+                        break Err(ApiError::QuotaPastDeadline {
+                            endpoint,
+                            wait_secs: until.duration_since(now).as_secs() + 1,
+                            left_secs: self.deadline.saturating_duration_since(now).as_secs(),
+                        });
+                    }
+                    if !announced {
+                        announced = true;
+                        tracing::info!(
+                            %endpoint,
+                            wait_secs = until.duration_since(now).as_secs(),
+                            calls_this_cycle = self.requests_sent(),
+                            quota_remaining = ?self.quota.remaining(),
+                            rate_share = self.rate_share,
+                            "pacing under Cloudflare's rate limit: waiting for the next window"
+                        );
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        () = self.stop.stopped() => break Err(ApiError::Stopped { endpoint }),
+                    }
+                }
+                // The answer to a call in flight says where a new window stands; the timeout
+                // only guards against a wake-up lost between the check and the wait.
+                Decision::WaitForAnswer | Decision::Go => {
+                    tokio::select! {
+                        _ = tokio::time::timeout(Duration::from_millis(100), self.quota.answer_came()) => {}
+                        () = self.stop.stopped() => break Err(ApiError::Stopped { endpoint }),
+                    }
+                }
+            }
+        };
+        let waited = started.elapsed();
+        if !waited.is_zero() {
+            self.metrics.quota_wait_seconds.inc_by(waited.as_secs_f64());
+        }
+        result
+    }
+
+    /// Tells the pacer what an answer said of the rate limit.
+    fn settle(&self, slot: Slot, status: StatusCode, headers: &HeaderMap) {
+        let seen = headers
+            .get("ratelimit")
+            .and_then(|v| v.to_str().ok())
+            .and_then(quota::parse_ratelimit);
+        if let Some(seen) = seen {
+            self.metrics.quota_remaining.set(i64::from(seen.remaining));
+        }
+        let block = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {
+            self.metrics.rate_limited.inc();
+            quota::block_after_429(retry_after(headers, Utc::now(), MAX_RATE_LIMIT_BLOCK))
+        });
+        slot.answered(seen, block);
+    }
+}
+
+/// The longest a 429's `Retry-After` may keep every call waiting: Cloudflare's block is five
+/// minutes, and a wish beyond twice that is not believed.
+const MAX_RATE_LIMIT_BLOCK: Duration = Duration::from_secs(600);
 
 /// The headers that authenticate a request, each marked sensitive so that no debug output of
 /// `reqwest` or `hyper` shows it. A value that cannot be a header is refused without being

@@ -184,6 +184,20 @@ pub enum ApiError {
         left_secs: u64,
         last: Box<ApiError>,
     },
+    /// Cloudflare's rate-limit window has no quota left for the janitor's share, and the next
+    /// one opens after the cycle deadline: the call is not sent.
+    #[error(
+        "{endpoint}: the janitor's share of Cloudflare's rate-limit quota is spent for this \
+         window, and the next call could go only in {wait_secs} s, past the cycle deadline \
+         ({left_secs} s left); the rest waits for the next cycle. If cycles this large are \
+         normal, raise [cloudflare] cycle_deadline_secs (or rate_share, if other users of the \
+         token need less)"
+    )]
+    QuotaPastDeadline {
+        endpoint: Endpoint,
+        wait_secs: u64,
+        left_secs: u64,
+    },
     /// A page-numbered listing contradicted itself (a page shorter than its size before the
     /// last, a page number or total that changed between pages): objects came or went while it
     /// was read, so it may have skipped some.
@@ -280,6 +294,7 @@ impl ApiError {
             | ApiError::BudgetExhausted { .. }
             | ApiError::DeadlineExceeded { .. }
             | ApiError::WaitPastDeadline { .. }
+            | ApiError::QuotaPastDeadline { .. }
             | ApiError::Stopped { .. } => false,
         }
     }
@@ -322,6 +337,7 @@ impl ApiError {
             | ApiError::BudgetExhausted { .. }
             | ApiError::DeadlineExceeded { .. }
             | ApiError::WaitPastDeadline { .. }
+            | ApiError::QuotaPastDeadline { .. }
             | ApiError::Stopped { .. } => true,
         }
     }
@@ -510,6 +526,15 @@ pub(crate) mod tests {
                     wait_secs: 120,
                     left_secs: 3,
                     last: boxed(api(DeleteRegistration, 429, &[971], true)),
+                },
+                true,
+            ),
+            (
+                "quota past deadline",
+                ApiError::QuotaPastDeadline {
+                    endpoint: ListRegistrations,
+                    wait_secs: 200,
+                    left_secs: 3,
                 },
                 true,
             ),

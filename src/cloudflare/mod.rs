@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod model;
+pub mod quota;
 
 pub use client::{Client, ListedPage, MutationOutcome};
 pub use error::{ApiError, CfErrorDetail, Endpoint};
@@ -11,3 +12,4 @@ pub use model::{
     AccountApiToken, AccountId, CertificateAuthority, ClientCertificate, Device, Registration,
     RegistrationType, ResultInfo, ServiceToken, Stamp, User, ZoneId,
 };
+pub use quota::Quota;

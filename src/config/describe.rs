@@ -23,7 +23,8 @@ impl Config {
         lines.extend([
             format!(
                 "api: {} ({} per page, {} ids per bulk call, {}s timeout, {} retries, \
-                 at most {} requests and {}s per cycle)",
+                 at most {} requests and {}s per cycle, at most {}% of Cloudflare's rate-limit \
+                 quota)",
                 cf.base_url,
                 cf.per_page,
                 cf.bulk_chunk_size,
@@ -31,6 +32,7 @@ impl Config {
                 cf.max_retries,
                 cf.max_requests_per_cycle,
                 cf.cycle_deadline_secs,
+                cf.rate_share * 100.0,
             ),
             self.limits(),
             format!("audit: {}", self.audit.path.display()),

@@ -370,8 +370,9 @@ mod tests {
                 bulk_chunk_size: 100,
                 request_timeout_secs: 30,
                 max_retries: 5,
-                max_requests_per_cycle: 1000,
+                max_requests_per_cycle: 2500,
                 cycle_deadline_secs: 1800,
+                rate_share: 0.5,
                 zone_ids: Vec::new(),
             }
         );

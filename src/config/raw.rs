@@ -44,6 +44,7 @@ pub(super) struct RawCloudflare {
     pub(super) max_retries: Option<Sp<i64>>,
     pub(super) max_requests_per_cycle: Option<Sp<i64>>,
     pub(super) cycle_deadline_secs: Option<Sp<i64>>,
+    pub(super) rate_share: Option<Sp<f64>>,
     pub(super) zone_ids: Option<Vec<Sp<String>>>,
 }
 

@@ -18,7 +18,8 @@ pub(super) const DEFAULT_PER_PAGE: u32 = 1000;
 pub(super) const DEFAULT_BULK_CHUNK_SIZE: usize = 100;
 pub(super) const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 pub(super) const DEFAULT_MAX_RETRIES: u32 = 5;
-pub(super) const DEFAULT_MAX_REQUESTS_PER_CYCLE: u32 = 1000;
+pub(super) const DEFAULT_MAX_REQUESTS_PER_CYCLE: u32 = 2500;
+pub(super) const DEFAULT_RATE_SHARE: f64 = 0.5;
 pub(super) const DEFAULT_CYCLE_DEADLINE_SECS: u64 = 1800;
 /// Longest cycle deadline accepted: a week. Far larger values overflow the clock.
 pub const MAX_CYCLE_DEADLINE_SECS: u64 = 7 * 24 * 3600;
@@ -70,11 +71,16 @@ pub struct CloudflareSettings {
     /// `max_retries`: retries of a failed request (429, 5xx, network), 0..=20. Default: 5.
     pub max_retries: u32,
     /// `max_requests_per_cycle`: client-side request budget of one cycle, at least 1.
-    /// Default: 1000 (Cloudflare allows 1200 requests per 5 minutes per token).
+    /// Default: 2500 (at the default pace, 2 calls a second, about 21 minutes: inside the
+    /// default deadline; enough to list 2M registrations and act on the default caps).
     pub max_requests_per_cycle: u32,
     /// `cycle_deadline_secs`: a cycle still running after this long is abandoned, 1..=604800.
     /// Default: 1800.
     pub cycle_deadline_secs: u64,
+    /// `rate_share`: the share of Cloudflare's rate-limit quota (1200 calls per 5 minutes per
+    /// user, shared with the dashboard and other tools) the janitor may spend, greater than 0
+    /// and at most 1. Default: 0.5.
+    pub rate_share: f64,
     /// `zone_ids`: the zones whose API Shield client certificates rules look at, each 32
     /// lowercase hex characters. Default: none (required by `client_certificate` rules).
     pub zone_ids: Vec<ZoneId>,

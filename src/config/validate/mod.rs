@@ -19,8 +19,8 @@ use super::settings::{
     DEFAULT_API_KEY_ENV, DEFAULT_API_TOKEN_ENV, DEFAULT_BASE_URL, DEFAULT_BULK_CHUNK_SIZE,
     DEFAULT_CRON, DEFAULT_CYCLE_DEADLINE_SECS, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_ACTIONS_PER_RUN, DEFAULT_MAX_FRACTION_PER_RUN, DEFAULT_MAX_REQUESTS_PER_CYCLE,
-    DEFAULT_MAX_RETRIES, DEFAULT_PER_PAGE, DEFAULT_REQUEST_TIMEOUT_SECS, MAX_CYCLE_DEADLINE_SECS,
-    MAX_REQUEST_TIMEOUT_SECS,
+    DEFAULT_MAX_RETRIES, DEFAULT_PER_PAGE, DEFAULT_RATE_SHARE, DEFAULT_REQUEST_TIMEOUT_SECS,
+    MAX_CYCLE_DEADLINE_SECS, MAX_REQUEST_TIMEOUT_SECS,
 };
 use super::{Config, ConfigError, RuleSettings};
 
@@ -266,6 +266,12 @@ impl Validator<'_> {
                 DEFAULT_CYCLE_DEADLINE_SECS,
                 "",
             )?,
+            rate_share: self.fraction_or(
+                &raw.rate_share,
+                &key("rate_share"),
+                DEFAULT_RATE_SHARE,
+                "0.5 leaves half of Cloudflare's quota to people and other tools",
+            )?,
         })
     }
 
@@ -279,21 +285,12 @@ impl Validator<'_> {
             )?,
             None => Mode::Plan,
         };
-        let max_fraction_per_run = match &raw.max_fraction_per_run {
-            Some(f) if !(*f.get_ref() > 0.0 && *f.get_ref() <= 1.0) => {
-                return Err(self.error(
-                    f.span(),
-                    key("max_fraction_per_run"),
-                    format!(
-                        "{} is out of range; use a fraction greater than 0 and at most 1 \
-                         (0.10 allows acting on at most 10% of the registrations listed)",
-                        f.get_ref()
-                    ),
-                ))
-            }
-            Some(f) => *f.get_ref(),
-            None => DEFAULT_MAX_FRACTION_PER_RUN,
-        };
+        let max_fraction_per_run = self.fraction_or(
+            &raw.max_fraction_per_run,
+            &key("max_fraction_per_run"),
+            DEFAULT_MAX_FRACTION_PER_RUN,
+            "0.10 allows acting on at most 10% of the registrations listed",
+        )?;
         Ok(SafetySettings {
             mode,
             max_actions_per_run: self.number_or(
@@ -431,6 +428,28 @@ impl Validator<'_> {
     }
 
     /// [`Validator::number`], or `default` when the key is absent.
+    /// A fraction greater than 0 and at most 1, or `default` when absent.
+    fn fraction_or(
+        &self,
+        value: &Option<Sp<f64>>,
+        key: &str,
+        default: f64,
+        example: &str,
+    ) -> Result<f64, ConfigError> {
+        match value {
+            Some(f) if !(*f.get_ref() > 0.0 && *f.get_ref() <= 1.0) => Err(self.error(
+                f.span(),
+                key.to_owned(),
+                format!(
+                    "{} is out of range; use a fraction greater than 0 and at most 1 ({example})",
+                    f.get_ref()
+                ),
+            )),
+            Some(f) => Ok(*f.get_ref()),
+            None => Ok(default),
+        }
+    }
+
     fn number_or<T: TryFrom<i64>>(
         &self,
         value: &Option<Sp<i64>>,

@@ -289,6 +289,9 @@ impl FakeChild {
                 TOKEN,
                 "--account-id",
                 ACCOUNT,
+                // The bench makes thousands of calls in seconds; Cloudflare's limit would
+                // block it within the first cycle.
+                "--no-rate-limit",
             ])
             .args(["--registrations", &args.registrations.to_string()])
             .args(["--seed", &args.seed.to_string()])

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
 
-use super::{FakeOptions, FakeServer, FaultRule, DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN};
+use super::{FakeOptions, FakeRateLimit, FakeServer, FaultRule, DEFAULT_ACCOUNT_ID, DEFAULT_TOKEN};
 
 /// Arguments of the fake Cloudflare API.
 #[derive(Debug, Clone, clap::Args)]
@@ -110,6 +110,42 @@ pub struct FakeApiArgs {
     /// ID (in the path, or as the zone of a /zones/{zone}/... call).
     #[arg(long = "fault", value_name = "RULE")]
     pub faults: Vec<FaultRule>,
+
+    /// Rate limit: requests per window for the token (Cloudflare: 1200 per 5 minutes). Every
+    /// answer carries `Ratelimit` and `Ratelimit-Policy`; the request that finds the quota spent
+    /// starts a block in which every call gets 429 with `Retry-After`.
+    #[arg(long, default_value_t = 1200, value_name = "N")]
+    pub rate_limit: u32,
+
+    /// Length of the rate limit's fixed windows, from the fake's start.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub rate_window_secs: u64,
+
+    /// How long every call is refused once the quota is spent (default: the window's length).
+    #[arg(long, value_name = "SECS")]
+    pub rate_block_secs: Option<u64>,
+
+    /// Send the `Ratelimit` and `Ratelimit-Policy` headers (false: the client must pace itself
+    /// without them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub rate_headers: bool,
+
+    /// Share of each window's quota (0 to 1) another consumer of the token spends, evenly.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub other_consumer_share: f64,
+
+    /// No rate limit and no rate limit headers.
+    #[arg(
+        long,
+        conflicts_with_all = [
+            "rate_limit",
+            "rate_window_secs",
+            "rate_block_secs",
+            "rate_headers",
+            "other_consumer_share",
+        ]
+    )]
+    pub no_rate_limit: bool,
 }
 
 impl FakeApiArgs {
@@ -133,16 +169,66 @@ impl FakeApiArgs {
                 self.revocation_settles_after_secs,
             ),
             global_key: self.global_key_email.clone().zip(self.global_key.clone()),
+            rate_limit: self.rate_limit(),
             ..FakeOptions::default()
         }
     }
+
+    fn rate_limit(&self) -> Option<FakeRateLimit> {
+        if self.no_rate_limit {
+            return None;
+        }
+        let window = std::time::Duration::from_secs(self.rate_window_secs);
+        Some(FakeRateLimit {
+            quota: self.rate_limit,
+            window,
+            block: self
+                .rate_block_secs
+                .map_or(window, std::time::Duration::from_secs),
+            headers: self.rate_headers,
+            other_consumer_share: self.other_consumer_share,
+        })
+    }
+}
+
+/// The startup line's account of the rate limit.
+fn describe_rate_limit(limit: Option<&FakeRateLimit>) -> String {
+    let Some(limit) = limit else {
+        return "rate limit: off".to_owned();
+    };
+    let mut text = format!(
+        "rate limit: {} requests per {} s per token, then blocked for {} s",
+        limit.quota,
+        limit.window.as_secs(),
+        limit.block.as_secs()
+    );
+    if limit.other_consumer_share > 0.0 {
+        text += &format!(
+            ", {} of it spent by another consumer",
+            limit.other_consumer_share
+        );
+    }
+    text += if limit.headers {
+        ", Ratelimit headers on"
+    } else {
+        ", no Ratelimit headers"
+    };
+    text
 }
 
 /// Starts the fake, prints one line saying where it listens, and serves until Ctrl-C.
 pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
-    let fake = FakeServer::start_on(args.listen, args.options())
+    let options = args.options();
+    let rate_limit = match options.rate_limit.as_ref() {
+        Some(limit) => format!(
+            "{} (--no-rate-limit turns it off)",
+            describe_rate_limit(Some(limit))
+        ),
+        None => describe_rate_limit(None),
+    };
+    let fake = FakeServer::start_on(args.listen, options)
         .await
         .with_context(|| format!("could not start the fake API on {}", args.listen))?;
     fake.set_faults(args.faults.clone());
@@ -159,6 +245,8 @@ pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
         zones.len(),
         certificates
     );
+    // On a line of its own: scripts read the URL from the first one.
+    println!("{rate_limit}");
     tokio::signal::ctrl_c()
         .await
         .context("could not wait for Ctrl-C")?;
@@ -203,6 +291,45 @@ mod tests {
         );
         assert_eq!(opts.global_key, None);
         assert_eq!(opts.own_token_owner, defaults.own_token_owner);
+        assert_eq!(
+            opts.rate_limit,
+            Some(FakeRateLimit::default()),
+            "the standalone fake limits like Cloudflare by default"
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_is_read_and_can_be_turned_off() {
+        let cli = Cli::try_parse_from([
+            "fake",
+            "--rate-limit",
+            "10",
+            "--rate-window-secs",
+            "2",
+            "--rate-headers",
+            "false",
+            "--other-consumer-share",
+            "0.25",
+        ])
+        .unwrap();
+        let limit = cli.args.options().rate_limit.unwrap();
+        assert_eq!(limit.quota, 10);
+        assert_eq!(limit.window.as_secs(), 2);
+        assert_eq!(limit.block.as_secs(), 2, "the block defaults to the window");
+        assert!(!limit.headers);
+        assert_eq!(limit.other_consumer_share, 0.25);
+        assert_eq!(
+            describe_rate_limit(Some(&limit)),
+            "rate limit: 10 requests per 2 s per token, then blocked for 2 s, 0.25 of it spent \
+             by another consumer, no Ratelimit headers"
+        );
+        let cli = Cli::try_parse_from(["fake", "--rate-block-secs", "7"]).unwrap();
+        assert_eq!(cli.args.options().rate_limit.unwrap().block.as_secs(), 7);
+        let cli = Cli::try_parse_from(["fake", "--no-rate-limit"]).unwrap();
+        assert_eq!(cli.args.options().rate_limit, None);
+        assert_eq!(describe_rate_limit(None), "rate limit: off");
+        assert!(Cli::try_parse_from(["fake", "--no-rate-limit", "--rate-limit", "5"]).is_err());
+        assert!(Cli::try_parse_from(["fake", "--rate-headers", "maybe"]).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! `/client/v4`, the `success`/`errors`/`messages`/`result`/`result_info` envelope, Bearer
 //! authentication (and optionally the legacy global key), cursor pagination, `status` defaulting to `active`, ids as repeated `id`
 //! query parameters. On top of that it records every request, logs every mutation at receipt,
-//! and injects faults on demand ([`FaultRule`]).
+//! and injects faults on demand ([`FaultRule`]). With [`FakeOptions::rate_limit`] it applies
+//! Cloudflare's rate limit: a quota per fixed window, the `Ratelimit` and `Ratelimit-Policy`
+//! headers, and a block (429 with `Retry-After`) once the quota is spent ([`FakeRateLimit`]).
 //!
 //! Served under `/client/v4/accounts/{account}/devices`:
 //! - `GET registrations` (`status`, `per_page`, `cursor`, repeated `id`; others ignored)
@@ -38,6 +40,7 @@ mod certificates;
 mod conn;
 mod data;
 mod faults;
+mod ratelimit;
 mod server;
 mod store;
 mod tokens;
@@ -64,12 +67,14 @@ pub use certificates::{
 };
 pub use data::{FakeRegistration, FAKE_TEAM};
 pub use faults::{Endpoint, Fault, FaultParseError, FaultRule, When};
+pub use ratelimit::FakeRateLimit;
 pub use tokens::{FakeServiceToken, SERVICE_TOKENS_DEFAULT_PER_PAGE, SERVICE_TOKENS_MAX_PER_PAGE};
 
 use account_tokens::AccountTokenStore;
 use certificates::CertificateStore;
 use conn::{ConnControl, FakeListener};
 use faults::FaultSet;
+use ratelimit::RateLimiter;
 use server::{lock, Clock, Log, OwnToken, Shared};
 use store::Store;
 use tokens::TokenStore;
@@ -167,6 +172,9 @@ pub struct FakeOptions {
     /// with these values are accepted as well as the Bearer token. `tokens/verify` refuses
     /// them (400, code 6003), as Cloudflare does.
     pub global_key: Option<(String, String)>,
+    /// Cloudflare's API rate limit (see [`FakeRateLimit`]); `None` (the default): no limit and
+    /// no rate limit headers.
+    pub rate_limit: Option<FakeRateLimit>,
 }
 
 impl Default for FakeOptions {
@@ -190,6 +198,7 @@ impl Default for FakeOptions {
             client_certificates: 0,
             revocation_settles_after: std::time::Duration::ZERO,
             global_key: None,
+            rate_limit: None,
         }
     }
 }
@@ -257,6 +266,9 @@ impl FakeOptions {
                 return Err("the global key needs an email and a key".to_owned());
             }
         }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
+        }
         if self.registrations > data::MAX_GENERATED {
             return Err(format!(
                 "at most {} registrations can be generated",
@@ -306,6 +318,8 @@ pub struct MutationRecord {
     pub status: u16,
     /// Whether the request changed any state.
     pub applied: bool,
+    /// Refused by the rate limiter (HTTP 429, never reached the API), not by a fault.
+    pub rate_limited: bool,
     /// On the fake's clock (see [`FakeOptions::now`]).
     pub received_at: DateTime<Utc>,
 }
@@ -333,6 +347,9 @@ pub struct RequestCounts {
     pub revoke_client_certificate: u64,
     /// Everything, including requests to unknown paths.
     pub total: u64,
+    /// Requests the rate limiter refused with 429 (also counted above; injected 429s are not
+    /// counted here).
+    pub rate_limited: u64,
 }
 
 /// Starts fakes.
@@ -362,6 +379,7 @@ impl FakeServer {
             own_token_owner,
             own_token_lists_self_only,
             global_key,
+            rate_limit,
             ..
         } = opts.clone();
         let own_token = OwnToken {
@@ -401,6 +419,7 @@ impl FakeServer {
             own_token,
             global_key,
             faults: Mutex::new(FaultSet::default()),
+            rate_limit: rate_limit.map(RateLimiter::new),
             log: Mutex::new(Log::default()),
             shutdown,
         });
@@ -642,6 +661,41 @@ impl FakeHandle {
 
     pub fn request_counts(&self) -> RequestCounts {
         lock(&self.shared.log).counts
+    }
+
+    /// 429s the rate limiter sent (a block's refusals included; injected faults' are not).
+    pub fn rate_limited(&self) -> u64 {
+        self.shared
+            .rate_limit
+            .as_ref()
+            .map_or(0, |limiter| limiter.counters().0)
+    }
+
+    /// How many times a request found the quota spent and started a block.
+    pub fn blocks(&self) -> u64 {
+        self.shared
+            .rate_limit
+            .as_ref()
+            .map_or(0, |limiter| limiter.counters().1)
+    }
+
+    /// The quota remaining now and the time until the window ends, as the next `Ratelimit`
+    /// header would say (while blocked: 0, and the time until the block ends); `None` without
+    /// a rate limit.
+    pub fn rate_limit_status(&self) -> Option<(u32, std::time::Duration)> {
+        self.shared
+            .rate_limit
+            .as_ref()
+            .map(|limiter| limiter.peek().quota())
+    }
+
+    /// Another consumer of the token spends `n` units of the current window now. It trips
+    /// nothing by itself; if it leaves nothing, the next request trips the block. No-op without
+    /// a rate limit.
+    pub fn spend_quota(&self, n: u32) {
+        if let Some(limiter) = &self.shared.rate_limit {
+            limiter.spend(n);
+        }
     }
 
     /// Replaces the fault rules (and restarts their counters).

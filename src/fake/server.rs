@@ -26,6 +26,7 @@ use super::certificates::{
 };
 use super::conn::ConnControl;
 use super::faults::{Fault, FaultSet};
+use super::ratelimit::{ceil_secs, Admission, RateLimiter};
 use super::store::{Cursor, Key, PageQuery, PageShape, StatusFilter, Store};
 use super::tokens::{
     Deletion, TokenStore, SERVICE_TOKENS_DEFAULT_PER_PAGE, SERVICE_TOKENS_MAX_PER_PAGE,
@@ -99,6 +100,8 @@ pub(crate) struct Shared {
     /// `(email, key)` accepted as `X-Auth-Email` + `X-Auth-Key`.
     pub global_key: Option<(String, String)>,
     pub faults: Mutex<FaultSet>,
+    /// `None`: no rate limit.
+    pub rate_limit: Option<RateLimiter>,
     pub log: Mutex<Log>,
     pub shutdown: watch::Sender<bool>,
 }
@@ -430,6 +433,12 @@ impl Reply {
         }
     }
 
+    /// The rate limiter's refusal: Cloudflare's 429 (code 971), `Retry-After` in whole seconds
+    /// rounded up. Its body is the same as an injected 429's; the log tells them apart.
+    fn rate_limited(retry_after: std::time::Duration) -> Reply {
+        Reply::injected(429, Some(ceil_secs(retry_after)))
+    }
+
     /// A success answer with no body (HTTP 204).
     fn no_content() -> Reply {
         Reply {
@@ -519,6 +528,15 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let authorization = header_text(header::AUTHORIZATION.as_str());
+    let auth_email = header_text("x-auth-email");
+    let auth_key = header_text("x-auth-key");
     let (op, account, zone, id) = match route(&method, &path) {
         Route::Api {
             op,
@@ -526,23 +544,31 @@ pub(crate) async fn handle(
             zone,
             id,
         } => (op, account, zone, id),
-        Route::WrongMethod => {
+        route @ (Route::WrongMethod | Route::Unknown) => {
             lock(&shared.log).counts.total += 1;
-            return Reply::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                code::METHOD_NOT_ALLOWED,
-                "Method not allowed",
-            )
-            .into_response();
-        }
-        Route::Unknown => {
-            lock(&shared.log).counts.total += 1;
-            return Reply::error(
-                StatusCode::NOT_FOUND,
-                code::NO_ROUTE,
-                "No route for that URI",
-            )
-            .into_response();
+            // Cloudflare counts every call of the user, whatever the path.
+            let admission = shared.admission(
+                authorization.as_deref(),
+                auth_email.as_deref(),
+                auth_key.as_deref(),
+            );
+            let reply = match (route, admission) {
+                (_, Some(Admission::Refused { retry_after, .. })) => {
+                    shared.refused(None);
+                    Reply::rate_limited(retry_after)
+                }
+                (Route::WrongMethod, _) => Reply::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    code::METHOD_NOT_ALLOWED,
+                    "Method not allowed",
+                ),
+                _ => Reply::error(
+                    StatusCode::NOT_FOUND,
+                    code::NO_ROUTE,
+                    "No route for that URI",
+                ),
+            };
+            return shared.respond(reply, admission);
         }
     };
     let params = Query::<Vec<(String, String)>>::try_from_uri(&uri)
@@ -573,26 +599,31 @@ pub(crate) async fn handle(
         | Op::VerifyUserToken
         | Op::ListClientCertificates => Ok(Vec::new()),
     };
-    let header_text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let request = Request {
         op,
         account,
         zone,
         params,
         ids,
-        authorization: header_text(header::AUTHORIZATION.as_str()),
-        auth_email: header_text("x-auth-email"),
-        auth_key: header_text("x-auth-key"),
+        authorization,
+        auth_email,
+        auth_key,
         path,
         query: uri.query().map(str::to_owned),
     };
 
     let record = shared.receive(&request, &method);
+    // The limiter stands before the API: a refused request meets no fault and changes nothing.
+    let admission = shared.admission(
+        request.authorization.as_deref(),
+        request.auth_email.as_deref(),
+        request.auth_key.as_deref(),
+    );
+    if let Some(Admission::Refused { retry_after, .. }) = admission {
+        shared.refused(record);
+        tracing::debug!(%method, path = %request.path, "fake API rate limited the request");
+        return shared.respond(Reply::rate_limited(retry_after), admission);
+    }
     let fault = lock(&shared.faults).pick(op, &request.named_ids());
     let (reply, affected) = match fault {
         None => shared.process(&request, PageShape::Normal),
@@ -628,7 +659,7 @@ pub(crate) async fn handle(
         shared.finish(index, reply.status.as_u16(), affected);
     }
     tracing::debug!(%method, path = %request.path, status = reply.status.as_u16(), "fake API request");
-    reply.into_response()
+    shared.respond(reply, admission)
 }
 
 /// The answers of a hostile or confused server (see [`Fault`] from `Error` on).
@@ -856,9 +887,60 @@ impl Shared {
             affected: Vec::new(),
             status: 0,
             applied: false,
+            rate_limited: false,
             received_at: self.clock.now(),
         });
         Some(index)
+    }
+
+    /// The rate limiter's word on a request (`None` without a limiter). A request with the
+    /// accepted credentials (token or global key: one user, one quota) uses a unit or is
+    /// refused; any other only learns the state, so its answer can carry the headers.
+    fn admission(
+        &self,
+        authorization: Option<&str>,
+        auth_email: Option<&str>,
+        auth_key: Option<&str>,
+    ) -> Option<Admission> {
+        let limiter = self.rate_limit.as_ref()?;
+        Some(
+            if self.accepts(authorization, auth_email, auth_key).is_some() {
+                limiter.admit()
+            } else {
+                limiter.peek()
+            },
+        )
+    }
+
+    /// Logs a refusal by the rate limiter: counted apart from faults, and a mutation's record
+    /// says 429, not applied, rate limited.
+    fn refused(&self, record: Option<usize>) {
+        let mut log = lock(&self.log);
+        log.counts.rate_limited += 1;
+        if let Some(record) = record.and_then(|index| log.mutations.get_mut(index)) {
+            record.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
+            record.applied = false;
+            record.rate_limited = true;
+        }
+    }
+
+    /// The HTTP answer, with the rate limit headers when the fake sends them.
+    fn respond(&self, reply: Reply, admission: Option<Admission>) -> Response {
+        let mut response = reply.into_response();
+        if let (Some(limiter), Some(admission)) = (&self.rate_limit, admission) {
+            if limiter.config.headers {
+                let headers = response.headers_mut();
+                for (name, value) in [
+                    ("ratelimit", admission.header()),
+                    ("ratelimit-policy", limiter.config.policy_header()),
+                ] {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.insert(header::HeaderName::from_static(name), value);
+                    }
+                }
+            }
+        }
+        response
     }
 
     fn finish(&self, index: usize, status: u16, affected: Vec<String>) {
@@ -871,15 +953,26 @@ impl Shared {
 
     /// The Bearer token, else the global key (when the fake has one); `None` if neither holds.
     fn credential(&self, request: &Request) -> Option<Credential> {
+        self.accepts(
+            request.authorization.as_deref(),
+            request.auth_email.as_deref(),
+            request.auth_key.as_deref(),
+        )
+    }
+
+    /// [`Shared::credential`] from the raw header values.
+    fn accepts(
+        &self,
+        authorization: Option<&str>,
+        auth_email: Option<&str>,
+        auth_key: Option<&str>,
+    ) -> Option<Credential> {
         let token = lock(&self.token);
-        let bearer = request
-            .authorization
-            .as_deref()
+        let bearer = authorization
             .and_then(|value| value.strip_prefix("Bearer "))
             .is_some_and(|given| given == token.as_str());
         let global_key = self.global_key.as_ref().is_some_and(|(email, key)| {
-            request.auth_email.as_deref() == Some(email.as_str())
-                && request.auth_key.as_deref() == Some(key.as_str())
+            auth_email == Some(email.as_str()) && auth_key == Some(key.as_str())
         });
         if bearer {
             Some(Credential::Token)

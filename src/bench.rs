@@ -42,6 +42,20 @@ pub struct BenchArgs {
     /// of the apply cycle run it alone (`--phase apply`).
     #[arg(long, value_enum, default_value = "both")]
     phase: Phase,
+    /// Let the fake limit like Cloudflare: this many calls per --rate-window-secs, then a block.
+    /// Without it the fake announces a quota no cycle can spend, so the janitor reads the
+    /// headers but never waits.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// The fake's rate-limit window, in seconds (Cloudflare's: 300).
+    #[arg(long, default_value_t = 300)]
+    rate_window_secs: u64,
+    /// Share of each window another consumer of the token spends, evenly (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    other_consumer_share: f64,
+    /// The janitor's `[cloudflare] rate_share`.
+    #[arg(long, default_value_t = 0.5)]
+    rate_share: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,6 +79,9 @@ struct Figures {
     audit_seconds: f64,
     audit_waited_seconds: f64,
     peak_rss_kib: u64,
+    api_requests: u64,
+    rate_limited: u64,
+    quota_wait_seconds: f64,
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -155,6 +172,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     row("peak RSS (VmHWM)", &|x| {
         format!("{:.1} MiB", x.peak_rss_kib as f64 / 1024.0)
     });
+    row("rate-limited answers (429)", &|x| {
+        x.rate_limited.to_string()
+    });
+    row("waiting for rate-limit quota", &|x| {
+        format!("{:.1} s", x.quota_wait_seconds)
+    });
+    if let Some(limit) = args.rate_limit {
+        // The fastest a cycle may go at its share: all its calls at limit x share per window.
+        row(
+            "floor at the limit (calls / (limit x share) x window)",
+            &|x| {
+                let per_window = f64::from(limit) * args.rate_share;
+                let floor = x.api_requests as f64 / per_window * args.rate_window_secs as f64;
+                format!(
+                    "{floor:.1} s (wall {:+.1}%)",
+                    100.0 * (x.wall - floor) / floor
+                )
+            },
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
@@ -175,6 +212,8 @@ base_url = "{base_url}"
 per_page = {per_page}
 bulk_chunk_size = {chunk}
 max_requests_per_cycle = 1000000
+cycle_deadline_secs = 604800
+rate_share = {rate_share}
 
 [safety]
 mode = "{mode}"
@@ -203,6 +242,7 @@ user_email = ["*@board.example.com"]
         token = token_file.display(),
         per_page = args.per_page,
         chunk = args.chunk,
+        rate_share = args.rate_share,
         db = db.display(),
     );
     let config = Config::from_toml_str(&text, Path::new("bench.toml"))?;
@@ -246,6 +286,9 @@ user_email = ["*@board.example.com"]
             .saturating_sub(audit.overlapped_time())
             .as_secs_f64(),
         peak_rss_kib: peak_rss_kib()?,
+        api_requests: report.api_requests,
+        rate_limited: metrics.rate_limited.get(),
+        quota_wait_seconds: metrics.quota_wait_seconds.get(),
     };
     audit.close().await;
     Ok(figures)
@@ -289,10 +332,19 @@ impl FakeChild {
                 TOKEN,
                 "--account-id",
                 ACCOUNT,
-                // The bench makes thousands of calls in seconds; Cloudflare's limit would
-                // block it within the first cycle.
-                "--no-rate-limit",
             ])
+            .args(match args.rate_limit {
+                Some(limit) => vec![
+                    "--rate-limit".to_owned(),
+                    limit.to_string(),
+                    "--rate-window-secs".to_owned(),
+                    args.rate_window_secs.to_string(),
+                    "--other-consumer-share".to_owned(),
+                    args.other_consumer_share.to_string(),
+                ],
+                // Headers that never bind: the pacing's own cost, without its waits.
+                None => vec!["--rate-limit".to_owned(), u32::MAX.to_string()],
+            })
             .args(["--registrations", &args.registrations.to_string()])
             .args(["--seed", &args.seed.to_string()])
             .args(["--idle-share", &args.idle_share.to_string()])

@@ -29,8 +29,11 @@ pub const DOCUMENTED_WINDOW: Duration = Duration::from_secs(300);
 const MAX_RESET_SECS: u64 = 600;
 /// After a 429 without a usable `Retry-After`: Cloudflare's block lasts five minutes.
 const BLOCK_WITHOUT_RETRY_AFTER: Duration = Duration::from_secs(300);
-/// Slack after a window's announced end before calling again: `t` is rounded to seconds.
-const WINDOW_END_SLACK: Duration = Duration::from_millis(1_100);
+/// Slack after a window's announced end before calling again: clock granularity.
+const WINDOW_END_SLACK: Duration = Duration::from_millis(50);
+/// After a window that reported no call left, wait this long past its announced end: `t` is
+/// in whole seconds, and one call early would be the call over the limit.
+const SPENT_WINDOW_SLACK: Duration = Duration::from_millis(1_100);
 /// How far an announced window end may move before it is taken for a new window.
 const SAME_WINDOW_TOLERANCE: Duration = Duration::from_secs(2);
 
@@ -117,6 +120,11 @@ impl State {
                     } else {
                         Decision::WaitUntil(w.ends + WINDOW_END_SLACK)
                     }
+                }
+                // The window said nothing was left: its end may be up to a second later
+                // than announced.
+                Some(w) if w.last == 0 && now < w.ends + SPENT_WINDOW_SLACK => {
+                    Decision::WaitUntil(w.ends + SPENT_WINDOW_SLACK)
                 }
                 // A window not seen yet: one call first, to learn where it stands.
                 _ => self.one_at_a_time(),
@@ -405,6 +413,20 @@ mod tests {
             Decision::WaitUntil(until)
         );
         assert_eq!(s.decide(until, 0.5), Decision::Go, "a new window is probed");
+    }
+
+    #[test]
+    fn a_window_that_reported_nothing_left_is_waited_out_with_a_second_to_spare() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        s.decide(t0, 1.0);
+        s.observe(t0, seen(0, 2), None);
+        let ends = t0 + Duration::from_secs(2);
+        assert_eq!(
+            s.decide(ends, 1.0),
+            Decision::WaitUntil(ends + SPENT_WINDOW_SLACK)
+        );
+        assert_eq!(s.decide(ends + SPENT_WINDOW_SLACK, 1.0), Decision::Go);
     }
 
     #[test]

@@ -3,14 +3,13 @@
 //! named by an Access policy, group or an app's SCIM configuration) is refused by Cloudflare.
 
 use chrono::{DateTime, Utc};
-use reqwest::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
     paging, Evaluated, Facts, ListRequest, MutationRequest, PageToken, Presence, ResourceId,
 };
-use crate::cloudflare::{AccountId, CfErrorDetail, Endpoint, ResultInfo, ServiceToken};
+use crate::cloudflare::{AccountId, CfErrorDetail, Endpoint, ServiceToken};
 use crate::config::Action;
 use crate::rules::RuleSet;
 
@@ -46,15 +45,6 @@ pub fn list_request(account: &AccountId, token: Option<&PageToken>) -> ListReque
             ("per_page".to_owned(), PER_PAGE.to_string()),
         ],
     }
-}
-
-/// Where the listing goes on after page `asked`, which held `items` tokens.
-pub fn next_page(
-    info: Option<&ResultInfo>,
-    asked: u32,
-    items: usize,
-) -> Result<Option<PageToken>, String> {
-    paging::next_page(info, asked, items, PER_PAGE)
 }
 
 /// Reads a listed token (one without id or name is an error) and asks the rules about it.
@@ -105,15 +95,12 @@ pub fn bulk(_action: Action) -> bool {
 
 /// `DELETE .../access/service_tokens/{id}`. Validation allows only `delete` for this kind.
 pub fn mutation_request(account: &AccountId, ids: &[ResourceId]) -> MutationRequest {
-    let one = ids.first().map(ResourceId::as_str).unwrap_or_default();
-    MutationRequest {
-        endpoint: Endpoint::DeleteServiceToken,
-        method: Method::DELETE,
-        path: format!("{}/{one}", path(account)),
-        query: Vec::new(),
-        ids_named: ids.len(),
-        shown: format!("/access/service_tokens/{one}"),
-    }
+    MutationRequest::delete_one(
+        Endpoint::DeleteServiceToken,
+        &path(account),
+        "/access/service_tokens",
+        ids,
+    )
 }
 
 /// A 404 about one token means it does not exist.
@@ -168,7 +155,7 @@ mod tests {
         let id = ResourceId::parse("3f6b0c2e-1111-4a53-9d0e-5b7a3f1c2d4e").unwrap();
         let r = mutation_request(&account(), std::slice::from_ref(&id));
         assert_eq!(r.endpoint, Endpoint::DeleteServiceToken);
-        assert_eq!(r.method, Method::DELETE);
+        assert_eq!(r.method, reqwest::Method::DELETE);
         assert_eq!(
             r.path,
             format!("accounts/0123456789abcdef0123456789abcdef/access/service_tokens/{id}")

@@ -3,14 +3,13 @@
 //! `tokens/verify` names.
 
 use chrono::{DateTime, Utc};
-use reqwest::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
     paging, Evaluated, Facts, ListRequest, MutationRequest, PageToken, Presence, ResourceId,
 };
-use crate::cloudflare::{AccountApiToken, AccountId, Endpoint, ResultInfo};
+use crate::cloudflare::{AccountApiToken, AccountId, Endpoint};
 use crate::rules::RuleSet;
 
 /// Tokens asked for per page: the endpoint takes 5 to 50.
@@ -32,15 +31,6 @@ pub fn list_request(account: &AccountId, token: Option<&PageToken>) -> ListReque
             ("include_expired".to_owned(), "true".to_owned()),
         ],
     }
-}
-
-/// Where the listing goes on after page `asked`, which held `items` tokens.
-pub fn next_page(
-    info: Option<&ResultInfo>,
-    asked: u32,
-    items: usize,
-) -> Result<Option<PageToken>, String> {
-    paging::next_page(info, asked, items, PER_PAGE)
 }
 
 /// The two questions that name the token making the request: as an account-owned token
@@ -117,15 +107,7 @@ pub fn presence(raw: &RawValue) -> Result<(ResourceId, Presence), serde_json::Er
 
 /// `DELETE .../tokens/{id}`, one token per call.
 pub fn mutation_request(account: &AccountId, ids: &[ResourceId]) -> MutationRequest {
-    let one = ids.first().map(ResourceId::as_str).unwrap_or_default();
-    MutationRequest {
-        endpoint: Endpoint::DeleteAccountToken,
-        method: Method::DELETE,
-        path: format!("{}/{one}", path(account)),
-        query: Vec::new(),
-        ids_named: ids.len(),
-        shown: format!("/tokens/{one}"),
-    }
+    MutationRequest::delete_one(Endpoint::DeleteAccountToken, &path(account), "/tokens", ids)
 }
 
 #[cfg(test)]
@@ -177,7 +159,7 @@ mod tests {
         let id = ResourceId::parse("ed17574386854bf78a67040be0a770b0").unwrap();
         let r = mutation_request(&account(), std::slice::from_ref(&id));
         assert_eq!(r.endpoint, Endpoint::DeleteAccountToken);
-        assert_eq!(r.method, Method::DELETE);
+        assert_eq!(r.method, reqwest::Method::DELETE);
         assert_eq!(
             r.path,
             format!("accounts/0123456789abcdef0123456789abcdef/tokens/{id}")

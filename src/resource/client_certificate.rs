@@ -4,14 +4,13 @@
 //! log keeps a certificate's metadata, never its PEM body.
 
 use chrono::{DateTime, Utc};
-use reqwest::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
     paging, Evaluated, Facts, ListRequest, MutationRequest, PageToken, Presence, ResourceId,
 };
-use crate::cloudflare::{ClientCertificate, Endpoint, ResultInfo, ZoneId};
+use crate::cloudflare::{ClientCertificate, Endpoint, ZoneId};
 use crate::rules::RuleSet;
 
 /// Certificates asked for per page: the endpoint takes 5 to 50.
@@ -35,15 +34,6 @@ pub fn list_request(zone: &ZoneId, token: Option<&PageToken>) -> ListRequest {
             ("per_page".to_owned(), PER_PAGE.to_string()),
         ],
     }
-}
-
-/// Where the listing goes on after page `asked`, which held `items` certificates.
-pub fn next_page(
-    info: Option<&ResultInfo>,
-    asked: u32,
-    items: usize,
-) -> Result<Option<PageToken>, String> {
-    paging::next_page(info, asked, items, PER_PAGE)
 }
 
 /// Reads a listed certificate (one without an id is an error) and asks the rules about it.
@@ -102,15 +92,12 @@ pub fn presence(
 
 /// `DELETE /zones/{zone}/client_certificates/{id}`: the API's revocation, one per call.
 pub fn mutation_request(zone: &ZoneId, ids: &[ResourceId]) -> MutationRequest {
-    let one = ids.first().map(ResourceId::as_str).unwrap_or_default();
-    MutationRequest {
-        endpoint: Endpoint::RevokeClientCertificate,
-        method: Method::DELETE,
-        path: format!("{}/{one}", path(zone)),
-        query: Vec::new(),
-        ids_named: ids.len(),
-        shown: format!("/zones/{zone}/client_certificates/{one}"),
-    }
+    MutationRequest::delete_one(
+        Endpoint::RevokeClientCertificate,
+        &path(zone),
+        &format!("/zones/{zone}/client_certificates"),
+        ids,
+    )
 }
 
 #[cfg(test)]
@@ -166,7 +153,7 @@ mod tests {
     fn a_certificate_is_revoked_by_a_delete_of_its_path() {
         let id = ResourceId::parse("c1").unwrap();
         let r = mutation_request(&zone(), std::slice::from_ref(&id));
-        assert_eq!(r.method, Method::DELETE);
+        assert_eq!(r.method, reqwest::Method::DELETE);
         assert_eq!(r.endpoint, Endpoint::RevokeClientCertificate);
         assert_eq!(
             r.path,

@@ -199,6 +199,27 @@ pub struct MutationRequest {
     pub shown: String,
 }
 
+impl MutationRequest {
+    /// `DELETE {collection}/{id}`, for a kind whose action takes one id per call; `shown` is
+    /// the collection as the audit log shows it.
+    pub fn delete_one(
+        endpoint: Endpoint,
+        collection: &str,
+        shown: &str,
+        ids: &[ResourceId],
+    ) -> Self {
+        let one = ids.first().map(ResourceId::as_str).unwrap_or_default();
+        MutationRequest {
+            endpoint,
+            method: Method::DELETE,
+            path: format!("{collection}/{one}"),
+            query: Vec::new(),
+            ids_named: ids.len(),
+            shown: format!("{shown}/{one}"),
+        }
+    }
+}
+
 /// What the plan and the audit log show of a listed object, whatever its kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
@@ -349,9 +370,13 @@ async fn read_page(
     let (asked, items) = (paging::page_number(token), listed.items.len());
     let next = match kind {
         Kind::DeviceRegistration => Ok(device_registration::next_page(info)),
-        Kind::AccessServiceToken => access_service_token::next_page(info, asked, items),
-        Kind::AccountApiToken => account_api_token::next_page(info, asked, items),
-        Kind::ClientCertificate => client_certificate::next_page(info, asked, items),
+        Kind::AccessServiceToken => {
+            paging::next_page(info, asked, items, access_service_token::PER_PAGE)
+        }
+        Kind::AccountApiToken => paging::next_page(info, asked, items, account_api_token::PER_PAGE),
+        Kind::ClientCertificate => {
+            paging::next_page(info, asked, items, client_certificate::PER_PAGE)
+        }
     }
     .map_err(|message| ApiError::InconsistentListing {
         endpoint: request.endpoint,

@@ -12,8 +12,9 @@ use clap::Args;
 use crate::apply::StopSignal;
 use crate::audit::{ActionFilter, AuditStore};
 use crate::config::Config;
-use crate::fake::{FakeHandle, FakeOptions, FakeServer};
+use crate::fake::{FakeHandle, FakeOptions, FakeRateLimit, FakeServer};
 use crate::report::{self, Format};
+use crate::resource::Kind;
 use crate::startup::Loaded;
 
 #[derive(Args, Debug)]
@@ -69,6 +70,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .map(ToString::to_string)
             .collect(),
         client_certificates: args.client_certificates,
+        // Cloudflare's own limit and headers, so that the pacing is what it would be.
+        rate_limit: Some(FakeRateLimit::default()),
         ..FakeOptions::default()
     })
     .await
@@ -162,7 +165,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         })
         .await?;
     report::actions(&mut std::io::stdout(), &done, Format::Text)?;
-    let example_user = done
+    let with_user = audit
+        .actions(&ActionFilter {
+            run_id: first_run,
+            resource_kind: Some(Kind::DeviceRegistration),
+            limit: 20,
+            ..ActionFilter::default()
+        })
+        .await?;
+    let example_user = with_user
         .iter()
         .find_map(|a| a.user_email.clone())
         .unwrap_or_else(|| "someone@example.com".to_owned());
@@ -174,6 +185,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         l.starts_with("zt_janitor_runs_total")
             || l.starts_with("zt_janitor_actions_total")
             || l.starts_with("zt_janitor_resources_seen")
+            || l.starts_with("zt_janitor_cloudflare_quota_remaining")
+            || l.starts_with("zt_janitor_cloudflare_rate_limited_total")
     }) {
         println!("{line}");
     }

@@ -138,10 +138,13 @@ impl FakeApiArgs {
     }
 }
 
-/// Starts the fake, prints one line saying where it listens, and serves until Ctrl-C.
+/// Starts the fake, prints one line saying where it listens, and serves until SIGTERM or Ctrl-C.
 pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
+    // Before the start-up line, so that whoever reads it can stop the fake with either signal.
+    let mut shutdown =
+        crate::stop::ShutdownSignals::new().context("could not listen for SIGTERM and Ctrl-C")?;
     let fake = FakeServer::start_on(args.listen, args.options())
         .await
         .with_context(|| format!("could not start the fake API on {}", args.listen))?;
@@ -159,9 +162,7 @@ pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
         zones.len(),
         certificates
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("could not wait for Ctrl-C")?;
+    shutdown.recv().await;
     fake.shutdown().await;
     Ok(())
 }

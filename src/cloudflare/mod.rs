@@ -8,6 +8,6 @@ pub mod model;
 pub use client::{Client, ListedPage, MutationOutcome};
 pub use error::{ApiError, CfErrorDetail, Endpoint};
 pub use model::{
-    AccountApiToken, AccountId, CertificateAuthority, ClientCertificate, Device, Registration,
-    RegistrationType, ResultInfo, ServiceToken, Stamp, User, ZoneId,
+    AccountApiToken, AccountId, CertificateAuthority, ClientCertificate, Count, Device,
+    Registration, RegistrationType, ResultInfo, ServiceToken, Stamp, User, ZoneId,
 };

@@ -143,10 +143,16 @@ fn bench_stops_its_fake_api_on_sigterm() {
         status.code() == Some(1) && said.contains("interrupted"),
         "{status}: {said}"
     );
-    for fake in fakes {
-        assert!(
-            !Path::new(&format!("/proc/{fake}")).exists(),
-            "the fake API child {fake} outlived the benchmark"
-        );
+    let survivors: Vec<u32> = fakes
+        .into_iter()
+        .filter(|fake| Path::new(&format!("/proc/{fake}")).exists())
+        .collect();
+    for fake in &survivors {
+        // Not left running when the test fails.
+        let _ = Command::new("kill").arg(fake.to_string()).status();
     }
+    assert!(
+        survivors.is_empty(),
+        "the fake API children {survivors:?} outlived the benchmark"
+    );
 }

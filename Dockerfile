@@ -16,9 +16,13 @@
 # and named by `[cloudflare] api_token_file`.
 
 ARG RUST_VERSION=1.95
+# Where the root file system comes from: `builder` compiles the binary here; CI, which cannot
+# pull a base image, passes `--build-arg ROOTFS=prebuilt` with a build context holding
+# `rootfs/` and `state/`, made by the same deploy/container/rootfs.sh from the binary CI built. Unused stages
+# are skipped (BuildKit, buildah), so either way the final stage below is the one image.
+ARG ROOTFS=builder
 
 # ---- build ----------------------------------------------------------------------------------
-# Same Debian release as the runtime image, so the binary links against the same glibc.
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /build
 # sqlx macros must never try to reach a database at build time.
@@ -26,26 +30,31 @@ ENV SQLX_OFFLINE=true
 # No system libraries are needed: TLS is rustls, SQLite is compiled in (the image's gcc builds it).
 COPY . .
 # The registry and target/ live in BuildKit cache mounts, so a rebuild after a source change
-# recompiles only this crate. target/ is a cache mount, hence the binary is copied out here.
+# recompiles only this crate. target/ is a cache mount, hence the image's contents are made here.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
     cargo build --release --locked --bin zt-janitor \
- && install -D -m 0755 target/release/zt-janitor /out/zt-janitor \
- && install -d -m 0700 /out/state
+ && sh deploy/container/rootfs.sh target/release/zt-janitor /image
+
+FROM scratch AS prebuilt
+COPY . /image/
+
+FROM ${ROOTFS} AS rootfs
 
 # ---- runtime --------------------------------------------------------------------------------
-# distroless/cc: glibc, libgcc and CA certificates, no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# Nothing but deploy/container/rootfs.sh's files: the binary, the libraries it links (glibc,
+# libgcc), a passwd with the runtime user, no shell, no package manager.
+FROM scratch
 
 LABEL org.opencontainers.image.title="zt-janitor" \
       org.opencontainers.image.description="Keeps a Cloudflare Zero Trust account free of stale device registrations" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-COPY --from=builder /out/zt-janitor /usr/local/bin/zt-janitor
+COPY --from=rootfs /image/rootfs/ /
 # The state directory exists in the image owned by the runtime user, so a fresh named volume
 # (which copies the image's directory ownership) is writable without any init step.
-COPY --from=builder --chown=65532:65532 /out/state /var/lib/zt-janitor
+COPY --from=rootfs --chown=65532:65532 /image/state/ /var/lib/zt-janitor/
 
 # The audit database goes to $STATE_DIRECTORY/audit.db unless [audit] path says otherwise.
 # SQLite's occasional temporary files (large sorts) go there too: with a read-only root file
@@ -55,7 +64,7 @@ ENV STATE_DIRECTORY=/var/lib/zt-janitor \
 WORKDIR /var/lib/zt-janitor
 VOLUME ["/var/lib/zt-janitor"]
 
-# distroless "nonroot" user, given numerically so that Kubernetes can enforce runAsNonRoot.
+# The "nonroot" user of rootfs.sh's /etc/passwd, given numerically so that Kubernetes can enforce runAsNonRoot.
 USER 65532:65532
 
 # Prometheus metrics, /healthz and /readyz (needs `[metrics] listen = "0.0.0.0:9847"`).

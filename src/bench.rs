@@ -13,6 +13,7 @@ use clap::Args;
 
 use crate::cloudflare::Endpoint;
 use crate::config::{Config, Mode};
+use crate::stop::ShutdownSignals;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -85,6 +86,7 @@ struct Figures {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    let mut shutdown = ShutdownSignals::new().context("cannot listen for SIGTERM and Ctrl-C")?;
     let dir = std::env::temp_dir().join(format!("zt-janitor-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let token_file = dir.join("token");
@@ -106,17 +108,32 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
     let phase =
         |mode: Mode, db: &str| cycle(&args, &fake.base_url, &token_file, dir.join(db), mode);
-    let plan = match args.phase {
-        Phase::Apply => None,
-        _ => Some(phase(Mode::Plan, "plan.db").await?),
+    let phases = async {
+        let plan = match args.phase {
+            Phase::Apply => None,
+            _ => Some(phase(Mode::Plan, "plan.db").await?),
+        };
+        let apply = match args.phase {
+            Phase::Plan => None,
+            _ => {
+                reset_peak_rss();
+                Some(phase(Mode::Apply, "apply.db").await?)
+            }
+        };
+        anyhow::Ok((plan, apply))
     };
-    let apply = match args.phase {
-        Phase::Plan => None,
-        _ => {
-            reset_peak_rss();
-            Some(phase(Mode::Apply, "apply.db").await?)
-        }
+    // On SIGTERM or Ctrl-C the fake child is stopped (by its drop) and the scratch directory
+    // removed; a benchmark cut short has no figures to print.
+    let finished = tokio::select! {
+        finished = phases => Some(finished),
+        () = shutdown.recv() => None,
     };
+    let Some(finished) = finished else {
+        fake.stop();
+        std::fs::remove_dir_all(&dir).ok();
+        bail!("interrupted by a signal before the figures were complete");
+    };
+    let (plan, apply) = finished?;
     fake.stop();
 
     let n = args.registrations as u64;
@@ -286,7 +303,7 @@ user_email = ["*@board.example.com"]
             .saturating_sub(audit.overlapped_time())
             .as_secs_f64(),
         peak_rss_kib: peak_rss_kib()?,
-        api_requests: report.api_requests,
+        api_requests: report.summary.api_requests,
         rate_limited: metrics.rate_limited.get(),
         quota_wait_seconds: metrics.quota_wait_seconds.get(),
     };

@@ -208,17 +208,17 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Audit { query } => audit(query).await,
         Command::FakeApi(args) => {
-            init_logging(LogFormat::Text, "info");
+            crate::logging::init(LogFormat::Text, "info");
             crate::fake::serve_from_args(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
-            init_logging(LogFormat::Text, "warn");
+            crate::logging::init(LogFormat::Text, "warn");
             crate::demo::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            init_logging(LogFormat::Text, "warn");
+            crate::logging::init(LogFormat::Text, "warn");
             crate::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -228,27 +228,11 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 /// Loads the config and starts logging as it asks.
 fn load(path: &Path, level_override: Option<&str>) -> Result<Config> {
     let config = Config::load(path)?;
-    init_logging(
+    crate::logging::init(
         config.logging.format,
         level_override.unwrap_or(&config.logging.level),
     );
     Ok(config)
-}
-
-/// Logs go to stderr so that `--output json` on stdout stays parseable. `RUST_LOG` wins over
-/// the configured level.
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Colour codes only for a person at a terminal: journald, files and collectors get text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
 }
 
 async fn plan(config: Config, output: Format) -> Result<ExitCode> {

@@ -41,7 +41,7 @@ pub struct CycleReport {
     pub outcome: RunOutcome,
     pub reason: Option<String>,
     pub seconds: f64,
-    pub api_requests: u64,
+    /// The run's figures, `api_requests` among them (the whole run's requests).
     #[serde(flatten)]
     pub summary: RunSummary,
     /// Each kind's part, in the order listed.
@@ -252,7 +252,6 @@ impl CycleContext<'_> {
             outcome: RunOutcome::Failed,
             reason: None,
             seconds: 0.0,
-            api_requests: 0,
             summary: RunSummary::default(),
             resources: Vec::new(),
         };
@@ -264,8 +263,7 @@ impl CycleContext<'_> {
             }
         };
         let result = self.plan_and_act(&client, run, now, &mut report).await;
-        report.api_requests = u64::from(client.requests_sent());
-        report.summary.api_requests = report.api_requests;
+        report.summary.api_requests = u64::from(client.requests_sent());
         if let Err(e) = result {
             // The audit store failed mid-cycle; try to close the run (on a fresh connection),
             // but report the cause.
@@ -630,7 +628,7 @@ impl CycleContext<'_> {
             failed = s.actions_failed,
             unconfirmed = s.actions_unconfirmed,
             stuck = s.actions_stuck,
-            api_requests = report.api_requests,
+            api_requests = s.api_requests,
             seconds = format!("{:.3}", report.seconds),
             "cycle finished"
         );

@@ -16,6 +16,7 @@ use crate::fake::{FakeHandle, FakeOptions, FakeRateLimit, FakeServer};
 use crate::report::{self, Format};
 use crate::resource::Kind;
 use crate::startup::Loaded;
+use crate::stop::ShutdownSignals;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -40,7 +41,7 @@ pub struct DemoArgs {
     /// Where to keep the audit database (default: a new directory under the system temp dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// After the two cycles, keep the daemon and the fake running until Ctrl-C, so that
+    /// After the two cycles, keep the daemon and the fake running until Ctrl-C or SIGTERM, so that
     /// /metrics can be scraped by hand.
     #[arg(long)]
     keep_running: bool,
@@ -49,6 +50,7 @@ pub struct DemoArgs {
 const PLAN_ROWS_SHOWN: usize = 12;
 
 pub async fn run(args: DemoArgs) -> Result<()> {
+    let mut shutdown = ShutdownSignals::new().context("cannot listen for SIGTERM and Ctrl-C")?;
     let mut config = Config::load(&args.config)
         .context("the demo needs its config; run it from the project folder or pass --config")?;
     let state_dir = match args.state_dir {
@@ -135,8 +137,30 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
     let metrics_addr = addr_rx.await.context("the daemon did not start")?;
     let audit = AuditStore::open_read_only(&config.audit.path).await?;
+    // SIGTERM or Ctrl-C at any point from here stops the daemon cleanly (it hears the same
+    // signals) and ends the demo with exit status 0.
+    let shown = tokio::select! {
+        shown = show(&config, &audit, &fake, metrics_addr, args.keep_running) => shown,
+        () = shutdown.recv() => Ok(()),
+    };
+    stop.stop();
+    daemon.await??;
+    audit.close().await;
+    fake.shutdown().await;
+    shown
+}
+
+/// Waits for the daemon's two cycles and shows what they did; with `keep_running`, then
+/// waits for ever (the caller ends it on a signal).
+async fn show(
+    config: &Config,
+    audit: &AuditStore,
+    fake: &FakeHandle,
+    metrics_addr: std::net::SocketAddr,
+    keep_running: bool,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while finished_runs(&audit).await? < 2 {
+    while finished_runs(audit).await? < 2 {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "the daemon did not finish two cycles within a minute"
@@ -152,7 +176,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )?;
     println!(
         "\nThe fake API now holds {}; it saw {} mutation calls.",
-        holdings(&fake),
+        holdings(fake),
         fake.mutations().len()
     );
     let first_run = audit.recent_runs(2).await?.last().map(|r| r.id);
@@ -199,14 +223,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "  zt-janitor audit actions --db {} --user {example_user}",
         config.audit.path.display()
     );
-    if args.keep_running {
-        println!("\nThe daemon keeps running; metrics at {metrics_url}. Ctrl-C to stop.");
-        tokio::signal::ctrl_c().await?;
+    if keep_running {
+        println!(
+            "\nThe daemon keeps running; metrics at {metrics_url}. Ctrl-C or SIGTERM to stop."
+        );
+        std::future::pending::<()>().await;
     }
-    stop.stop();
-    daemon.await??;
-    audit.close().await;
-    fake.shutdown().await;
     Ok(())
 }
 

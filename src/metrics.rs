@@ -232,6 +232,14 @@ impl Metrics {
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");
         }
+        // The standard `process_*` series (resident memory, CPU seconds, open and max file
+        // descriptors, start time), read from /proc at each scrape.
+        #[cfg(target_os = "linux")]
+        self.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
     }
 
     /// The Prometheus text exposition of every metric.
@@ -288,7 +296,32 @@ mod tests {
         assert!(text.contains("zt_janitor_runs_total{outcome=\"applied\"} 1"));
         assert!(text.contains("zt_janitor_build_info{version=\""));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("zt_janitor_"), "unprefixed metric: {line}");
+            assert!(
+                line.starts_with("zt_janitor_") || line.starts_with("process_"),
+                "unprefixed metric: {line}"
+            );
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_scrape_has_the_standard_process_series() {
+        let text = Metrics::new().render();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert!(value("process_resident_memory_bytes") > 0.0);
+        assert!(value("process_virtual_memory_bytes") > 0.0);
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_open_fds") > 0.0);
+        assert!(value("process_max_fds") > 0.0);
+        let started = value("process_start_time_seconds");
+        let now = chrono::Utc::now().timestamp() as f64;
+        assert!(
+            started > now - 86_400.0 && started <= now + 1.0,
+            "{started}"
+        );
     }
 }

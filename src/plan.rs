@@ -44,12 +44,10 @@ impl PageSource for Client {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("listing page {page} failed: {source}")]
-    Listing {
-        page: u64,
-        #[source]
-        source: ApiError,
-    },
+    /// The API error is part of the message and not its `source()`: a renderer that walks the
+    /// chain (`anyhow`'s `{:#}`) would otherwise print it twice.
+    #[error("listing page {page} failed: {error}")]
+    Listing { page: u64, error: ApiError },
     #[error("listing page {page} repeats a cursor already followed: the listing would loop; nothing will be done on data that may be incomplete")]
     CursorLoop { page: u64 },
     #[error("the listing named {count} {} id(s) more than once: it is inconsistent; nothing will be done on data that may be wrong", kind.noun().0)]
@@ -446,9 +444,9 @@ impl<'a, S: PageSource> Planner<'a, S> {
             .source
             .page(self.kind, &self.scope, self.token.as_ref())
             .await
-            .map_err(|source| PlanError::Listing {
+            .map_err(|error| PlanError::Listing {
                 page: page_no,
-                source,
+                error,
             })?;
         match (self.total, page.total) {
             (_, None) => {}

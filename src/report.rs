@@ -266,7 +266,7 @@ pub fn cycle_text(out: &mut dyn Write, r: &CycleReport) -> io::Result<()> {
         s.excluded.unwrap_or(0),
         s.actions_done,
         s.actions_failed,
-        r.api_requests,
+        s.api_requests,
         r.seconds
     )?;
     if r.resources.len() > 1 {
@@ -719,7 +719,6 @@ mod tests {
             outcome: RunOutcome::Aborted,
             reason: Some("listing failed: \x1b]0;pwned\x07\nRun 8 (apply mode): applied".into()),
             seconds: 0.5,
-            api_requests: 1,
             summary: RunSummary::default(),
             resources: Vec::new(),
         };

@@ -22,6 +22,7 @@ use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::rules::GlobError;
 use crate::startup::{self, Janitor, Loaded, StartupError};
+use crate::stop::ShutdownSignals;
 
 /// How long a stop request waits for the cycle in flight before giving up on it. An API call
 /// that is cut off here still has its intent in the audit log and is reconciled on next start.
@@ -170,13 +171,11 @@ pub async fn run_daemon(
         tokio::spawn(tick(daemon.clone()));
     }
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut shutdown = ShutdownSignals::new().map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            () = shutdown.recv() => break,
             () = stop.stopped() => break,
             _ = sighup.recv() => {
                 if let Err(e) = daemon.reload(&scheduler, &mut job, &mut cron).await {

@@ -32,3 +32,32 @@ impl StopSignal {
         }
     }
 }
+
+/// The signals that ask a long-running command to stop: SIGTERM (systemd, `docker stop`,
+/// `podman stop`, Kubernetes) and SIGINT (Ctrl-C). Every long-running command (the daemon,
+/// `demo --keep-running`, `fake-api`, `bench`) waits on this, so none stops on one and not on
+/// the other. Created once, before the wait: a signal that arrives after creation is kept.
+#[derive(Debug)]
+pub struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Takes over SIGTERM and SIGINT from their default action (ending the process at once).
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}

@@ -64,7 +64,7 @@ async fn a_cycle_bigger_than_a_window_spreads_over_windows_without_a_single_429(
     assert_eq!(deleted, expected);
     assert_eq!(env.fake.rate_limited(), 0, "never the call over the limit");
     assert_eq!(env.fake.blocks(), 0);
-    let calls = report.api_requests;
+    let calls = report.summary.api_requests;
     assert!(
         calls > 45,
         "the fixture needs several windows: {calls} calls"

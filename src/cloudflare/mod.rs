@@ -9,7 +9,7 @@ pub mod quota;
 pub use client::{Client, ListedPage, MutationOutcome};
 pub use error::{ApiError, CfErrorDetail, Endpoint};
 pub use model::{
-    AccountApiToken, AccountId, CertificateAuthority, ClientCertificate, Device, Registration,
-    RegistrationType, ResultInfo, ServiceToken, Stamp, User, ZoneId,
+    AccountApiToken, AccountId, CertificateAuthority, ClientCertificate, Count, Device,
+    Registration, RegistrationType, ResultInfo, ServiceToken, Stamp, User, ZoneId,
 };
 pub use quota::Quota;

@@ -229,28 +229,71 @@ fn lenient_registration_type<'de, D: Deserializer<'de>>(
 }
 
 /// `result_info` of a listing: a cursor (device registrations) or page numbers (service
-/// tokens and the other page-numbered listings). Every field a listing's end is decided on
-/// must be a number or a string as documented, or the page is unreadable.
+/// tokens and the other page-numbered listings). The cursor must be a string: the listing
+/// follows it. The counts are read leniently ([`Count`]): a count no decision rests on (the
+/// page numbers of a cursor listing) may hold anything, and a check that rests on one refuses
+/// the page when it is unreadable. `count` (the items on this page) is read by nothing, and
+/// not parsed.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ResultInfo {
     #[serde(default)]
-    pub count: Option<u64>,
-    #[serde(default)]
     pub cursor: Option<String>,
     #[serde(default)]
-    pub per_page: Option<u64>,
+    pub per_page: Count,
     #[serde(default)]
-    pub page: Option<u64>,
+    pub page: Count,
     #[serde(default)]
-    pub total_count: Option<u64>,
+    pub total_count: Count,
     #[serde(default)]
-    pub total_pages: Option<u64>,
+    pub total_pages: Count,
 }
 
 impl ResultInfo {
     /// The cursor of the next page; `None` when the listing is complete.
     pub fn next_cursor(&self) -> Option<&str> {
         self.cursor.as_deref().filter(|c| !c.is_empty())
+    }
+}
+
+/// A count of `result_info`, in three states like [`Stamp`]: absent (or `null`), a
+/// non-negative integer, or unreadable (a negative number, a fraction, a string, …), which
+/// keeps the value as it came, shortened, for the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Count {
+    #[default]
+    Absent,
+    Valid(u64),
+    Unreadable(String),
+}
+
+impl Count {
+    /// The count, for a check that rests on it: `None` when absent, and an error naming
+    /// `field` when unreadable, so that the check is never passed on a value nobody could read.
+    pub fn trusted(&self, field: &str) -> Result<Option<u64>, String> {
+        match self {
+            Count::Absent => Ok(None),
+            Count::Valid(n) => Ok(Some(*n)),
+            Count::Unreadable(raw) => Err(format!("result_info.{field} is {raw}, not a count")),
+        }
+    }
+}
+
+impl From<Option<u64>> for Count {
+    fn from(n: Option<u64>) -> Self {
+        n.map_or(Count::Absent, Count::Valid)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const SHOWN: usize = 40;
+        Ok(match Option::<serde_json::Value>::deserialize(d)? {
+            None | Some(serde_json::Value::Null) => Count::Absent,
+            Some(v) => match v.as_u64() {
+                Some(n) => Count::Valid(n),
+                None => Count::Unreadable(v.to_string().chars().take(SHOWN).collect()),
+            },
+        })
     }
 }
 

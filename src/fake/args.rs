@@ -216,10 +216,13 @@ fn describe_rate_limit(limit: Option<&FakeRateLimit>) -> String {
     text
 }
 
-/// Starts the fake, prints one line saying where it listens, and serves until Ctrl-C.
+/// Starts the fake, prints one line saying where it listens, and serves until SIGTERM or Ctrl-C.
 pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
+    // Before the start-up line, so that whoever reads it can stop the fake with either signal.
+    let mut shutdown =
+        crate::stop::ShutdownSignals::new().context("could not listen for SIGTERM and Ctrl-C")?;
     let options = args.options();
     let rate_limit = match options.rate_limit.as_ref() {
         Some(limit) => format!(
@@ -247,9 +250,7 @@ pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
     );
     // On a line of its own: scripts read the URL from the first one.
     println!("{rate_limit}");
-    tokio::signal::ctrl_c()
-        .await
-        .context("could not wait for Ctrl-C")?;
+    shutdown.recv().await;
     fake.shutdown().await;
     Ok(())
 }

@@ -382,8 +382,18 @@ async fn read_page(
         endpoint: request.endpoint,
         message,
     })?;
+    // The planner checks the objects listed against `total_count`: an unreadable one must not
+    // pass that check by being ignored.
+    let total = info
+        .map(|i| i.total_count.trusted("total_count"))
+        .transpose()
+        .map_err(|message| ApiError::InconsistentListing {
+            endpoint: request.endpoint,
+            message,
+        })?
+        .flatten();
     Ok(Page {
-        total: info.and_then(|i| i.total_count),
+        total,
         items: listed.items,
         next,
     })

@@ -31,18 +31,29 @@ pub fn next_page(
         // No page counts at all: go on until a page comes back empty.
         return Ok(asked.checked_add(1).map(PageToken::Page));
     };
-    if let Some(page) = info.page {
+    // Each count below decides where the listing ends or whether it is trusted: unreadable,
+    // it makes the page untrusted rather than pass the check.
+    let unreadable = |e: String| format!("page {asked}: {e}");
+    if let Some(page) = info.page.trusted("page").map_err(unreadable)? {
         if page != u64::from(asked) {
             return Err(format!("page {asked} was answered as page {page}"));
         }
     }
-    let size = info.per_page.unwrap_or(u64::from(per_page));
+    let size = info
+        .per_page
+        .trusted("per_page")
+        .map_err(unreadable)?
+        .unwrap_or(u64::from(per_page));
     if items as u64 > size.max(u64::from(per_page)) {
         return Err(format!(
             "page {asked} holds {items} objects, more than its size {size}"
         ));
     }
-    match info.total_pages {
+    match info
+        .total_pages
+        .trusted("total_pages")
+        .map_err(unreadable)?
+    {
         Some(total) if u64::from(asked) >= total => Ok(None),
         Some(total) if (items as u64) < size => Err(format!(
             "page {asked} of {total} holds {items} objects, fewer than its size {size}"
@@ -57,9 +68,9 @@ mod tests {
 
     fn info(page: Option<u64>, per_page: Option<u64>, total_pages: Option<u64>) -> ResultInfo {
         ResultInfo {
-            page,
-            per_page,
-            total_pages,
+            page: page.into(),
+            per_page: per_page.into(),
+            total_pages: total_pages.into(),
             ..ResultInfo::default()
         }
     }

@@ -160,10 +160,26 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Errors can carry API data (Cloudflare's messages), so they are escaped like output.
-            eprintln!("error: {}", report::escape(&format!("{e:#}")));
+            eprintln!("error: {}", report::escape(&error_chain(&e)));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: many messages already say their
+/// cause (`cannot open …: disk full; …`), and repeating it after them helps nobody.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
@@ -386,6 +402,21 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open the audit database x.db: {0}; check the disk")]
+        struct Open(#[source] std::io::Error);
+        let disk = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(Open(disk)).context("cannot start");
+        assert_eq!(
+            error_chain(&e),
+            "cannot start: cannot open the audit database x.db: disk full; check the disk"
+        );
+        let plain = anyhow::anyhow!("no config").context("check-config failed");
+        assert_eq!(error_chain(&plain), "check-config failed: no config");
+    }
 
     #[test]
     fn resource_names_a_kind_or_else_an_id() {

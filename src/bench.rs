@@ -385,7 +385,11 @@ impl FakeChild {
             .context("cannot start the fake API")?;
         let stdout = child.stdout.take().context("no stdout from the fake API")?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut line)?;
+        // Whatever else the fake prints is read and dropped: a closed pipe would make its
+        // next line fail.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         let base_url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))

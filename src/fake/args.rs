@@ -237,7 +237,7 @@ pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
     fake.set_faults(args.faults.clone());
     let zones = fake.zones();
     let certificates: usize = zones.iter().map(|z| fake.certificate_ids(z).len()).sum();
-    println!(
+    announce(&format!(
         "fake Cloudflare API listening on {} (account {}, {} registrations, {} service tokens, \
          {} account API tokens, {} zones with {} client certificates, token from --token)",
         fake.base_url(),
@@ -247,12 +247,20 @@ pub async fn serve_from_args(args: FakeApiArgs) -> anyhow::Result<()> {
         fake.account_token_ids().len(),
         zones.len(),
         certificates
-    );
+    ));
     // On a line of its own: scripts read the URL from the first one.
-    println!("{rate_limit}");
+    announce(&rate_limit);
     shutdown.recv().await;
     fake.shutdown().await;
     Ok(())
+}
+
+/// Prints a line of the start-up announcement. A reader that went away (a closed pipe) must
+/// not stop the fake, which serves on regardless.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]

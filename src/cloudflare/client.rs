@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::error::{ApiError, CfErrorDetail, Endpoint};
 use super::model::{AccountId, ResultInfo};
-use super::quota::{self, Decision, Quota, Slot};
+use super::quota::{self, Quota, Slot, Wait};
 use crate::config::{CloudflareSettings, MAX_CYCLE_DEADLINE_SECS};
 use crate::metrics::Metrics;
 use crate::resource::{self, ListRequest, MutationRequest};
@@ -361,8 +361,11 @@ impl Client {
             }
             Ok(resp) => {
                 let status = resp.status();
-                self.settle(slot, status, resp.headers());
-                let retry_after = retry_after(resp.headers(), Utc::now(), self.retry.max_wait);
+                // Read once: the pacer believes a 429's wish up to its own bound, the retry
+                // loop up to its shorter one.
+                let server_wait = retry_after(resp.headers(), Utc::now(), MAX_RATE_LIMIT_BLOCK);
+                self.settle(slot, status, resp.headers(), server_wait);
+                let retry_after = server_wait.map(|wait| wait.min(self.retry.max_wait));
                 let result = read_envelope(endpoint, status, resp, body).await;
                 (result, retry_after, status_class(status))
             }
@@ -385,17 +388,19 @@ impl Client {
     async fn pace(&self, endpoint: Endpoint) -> Result<Slot, ApiError> {
         let started = Instant::now();
         let mut announced = false;
+        let mut waited = false;
         let result = loop {
             let now = Instant::now();
-            let decision = match self.quota.decide(now, self.rate_share) {
+            let wait = match self.quota.decide(now, self.rate_share) {
                 Ok(slot) => break Ok(slot),
-                Err(decision) => decision,
+                Err(wait) => wait,
             };
             if self.stop.is_stopped() {
                 break Err(ApiError::Stopped { endpoint });
             }
-            match decision {
-                Decision::WaitUntil(until) => {
+            waited = true;
+            match wait {
+                Wait::Until(until) => {
                     if until > self.deadline {
                         break Err(ApiError::QuotaPastDeadline {
                             endpoint,
@@ -421,7 +426,7 @@ impl Client {
                 }
                 // The answer to a call in flight says where a new window stands; the timeout
                 // only guards against a wake-up lost between the check and the wait.
-                Decision::WaitForAnswer | Decision::Go => {
+                Wait::ForAnswer => {
                     tokio::select! {
                         _ = tokio::time::timeout(Duration::from_millis(100), self.quota.answer_came()) => {}
                         () = self.stop.stopped() => break Err(ApiError::Stopped { endpoint }),
@@ -429,15 +434,22 @@ impl Client {
                 }
             }
         };
-        let waited = started.elapsed();
-        if !waited.is_zero() {
-            self.metrics.quota_wait_seconds.inc_by(waited.as_secs_f64());
+        if waited {
+            self.metrics
+                .quota_wait_seconds
+                .inc_by(started.elapsed().as_secs_f64());
         }
         result
     }
 
     /// Tells the pacer what an answer said of the rate limit.
-    fn settle(&self, slot: Slot, status: StatusCode, headers: &HeaderMap) {
+    fn settle(
+        &self,
+        slot: Slot,
+        status: StatusCode,
+        headers: &HeaderMap,
+        server_wait: Option<Duration>,
+    ) {
         let seen = headers
             .get("ratelimit")
             .and_then(|v| v.to_str().ok())
@@ -447,7 +459,7 @@ impl Client {
         }
         let block = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {
             self.metrics.rate_limited.inc();
-            quota::block_after_429(retry_after(headers, Utc::now(), MAX_RATE_LIMIT_BLOCK))
+            quota::block_after_429(server_wait)
         });
         slot.answered(seen, block);
     }

@@ -74,13 +74,22 @@ pub fn parse_ratelimit(value: &str) -> Option<Seen> {
 
 /// What the client does before a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+enum Decision {
     /// Send it now.
     Go,
     /// Send nothing before this instant.
     WaitUntil(Instant),
     /// Wait for an answer already on its way: it says where the new window stands.
     WaitForAnswer,
+}
+
+/// Why a call may not go yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Send nothing before this instant.
+    Until(Instant),
+    /// Wait for an answer already on its way: it says where the new window stands.
+    ForAnswer,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,14 +223,15 @@ impl Quota {
     }
 
     /// Whether a call may go now, and if it may, counts it in flight: settle it with
-    /// [`Slot::answered`], or drop the slot if no answer came.
-    pub fn decide(&self, now: Instant, share: f64) -> Result<Slot, Decision> {
+    /// [`Slot::answered`], or drop the slot if no answer came. Otherwise, what to wait for.
+    pub fn decide(&self, now: Instant, share: f64) -> Result<Slot, Wait> {
         match self.lock().decide(now, share) {
             Decision::Go => Ok(Slot {
                 quota: self.clone(),
                 settled: false,
             }),
-            wait => Err(wait),
+            Decision::WaitUntil(until) => Err(Wait::Until(until)),
+            Decision::WaitForAnswer => Err(Wait::ForAnswer),
         }
     }
 
@@ -434,7 +444,7 @@ mod tests {
         let quota = Quota::default();
         let now = Instant::now();
         let slot = quota.decide(now, 0.5).unwrap();
-        assert_eq!(quota.decide(now, 0.5).unwrap_err(), Decision::WaitForAnswer);
+        assert_eq!(quota.decide(now, 0.5).unwrap_err(), Wait::ForAnswer);
         drop(slot);
         assert!(quota.decide(now, 0.5).is_ok());
     }

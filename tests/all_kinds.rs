@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use common::{days_ago, Env, Settings, STANDARD_RULES};
+use common::{days_ago, metric, Env, Settings, STANDARD_RULES, ZONES, ZONE_A, ZONE_B};
 use serde_json::Value;
 use sqlx::Row;
 use zt_janitor::audit::RunOutcome;
@@ -18,11 +18,6 @@ use zt_janitor::fake::{
     FakeServiceToken, FaultRule, MutationKind, TokenOwner,
 };
 use zt_janitor::metrics::Metrics;
-
-const ZONE_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
-const ZONE_B: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
-const ZONES: &str =
-    r#"zone_ids = ["a1b2c3d4e5f60718293a4b5c6d7e8f90", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"]"#;
 
 const OTHER_RULES: &str = r#"
 [[rule]]
@@ -215,12 +210,6 @@ async fn all_kinds_with(opts: FakeOptions, rules: &str) -> (Env, Seeded) {
     .await;
     let seeded = seed(&env);
     (env, seeded)
-}
-
-fn metric(scrape: &str, name_and_labels: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
 /// `(resource_id, status, excluded_by)` of every action of `kind` in `run`.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use common::{Env, Settings, STANDARD_RULES};
+use common::{Env, Settings, STANDARD_RULES, ZONES, ZONE_A, ZONE_B};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use zt_janitor::fake::FakeOptions;
 
@@ -110,9 +110,6 @@ fn the_strict_parser_refuses_a_repeated_key_at_any_depth() {
     assert!(serde_json::from_str::<serde_json::Value>(r#"{"a": 1, "a": 2}"#).is_ok());
 }
 
-const ZONES: &str =
-    r#"zone_ids = ["a1b2c3d4e5f60718293a4b5c6d7e8f90", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"]"#;
-
 const OTHER_KINDS: &str = r#"
 [[rule]]
 name = "service-token-expired"
@@ -140,10 +137,7 @@ async fn every_json_output_of_every_command_has_each_key_once() {
             registrations: 60,
             service_tokens: 24,
             account_tokens: 20,
-            zones: vec![
-                "a1b2c3d4e5f60718293a4b5c6d7e8f90".to_owned(),
-                "0f1e2d3c4b5a69788796a5b4c3d2e1f0".to_owned(),
-            ],
+            zones: vec![ZONE_A.to_owned(), ZONE_B.to_owned()],
             client_certificates: 8,
             ..FakeOptions::default()
         },

@@ -44,11 +44,9 @@ async fn limited(rate_limit: FakeRateLimit) -> Env {
     .await
 }
 
+/// The sample `name` of `scrape`, which must be there.
 fn metric(scrape: &str, name: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in\n{scrape}"))
+    common::metric(scrape, name).unwrap_or_else(|| panic!("{name} in\n{scrape}"))
 }
 
 #[tokio::test]

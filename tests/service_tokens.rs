@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
-use common::{days_ago, Env, Settings, STANDARD_RULES};
+use common::{days_ago, metric, Env, Settings, STANDARD_RULES};
 use serde_json::Value;
 use sqlx::Row;
 use zt_janitor::audit::RunOutcome;
@@ -162,12 +162,6 @@ async fn both_kinds_with(settings: Settings<'static>) -> (Env, Tokens) {
     .await;
     let tokens = seed_tokens(&env);
     (env, tokens)
-}
-
-fn metric(scrape: &str, name_and_labels: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
 /// `(resource_kind, resource_id, status)` of every action of `run`.

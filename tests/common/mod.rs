@@ -42,6 +42,13 @@ name = "service-tokens"
 no_user = true
 "#;
 
+/// Two zones for client certificates: the fake serves them when told, and `ZONES` is the
+/// `[cloudflare]` line that names them.
+pub const ZONE_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+pub const ZONE_B: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+pub const ZONES: &str =
+    r#"zone_ids = ["a1b2c3d4e5f60718293a4b5c6d7e8f90", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"]"#;
+
 pub struct Env {
     pub fake: FakeHandle,
     pub dir: TempDir,
@@ -290,6 +297,13 @@ path = "{db}"
         pool.close().await;
         rows.iter().map(|r| (r.get(0), r.get(1))).collect()
     }
+}
+
+/// The value of the sample `name_and_labels`, written exactly as a scrape renders it.
+pub fn metric(scrape: &str, name_and_labels: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
 pub fn set_private(path: &std::path::Path) {

@@ -344,7 +344,7 @@ impl CycleContext<'_> {
             plan: None,
             apply: None,
         };
-        let plan = match self.list_and_record(client, run, now, kind, scope).await? {
+        let mut plan = match self.list_and_record(client, run, now, kind, scope).await? {
             Ok(listed) => listed,
             Err(reason) => {
                 tracing::warn!(resource = %kind, zone = ?part.zone, %reason, "listing failed; this part is left alone this run");
@@ -353,7 +353,6 @@ impl CycleContext<'_> {
                 return Ok(part);
             }
         };
-        let mut plan = plan;
         plan.blocked = blocked;
         part.summary = RunSummary {
             pages: Some(plan.pages),

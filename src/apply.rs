@@ -14,12 +14,11 @@ use chrono::Utc;
 
 use crate::audit::{
     ActionStatus, AuditError, AuditStore, CallOutcome, Intent, JournalEntry, MutationId,
-    MutationKind, MutationResult, Outcome, RunId, Settled, Withdrawal,
+    MutationKind, MutationResult, Outcome, PlannedAction, RunId, RunPart, Settled, Withdrawal,
 };
 use crate::cloudflare::{ApiError, Client, MutationOutcome};
 use crate::config::Action;
 use crate::metrics::Metrics;
-use crate::plan::{Candidate, Plan, Recorded};
 use crate::resource::{self, Kind, PageToken, Presence, ResourceId, Scope};
 use crate::rules::RuleSet;
 
@@ -30,6 +29,11 @@ use crate::rules::RuleSet;
 /// many calls, while the audit write is the slower one. A crash leaves at most three groups'
 /// intents to reconcile, one filtered listing per hundred ids.
 const MAX_GROUP: usize = 32;
+
+/// Planned actions are read back from the audit log this many at a time, so that a run holds
+/// one batch of candidates in memory whatever their number. Large enough that the calls of a
+/// batch fill many groups: the pipeline drains only once per batch.
+const APPLY_BATCH: usize = 5000;
 
 /// A registration whose call failed for its id alone, the same way, this many runs in a row is
 /// stuck: it is not attempted again, so it neither fails every later run nor costs calls.
@@ -117,10 +121,10 @@ pub struct Executor<'a> {
     pub scope: &'a Scope,
 }
 
-/// One candidate on its way, with its audit row.
+/// One planned action on its way, with its audit row.
 #[derive(Clone, Copy)]
 struct Item<'p> {
-    candidate: &'p Candidate,
+    target: &'p PlannedAction,
     action_id: i64,
 }
 
@@ -179,23 +183,55 @@ struct Answered<'q, 'p> {
 }
 
 impl Executor<'_> {
-    /// Applies every actionable candidate of `plan`. Stops at the first call that fails for a
-    /// reason that concerns the whole run: a broken API or token is not hammered with more
-    /// calls.
-    pub async fn apply(&self, plan: &Plan<Recorded>) -> Result<ApplyReport, ApplyError> {
+    /// Applies every action of this part of the run still `planned` in the audit log, read
+    /// back [`APPLY_BATCH`] at a time. Stops at the first call that fails for a reason that
+    /// concerns the whole run: a broken API or token is not hammered with more calls.
+    /// `pages`: how many pages the part's listing took (what a whole-listing confirmation costs).
+    pub async fn apply(&self, kind: Kind, pages: u64) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
-        if let Err(why) = self.scope.check(plan.kind) {
-            let actionable: Vec<i64> = plan.actionable().map(|r| r.action_id).collect();
-            self.audit
-                .set_action_status(&actionable, ActionStatus::NotAttempted, Some(&why))
-                .await?;
-            report.not_attempted = actionable.len() as u64;
+        let part = RunPart {
+            run: self.run,
+            kind,
+            zone: self.scope.zone.as_ref(),
+        };
+        if let Err(why) = self.scope.check(kind) {
+            report.not_attempted = self.audit.withdraw_planned(&part, 0, &why).await?;
             report.stopped_by = Some(why);
             return Ok(report);
         }
-        let cost = ConfirmCost::of(plan);
-        let queue = self.still_unprotected(plan, &mut report).await?;
-        let queue = self.leave_out_stuck(queue, &mut report).await?;
+        let cost = ConfirmCost::of(kind, pages);
+        let stuck = self.stuck_actions().await?;
+        let mut after = 0;
+        loop {
+            if report.stopped_by.is_none() && self.stop.is_stopped() {
+                report.stopped_by = Some("shutdown requested".to_owned());
+            }
+            if let Some(reason) = &report.stopped_by {
+                // What the batches not yet read would have done is left for the next run.
+                report.not_attempted += self.audit.withdraw_planned(&part, after, reason).await?;
+                return Ok(report);
+            }
+            let batch = self
+                .audit
+                .planned_actions(&part, after, APPLY_BATCH)
+                .await?;
+            let Some(last) = batch.last() else {
+                return Ok(report);
+            };
+            after = last.action_id;
+            let queue = self.still_unprotected(&batch, &mut report).await?;
+            let queue = self.leave_out_stuck(queue, &stuck, &mut report).await?;
+            self.apply_batch(queue, cost, &mut report).await?;
+        }
+    }
+
+    /// Carries out one batch's actions (all of one kind), in calls of up to `chunk_size` ids.
+    async fn apply_batch(
+        &self,
+        queue: Vec<Item<'_>>,
+        cost: ConfirmCost,
+        report: &mut ApplyReport,
+    ) -> Result<(), AuditError> {
         let by_action: Vec<(Kind, Action, Vec<Item>)> = Kind::ALL
             .into_iter()
             .flat_map(|kind| [Action::Delete, Action::Revoke].map(|action| (kind, action)))
@@ -203,7 +239,7 @@ impl Executor<'_> {
                 let items = queue
                     .iter()
                     .copied()
-                    .filter(|i| i.candidate.kind == kind && i.candidate.action == action)
+                    .filter(|i| i.target.kind == kind && i.target.action == action)
                     .collect();
                 (kind, action, items)
             })
@@ -244,7 +280,7 @@ impl Executor<'_> {
             let ((next, write_took), ((sent, confirmed), calls_took)) = self
                 .audit
                 .alongside(self.journal(next, std::mem::take(&mut unwritten)), async {
-                    let send = self.send_group(&group, pending_lookups, cost, &mut report);
+                    let send = self.send_group(&group, pending_lookups, cost, report);
                     let confirm = self.confirm(std::mem::take(&mut confirming));
                     match cost {
                         ConfirmCost::PerHundredIds => tokio::join!(send, confirm),
@@ -280,7 +316,7 @@ impl Executor<'_> {
                     intents: Vec::new(),
                 };
                 self.audit.write_journal(self.run, &entry).await?;
-                return Ok(report);
+                return Ok(());
             }
             confirming = sent.answered;
             group_size = resize(group_size, write_took, calls_took);
@@ -296,19 +332,19 @@ impl Executor<'_> {
             };
             self.audit.write_journal(self.run, &entry).await?;
         }
-        Ok(report)
+        Ok(())
     }
 
     /// The actionable candidates that no exclusion protects now. Defence in depth: the
     /// exclusions are asked again right before acting.
     async fn still_unprotected<'p>(
         &self,
-        plan: &'p Plan<Recorded>,
+        batch: &'p [PlannedAction],
         report: &mut ApplyReport,
     ) -> Result<Vec<Item<'p>>, AuditError> {
         let mut queue = Vec::new();
-        for recorded in plan.actionable() {
-            let (candidate, action_id) = (&recorded.candidate, recorded.action_id);
+        for candidate in batch {
+            let action_id = candidate.action_id;
             let own = self
                 .scope
                 .own_token
@@ -337,7 +373,7 @@ impl Executor<'_> {
                 continue;
             }
             queue.push(Item {
-                candidate,
+                target: candidate,
                 action_id,
             });
         }
@@ -350,27 +386,9 @@ impl Executor<'_> {
     async fn leave_out_stuck<'p>(
         &self,
         queue: Vec<Item<'p>>,
+        stuck: &HashMap<i64, (MutationId, String)>,
         report: &mut ApplyReport,
     ) -> Result<Vec<Item<'p>>, AuditError> {
-        let streaks = self
-            .audit
-            .failure_streaks(self.run, STUCK_AFTER_RUNS)
-            .await?;
-        let stuck: HashMap<i64, (MutationId, String)> = streaks
-            .into_iter()
-            .filter(|s| s.runs >= STUCK_AFTER_RUNS)
-            .map(|s| {
-                let detail = if s.already_stuck {
-                    s.detail
-                } else {
-                    format!(
-                        "stuck: failed the same way in the last {STUCK_AFTER_RUNS} runs, so it is not attempted again until it leaves the plan: {}",
-                        s.detail
-                    )
-                };
-                (s.action_id, (s.mutation, detail))
-            })
-            .collect();
         let (stuck_items, queue): (Vec<Item>, Vec<Item>) = queue
             .into_iter()
             .partition(|i| stuck.contains_key(&i.action_id));
@@ -387,20 +405,44 @@ impl Executor<'_> {
         self.audit.mark_stuck(&rows).await?;
         for item in &stuck_items {
             tracing::warn!(
-                id = %item.candidate.id,
-                rule = %item.candidate.rule,
+                id = %item.target.id,
+                rule = %item.target.rule,
                 detail = stuck.get(&item.action_id).map_or("", |(_, d)| d.as_str()),
                 "registration stuck: not attempted"
             );
         }
         self.count(&stuck_items, ActionStatus::Stuck.as_str());
-        report.stuck = stuck_items.len() as u64;
+        report.stuck += stuck_items.len() as u64;
         Ok(queue)
+    }
+
+    /// The actions of this run whose call failed for them alone, the same way, in each of the
+    /// last [`STUCK_AFTER_RUNS`] runs, with the failed call and why they are stuck.
+    async fn stuck_actions(&self) -> Result<HashMap<i64, (MutationId, String)>, AuditError> {
+        let streaks = self
+            .audit
+            .failure_streaks(self.run, STUCK_AFTER_RUNS)
+            .await?;
+        Ok(streaks
+            .into_iter()
+            .filter(|s| s.runs >= STUCK_AFTER_RUNS)
+            .map(|s| {
+                let detail = if s.already_stuck {
+                    s.detail
+                } else {
+                    format!(
+                        "stuck: failed the same way in the last {STUCK_AFTER_RUNS} runs, so it is not attempted again until it leaves the plan: {}",
+                        s.detail
+                    )
+                };
+                (s.action_id, (s.mutation, detail))
+            })
+            .collect())
     }
 
     /// The intent of `call`, as the audit log records it.
     fn intent(&self, call: &Call<'_, '_>) -> Intent {
-        let ids: Vec<ResourceId> = call.items.iter().map(|i| i.candidate.id.clone()).collect();
+        let ids: Vec<ResourceId> = call.items.iter().map(|i| i.target.id.clone()).collect();
         let request = resource::mutation_request(
             call.kind,
             self.client.account(),
@@ -499,7 +541,7 @@ impl Executor<'_> {
             }
             let ids: Vec<ResourceId> = of_kind
                 .iter()
-                .flat_map(|a| a.items.iter().map(|i| i.candidate.id.clone()))
+                .flat_map(|a| a.items.iter().map(|i| i.target.id.clone()))
                 .collect();
             let found = current_state(self.client, kind, self.scope, &ids).await;
             if let Err(e) = &found {
@@ -532,7 +574,7 @@ impl Executor<'_> {
         let mut settles: Vec<Settled> = Vec::new();
         let mut unconfirmed = 0;
         for item in answered.items {
-            let listed = found.map(|f| f.get(&item.candidate.id));
+            let listed = found.map(|f| f.get(&item.target.id));
             let now = listed.map(|l| l.map(|l| l.presence));
             let (status, mut detail) = verdict(answered.action, &answered.claim, now);
             // A kind with a status of its own (a certificate's `pending_revocation`) records
@@ -560,7 +602,7 @@ impl Executor<'_> {
                     if report.first_failure.is_none() {
                         report.first_failure = Some(format!(
                             "{}: {}",
-                            item.candidate.id,
+                            item.target.id,
                             detail.as_deref().unwrap_or("failed")
                         ));
                     }
@@ -618,7 +660,7 @@ impl Executor<'_> {
                 sent.unsent.append(&mut work);
                 return Ok(());
             }
-            let ids: Vec<ResourceId> = part.iter().map(|i| i.candidate.id.clone()).collect();
+            let ids: Vec<ResourceId> = part.iter().map(|i| i.target.id.clone()).collect();
             report.mutations += 1;
             let request = resource::mutation_request(
                 call.kind,
@@ -713,7 +755,7 @@ impl Executor<'_> {
 
     fn count(&self, part: &[Item<'_>], outcome: &str) {
         for item in part {
-            let c = item.candidate;
+            let c = item.target;
             self.metrics
                 .actions
                 .with_label_values(&[c.kind.as_str(), &c.rule, c.action.as_str(), outcome])
@@ -737,12 +779,12 @@ enum ConfirmCost {
 }
 
 impl ConfirmCost {
-    fn of(plan: &Plan<Recorded>) -> Self {
-        if resource::finds_by_id(plan.kind) {
+    fn of(kind: Kind, pages: u64) -> Self {
+        if resource::finds_by_id(kind) {
             ConfirmCost::PerHundredIds
         } else {
             ConfirmCost::WholeListing {
-                pages: plan.pages.max(1),
+                pages: pages.max(1),
             }
         }
     }

@@ -19,8 +19,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::cloudflare::ZoneId;
-use crate::config::Mode;
-use crate::plan::{Candidate, Recorded};
+use crate::config::{Action, Mode};
+use crate::plan::Candidate;
 use crate::resource::{Kind, ResourceId};
 use serde_json::value::RawValue;
 
@@ -78,6 +78,10 @@ pub enum AuditError {
         run: i64,
         what: String,
     },
+    /// A decision recorded this run that cannot be read back is not acted on, nor is anything
+    /// after it: the executor acts only on what the audit log holds.
+    #[error("the audit log's action {action} cannot be read back ({what}); it and the actions after it in this part are not acted on")]
+    UnreadableAction { action: i64, what: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -403,6 +407,29 @@ pub struct ActionFilter {
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub limit: i64,
+}
+
+/// One kind's part of a run (for a zoned kind, one zone's): the actions the executor reads
+/// back and settles.
+#[derive(Debug, Clone, Copy)]
+pub struct RunPart<'a> {
+    pub run: RunId,
+    pub kind: Kind,
+    pub zone: Option<&'a ZoneId>,
+}
+
+/// A recorded decision the executor may act on: what the call and the apply-time checks
+/// need, and no more.
+#[derive(Debug, Clone)]
+pub struct PlannedAction {
+    pub action_id: i64,
+    pub kind: Kind,
+    pub action: Action,
+    pub rule: String,
+    pub id: ResourceId,
+    pub user_email: Option<String>,
+    /// The device's name, the token's name, the certificate's common name.
+    pub name: String,
 }
 
 #[derive(Clone)]
@@ -1079,47 +1106,101 @@ impl AuditStore {
         Ok(ids)
     }
 
-    /// Records decisions like [`AuditStore::record_decisions`] and returns each with its action
-    /// row, snapshots dropped.
-    pub async fn record_decisions_returned(
-        &self,
-        run: RunId,
-        decided_at: DateTime<Utc>,
-        mut batch: Vec<Candidate>,
-    ) -> Result<Vec<Recorded>, AuditError> {
-        let ids = self.record_decisions(run, decided_at, &mut batch).await?;
-        // `record_decisions` gives one id per candidate, in order: paired here, once, where
-        // they are made.
-        Ok(batch
-            .into_iter()
-            .zip(ids)
-            .map(|(candidate, action_id)| Recorded {
-                candidate,
-                action_id,
-            })
-            .collect())
-    }
-
     /// Records a batch of decisions on a task of its own, so that listing goes on meanwhile.
-    /// The batch comes back, snapshots dropped, each with its action row.
+    /// The batch comes back with its snapshots dropped.
     pub fn record_decisions_in_background(
         &self,
         run: RunId,
         decided_at: DateTime<Utc>,
-        batch: Vec<Candidate>,
-    ) -> BackgroundWrite<Vec<Recorded>> {
+        mut batch: Vec<Candidate>,
+    ) -> BackgroundWrite<Vec<Candidate>> {
         let store = self.clone();
         let handle = tokio::spawn(async move {
             let started = Instant::now();
-            let recorded = store
-                .record_decisions_returned(run, decided_at, batch)
-                .await;
-            (recorded, started.elapsed())
+            let recorded = store.record_decisions(run, decided_at, &mut batch).await;
+            (recorded.map(|_| batch), started.elapsed())
         });
         BackgroundWrite {
             handle,
             clock: Arc::clone(&self.clock),
         }
+    }
+
+    /// Up to `limit` of the actions of one part of a run (its kind, in its zone) still
+    /// `planned`, after action `after`, in the order they were decided: what the executor acts
+    /// on, read back a batch at a time so that no run holds all its candidates in memory.
+    pub async fn planned_actions(
+        &self,
+        part: &RunPart<'_>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<PlannedAction>, AuditError> {
+        // `actions_run` holds each run's rows in id order, so this reads only the batch.
+        let rows = sqlx::query(
+            "SELECT id, rule, action, resource_id, user_email, device_name FROM actions
+             WHERE run_id = ?1 AND id > ?2 AND resource_kind = ?3 AND zone_id IS ?4
+               AND status = 'planned'
+             ORDER BY id LIMIT ?5",
+        )
+        .bind(part.run.0)
+        .bind(after)
+        .bind(part.kind.as_str())
+        .bind(part.zone.map(ZoneId::as_str))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        rows.into_iter()
+            .map(|row| {
+                // try_get: SQLite keeps any type in any column, which `get` would panic on.
+                let action_id: i64 = row.try_get("id").map_err(AuditError::Read)?;
+                let unreadable = |what: String| AuditError::UnreadableAction {
+                    action: action_id,
+                    what,
+                };
+                let text = |column: &str| {
+                    row.try_get::<Option<String>, _>(column)
+                        .map_err(|e| unreadable(format!("{column}: {e}")))
+                };
+                let action = text("action")?.unwrap_or_default();
+                let id = text("resource_id")?.unwrap_or_default();
+                Ok(PlannedAction {
+                    action_id,
+                    kind: part.kind,
+                    rule: text("rule")?.unwrap_or_default(),
+                    action: Action::parse(&action)
+                        .ok_or_else(|| unreadable(format!("unknown action {action:?}")))?,
+                    id: ResourceId::parse(&id).map_err(unreadable)?,
+                    user_email: text("user_email")?,
+                    name: text("device_name")?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Records every action of one part of a run still `planned` after action `after` as
+    /// not attempted, for `reason`; returns how many there were.
+    pub async fn withdraw_planned(
+        &self,
+        part: &RunPart<'_>,
+        after: i64,
+        reason: &str,
+    ) -> Result<u64, AuditError> {
+        let _timer = self.timer();
+        let done = sqlx::query(
+            "UPDATE actions SET status = 'not_attempted', status_detail = ?5
+             WHERE run_id = ?1 AND id > ?2 AND resource_kind = ?3 AND zone_id IS ?4
+               AND status = 'planned'",
+        )
+        .bind(part.run.0)
+        .bind(after)
+        .bind(part.kind.as_str())
+        .bind(part.zone.map(ZoneId::as_str))
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?;
+        Ok(done.rows_affected())
     }
 
     /// Sets the status of the given actions in one transaction.

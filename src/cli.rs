@@ -281,9 +281,11 @@ async fn plan(config: Config, output: Format) -> Result<ExitCode> {
 async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
     let janitor = crate::startup::open(config).await?;
     let owned = janitor.clone();
+    // The table shows every candidate; JSON shows counts only, so needs none kept.
+    let keep_rows = matches!(output, CycleFormat::Text);
     // On a task of its own, so that a panic closes the run as failed instead of leaving it.
     let report = crate::cycle::run_isolated(&janitor.audit, &janitor.metrics, async move {
-        owned.cycle().run(Utc::now()).await
+        owned.cycle().keeping_rows(keep_rows).run(Utc::now()).await
     })
     .await;
     let report = match report {

@@ -9,12 +9,12 @@ use serde::Serialize;
 
 use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
 use crate::audit::{
-    ActionStatus, AuditError, AuditStore, BackgroundWrite, KindRun, RunId, RunOutcome, RunSummary,
+    AuditError, AuditStore, BackgroundWrite, KindRun, RunId, RunOutcome, RunPart, RunSummary,
 };
 use crate::cloudflare::{Client, Quota, ZoneId};
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
-use crate::plan::{Candidate, Plan, Planner, Recorded};
+use crate::plan::{Candidate, Plan, Planner};
 use crate::resource::{Kind, Scope};
 use crate::rules::RuleSet;
 use crate::secret::Credentials;
@@ -31,6 +31,10 @@ pub struct CycleContext<'a> {
     pub metrics: &'a Metrics,
     pub stop: &'a StopSignal,
     pub quota: &'a Quota,
+    /// Whether the parts' plans keep their candidates, for a caller that shows them (`once`'s
+    /// table). Otherwise they are read back from the audit log a batch at a time, so that a
+    /// cycle's memory does not grow with its number of candidates.
+    pub keep_rows: bool,
 }
 
 /// What a cycle did, for the summary line, the CLI and the tests.
@@ -60,8 +64,9 @@ pub struct KindReport {
     pub reason: Option<String>,
     #[serde(flatten)]
     pub summary: RunSummary,
+    /// The part's plan; its candidates only when the cycle keeps them.
     #[serde(skip)]
-    pub plan: Option<Plan<Recorded>>,
+    pub plan: Option<Plan>,
     #[serde(skip)]
     pub apply: Option<ApplyReport>,
 }
@@ -216,6 +221,11 @@ pub async fn run_isolated(
 }
 
 impl CycleContext<'_> {
+    /// Keeps the parts' candidates in their plans (see [`CycleContext::keep_rows`]).
+    pub fn keeping_rows(self, keep_rows: bool) -> Self {
+        CycleContext { keep_rows, ..self }
+    }
+
     /// Runs one cycle. Every outcome except a broken audit store is recorded as a run. A
     /// store that cannot be trusted (see [`AuditStore::ensure_writable`]) starts nothing.
     pub async fn run(&self, now: DateTime<Utc>) -> Result<CycleReport, CycleError> {
@@ -360,17 +370,19 @@ impl CycleContext<'_> {
             seen_active: Some(plan.seen.active),
             seen_revoked: Some(plan.seen.revoked),
             candidates: Some(plan.caps.actions),
-            excluded: Some(plan.excluded().count() as u64),
+            excluded: Some(plan.decided.excluded),
             ..RunSummary::default()
         };
-        let actionable: Vec<i64> = plan.actionable().map(|r| r.action_id).collect();
+        let recorded = RunPart {
+            run,
+            kind,
+            zone: plan.scope.zone.as_ref(),
+        };
         if self.config.safety.mode == Mode::Plan {
             part.outcome = RunOutcome::Planned;
             part.reason = plan.blocked.clone();
         } else if let Some(why) = &plan.blocked {
-            self.audit
-                .set_action_status(&actionable, ActionStatus::NotAttempted, Some(why))
-                .await?;
+            self.audit.withdraw_planned(&recorded, 0, why).await?;
             part.outcome = RunOutcome::Refused;
             part.reason = Some(format!("{why}; nothing was done"));
         } else if !plan.caps.within() {
@@ -378,13 +390,11 @@ impl CycleContext<'_> {
                 "refused by the blast-radius caps: {}; nothing was done. If this is intended, raise the cap in [safety] for one run",
                 plan.caps.violations.join("; ")
             );
-            self.audit
-                .set_action_status(&actionable, ActionStatus::NotAttempted, Some(&reason))
-                .await?;
+            self.audit.withdraw_planned(&recorded, 0, &reason).await?;
             part.outcome = RunOutcome::Refused;
             part.reason = Some(reason);
         } else {
-            let applied = self.execute(client, run, &plan).await?;
+            let applied = self.execute(client, recorded, &plan).await?;
             (part.outcome, part.reason) = self.judge(kind, &applied);
             let s = &mut part.summary;
             s.actions_done = applied.done + applied.already_gone;
@@ -403,22 +413,22 @@ impl CycleContext<'_> {
     async fn execute(
         &self,
         client: &Client,
-        run: RunId,
-        plan: &Plan<Recorded>,
+        recorded: RunPart<'_>,
+        plan: &Plan,
     ) -> Result<ApplyReport, CycleError> {
         let executor = Executor {
             client,
             audit: self.audit,
             metrics: self.metrics,
             rules: self.rules,
-            run,
+            run: recorded.run,
             chunk_size: self.config.cloudflare.bulk_chunk_size,
             stop: self.stop,
             request_budget: self.config.cloudflare.max_requests_per_cycle,
             scope: &plan.scope,
         };
         let applied = executor
-            .apply(plan)
+            .apply(recorded.kind, plan.pages)
             .await
             .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
         self.metrics
@@ -475,9 +485,10 @@ impl CycleContext<'_> {
         }
     }
 
-    /// Lists through the planner, recording decisions in batches as pages arrive, so that the
-    /// objects' snapshots never accumulate in memory. Returns the plan of recorded candidates,
-    /// or why the listing cannot be trusted (then no recorded decision is ever acted on).
+    /// Lists through the planner, recording decisions in batches as pages arrive, so that
+    /// neither the objects' snapshots nor the candidates accumulate in memory. Returns the plan
+    /// (its candidates only if the cycle keeps them), or why the listing cannot be trusted
+    /// (then no recorded decision is ever acted on).
     async fn list_and_record(
         &self,
         client: &Client,
@@ -485,9 +496,10 @@ impl CycleContext<'_> {
         now: DateTime<Utc>,
         kind: Kind,
         scope: Scope,
-    ) -> Result<Result<Plan<Recorded>, String>, CycleError> {
+    ) -> Result<Result<Plan, String>, CycleError> {
+        let zone = scope.zone.clone();
         let mut planner = Planner::new(client, kind, self.rules, now).in_scope(scope);
-        let mut log = DecisionLog::new(self.audit, run, now);
+        let mut log = DecisionLog::new(self.audit, run, now, self.keep_rows);
         loop {
             log.pace().await?;
             // Listing is read-only, so a stop request may simply abandon it.
@@ -504,10 +516,12 @@ impl CycleContext<'_> {
                 Err(reason) => {
                     // Decisions already on their way are recorded too, then none is acted on.
                     log.settle().await?;
-                    let action_ids: Vec<i64> = log.recorded.iter().map(|r| r.action_id).collect();
-                    self.audit
-                        .set_action_status(&action_ids, ActionStatus::NotAttempted, Some(&reason))
-                        .await?;
+                    let part = RunPart {
+                        run,
+                        kind,
+                        zone: zone.as_ref(),
+                    };
+                    self.audit.withdraw_planned(&part, 0, &reason).await?;
                     return Ok(Err(reason));
                 }
             }
@@ -517,7 +531,7 @@ impl CycleContext<'_> {
     /// The metrics of one kind from its parts (one per zone for a zoned kind); a part whose
     /// listing failed leaves the kind's last figures as they were.
     fn observe_kind(&self, kind: Kind, parts: &[KindReport]) {
-        let plans: Vec<&Plan<Recorded>> = parts.iter().filter_map(|p| p.plan.as_ref()).collect();
+        let plans: Vec<&Plan> = parts.iter().filter_map(|p| p.plan.as_ref()).collect();
         if plans.is_empty() || plans.len() < parts.len() {
             for plan in &plans {
                 self.count_anomalies(plan);
@@ -526,7 +540,7 @@ impl CycleContext<'_> {
         }
         let m = self.metrics;
         let label = kind.as_str();
-        let sum = |f: fn(&Plan<Recorded>) -> u64| plans.iter().map(|p| f(p)).sum::<u64>() as i64;
+        let sum = |f: fn(&Plan) -> u64| plans.iter().map(|p| f(p)).sum::<u64>() as i64;
         m.resources_seen
             .with_label_values(&[label, "active"])
             .set(sum(|p| p.seen.active));
@@ -554,10 +568,10 @@ impl CycleContext<'_> {
         }
         m.excluded
             .with_label_values(&[label])
-            .set(sum(|p| p.excluded().count() as u64));
+            .set(sum(|p| p.decided.excluded));
     }
 
-    fn count_anomalies(&self, plan: &Plan<Recorded>) {
+    fn count_anomalies(&self, plan: &Plan) {
         for (anomaly, n) in plan.anomalies.by_label() {
             self.metrics
                 .anomalies
@@ -635,23 +649,25 @@ impl CycleContext<'_> {
     }
 }
 
-/// Decisions on their way to the audit log, in listing order: recorded ones (snapshots
-/// dropped, row ids known), one batch being written in the background, and the rest.
+/// Decisions on their way to the audit log, in listing order: one batch being written in the
+/// background, the rest waiting, and the recorded ones (snapshots dropped) if kept.
 struct DecisionLog<'a> {
     audit: &'a AuditStore,
     run: RunId,
     decided_at: DateTime<Utc>,
-    recorded: Vec<Recorded>,
-    writing: Option<BackgroundWrite<Vec<Recorded>>>,
+    keep: bool,
+    recorded: Vec<Candidate>,
+    writing: Option<BackgroundWrite<Vec<Candidate>>>,
     pending: Vec<Candidate>,
 }
 
 impl<'a> DecisionLog<'a> {
-    fn new(audit: &'a AuditStore, run: RunId, decided_at: DateTime<Utc>) -> Self {
+    fn new(audit: &'a AuditStore, run: RunId, decided_at: DateTime<Utc>, keep: bool) -> Self {
         DecisionLog {
             audit,
             run,
             decided_at,
+            keep,
             recorded: Vec::new(),
             writing: None,
             pending: Vec::new(),
@@ -687,20 +703,24 @@ impl<'a> DecisionLog<'a> {
     /// Waits for the write in flight, if any.
     async fn settle(&mut self) -> Result<(), AuditError> {
         if let Some(write) = self.writing.take() {
-            self.recorded.extend(write.finish().await?);
+            let recorded = write.finish().await?;
+            if self.keep {
+                self.recorded.extend(recorded);
+            }
         }
         Ok(())
     }
 
-    /// Records the rest; returns every decision with its action row, in order.
-    async fn finish(mut self) -> Result<Vec<Recorded>, AuditError> {
+    /// Records the rest; returns the decisions kept (every one, in order, if kept; else none).
+    async fn finish(mut self) -> Result<Vec<Candidate>, AuditError> {
         self.settle().await?;
-        let rest = std::mem::take(&mut self.pending);
-        let rest = self
-            .audit
-            .record_decisions_returned(self.run, self.decided_at, rest)
+        let mut rest = std::mem::take(&mut self.pending);
+        self.audit
+            .record_decisions(self.run, self.decided_at, &mut rest)
             .await?;
-        self.recorded.extend(rest);
+        if self.keep {
+            self.recorded.extend(rest);
+        }
         Ok(self.recorded)
     }
 }

@@ -117,14 +117,7 @@ impl Serialize for Candidate {
     }
 }
 
-/// A candidate recorded in the audit log, with its action row: what the executor acts on.
-#[derive(Debug)]
-pub struct Recorded {
-    pub candidate: Candidate,
-    pub action_id: i64,
-}
-
-/// What a plan holds: candidates (for display), or recorded candidates (in a cycle).
+/// What a plan holds: candidates, whose snapshots may already be taken by the audit log.
 pub trait Entry {
     fn candidate(&self) -> &Candidate;
 }
@@ -135,9 +128,26 @@ impl Entry for Candidate {
     }
 }
 
-impl Entry for Recorded {
-    fn candidate(&self) -> &Candidate {
-        &self.candidate
+/// The listing's decisions counted as they are made, so that a cycle needs none of the
+/// candidates in memory once they are recorded: the caps and the metrics read these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decided {
+    /// Candidates no exclusion protects: what the run would act on.
+    pub actionable: u64,
+    /// Candidates an exclusion protects.
+    pub excluded: u64,
+    /// Actionable candidates per rule.
+    pub by_rule: BTreeMap<String, u64>,
+}
+
+impl Decided {
+    fn count(&mut self, candidate: &Candidate) {
+        if candidate.excluded_by.is_some() {
+            self.excluded += 1;
+        } else {
+            self.actionable += 1;
+            *self.by_rule.entry(candidate.rule.clone()).or_default() += 1;
+        }
     }
 }
 
@@ -254,8 +264,11 @@ pub struct Plan<E = Candidate> {
     pub generated_at: DateTime<Utc>,
     pub pages: u64,
     pub seen: SeenCounts,
-    /// Candidates and protected matches, in listing order.
+    /// Candidates and protected matches, in listing order; empty in a cycle that does not
+    /// keep them (their rows are in the audit log), where `decided` still counts them.
     pub candidates: Vec<E>,
+    #[serde(skip)]
+    pub decided: Decided,
     pub anomalies: AnomalyCounts,
     pub caps: CapCheck,
 }
@@ -280,8 +293,8 @@ impl<E: Entry> Plan<E> {
             .rules_of(self.kind)
             .map(|r| (r.name.clone(), 0))
             .collect();
-        for e in self.actionable() {
-            *by_rule.entry(e.candidate().rule.clone()).or_default() += 1;
+        for (rule, n) in &self.decided.by_rule {
+            *by_rule.entry(rule.clone()).or_default() += n;
         }
         by_rule
     }
@@ -395,6 +408,7 @@ pub struct Planner<'a, S> {
     rules: &'a RuleSet,
     now: DateTime<Utc>,
     seen: SeenCounts,
+    decided: Decided,
     anomalies: AnomalyCounts,
     // Fingerprints of every id listed, checked for repeats once the listing ends (nothing is
     // acted on before that): 8 bytes per registration, a third of a hash set's. A collision
@@ -418,6 +432,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
             rules,
             now,
             seen: SeenCounts::default(),
+            decided: Decided::default(),
             anomalies: AnomalyCounts::default(),
             fingerprints: Vec::new(),
             cursors_seen: HashSet::new(),
@@ -490,7 +505,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
                     exclusion,
                 } => (rule, why, Some(exclusion.to_owned())),
             };
-            candidates.push(Candidate {
+            let candidate = Candidate {
                 kind: self.kind,
                 rule: rule.name.clone(),
                 action: rule.action,
@@ -502,7 +517,9 @@ impl<'a, S: PageSource> Planner<'a, S> {
                 why,
                 excluded_by,
                 snapshot: Some(item.snapshot.unwrap_or(raw)),
-            });
+            };
+            self.decided.count(&candidate);
+            candidates.push(candidate);
         }
         match page.next {
             None => {
@@ -534,12 +551,10 @@ impl<'a, S: PageSource> Planner<'a, S> {
         Ok(Some(candidates))
     }
 
-    /// The plan over a complete listing: `candidates` are all the pages' candidates, in order.
+    /// The plan over a complete listing. `candidates` are the pages' candidates in order, or
+    /// none where the caller keeps them elsewhere (the audit log): the caps count every
+    /// decision the pages made either way.
     pub fn finish<E: Entry>(self, candidates: Vec<E>, safety: &SafetySettings) -> Plan<E> {
-        let actionable = candidates
-            .iter()
-            .filter(|e| e.candidate().excluded_by.is_none())
-            .count() as u64;
         Plan {
             kind: self.kind,
             scope: self.scope,
@@ -547,8 +562,9 @@ impl<'a, S: PageSource> Planner<'a, S> {
             generated_at: self.now,
             pages: self.pages,
             seen: self.seen,
-            caps: CapCheck::new(self.kind, actionable, self.seen.total, safety),
+            caps: CapCheck::new(self.kind, self.decided.actionable, self.seen.total, safety),
             candidates,
+            decided: self.decided,
             anomalies: self.anomalies,
         }
     }

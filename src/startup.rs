@@ -65,6 +65,7 @@ impl Loaded {
             metrics,
             stop,
             quota,
+            keep_rows: false,
         }
     }
 }

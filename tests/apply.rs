@@ -527,10 +527,19 @@ async fn decisions_recorded_before_a_listing_failure_are_never_acted_on() {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-    assert_eq!(statuses.len(), 1, "{statuses:?}");
-    assert_eq!(statuses[0].0, "not_attempted");
+    // Every decision is settled: not attempted, or excluded as it was decided.
     assert!(
-        statuses[0].1 >= 2000,
+        statuses
+            .iter()
+            .all(|(s, _)| s == "not_attempted" || s == "excluded"),
+        "{statuses:?}"
+    );
+    let not_attempted = statuses
+        .iter()
+        .find(|(s, _)| s == "not_attempted")
+        .map_or(0, |(_, n)| *n);
+    assert!(
+        not_attempted >= 2000,
         "a batch was recorded before the failure: {statuses:?}"
     );
 }
@@ -598,4 +607,105 @@ async fn a_stop_during_apply_withdraws_the_intents_of_calls_not_sent() {
         [("done".to_owned(), 2), ("not_attempted".to_owned(), 8)]
     );
     env.assert_every_mutation_audited().await;
+}
+
+/// Issue 15: the executor reads planned actions back from the audit log a batch at a time.
+/// Across batch boundaries every candidate is acted on exactly once, in whole chunks.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apply_bigger_than_one_batch_acts_on_every_candidate_once() {
+    let now = Utc::now();
+    let env = Env::start(
+        FakeOptions {
+            idle_share: 0.85,
+            ..opts(14_000)
+        },
+        Settings::default(),
+    )
+    .await;
+    let expected = env.expected_candidates(now);
+    assert!(expected.len() > 10_000, "more than two batches of 5000");
+
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Applied, "{:?}", report.reason);
+    assert_eq!(env.mutated_ids(), expected);
+    assert!(expected.iter().all(|id| !env.fake.contains(id)));
+    // Batches hold whole chunks: no call is split at a batch boundary.
+    let m = expected.len() as u64;
+    assert_eq!(env.fake.request_counts().bulk_delete, m.div_ceil(100));
+    assert_eq!(report.summary.actions_done, m);
+    env.assert_every_mutation_audited().await;
+    let pool = env.sql().await;
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM actions GROUP BY status ORDER BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses
+            .iter()
+            .find(|(s, _)| s == "done")
+            .map(|(_, n)| *n as u64),
+        Some(m),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|(s, _)| s == "done" || s == "excluded"),
+        "{statuses:?}"
+    );
+}
+
+/// Issue 15: a run that must stop in a later batch (here its request budget runs out) leaves
+/// no action `planned`: the rest of that batch and every batch not yet read are recorded not
+/// attempted, and nothing past the stop is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_in_a_later_batch_leaves_every_unread_action_not_attempted() {
+    let now = Utc::now();
+    let env = Env::start(
+        FakeOptions {
+            idle_share: 0.85,
+            ..opts(14_000)
+        },
+        Settings {
+            // 14 pages, then the first batch's 50 calls and 50 confirmations, then some of
+            // the second batch's.
+            cloudflare_extra: "max_requests_per_cycle = 160",
+            ..Settings::default()
+        },
+    )
+    .await;
+    let expected = env.expected_candidates(now);
+    assert!(expected.len() > 10_000);
+
+    let report = env.once().await;
+    assert_eq!(report.outcome, RunOutcome::Failed, "{:?}", report.reason);
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("request budget"),
+        "{:?}",
+        report.reason
+    );
+    let deleted = env.mutated_ids();
+    assert!(
+        deleted.len() > 5000 && deleted.len() < 10_000,
+        "the stop came in the second batch: {} deleted",
+        deleted.len()
+    );
+    env.assert_every_mutation_audited().await;
+    let pool = env.sql().await;
+    let count = |status: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM actions WHERE status = ?")
+                .bind(status)
+                .fetch_one(&pool)
+                .await
+                .unwrap() as usize
+        }
+    };
+    assert_eq!(count("planned").await, 0, "no action is left planned");
+    assert_eq!(count("done").await, deleted.len());
+    assert_eq!(count("not_attempted").await, expected.len() - deleted.len());
 }

@@ -199,19 +199,17 @@ async fn idleness_is_measured_from_the_later_timestamp_and_impossible_times_are_
     assert_eq!(anomalies(&metrics, "future_revoked_at"), 1);
     assert_eq!(anomalies(&metrics, "unparsable_created_at"), 1);
 
-    let plan = report
-        .resources
-        .into_iter()
-        .next()
-        .and_then(|p| p.plan)
-        .expect("a plan");
-    let reason = |id: &str| {
-        plan.candidates
-            .iter()
-            .find(|c| c.candidate.id.as_str() == id)
-            .map(|c| c.candidate.why.to_string())
-            .unwrap_or_default()
-    };
+    // The reasons as the audit log recorded them: what the executor acted on.
+    let db = env.sql().await;
+    let reasons: std::collections::HashMap<String, String> =
+        sqlx::query_as("SELECT resource_id, reason FROM actions WHERE run_id = ?")
+            .bind(report.run_id)
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let reason = |id: &str| reasons.get(id).cloned().unwrap_or_default();
     assert!(
         reason(&idle).contains("(last_seen_at "),
         "{}",

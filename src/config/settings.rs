@@ -209,6 +209,14 @@ pub enum Action {
 }
 
 impl Action {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delete" => Some(Action::Delete),
+            "revoke" => Some(Action::Revoke),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Delete => "delete",

@@ -22,6 +22,7 @@ use crate::cloudflare::ZoneId;
 use crate::config::{Action, Mode};
 use crate::plan::Candidate;
 use crate::resource::{Kind, ResourceId};
+use crate::saved_plan::{SavedPlan, Skipped};
 use serde_json::value::RawValue;
 
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
@@ -971,6 +972,84 @@ impl AuditStore {
             .map_err(AuditError::Write)?
             .last_insert_rowid();
         Ok(RunId(id))
+    }
+
+    /// Records that run `run` applies the saved plan `plan`, with the cap the operator raised
+    /// for it (`--max-actions`), if any.
+    pub async fn note_saved_plan(
+        &self,
+        run: RunId,
+        plan: &SavedPlan,
+        max_actions_override: Option<u64>,
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        sqlx::query(
+            "UPDATE runs SET saved_plan_path = ?2, saved_plan_sha256 = ?3,
+                 max_actions_override = ?4 WHERE id = ?1",
+        )
+        .bind(run.0)
+        .bind(plan.path.display().to_string())
+        .bind(&plan.sha256)
+        .bind(max_actions_override.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?;
+        Ok(())
+    }
+
+    /// Records the targets of a saved plan that a run did not act on, each as a decision
+    /// `not_attempted` with why (no snapshot: the object was not acted on, and may be gone).
+    pub async fn record_skipped_targets(
+        &self,
+        part: &RunPart<'_>,
+        decided_at: DateTime<Utc>,
+        skipped: &[Skipped<'_>],
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        let decided_at = ts(decided_at);
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        let ids: Vec<i64> = next_ids(&mut tx, "actions", skipped.len()).await?.collect();
+        for (batch, batch_ids) in skipped.chunks(INSERT_BATCH).zip(ids.chunks(INSERT_BATCH)) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                     resource_id, user_email, user_email_folded, device_name, reason, status,
+                     status_detail, zone_id) ",
+            );
+            q.push_values(batch.iter().zip(batch_ids), |mut row, (s, id)| {
+                let t = s.target;
+                row.push_bind(*id)
+                    .push_bind(part.run.0)
+                    .push_bind(&decided_at)
+                    .push_bind(&t.rule)
+                    .push_bind(t.action.as_str())
+                    .push_bind(part.kind.as_str())
+                    .push_bind(t.id.as_str())
+                    .push_bind(t.user_email.as_deref())
+                    .push_bind(
+                        t.user_email
+                            .as_deref()
+                            .map(|e| crate::rules::fold_case(e).into_owned()),
+                    )
+                    .push_bind(&t.name)
+                    .push_bind(&t.reason)
+                    .push_bind(ActionStatus::NotAttempted.as_str())
+                    .push_bind(&s.why)
+                    .push_bind(part.zone.map(ZoneId::as_str));
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+            let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body) ");
+            q.push_values(batch_ids, |mut row, id| {
+                row.push_bind(*id).push_bind("null");
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+        }
+        tx.commit().await.map_err(AuditError::Write)
     }
 
     /// Closes a run, with how each of its kinds went (`kinds`), in one transaction.

@@ -48,7 +48,16 @@ enum Command {
         config: ConfigArg,
         #[arg(long, value_enum, default_value = "text")]
         output: Format,
+        /// Also save the plan to FILE (with each target as listed), to review and then apply
+        /// exactly that with `zt-janitor apply FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
+    /// Apply a plan saved by `plan --out FILE`: act on its targets and no others, each checked
+    /// against a fresh listing first (one no longer a candidate is skipped, and recorded). A
+    /// plan made for another account, with other settings, or too long ago is refused. Asks
+    /// for confirmation on a terminal. Exit status as for `once`.
+    Apply(ApplyArgs),
     /// Run one cycle now: plan, record it in the audit log and, in apply mode, act.
     /// Exit status: 0 applied/planned, 2 aborted/failed, 3 refused by the safety caps.
     Once {
@@ -80,6 +89,27 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Benchmark a full cycle over N registrations against the fake API.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The plan `zt-janitor plan --out FILE` saved.
+    file: PathBuf,
+    /// Apply without asking (for scripts; needed when not run on a terminal).
+    #[arg(long)]
+    yes: bool,
+    /// Raise the caps for this one apply: at most N actions, whatever max_fraction_per_run
+    /// says. Recorded with the run in the audit log.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_actions: Option<u64>,
+    /// Refuse a plan made more than this many hours ago.
+    #[arg(long, value_name = "HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
+    max_age_hours: u64,
+    /// The cycle report as text or JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    output: CycleFormat,
 }
 
 #[derive(Args)]
@@ -184,9 +214,17 @@ fn error_chain(error: &anyhow::Error) -> String {
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Plan { config, output } => {
+        Command::Plan {
+            config,
+            output,
+            out,
+        } => {
             let config = load(&config.config, None)?;
-            plan(config, output).await
+            plan(config, output, out.as_deref()).await
+        }
+        Command::Apply(args) => {
+            let config = load(&args.config.config, None)?;
+            apply(config, args).await
         }
         Command::Once { config, output } => {
             let config = load(&config.config, None)?;
@@ -251,12 +289,22 @@ fn load(path: &Path, level_override: Option<&str>) -> Result<Config> {
     Ok(config)
 }
 
-async fn plan(config: Config, output: Format) -> Result<ExitCode> {
+async fn plan(config: Config, output: Format, out: Option<&Path>) -> Result<ExitCode> {
     let Loaded { config, rules } = Loaded::new(config)?;
     if let Some(warning) = crate::startup::credentials_warning(&config.cloudflare) {
         tracing::warn!("{warning}");
     }
-    let plans = crate::plan::preview(&config, &rules, Utc::now()).await?;
+    let now = Utc::now();
+    let plans = crate::plan::preview_with(&config, &rules, now, out.is_some()).await?;
+    if let Some(path) = out {
+        crate::saved_plan::write(path, &config, now, &plans)?;
+        let targets: usize = plans.iter().map(|p| p.actionable().count()).sum();
+        eprintln!(
+            "Saved the plan ({targets} targets) to {}. Review it, then: zt-janitor apply {}",
+            path.display(),
+            path.display()
+        );
+    }
     let mut out = std::io::stdout().lock();
     match output {
         // One JSON document per kind, each naming its resource.
@@ -298,6 +346,21 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    report_cycle(&janitor, &report, output)?;
+    janitor.close().await;
+    if janitor.loaded.config.safety.mode == Mode::Plan {
+        tracing::debug!("plan mode: nothing was changed");
+    }
+    Ok(exit_code(report.outcome))
+}
+
+/// Prints a cycle's report: each part's table (when kept) and the summary, or one JSON
+/// document.
+fn report_cycle(
+    janitor: &crate::startup::Janitor,
+    report: &crate::cycle::CycleReport,
+    output: CycleFormat,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
         CycleFormat::Json => {
@@ -315,19 +378,115 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
                     writeln!(out)?;
                 }
             }
-            report::cycle_text(&mut out, &report)?;
+            report::cycle_text(&mut out, report)?;
+            let skipped: u64 = report.resources.iter().map(|p| p.skipped_targets).sum();
+            if skipped > 0 {
+                writeln!(
+                    out,
+                    "Skipped {skipped} targets of the saved plan that are no longer candidates; \
+                     why: zt-janitor audit actions --run {}",
+                    report.run_id
+                )?;
+            }
             writeln!(out, "Audit log: {}", janitor.audit.path().display())?;
         }
     }
-    janitor.close().await;
-    if janitor.loaded.config.safety.mode == Mode::Plan {
-        tracing::debug!("plan mode: nothing was changed");
-    }
-    Ok(match report.outcome {
+    Ok(())
+}
+
+fn exit_code(outcome: RunOutcome) -> ExitCode {
+    match outcome {
         RunOutcome::Applied | RunOutcome::Planned => ExitCode::SUCCESS,
         RunOutcome::Refused => ExitCode::from(3),
         RunOutcome::Aborted | RunOutcome::Failed => ExitCode::from(2),
+    }
+}
+
+/// `zt-janitor apply FILE`: the saved plan's targets, confirmed, then one apply cycle
+/// restricted to them.
+async fn apply(mut config: Config, args: ApplyArgs) -> Result<ExitCode> {
+    let saved =
+        crate::saved_plan::SavedPlan::load(&args.file, &config, Utc::now(), args.max_age_hours)?;
+    if !args.yes && !confirm_apply(&saved, args.max_actions)? {
+        eprintln!("Apply cancelled; nothing was done.");
+        return Ok(ExitCode::from(1));
+    }
+    config.safety.mode = Mode::Apply;
+    if let Some(n) = args.max_actions {
+        config.safety.max_actions_per_run = n;
+        config.safety.max_fraction_per_run = 1.0;
+    }
+    let janitor = crate::startup::open(config).await?;
+    let owned = janitor.clone();
+    let keep_rows = matches!(args.output, CycleFormat::Text);
+    let max_actions = args.max_actions;
+    let report = crate::cycle::run_isolated(&janitor.audit, &janitor.metrics, async move {
+        owned
+            .cycle()
+            .keeping_rows(keep_rows)
+            .applying(&saved, max_actions)
+            .run(Utc::now())
+            .await
     })
+    .await;
+    let report = match report {
+        Ok(report) => report,
+        Err(e @ crate::cycle::CycleError::Panicked(_)) => {
+            eprintln!("error: {e}");
+            janitor.close().await;
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    report_cycle(&janitor, &report, args.output)?;
+    janitor.close().await;
+    Ok(exit_code(report.outcome))
+}
+
+/// Shows what applying `saved` will do and asks for `yes`, as `terraform apply` does. Off a
+/// terminal there is nobody to ask: `--yes` must say so.
+fn confirm_apply(saved: &crate::saved_plan::SavedPlan, max_actions: Option<u64>) -> Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        anyhow::bail!(
+            "apply asks for confirmation, but is not run on a terminal; pass --yes to apply without asking"
+        );
+    }
+    let age = Utc::now() - saved.generated_at;
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "Saved plan {} (made {}, {}h{:02}m ago):",
+        saved.path.display(),
+        saved
+            .generated_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        age.num_hours(),
+        age.num_minutes() % 60
+    )?;
+    if saved.is_empty() {
+        writeln!(err, "  no targets: nothing will be done")?;
+    }
+    for (kind, action, n) in saved.counts() {
+        let (one, many) = kind.noun();
+        writeln!(err, "  {action} {n} {}", if n == 1 { one } else { many })?;
+    }
+    if let Some(n) = max_actions {
+        writeln!(
+            err,
+            "  caps raised for this apply: at most {n} actions (recorded in the audit log)"
+        )?;
+    }
+    writeln!(
+        err,
+        "Each target is checked against a fresh listing first; one no longer a candidate is skipped.\n\
+         Deletion cannot be undone. Only 'yes' will be accepted to approve.\n"
+    )?;
+    write!(err, "Apply? ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
 }
 
 /// `--resource` names a kind when it is one, and otherwise an id, as it did before kinds

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::plan::{Candidate, Plan, Planner};
 use crate::resource::{Kind, Scope};
 use crate::rules::RuleSet;
+use crate::saved_plan::SavedPlan;
 use crate::secret::Credentials;
 
 /// Decisions are written to the audit log in batches of this many, so that no more than a
@@ -35,6 +36,10 @@ pub struct CycleContext<'a> {
     /// table). Otherwise they are read back from the audit log a batch at a time, so that a
     /// cycle's memory does not grow with its number of candidates.
     pub keep_rows: bool,
+    /// When applying a saved plan (`zt-janitor apply FILE`): its targets, the only objects
+    /// this cycle may act on, and the cap the operator raised for it, if any.
+    pub saved: Option<&'a SavedPlan>,
+    pub max_actions_override: Option<u64>,
 }
 
 /// What a cycle did, for the summary line, the CLI and the tests.
@@ -64,6 +69,9 @@ pub struct KindReport {
     pub reason: Option<String>,
     #[serde(flatten)]
     pub summary: RunSummary,
+    /// Targets of the saved plan being applied that were no longer candidates, so skipped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped_targets: u64,
     /// The part's plan; its candidates only when the cycle keeps them.
     #[serde(skip)]
     pub plan: Option<Plan>,
@@ -220,12 +228,27 @@ pub async fn run_isolated(
     Err(CycleError::Panicked(reason))
 }
 
-impl CycleContext<'_> {
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl<'a> CycleContext<'a> {
     /// Keeps the parts' candidates in their plans (see [`CycleContext::keep_rows`]).
     pub fn keeping_rows(self, keep_rows: bool) -> Self {
         CycleContext { keep_rows, ..self }
     }
 
+    /// Acts on the targets of `saved` only (see [`CycleContext::saved`]).
+    pub fn applying(self, saved: &'a SavedPlan, max_actions_override: Option<u64>) -> Self {
+        CycleContext {
+            saved: Some(saved),
+            max_actions_override,
+            ..self
+        }
+    }
+}
+
+impl CycleContext<'_> {
     /// Runs one cycle. Every outcome except a broken audit store is recorded as a run. A
     /// store that cannot be trusted (see [`AuditStore::ensure_writable`]) starts nothing.
     pub async fn run(&self, now: DateTime<Utc>) -> Result<CycleReport, CycleError> {
@@ -256,6 +279,11 @@ impl CycleContext<'_> {
         let started = Instant::now();
         let mode = self.config.safety.mode;
         let run = self.audit.begin_run(mode, now).await?;
+        if let Some(saved) = self.saved {
+            self.audit
+                .note_saved_plan(run, saved, self.max_actions_override)
+                .await?;
+        }
         let mut report = CycleReport {
             run_id: run.0,
             mode,
@@ -351,11 +379,15 @@ impl CycleContext<'_> {
             outcome: RunOutcome::Failed,
             reason: None,
             summary: RunSummary::default(),
+            skipped_targets: 0,
             plan: None,
             apply: None,
         };
         let mut plan = match self.list_and_record(client, run, now, kind, scope).await? {
-            Ok(listed) => listed,
+            Ok((listed, skipped)) => {
+                part.skipped_targets = skipped;
+                listed
+            }
             Err(reason) => {
                 tracing::warn!(resource = %kind, zone = ?part.zone, %reason, "listing failed; this part is left alone this run");
                 part.outcome = RunOutcome::Aborted;
@@ -387,7 +419,7 @@ impl CycleContext<'_> {
             part.reason = Some(format!("{why}; nothing was done"));
         } else if !plan.caps.within() {
             let reason = format!(
-                "refused by the blast-radius caps: {}; nothing was done. If this is intended, raise the cap in [safety] for one run",
+                "refused by the blast-radius caps: {}; nothing was done. If this is intended, save the plan (`zt-janitor plan --out FILE`), review it, and apply it once with `zt-janitor apply FILE --max-actions N`, or raise the cap in [safety] for one run",
                 plan.caps.violations.join("; ")
             );
             self.audit.withdraw_planned(&recorded, 0, &reason).await?;
@@ -496,9 +528,12 @@ impl CycleContext<'_> {
         now: DateTime<Utc>,
         kind: Kind,
         scope: Scope,
-    ) -> Result<Result<Plan, String>, CycleError> {
+    ) -> Result<Result<(Plan, u64), String>, CycleError> {
         let zone = scope.zone.clone();
         let mut planner = Planner::new(client, kind, self.rules, now).in_scope(scope);
+        if let Some(saved) = self.saved {
+            planner = planner.only(saved.filter(kind, zone.as_ref()));
+        }
         let mut log = DecisionLog::new(self.audit, run, now, self.keep_rows);
         loop {
             log.pace().await?;
@@ -511,7 +546,20 @@ impl CycleContext<'_> {
                 Ok(Some(page)) => log.add(page),
                 Ok(None) => {
                     let recorded = log.finish().await?;
-                    return Ok(Ok(planner.finish(recorded, &self.config.safety)));
+                    let skipped = planner.skipped();
+                    if !skipped.is_empty() {
+                        let part = RunPart {
+                            run,
+                            kind,
+                            zone: zone.as_ref(),
+                        };
+                        tracing::warn!(resource = %kind, zone = ?zone, targets = skipped.len(), "targets of the saved plan are no longer candidates; skipped (see their status_detail)");
+                        self.audit
+                            .record_skipped_targets(&part, now, &skipped)
+                            .await?;
+                    }
+                    let plan = planner.finish(recorded, &self.config.safety);
+                    return Ok(Ok((plan, skipped.len() as u64)));
                 }
                 Err(reason) => {
                     // Decisions already on their way are recorded too, then none is acted on.

@@ -23,6 +23,7 @@ pub mod plan;
 pub mod report;
 pub mod resource;
 pub mod rules;
+pub mod saved_plan;
 pub mod schedule;
 pub mod secret;
 pub mod startup;

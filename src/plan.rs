@@ -19,6 +19,7 @@ use crate::config::{Action, Config, SafetySettings};
 use crate::metrics::Metrics;
 use crate::resource::{self, Kind, Page, PageToken, ResourceId, Scope};
 use crate::rules::{Anomaly, RuleSet, Verdict, Why};
+use crate::saved_plan::{Skipped, TargetFilter};
 use crate::secret::{Credentials, TokenError};
 
 /// Where pages come from: the Cloudflare client in production, a vector in unit tests.
@@ -225,14 +226,15 @@ impl CapCheck {
         let mut violations = Vec::new();
         if actions > safety.max_actions_per_run {
             violations.push(format!(
-                "{actions} actions exceed max_actions_per_run = {}",
+                "{actions} actions exceed max_actions_per_run = {} (it would pass at ≥ {actions})",
                 safety.max_actions_per_run
             ));
         }
         if actions > fraction_limit {
             violations.push(format!(
-                "{actions} actions exceed max_fraction_per_run = {} of {seen} {things} seen (limit {fraction_limit})",
-                safety.max_fraction_per_run
+                "{actions} actions exceed max_fraction_per_run = {} of {seen} {things} seen (limit {fraction_limit}; it would pass at ≥ {:.3})",
+                safety.max_fraction_per_run,
+                fraction_needed(actions, seen)
             ));
         }
         CapCheck {
@@ -319,6 +321,16 @@ pub async fn preview(
     rules: &RuleSet,
     now: DateTime<Utc>,
 ) -> Result<Vec<Plan>, PreviewError> {
+    preview_with(config, rules, now, false).await
+}
+
+/// [`preview`], keeping each candidate's snapshot if `keep_snapshots` (for a saved plan).
+pub async fn preview_with(
+    config: &Config,
+    rules: &RuleSet,
+    now: DateTime<Utc>,
+    keep_snapshots: bool,
+) -> Result<Vec<Plan>, PreviewError> {
     let credentials = Credentials::load(&config.cloudflare)?;
     let client = Client::new(&config.cloudflare, credentials, Metrics::new())?;
     let mut plans = Vec::new();
@@ -327,9 +339,13 @@ pub async fn preview(
             let mut planner = Planner::new(&client, kind, rules, now).in_scope(scope);
             let mut candidates = Vec::new();
             while let Some(page) = planner.next_page().await? {
-                candidates.extend(page.into_iter().map(|c| Candidate {
-                    snapshot: None,
-                    ..c
+                candidates.extend(page.into_iter().map(|c| {
+                    Candidate {
+                        snapshot: c
+                            .snapshot
+                            .filter(|_| keep_snapshots && c.excluded_by.is_none()),
+                        ..c
+                    }
                 }));
             }
             let mut plan = planner.finish(candidates, &config.safety);
@@ -415,6 +431,8 @@ pub struct Planner<'a, S> {
     // (odds ~1e-8 at 1M ids) can only abort a cycle, never cause an action.
     fingerprints: Vec<u64>,
     cursors_seen: HashSet<u64>,
+    /// When applying a saved plan: its targets for this part, the only objects acted on.
+    filter: Option<TargetFilter<'a>>,
     token: Option<PageToken>,
     pages: u64,
     /// The `total_count` the first page announced, which every later page must repeat and
@@ -436,6 +454,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
             anomalies: AnomalyCounts::default(),
             fingerprints: Vec::new(),
             cursors_seen: HashSet::new(),
+            filter: None,
             token: None,
             pages: 0,
             total: None,
@@ -446,6 +465,23 @@ impl<'a, S: PageSource> Planner<'a, S> {
     /// Lists within `scope` (a zone, the janitor's own token).
     pub fn in_scope(self, scope: Scope) -> Self {
         Planner { scope, ..self }
+    }
+
+    /// Selects only the targets of a saved plan that the rules still select for the same
+    /// action; everything else is left alone, and counts nowhere but in `seen`.
+    pub fn only(self, filter: TargetFilter<'a>) -> Self {
+        Planner {
+            filter: Some(filter),
+            ..self
+        }
+    }
+
+    /// The saved plan's targets not acted on, and why; complete once the listing ended.
+    pub fn skipped(&self) -> Vec<Skipped<'a>> {
+        self.filter
+            .as_ref()
+            .map(TargetFilter::skipped)
+            .unwrap_or_default()
     }
 
     /// The candidates of the next page (possibly none), or `None` once the listing ended.
@@ -495,6 +531,15 @@ impl<'a, S: PageSource> Planner<'a, S> {
             }
             if let Some(a) = item.eval.anomaly {
                 self.anomalies.count(a);
+            }
+            if let Some(filter) = &mut self.filter {
+                let selected_for = match &item.eval.verdict {
+                    Verdict::Keep => None,
+                    Verdict::Act { rule, .. } | Verdict::Excluded { rule, .. } => Some(rule.action),
+                };
+                if !filter.admits(&facts.id, selected_for) {
+                    continue;
+                }
             }
             let (rule, why, excluded_by) = match item.eval.verdict {
                 Verdict::Keep => continue,
@@ -570,6 +615,16 @@ impl<'a, S: PageSource> Planner<'a, S> {
     }
 }
 
+/// The smallest `max_fraction_per_run`, in thousandths, that allows `actions` over `seen`.
+fn fraction_needed(actions: u64, seen: u64) -> f64 {
+    let allows =
+        |thousandths: u64| (thousandths as f64 / 1000.0 * seen as f64).floor() >= actions as f64;
+    let guess = (actions.saturating_mul(1000)).div_ceil(seen.max(1));
+    // The guess is right but for floating-point rounding, which can cost one thousandth.
+    let thousandths = (guess..=1000).find(|t| allows(*t)).unwrap_or(1000);
+    thousandths as f64 / 1000.0
+}
+
 /// How many entries repeat an earlier one (sorts in place).
 fn repeated(fingerprints: &mut [u64]) -> u64 {
     fingerprints.sort_unstable();
@@ -588,6 +643,62 @@ mod tests {
     use crate::config::{Mode, RuleSettings};
     use crate::resource::Kind;
     use std::sync::Mutex;
+
+    #[test]
+    fn a_cap_refusal_names_the_values_that_would_pass() {
+        let safety = SafetySettings {
+            mode: Mode::Apply,
+            max_actions_per_run: 50,
+            max_fraction_per_run: 0.1,
+        };
+        let caps = CapCheck::new(Kind::DeviceRegistration, 243, 1000, &safety);
+        assert_eq!(caps.violations.len(), 2);
+        assert!(
+            caps.violations[0].ends_with("(it would pass at ≥ 243)"),
+            "{:?}",
+            caps.violations
+        );
+        assert!(
+            caps.violations[1].ends_with("it would pass at ≥ 0.243)"),
+            "{:?}",
+            caps.violations
+        );
+        // The values named do pass.
+        let raised = SafetySettings {
+            max_actions_per_run: 243,
+            max_fraction_per_run: 0.243,
+            ..safety
+        };
+        assert!(CapCheck::new(Kind::DeviceRegistration, 243, 1000, &raised).within());
+        for (actions, seen) in [
+            (1, 3),
+            (2, 3),
+            (7, 9),
+            (1, 1),
+            (999, 1000),
+            (250, 1_000_000),
+        ] {
+            let f = fraction_needed(actions, seen);
+            let at = SafetySettings {
+                max_actions_per_run: actions,
+                max_fraction_per_run: f,
+                ..safety.clone()
+            };
+            assert!(
+                CapCheck::new(Kind::DeviceRegistration, actions, seen, &at).within(),
+                "{actions}/{seen} at {f}"
+            );
+            let below = SafetySettings {
+                max_fraction_per_run: f - 0.001,
+                ..at
+            };
+            assert!(
+                f <= 0.001
+                    || !CapCheck::new(Kind::DeviceRegistration, actions, seen, &below).within(),
+                "{actions}/{seen} below {f}"
+            );
+        }
+    }
 
     /// Serves fixed pages; page `i` answers cursor `"c{i}"` and points at the next one.
     struct Pages {

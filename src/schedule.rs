@@ -308,6 +308,12 @@ impl Daemon {
             }
         }
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        let after = self.loaded.read().expect("config lock").config.safety.mode;
+        let before = old.config.safety.mode;
+        if before != after {
+            // From plan to apply, the next cycle deletes: whoever reads the log must see it.
+            tracing::warn!(path = %self.config_path.display(), %before, %after, "config reloaded: the mode changed from {before} to {after}");
+        }
         tracing::info!(path = %self.config_path.display(), "config reloaded");
         Ok(())
     }

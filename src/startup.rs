@@ -66,6 +66,8 @@ impl Loaded {
             stop,
             quota,
             keep_rows: false,
+            saved: None,
+            max_actions_override: None,
         }
     }
 }

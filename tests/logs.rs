@@ -90,7 +90,7 @@ async fn under_systemd_each_line_carries_its_journal_priority() {
 async fn colour_only_at_a_terminal_and_never_with_no_color() {
     let env = env_with_a_warning().await;
     let at_terminal = |no_color: bool| {
-        let (mut master, slave) = pty();
+        let (mut master, slave) = common::pty();
         let mut cmd = once(&env);
         if no_color {
             cmd.env("NO_COLOR", "1");
@@ -118,28 +118,4 @@ async fn colour_only_at_a_terminal_and_never_with_no_color() {
         !plain.contains("\x1b["),
         "NO_COLOR=1 at a terminal: {plain:?}"
     );
-}
-
-/// A pseudo-terminal: the master end (to read) and the slave end (to give the child).
-fn pty() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two new descriptors, which are owned by the Files made from them.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are not owned by anything else.
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            std::fs::File::from_raw_fd(slave),
-        )
-    }
 }

@@ -528,6 +528,12 @@ impl FakeHandle {
         self.insert_raw(registration.to_json())
     }
 
+    /// Removes a registration as someone else (the dashboard) would; `false` if absent. Not
+    /// recorded as a mutation: the janitor did not make it.
+    pub fn remove(&self, id: &str) -> bool {
+        lock(&self.shared.store).remove(id)
+    }
+
     /// Every mutation request received so far, in order of arrival.
     pub fn mutations(&self) -> Vec<MutationRecord> {
         lock(&self.shared.log).mutations.clone()

@@ -91,6 +91,9 @@ pub async fn open(config: Config) -> Result<Janitor, StartupError> {
     if let Some(warning) = credentials_warning(&loaded.config.cloudflare) {
         tracing::warn!("{warning}");
     }
+    for warning in &loaded.config.warnings {
+        tracing::warn!("{warning}");
+    }
     let audit = AuditStore::open(&loaded.config.audit.path).await?;
     let closed = audit.close_interrupted_runs(Utc::now()).await?;
     if closed > 0 {

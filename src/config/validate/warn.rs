@@ -269,3 +269,266 @@ fn protects(exclusion: &ExclusionSettings, kind: Kind) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use crate::config::{Config, Diagnostic};
+
+    const ACCOUNT: &str = "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n";
+    const IDLE_1D: &str = "\n[[rule]]\nname = \"idle-1d\"\nresource = \"device_registration\"\n\
+        action = \"delete\"\nidle_days = 1\n";
+
+    /// The warnings of `text` loaded in an environment holding only `vars`.
+    fn warnings(text: &str, vars: &[(&str, &str)]) -> Vec<Diagnostic> {
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        };
+        Config::from_toml_str_with(text, Path::new("zt.toml"), &env)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .warnings
+    }
+
+    fn one(warnings: &[Diagnostic]) -> String {
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        warnings[0].to_string()
+    }
+
+    const TOKEN_SET: (&str, &str) = ("CLOUDFLARE_API_TOKEN", "t");
+
+    #[test]
+    fn a_credentials_directory_path_outside_systemd_says_how_to_run_it() {
+        let text = format!("{ACCOUNT}api_token_file = \"%d/cloudflare-token\"\n{IDLE_1D}");
+        let warning = one(&warnings(&text, &[]));
+        assert!(
+            warning.starts_with("zt.toml:3:18: [cloudflare] api_token_file: \"%d/cloudflare-token\" is in systemd's credentials directory, but CREDENTIALS_DIRECTORY is not set"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("LoadCredential=cloudflare-token:<file>"),
+            "{warning}"
+        );
+
+        // Under systemd, the file is looked for in the directory.
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().to_str().unwrap();
+        let missing = one(&warnings(&text, &[("CREDENTIALS_DIRECTORY", credentials)]));
+        assert!(
+            missing.contains("cloudflare-token does not exist"),
+            "{missing}"
+        );
+        std::fs::write(dir.path().join("cloudflare-token"), "t").unwrap();
+        assert_eq!(
+            warnings(&text, &[("CREDENTIALS_DIRECTORY", credentials)]),
+            []
+        );
+    }
+
+    #[test]
+    fn a_token_file_that_cannot_be_opened_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let text = format!(
+            "{ACCOUNT}api_token_file = \"{}\"\n{IDLE_1D}",
+            path.display()
+        );
+        let warning = one(&warnings(&text, &[TOKEN_SET]));
+        assert!(
+            warning.starts_with("zt.toml:3:18: [cloudflare] api_token_file: the token file ")
+                && warning.contains("token does not exist, so every cycle would fail"),
+            "{warning}"
+        );
+        std::fs::create_dir(&path).unwrap();
+        assert!(one(&warnings(&text, &[])).contains("is a directory"));
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, "t").unwrap();
+        assert_eq!(warnings(&text, &[]), []);
+    }
+
+    #[test]
+    fn a_token_variable_that_is_not_set_or_empty_is_named_with_the_fix() {
+        let text = format!("{ACCOUNT}{IDLE_1D}");
+        let warning = one(&warnings(&text, &[]));
+        assert!(
+            warning.starts_with("zt.toml:1:1: [cloudflare] api_token_env: the environment variable CLOUDFLARE_API_TOKEN is not set here, so every cycle would fail to authenticate: export the token in it"),
+            "{warning}"
+        );
+        let empty = one(&warnings(&text, &[("CLOUDFLARE_API_TOKEN", "")]));
+        assert!(empty.contains("CLOUDFLARE_API_TOKEN is empty"), "{empty}");
+        assert_eq!(warnings(&text, &[TOKEN_SET]), []);
+
+        // A named variable is located at its key.
+        let named = format!("{ACCOUNT}api_token_env = \"JANITOR_TOKEN\"\n{IDLE_1D}");
+        let warning = one(&warnings(&named, &[TOKEN_SET]));
+        assert!(
+            warning.starts_with("zt.toml:3:17: [cloudflare] api_token_env: the environment variable JANITOR_TOKEN is not set"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn the_global_key_warns_about_each_missing_credential() {
+        let text =
+            format!("{ACCOUNT}auth = \"global_api_key\"\napi_email_env = \"MAIL\"\n{IDLE_1D}");
+        let all = warnings(&text, &[]);
+        let keys: Vec<&str> = all.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["[cloudflare] api_email_env", "[cloudflare] api_key_env"],
+            "{all:#?}"
+        );
+        assert!(all[1].message.contains("CLOUDFLARE_API_KEY is not set"));
+        assert_eq!(
+            warnings(&text, &[("MAIL", "a@b.c"), ("CLOUDFLARE_API_KEY", "k")]),
+            []
+        );
+    }
+
+    #[test]
+    fn apply_with_open_caps_aggressive_rules_and_no_exclusion_is_dangerous() {
+        let safety = |mode: &str, fraction: f64, actions: u64| {
+            format!(
+                "[safety]\nmode = \"{mode}\"\nmax_fraction_per_run = {fraction:?}\n\
+                 max_actions_per_run = {actions}\n"
+            )
+        };
+        let rule = |resource: &str, key: &str, days: u32| {
+            format!(
+                "\n[[rule]]\nname = \"r\"\nresource = \"{resource}\"\naction = \"delete\"\n\
+                 {key} = {days}\n"
+            )
+        };
+        let registrations = "\n[[exclude]]\nuser_email = [\"*@board.example.com\"]\n";
+        let tokens = "\n[[exclude]]\nservice_token_name = [\"break-glass-*\"]\n";
+        let device = |days| rule("device_registration", "idle_days", days);
+        // (case, safety, rules, exclusions, dangerous)
+        let cases = [
+            (
+                "the issue's example",
+                safety("apply", 1.0, 50),
+                device(1),
+                "",
+                true,
+            ),
+            (
+                "many actions",
+                safety("apply", 0.1, 5000),
+                device(7),
+                "",
+                true,
+            ),
+            (
+                "both caps open",
+                safety("apply", 1.0, 100_000),
+                device(3),
+                "",
+                true,
+            ),
+            (
+                "plan mode",
+                safety("plan", 1.0, 100_000),
+                device(1),
+                "",
+                false,
+            ),
+            (
+                "caps that hold",
+                safety("apply", 0.5, 999),
+                device(1),
+                "",
+                false,
+            ),
+            (
+                "a longer threshold",
+                safety("apply", 1.0, 50),
+                device(8),
+                "",
+                false,
+            ),
+            (
+                "an exclusion",
+                safety("apply", 1.0, 50),
+                device(1),
+                registrations,
+                false,
+            ),
+            (
+                "another kind's exclusion",
+                safety("apply", 1.0, 50),
+                device(1),
+                tokens,
+                true,
+            ),
+            (
+                "unused service tokens",
+                safety("apply", 1.0, 50),
+                rule("access_service_token", "unused_days", 2),
+                registrations,
+                true,
+            ),
+            (
+                "expired service tokens",
+                safety("apply", 1.0, 50),
+                rule("access_service_token", "expired_days", 0),
+                "",
+                false,
+            ),
+        ];
+        for (case, safety, rules, exclusions, dangerous) in cases {
+            let text = format!("{ACCOUNT}{safety}{rules}{exclusions}");
+            let found = warnings(&text, &[TOKEN_SET]);
+            if !dangerous {
+                assert_eq!(found, [], "{case}");
+                continue;
+            }
+            let warning = one(&found);
+            assert!(
+                warning.starts_with(
+                    "zt.toml:4:8: [safety] mode: dangerous: mode = \"apply\" with [safety] max_"
+                ),
+                "{case}: {warning}"
+            );
+            assert!(
+                warning.contains("[[rule]] #1 \"r\" (line 8)"),
+                "{case}: {warning}"
+            );
+            assert!(
+                warning.contains("and no [[exclude]] protecting"),
+                "{case}: {warning}"
+            );
+        }
+        let both = one(&warnings(
+            &format!("{ACCOUNT}{}{}", safety("apply", 1.0, 100_000), device(1)),
+            &[TOKEN_SET],
+        ));
+        assert!(
+            both.contains("with [safety] max_fraction_per_run = 1 (100%) and [safety] max_actions_per_run = 100000, [[rule]] #1 \"r\" (line 8) idle_days = 1 and no [[exclude]] protecting registrations: one run may delete every one"),
+            "{both}"
+        );
+    }
+
+    #[test]
+    fn a_rate_share_near_the_whole_quota_is_a_warning() {
+        let text = |share: f64| format!("{ACCOUNT}rate_share = {share:?}\n{IDLE_1D}");
+        let warning = one(&warnings(&text(0.9), &[TOKEN_SET]));
+        assert!(
+            warning.starts_with(
+                "zt.toml:3:14: [cloudflare] rate_share: 0.9 lets zt-janitor spend 90%"
+            ),
+            "{warning}"
+        );
+        assert_eq!(warnings(&text(0.8), &[TOKEN_SET]), []);
+    }
+
+    #[test]
+    fn a_config_with_errors_has_no_warnings_only_errors() {
+        let text = format!("{ACCOUNT}rate_share = 0.9\nper_page = 0\n{IDLE_1D}");
+        let env = |_: &str| None;
+        let e = Config::from_toml_str_with(&text, Path::new("zt.toml"), &env).unwrap_err();
+        assert_eq!(e.problems().len(), 1, "{e}");
+    }
+}

@@ -94,9 +94,9 @@ impl Validator<'_> {
                             "{path:?} is in systemd's credentials directory, but \
                              {CREDENTIALS_DIRECTORY} is not set, so outside a systemd service \
                              the {} cannot be read and every cycle fails. Under systemd, give \
-                             the unit LoadCredential={}:<file> (as systemd/zt-janitor.service does); run by hand, set \
-                             {CREDENTIALS_DIRECTORY}=<the directory holding {}>, or write the \
-                             file's full path here",
+                              the unit LoadCredential={}:<file> (as systemd/zt-janitor.service \
+                             does); run by hand, set {CREDENTIALS_DIRECTORY}=<the directory \
+                             holding {}>, or write the file's full path here",
                             credential.what, credential.systemd_name, credential.systemd_name
                         ),
                     );
@@ -223,9 +223,9 @@ impl Validator<'_> {
                 format!(
                     "dangerous: mode = \"apply\" with {}, {} and no [[exclude]] protecting \
                      {things}: one run may {} every one of the {things} idle or unused for a \
-                     few days (a team back from holiday). Keep max_fraction_per_run (default 0.10) \
-                     and max_actions_per_run (default 50) low, use a longer \
-                     threshold, add an [[exclude]] for the {things} that must stay, and review \
+                     few days (a team back from holiday). Keep max_fraction_per_run (default \
+                     0.10) and max_actions_per_run (default 50) low, use a longer threshold, \
+                     add an [[exclude]] for the {things} that must stay, and review \
                      `zt-janitor plan` first",
                     caps.join(" and "),
                     aggressive.join(", "),

@@ -73,10 +73,19 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Validate the config file and print the effective settings and rules.
+    /// Validate the config file: print every error, or the effective settings and rules and
+    /// the warnings (credentials this environment lacks, dangerous caps). Exit status: 0 valid
+    /// (warnings or not), 1 invalid or an online check failed.
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also check against the API: load the credentials, verify the token and read the
+        /// first page of each kind the rules select. Changes nothing, writes no audit log.
+        #[arg(long)]
+        online: bool,
+        /// Fail (exit 1) on warnings too, e.g. in CI.
+        #[arg(long)]
+        strict: bool,
     },
     /// Read the audit log.
     Audit {
@@ -237,27 +246,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 .context("the daemon stopped with an error")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => {
-            let Loaded { config: cfg, rules } = Loaded::new(Config::load(&config.config)?)?;
-            print!("{}", cfg.describe());
-            if let Some(warning) = crate::startup::credentials_warning(&cfg.cloudflare) {
-                eprintln!("warning: {warning}");
-            }
-            for warning in rules.warnings() {
-                eprintln!("warning: {warning}");
-            }
-            let now = Utc::now();
-            println!("next fire times (UTC):");
-            for at in crate::schedule::next_fires(&cfg.schedule.cron, now, 3) {
-                println!(
-                    "  {}",
-                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                );
-            }
-            if let Some(warning) = crate::schedule::schedule_warning(&cfg.schedule.cron, now) {
-                eprintln!("warning: {warning}");
-            }
-            println!("{}: OK", config.config.display());
+        Command::CheckConfig {
+            config,
+            online,
+            strict,
+        } => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            crate::check::check_config(&config.config, online, strict, &mut out, &mut err).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { query } => audit(query).await,

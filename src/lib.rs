@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod audit;
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod cloudflare;
 pub mod config;

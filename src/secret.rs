@@ -22,11 +22,11 @@ use crate::config::{Auth, CloudflareSettings};
 const REDACTED: &str = "[redacted]";
 
 /// The environment variable systemd sets to the directory holding `LoadCredential=` files.
-const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+pub(crate) const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
 /// Ways to write "the systemd credentials directory" at the start of a credential file's path.
 /// The config file is not a unit file, so systemd does not expand `%d` in it: we do.
-const CREDENTIALS_PREFIXES: [&str; 3] = [
+pub(crate) const CREDENTIALS_PREFIXES: [&str; 3] = [
     "%d/",
     "$CREDENTIALS_DIRECTORY/",
     "${CREDENTIALS_DIRECTORY}/",

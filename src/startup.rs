@@ -94,6 +94,9 @@ pub async fn open(config: Config) -> Result<Janitor, StartupError> {
     if let Some(warning) = credentials_warning(&loaded.config.cloudflare) {
         tracing::warn!("{warning}");
     }
+    for warning in &loaded.config.warnings {
+        tracing::warn!("{warning}");
+    }
     let audit = AuditStore::open(&loaded.config.audit.path).await?;
     let closed = audit.close_interrupted_runs(Utc::now()).await?;
     if closed > 0 {
@@ -223,6 +226,35 @@ user_email = ["*@board.example.com"]
         let token = config(&dir.path().join("token.db"));
         let logs = logs_of(async { open(token).await.unwrap().close().await }).await;
         assert!(!logs.contains("global API key"), "{logs}");
+    }
+
+    #[tokio::test]
+    async fn open_logs_the_configs_warnings_at_warn() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+             api_token_file = \"{}\"\n[safety]\nmode = \"apply\"\n\
+             max_fraction_per_run = 1.0\n[audit]\npath = \"{}\"\n[[rule]]\nname = \"r\"\n\
+             resource = \"device_registration\"\naction = \"delete\"\nidle_days = 1\n",
+            dir.path().join("no-token").display(),
+            dir.path().join("audit.db").display()
+        );
+        let config = Config::from_toml_str(&text, Path::new("test.toml")).unwrap();
+        assert_eq!(config.warnings.len(), 2, "{:#?}", config.warnings);
+        let logs = logs_of(async { open(config).await.unwrap().close().await }).await;
+        let warns: Vec<&str> = logs.lines().filter(|l| l.contains(" WARN ")).collect();
+        assert!(
+            warns
+                .iter()
+                .any(|l| l.contains("test.toml:3:18: [cloudflare] api_token_file: the token file")),
+            "{logs}"
+        );
+        assert!(
+            warns
+                .iter()
+                .any(|l| l.contains("test.toml:5:8: [safety] mode: dangerous")),
+            "{logs}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,11 @@
 //! Explaining a bad file: the `toml` crate's errors turned into `file:line:col: key: message`,
 //! with the key named, "did you mean" for typos, the valid keys listed, and TOML type names
 //! put in words.
+//!
+//! The `toml` crate stops at the first unknown key or wrong type. To report them all, each one
+//! found is blanked out of a copy of the text (replaced by spaces, so that every other offset
+//! stays where it was) and the copy parsed again. A syntax error stops the search: past it,
+//! nothing is reliable.
 
 use std::fmt;
 use std::ops::Range;
@@ -8,14 +13,53 @@ use std::ops::Range;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::raw::Sp;
+use super::raw::{RawConfig, Sp};
 use super::validate::{Validator, TOP};
-use super::ConfigError;
+use super::Diagnostic;
+
+/// How many unknown keys and wrong types one load reports at most.
+const MAX_SHAPE_ERRORS: usize = 100;
 
 impl Validator<'_> {
-    /// Turns an error of the `toml` crate (syntax, wrong type, unknown key) into `Invalid`,
-    /// naming the key it is about.
-    pub(super) fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+    /// The file as serde reads it, with every unknown key and wrong type recorded and left
+    /// out; `None` after a syntax error, or when one could not be left out cleanly.
+    pub(super) fn parse(&self) -> Option<RawConfig> {
+        let mut text = self.text.to_owned();
+        for round in 0..MAX_SHAPE_ERRORS {
+            let error = match toml::from_str::<RawConfig>(&text) {
+                Ok(raw) => return Some(raw),
+                Err(error) => error,
+            };
+            let message = error.message();
+            let shape =
+                message.starts_with("unknown field ") || message.starts_with("invalid type: ");
+            // After a blanking, a syntax error is the blanking's doing, not the file's.
+            if round > 0 && !shape {
+                return None;
+            }
+            self.report(self.toml_error(&error));
+            let extent = error
+                .span()
+                .filter(|_| shape)
+                .and_then(|span| key_value_extent(&text, span, message));
+            let extent = extent?;
+            let blank: String = text[extent.clone()]
+                .chars()
+                .map(|c| if c == '\n' { '\n' } else { ' ' })
+                .collect();
+            // Same length in bytes only if every blanked character is one byte: otherwise
+            // offsets would move, so stop rather than misplace later errors.
+            if blank.len() != extent.len() {
+                return None;
+            }
+            text.replace_range(extent, &blank);
+        }
+        None
+    }
+
+    /// Turns an error of the `toml` crate (syntax, wrong type, unknown key) into a located
+    /// problem, naming the key it is about.
+    pub(super) fn toml_error(&self, error: &toml::de::Error) -> Diagnostic {
         let span = error.span().unwrap_or(TOP);
         let message = error.message().trim();
         if let Some(rest) = message.strip_prefix("unknown field ") {
@@ -46,6 +90,89 @@ impl Validator<'_> {
         }
         self.error(span, key, message)
     }
+}
+
+/// Where the `key = value` an unknown-key or wrong-type error is about lies in `text`, when
+/// it is written on lines of its own (not inside an inline table or array, not a `[table]`
+/// header): from its key to the end of its value.
+fn key_value_extent(text: &str, span: Range<usize>, message: &str) -> Option<Range<usize>> {
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..span.start];
+    if message.starts_with("unknown field ") {
+        // The span is the key; its value is the next one in the key tree.
+        if !before.trim().is_empty() {
+            return None;
+        }
+        let end = value_after(text, span.start)?;
+        Some(span.start..end)
+    } else {
+        // The span is the value, after `key =` on the same line.
+        let (key, rest) = before.split_once('=')?;
+        let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if !rest.trim().is_empty() || key.trim().is_empty() || !key.trim().chars().all(bare) {
+            return None;
+        }
+        Some(line_start..span.end)
+    }
+}
+
+/// The end of the first value that starts after `offset` in the innermost table around it.
+fn value_after(text: &str, offset: usize) -> Option<usize> {
+    let root = toml::from_str::<Sp<Node>>(text).ok()?;
+    let mut node = &root;
+    loop {
+        let child = match node.get_ref() {
+            Node::Table(entries) => entries
+                .iter()
+                .map(|(_, value)| value)
+                .find(|value| encloses(text, value.span(), offset)),
+            Node::Array(items) => items
+                .iter()
+                .find(|item| encloses(text, item.span(), offset)),
+            Node::Leaf => None,
+        };
+        match child {
+            Some(child) if child.span().start < offset => node = child,
+            _ => break,
+        }
+    }
+    let Node::Table(entries) = node.get_ref() else {
+        return None;
+    };
+    let value = entries
+        .iter()
+        .map(|(_, value)| value.span())
+        .filter(|span| span.start > offset)
+        .min_by_key(|span| span.start)?;
+    // A value on another line is not this key's.
+    (!text[offset..value.start].contains('\n')).then_some(value.end)
+}
+
+/// Whether a problem at `key` may be only a consequence of leaving out the key a shape error
+/// (unknown key, wrong type) was about: the same key (now "missing"), the whole table ("this
+/// rule selects nothing"), anything in the same rule or exclusion (whose checks depend on
+/// each other), or anything in a table that was itself left out.
+pub(super) fn follows_from(shape_key: &str, key: &str) -> bool {
+    let (shape_table, shape_field) = split_key(shape_key);
+    let (table, field) = split_key(key);
+    shape_key == key
+        || (shape_table == table
+            && (shape_field.is_empty() || field.is_empty() || key.starts_with("[[")))
+}
+
+/// `[[rule]] #2 name` → (`rule #2`, `name`), `[cloudflare] per_page` → (`cloudflare`,
+/// `per_page`), `safety` → (`safety`, ``).
+fn split_key(key: &str) -> (String, &str) {
+    let (table, field) = if key.starts_with("[[") {
+        // The table is the entry: `[[rule]] #2`.
+        match key.match_indices(' ').nth(1) {
+            Some((i, _)) => (&key[..i], &key[i + 1..]),
+            None => (key, ""),
+        }
+    } else {
+        key.split_once(' ').unwrap_or((key, ""))
+    };
+    (table.replace(['[', ']'], ""), field)
 }
 
 fn unknown_key_message(unknown: &str, expected: &[&str]) -> String {

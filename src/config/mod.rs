@@ -21,7 +21,6 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-use raw::RawConfig;
 pub use settings::{
     Action, AuditSettings, Auth, CloudflareSettings, ExclusionSettings, LogFormat, LoggingSettings,
     MetricsSettings, Mode, RuleSettings, SafetySettings, ScheduleSettings, MAX_CYCLE_DEADLINE_SECS,
@@ -50,6 +49,38 @@ pub struct Config {
     pub rules: Vec<RuleSettings>,
     /// `[[exclude]]` tables, in file order. Possibly none.
     pub exclusions: Vec<ExclusionSettings>,
+    /// What loads but will probably fail or is dangerous, in file order: credentials the
+    /// environment did not provide when the file was loaded, caps that no longer protect
+    /// against aggressive rules. `check-config` prints them; the daemon logs them at start.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// One finding about the file, at its place: an error that stops it loading, or a warning
+/// about a setting that loads but is unlikely to work or is dangerous. `line` and `col` are
+/// 1-based; `col` counts characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub path: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// The key it is about, as `[table] key` or `[[rule]] #2 key`.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.path.display(),
+            self.line,
+            self.col,
+            self.key,
+            self.message
+        )
+    }
 }
 
 /// Why a configuration could not be loaded.
@@ -62,15 +93,42 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// `line` and `col` are 1-based; `col` counts characters.
-    #[error("{}:{line}:{col}: {key}: {message}", path.display())]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        col: usize,
-        key: String,
-        message: String,
-    },
+    /// Every independent problem found; at least one. Displayed on one line
+    /// (log lines and the one-line error of the binary), the first problem first;
+    /// `check-config` prints them one per line.
+    #[error("{}", one_line(problems))]
+    Invalid { problems: Vec<Diagnostic> },
+}
+
+impl ConfigError {
+    /// The problems found in the file; none when it could not be read.
+    pub fn problems(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems } => problems,
+        }
+    }
+}
+
+/// `p1 | p2 | p3 (3 errors; ...)`, or the one problem alone.
+fn one_line(problems: &[Diagnostic]) -> String {
+    let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    match texts.len() {
+        0 | 1 => texts.concat(),
+        n => format!(
+            "{} ({n} errors; `zt-janitor check-config` lists them one per line)",
+            texts.join(" | ")
+        ),
+    }
+}
+
+/// "1 error", "3 warnings".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 impl Config {
@@ -86,9 +144,17 @@ impl Config {
     /// Validates `text`; `path` is only used in messages and recorded in [`Config::path`].
     /// The default audit path depends on the `STATE_DIRECTORY` environment variable.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let v = Validator { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
-        v.config(raw, std::env::var_os("STATE_DIRECTORY"))
+        Self::from_toml_str_with(text, path, &|name| std::env::var_os(name))
+    }
+
+    /// [`Config::from_toml_str`] with the environment passed in (`STATE_DIRECTORY`, the
+    /// credentials' variables and `CREDENTIALS_DIRECTORY`, which the warnings look at).
+    pub fn from_toml_str_with(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Config, ConfigError> {
+        Validator::new(path, text).load(env)
     }
 }
 
@@ -332,10 +398,10 @@ mod tests {
             e.to_string(),
             "zt.toml:10:8: [safety] mode: unknown value \"aply\"; expected \"plan\" or \"apply\""
         );
-        let ConfigError::Invalid { line, col, key, .. } = e else {
+        let [Diagnostic { line, col, key, .. }] = e.problems() else {
             panic!("{e:?}")
         };
-        assert_eq!((line, col, key.as_str()), (10, 8, "[safety] mode"));
+        assert_eq!((*line, *col, key.as_str()), (10, 8, "[safety] mode"));
     }
 
     #[test]

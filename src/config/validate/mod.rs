@@ -1,9 +1,16 @@
-//! Raw values to public settings, or the first problem found, located at its span. Numbers are
-//! read as `i64` and range-checked here, so that `idle_days = -5` is explained in terms of days
-//! rather than of `u32`. What a `[[rule]]` or `[[exclude]]` may say is in `rule`.
+//! Raw values to public settings, or every independent problem found, each located at its
+//! span. Numbers are read as `i64` and range-checked here, so that `idle_days = -5` is
+//! explained in terms of days rather than of `u32`. What a `[[rule]]` or `[[exclude]]` may say
+//! is in `rule`; what loads but deserves a warning is in `warn`.
+//!
+//! A bad value is recorded with [`Validator::note`] and replaced by its default, so that
+//! checking goes on and the next bad value is reported too; checks that depend on a value
+//! (a rule's kind, say) are skipped when it was bad.
 
 mod rule;
+mod warn;
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
@@ -11,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cloudflare::model::{AccountId, ZoneId};
 
-use super::diagnostics::line_col;
+use super::diagnostics::{follows_from, line_col};
 use super::raw::{RawCloudflare, RawConfig, RawLogging, RawMetrics, RawSafety, RawSchedule, Sp};
 use super::settings::{
     default_audit_path, AuditSettings, Auth, CloudflareSettings, LogFormat, LoggingSettings,
@@ -22,11 +29,17 @@ use super::settings::{
     DEFAULT_MAX_RETRIES, DEFAULT_PER_PAGE, DEFAULT_RATE_SHARE, DEFAULT_REQUEST_TIMEOUT_SECS,
     MAX_CYCLE_DEADLINE_SECS, MAX_REQUEST_TIMEOUT_SECS,
 };
-use super::{Config, ConfigError, RuleSettings};
+use super::{Config, ConfigError, Diagnostic, RuleSettings};
+
+/// The environment, as a function from a variable's name to its value (tests pass their own).
+pub(super) type Env<'e> = &'e dyn Fn(&str) -> Option<OsString>;
 
 pub(super) struct Validator<'a> {
     pub(super) path: &'a Path,
     pub(super) text: &'a str,
+    /// Every problem found so far, in the order found.
+    errors: RefCell<Vec<Diagnostic>>,
+    warnings: RefCell<Vec<Diagnostic>>,
 }
 
 /// Where something missing is reported when there is no better place: the top of the file.
@@ -40,15 +53,53 @@ fn entry_key(array: &str, index: usize, field: &str) -> String {
     format!("[[{array}]] #{} {field}", index + 1)
 }
 
-impl Validator<'_> {
+impl<'a> Validator<'a> {
+    pub(super) fn new(path: &'a Path, text: &'a str) -> Self {
+        Validator {
+            path,
+            text,
+            errors: RefCell::default(),
+            warnings: RefCell::default(),
+        }
+    }
+
+    /// Parses and validates the text: the config, or every problem found.
+    pub(super) fn load(&self, env: Env<'_>) -> Result<Config, ConfigError> {
+        let parsed = self.parse();
+        let shape_errors = self.errors.borrow().len();
+        let config = parsed.and_then(|raw| self.config(raw, env));
+        let mut errors = self.errors.take();
+        // A key with the wrong type or an unknown name was left out to go on checking; what
+        // the checks then say about its table (a rule "selects nothing" without its
+        // idle_days) is a consequence, not a second problem.
+        let shape_keys: Vec<String> = errors[..shape_errors]
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        let mut index = 0;
+        errors.retain(|e| {
+            index += 1;
+            index <= shape_errors || !shape_keys.iter().any(|s| follows_from(s, &e.key))
+        });
+        match config {
+            Some(mut config) if errors.is_empty() => {
+                config.warnings = self.warnings.take();
+                Ok(config)
+            }
+            // In the order checked (unknown keys and types first, then table by table), so
+            // that the first is the one a single-error load used to report.
+            _ => Err(ConfigError::Invalid { problems: errors }),
+        }
+    }
+
     pub(super) fn error(
         &self,
         span: Range<usize>,
         key: impl Into<String>,
         message: impl Into<String>,
-    ) -> ConfigError {
+    ) -> Diagnostic {
         let (line, col) = line_col(self.text, span.start);
-        ConfigError::Invalid {
+        Diagnostic {
             path: self.path.to_owned(),
             line,
             col,
@@ -57,28 +108,64 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn config(
+    /// Records a problem; checking goes on.
+    pub(super) fn report(&self, problem: Diagnostic) {
+        self.errors.borrow_mut().push(problem);
+    }
+
+    /// The value, or `None` with its problem recorded.
+    pub(super) fn note<T>(&self, result: Result<T, Diagnostic>) -> Option<T> {
+        result.map_err(|e| self.report(e)).ok()
+    }
+
+    /// How many problems have been recorded: a check that depends on earlier values runs
+    /// only when none was added since they were read.
+    pub(super) fn error_count(&self) -> usize {
+        self.errors.borrow().len()
+    }
+
+    /// Records a warning at `span`.
+    pub(super) fn warn(
         &self,
-        raw: RawConfig,
-        state_directory: Option<OsString>,
-    ) -> Result<Config, ConfigError> {
-        let cloudflare = self.cloudflare(raw.cloudflare)?;
-        let safety = self.safety(raw.safety)?;
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let warning = self.error(span, key, message);
+        self.warnings.borrow_mut().push(warning);
+    }
+
+    fn config(&self, raw: RawConfig, env: Env<'_>) -> Option<Config> {
+        let cloudflare_span = raw.cloudflare.as_ref().map(Sp::span);
+        let raw_cloudflare = raw.cloudflare.as_ref().map(|c| c.get_ref());
+        let cloudflare = self.cloudflare(raw_cloudflare, cloudflare_span.clone());
+        let safety = self.safety(&raw.safety);
         let audit = AuditSettings {
-            path: match raw.audit.path {
-                Some(p) => PathBuf::from(self.non_empty(
-                    &p,
-                    &table_key("audit", "path"),
-                    "a file path such as \"/var/lib/zt-janitor/audit.db\"",
-                )?),
-                None => default_audit_path(state_directory),
+            path: match &raw.audit.path {
+                Some(p) => self
+                    .note(self.non_empty(
+                        p,
+                        &table_key("audit", "path"),
+                        "a file path such as \"/var/lib/zt-janitor/audit.db\"",
+                    ))
+                    .map_or_else(|| PathBuf::from("?"), PathBuf::from),
+                None => default_audit_path(env("STATE_DIRECTORY")),
             },
         };
-        let schedule = self.schedule(raw.schedule)?;
-        let metrics = self.metrics(raw.metrics)?;
-        let logging = self.logging(raw.logging)?;
+        let schedule =
+            self.note(self.schedule(&raw.schedule))
+                .unwrap_or_else(|| ScheduleSettings {
+                    cron: DEFAULT_CRON.to_owned(),
+                    run_on_start: false,
+                });
+        let metrics = self
+            .note(self.metrics(&raw.metrics))
+            .unwrap_or(MetricsSettings {
+                listen: SocketAddr::from(DEFAULT_LISTEN),
+            });
+        let logging = self.logging(&raw.logging);
         if raw.rule.is_empty() {
-            return Err(self.error(
+            self.report(self.error(
                 TOP,
                 "[[rule]]",
                 "no rules, so there is nothing to do; add at least one [[rule]] table, e.g. \
@@ -86,12 +173,17 @@ impl Validator<'_> {
                  action = \"delete\" idle_days = 90",
             ));
         }
+        let zones = cloudflare
+            .as_ref()
+            .map(|c| c.zone_ids.clone())
+            .unwrap_or_default();
         let mut rules: Vec<RuleSettings> = Vec::with_capacity(raw.rule.len());
-        for (index, raw_rule) in raw.rule.into_iter().enumerate() {
+        let mut names: Vec<&str> = Vec::with_capacity(raw.rule.len());
+        for (index, raw_rule) in raw.rule.iter().enumerate() {
             // Names identify rules in plans and the audit log, so they must be unique.
             if let Some(name) = &raw_rule.get_ref().name {
-                if let Some(first) = rules.iter().position(|r| &r.name == name.get_ref()) {
-                    return Err(self.error(
+                if let Some(first) = names.iter().position(|n| n == name.get_ref()) {
+                    self.report(self.error(
                         name.span(),
                         entry_key("rule", index, "name"),
                         format!(
@@ -101,18 +193,23 @@ impl Validator<'_> {
                         ),
                     ));
                 }
+                names.push(name.get_ref());
+            } else {
+                names.push("");
             }
-            rules.push(self.rule(index, raw_rule, &cloudflare.zone_ids)?);
+            if let Some(rule) = self.rule(index, raw_rule, &zones) {
+                rules.push(rule);
+            }
         }
         let exclusions = raw
             .exclude
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(index, e)| self.exclusion(index, e))
-            .collect::<Result<_, _>>()?;
-        Ok(Config {
+            .filter_map(|(index, e)| self.exclusion(index, e))
+            .collect();
+        let config = Config {
             path: self.path.to_owned(),
-            cloudflare,
+            cloudflare: cloudflare?,
             safety,
             audit,
             schedule,
@@ -120,38 +217,49 @@ impl Validator<'_> {
             logging,
             rules,
             exclusions,
-        })
+            warnings: Vec::new(),
+        };
+        if self.error_count() == 0 {
+            let cloudflare_span = cloudflare_span.unwrap_or(TOP);
+            self.warnings(&config, &raw, cloudflare_span, env);
+        }
+        Some(config)
     }
 
+    /// `[cloudflare]`; `None` when there is no account id to build it with (the problems are
+    /// recorded).
     fn cloudflare(
         &self,
-        raw: Option<Sp<RawCloudflare>>,
-    ) -> Result<CloudflareSettings, ConfigError> {
+        raw: Option<&RawCloudflare>,
+        span: Option<Range<usize>>,
+    ) -> Option<CloudflareSettings> {
         let key = |field: &str| table_key("cloudflare", field);
-        let (span, raw) = match raw {
-            Some(raw) => (raw.span(), raw.into_inner()),
-            None => {
-                return Err(self.error(
-                    TOP,
-                    key("account_id"),
-                    "missing: add a [cloudflare] table with account_id = \"<32 lowercase hex \
-                     characters>\" (the id in the dashboard URL)",
-                ))
-            }
+        let (Some(raw), Some(span)) = (raw, span) else {
+            self.report(self.error(
+                TOP,
+                key("account_id"),
+                "missing: add a [cloudflare] table with account_id = \"<32 lowercase hex \
+                 characters>\" (the id in the dashboard URL)",
+            ));
+            return None;
         };
-        let account_id =
-            match &raw.account_id {
-                Some(id) => AccountId::parse(id.get_ref())
-                    .map_err(|m| self.error(id.span(), key("account_id"), m))?,
-                None => return Err(self.error(
+        let account_id = match &raw.account_id {
+            Some(id) => self.note(
+                AccountId::parse(id.get_ref())
+                    .map_err(|m| self.error(id.span(), key("account_id"), m)),
+            ),
+            None => {
+                self.report(self.error(
                     span,
                     key("account_id"),
                     "missing: add account_id = \"<32 lowercase hex characters>\" (the id in the \
                      dashboard URL) to [cloudflare]",
-                )),
-            };
+                ));
+                None
+            }
+        };
         let auth = match &raw.auth {
-            Some(auth) => self.one_of_with(
+            Some(auth) => self.note(self.one_of_with(
                 auth,
                 &key("auth"),
                 &[
@@ -160,62 +268,92 @@ impl Validator<'_> {
                 ],
                 " (\"api_token\", the default, is a scoped API token; \"global_api_key\" is the \
                  legacy API Email + API Key)",
-            )?,
-            None => Auth::ApiToken,
+            )),
+            None => Some(Auth::ApiToken),
         };
-        let (used, unused): (&[&Credential], &[&Credential]) = match auth {
-            Auth::ApiToken => (&[&TOKEN], &[&EMAIL, &KEY]),
-            Auth::GlobalApiKey => (&[&EMAIL, &KEY], &[&TOKEN]),
-        };
-        let misplaced = unused
-            .iter()
-            .flat_map(|c| {
-                let [file, env] = (c.fields)(&raw);
-                [(c.file, file), (c.env, env)]
-            })
-            .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.span())))
-            .min_by_key(|(_, span)| span.start);
-        if let Some((name, span)) = misplaced {
-            let wanted: Vec<String> = used
-                .iter()
-                .map(|c| format!("{} or {}", c.file, c.env))
-                .collect();
-            let fix = match auth {
-                Auth::ApiToken => "or set auth = \"global_api_key\" to use the global API key",
-                Auth::GlobalApiKey => "or remove auth to use an API token",
-            };
-            return Err(self.error(
-                span,
-                key(name),
-                format!(
-                    "does not apply with auth = \"{auth}\", which reads {}; remove it, {fix}",
-                    wanted.join(", and ")
-                ),
-            ));
+        // Which keys are misplaced depends on auth: unknown when auth is bad.
+        if let Some(auth) = auth {
+            self.misplaced_credentials(raw, auth);
         }
-        let (api_token_file, api_token_env) = self.credential_source(&raw, &TOKEN)?;
-        let (api_email_file, api_email_env) = self.credential_source(&raw, &EMAIL)?;
-        let (api_key_file, api_key_env) = self.credential_source(&raw, &KEY)?;
+        let auth = auth.unwrap_or(Auth::ApiToken);
+        let (api_token_file, api_token_env) = self.credential_source(raw, &TOKEN);
+        let (api_email_file, api_email_env) = self.credential_source(raw, &EMAIL);
+        let (api_key_file, api_key_env) = self.credential_source(raw, &KEY);
         let base_url = match &raw.base_url {
-            Some(url) => self.base_url(url, &key("base_url"))?,
+            Some(url) => self
+                .note(self.base_url(url, &key("base_url")))
+                .unwrap_or_default(),
             None => DEFAULT_BASE_URL.to_owned(),
         };
         let mut zone_ids: Vec<ZoneId> = Vec::new();
         for zone in raw.zone_ids.iter().flatten() {
-            let id = ZoneId::parse(zone.get_ref())
-                .map_err(|m| self.error(zone.span(), key("zone_ids"), m))?;
+            let Some(id) = self.note(
+                ZoneId::parse(zone.get_ref())
+                    .map_err(|m| self.error(zone.span(), key("zone_ids"), m)),
+            ) else {
+                continue;
+            };
             if zone_ids.contains(&id) {
-                return Err(self.error(
+                self.report(self.error(
                     zone.span(),
                     key("zone_ids"),
                     format!("zone {id} is listed twice; list each zone once"),
                 ));
+                continue;
             }
             zone_ids.push(id);
         }
-        Ok(CloudflareSettings {
+        let per_page = self.number_or(
+            &raw.per_page,
+            &key("per_page"),
+            1..=10_000,
+            DEFAULT_PER_PAGE,
+            "",
+        );
+        let bulk_chunk_size = self.number_or(
+            &raw.bulk_chunk_size,
+            &key("bulk_chunk_size"),
+            1..=1000,
+            DEFAULT_BULK_CHUNK_SIZE,
+            " (100 is safe; Cloudflare documents no maximum)",
+        );
+        let request_timeout_secs = self.number_or(
+            &raw.request_timeout_secs,
+            &key("request_timeout_secs"),
+            1..=MAX_REQUEST_TIMEOUT_SECS as i64,
+            DEFAULT_REQUEST_TIMEOUT_SECS,
+            "",
+        );
+        let max_retries = self.number_or(
+            &raw.max_retries,
+            &key("max_retries"),
+            0..=20,
+            DEFAULT_MAX_RETRIES,
+            "",
+        );
+        let max_requests_per_cycle = self.number_or(
+            &raw.max_requests_per_cycle,
+            &key("max_requests_per_cycle"),
+            1..=i64::from(u32::MAX),
+            DEFAULT_MAX_REQUESTS_PER_CYCLE,
+            " (Cloudflare allows 1200 requests per 5 minutes)",
+        );
+        let cycle_deadline_secs = self.number_or(
+            &raw.cycle_deadline_secs,
+            &key("cycle_deadline_secs"),
+            1..=MAX_CYCLE_DEADLINE_SECS as i64,
+            DEFAULT_CYCLE_DEADLINE_SECS,
+            "",
+        );
+        let rate_share = self.fraction_or(
+            &raw.rate_share,
+            &key("rate_share"),
+            DEFAULT_RATE_SHARE,
+            "0.5 leaves half of Cloudflare's quota to people and other tools",
+        );
+        Some(CloudflareSettings {
             zone_ids,
-            account_id,
+            account_id: account_id?,
             auth,
             api_token_file,
             api_token_env,
@@ -224,65 +362,61 @@ impl Validator<'_> {
             api_key_file,
             api_key_env,
             base_url,
-            per_page: self.number_or(
-                &raw.per_page,
-                &key("per_page"),
-                1..=10_000,
-                DEFAULT_PER_PAGE,
-                "",
-            )?,
-            bulk_chunk_size: self.number_or(
-                &raw.bulk_chunk_size,
-                &key("bulk_chunk_size"),
-                1..=1000,
-                DEFAULT_BULK_CHUNK_SIZE,
-                " (100 is safe; Cloudflare documents no maximum)",
-            )?,
-            request_timeout_secs: self.number_or(
-                &raw.request_timeout_secs,
-                &key("request_timeout_secs"),
-                1..=MAX_REQUEST_TIMEOUT_SECS as i64,
-                DEFAULT_REQUEST_TIMEOUT_SECS,
-                "",
-            )?,
-            max_retries: self.number_or(
-                &raw.max_retries,
-                &key("max_retries"),
-                0..=20,
-                DEFAULT_MAX_RETRIES,
-                "",
-            )?,
-            max_requests_per_cycle: self.number_or(
-                &raw.max_requests_per_cycle,
-                &key("max_requests_per_cycle"),
-                1..=i64::from(u32::MAX),
-                DEFAULT_MAX_REQUESTS_PER_CYCLE,
-                " (Cloudflare allows 1200 requests per 5 minutes)",
-            )?,
-            cycle_deadline_secs: self.number_or(
-                &raw.cycle_deadline_secs,
-                &key("cycle_deadline_secs"),
-                1..=MAX_CYCLE_DEADLINE_SECS as i64,
-                DEFAULT_CYCLE_DEADLINE_SECS,
-                "",
-            )?,
-            rate_share: self.fraction_or(
-                &raw.rate_share,
-                &key("rate_share"),
-                DEFAULT_RATE_SHARE,
-                "0.5 leaves half of Cloudflare's quota to people and other tools",
-            )?,
+            per_page,
+            bulk_chunk_size,
+            request_timeout_secs,
+            max_retries,
+            max_requests_per_cycle,
+            cycle_deadline_secs,
+            rate_share,
         })
     }
 
-    fn safety(&self, raw: RawSafety) -> Result<SafetySettings, ConfigError> {
+    /// Each credential key that `auth` does not read is an error.
+    fn misplaced_credentials(&self, raw: &RawCloudflare, auth: Auth) {
+        let (used, unused): (&[&Credential], &[&Credential]) = match auth {
+            Auth::ApiToken => (&[&TOKEN], &[&EMAIL, &KEY]),
+            Auth::GlobalApiKey => (&[&EMAIL, &KEY], &[&TOKEN]),
+        };
+        let wanted: Vec<String> = used
+            .iter()
+            .map(|c| format!("{} or {}", c.file, c.env))
+            .collect();
+        let fix = match auth {
+            Auth::ApiToken => "or set auth = \"global_api_key\" to use the global API key",
+            Auth::GlobalApiKey => "or remove auth to use an API token",
+        };
+        let mut misplaced: Vec<(&str, Range<usize>)> = unused
+            .iter()
+            .flat_map(|c| {
+                let [file, env] = (c.fields)(raw);
+                [(c.file, file), (c.env, env)]
+            })
+            .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.span())))
+            .collect();
+        misplaced.sort_by_key(|(_, span)| span.start);
+        for (name, span) in misplaced {
+            self.report(self.error(
+                span,
+                table_key("cloudflare", name),
+                format!(
+                    "does not apply with auth = \"{auth}\", which reads {}; remove it, {fix}",
+                    wanted.join(", and ")
+                ),
+            ));
+        }
+    }
+
+    fn safety(&self, raw: &RawSafety) -> SafetySettings {
         let key = |field: &str| table_key("safety", field);
         let mode = match &raw.mode {
-            Some(mode) => self.one_of(
-                mode,
-                &key("mode"),
-                &[("plan", Mode::Plan), ("apply", Mode::Apply)],
-            )?,
+            Some(mode) => self
+                .note(self.one_of(
+                    mode,
+                    &key("mode"),
+                    &[("plan", Mode::Plan), ("apply", Mode::Apply)],
+                ))
+                .unwrap_or(Mode::Plan),
             None => Mode::Plan,
         };
         let max_fraction_per_run = self.fraction_or(
@@ -290,8 +424,8 @@ impl Validator<'_> {
             &key("max_fraction_per_run"),
             DEFAULT_MAX_FRACTION_PER_RUN,
             "0.10 allows acting on at most 10% of the registrations listed",
-        )?;
-        Ok(SafetySettings {
+        );
+        SafetySettings {
             mode,
             max_actions_per_run: self.number_or(
                 &raw.max_actions_per_run,
@@ -299,12 +433,12 @@ impl Validator<'_> {
                 1..=i64::MAX,
                 DEFAULT_MAX_ACTIONS_PER_RUN,
                 " (to change nothing, set mode = \"plan\" instead)",
-            )?,
+            ),
             max_fraction_per_run,
-        })
+        }
     }
 
-    fn schedule(&self, raw: RawSchedule) -> Result<ScheduleSettings, ConfigError> {
+    fn schedule(&self, raw: &RawSchedule) -> Result<ScheduleSettings, Diagnostic> {
         let cron = match &raw.cron {
             Some(cron) => {
                 let fields: Vec<&str> = cron.get_ref().split_whitespace().collect();
@@ -351,7 +485,7 @@ impl Validator<'_> {
         })
     }
 
-    fn metrics(&self, raw: RawMetrics) -> Result<MetricsSettings, ConfigError> {
+    fn metrics(&self, raw: &RawMetrics) -> Result<MetricsSettings, Diagnostic> {
         let listen = match &raw.listen {
             Some(listen) => listen.get_ref().parse().map_err(|_| {
                 self.error(
@@ -369,13 +503,15 @@ impl Validator<'_> {
         Ok(MetricsSettings { listen })
     }
 
-    fn logging(&self, raw: RawLogging) -> Result<LoggingSettings, ConfigError> {
+    fn logging(&self, raw: &RawLogging) -> LoggingSettings {
         let format = match &raw.format {
-            Some(f) => self.one_of(
-                f,
-                &table_key("logging", "format"),
-                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-            )?,
+            Some(f) => self
+                .note(self.one_of(
+                    f,
+                    &table_key("logging", "format"),
+                    &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+                ))
+                .unwrap_or(LogFormat::Text),
             None => LogFormat::Text,
         };
         let level = match &raw.level {
@@ -385,7 +521,7 @@ impl Validator<'_> {
                 // which the logging set-up parses (and a bare word there would be a target).
                 let is_directives = text.contains(['=', ',']);
                 if !is_directives && text.parse::<tracing::level_filters::LevelFilter>().is_err() {
-                    return Err(self.error(
+                    self.report(self.error(
                         level.span(),
                         table_key("logging", "level"),
                         format!(
@@ -400,11 +536,11 @@ impl Validator<'_> {
             }
             None => DEFAULT_LOG_LEVEL.to_owned(),
         };
-        Ok(LoggingSettings { format, level })
+        LoggingSettings { format, level }
     }
 
     /// A pattern that compiles; the rules module compiles it again, with its matching options.
-    fn glob(&self, pattern: Sp<String>, key: &str) -> Result<String, ConfigError> {
+    fn glob(&self, pattern: &Sp<String>, key: &str) -> Result<String, Diagnostic> {
         if pattern.get_ref().is_empty() {
             return Err(self.error(
                 pattern.span(),
@@ -424,32 +560,30 @@ impl Validator<'_> {
                 ),
             )
         })?;
-        Ok(pattern.into_inner())
+        Ok(pattern.get_ref().clone())
     }
 
-    /// [`Validator::number`], or `default` when the key is absent.
-    /// A fraction greater than 0 and at most 1, or `default` when absent.
-    fn fraction_or(
-        &self,
-        value: &Option<Sp<f64>>,
-        key: &str,
-        default: f64,
-        example: &str,
-    ) -> Result<f64, ConfigError> {
+    /// A fraction greater than 0 and at most 1, or `default` when absent or bad (recorded).
+    fn fraction_or(&self, value: &Option<Sp<f64>>, key: &str, default: f64, example: &str) -> f64 {
         match value {
-            Some(f) if !(*f.get_ref() > 0.0 && *f.get_ref() <= 1.0) => Err(self.error(
-                f.span(),
-                key.to_owned(),
-                format!(
-                    "{} is out of range; use a fraction greater than 0 and at most 1 ({example})",
-                    f.get_ref()
-                ),
-            )),
-            Some(f) => Ok(*f.get_ref()),
-            None => Ok(default),
+            Some(f) if !(*f.get_ref() > 0.0 && *f.get_ref() <= 1.0) => {
+                self.report(self.error(
+                    f.span(),
+                    key.to_owned(),
+                    format!(
+                        "{} is out of range; use a fraction greater than 0 and at most 1 \
+                         ({example})",
+                        f.get_ref()
+                    ),
+                ));
+                default
+            }
+            Some(f) => *f.get_ref(),
+            None => default,
         }
     }
 
+    /// [`Validator::number`], or `default` when the key is absent or bad (recorded).
     fn number_or<T: TryFrom<i64>>(
         &self,
         value: &Option<Sp<i64>>,
@@ -457,10 +591,12 @@ impl Validator<'_> {
         range: RangeInclusive<i64>,
         default: T,
         why: &str,
-    ) -> Result<T, ConfigError> {
+    ) -> T {
         match value {
-            Some(value) => self.number(value, key, range, why),
-            None => Ok(default),
+            Some(value) => self
+                .note(self.number(value, key, range, why))
+                .unwrap_or(default),
+            None => default,
         }
     }
 
@@ -471,7 +607,7 @@ impl Validator<'_> {
         key: &str,
         range: RangeInclusive<i64>,
         why: &str,
-    ) -> Result<T, ConfigError> {
+    ) -> Result<T, Diagnostic> {
         let n = *value.get_ref();
         if range.contains(&n) {
             if let Ok(n) = T::try_from(n) {
@@ -495,7 +631,7 @@ impl Validator<'_> {
         value: &Sp<String>,
         key: &str,
         choices: &[(&str, T)],
-    ) -> Result<T, ConfigError> {
+    ) -> Result<T, Diagnostic> {
         self.one_of_with(value, key, choices, "")
     }
 
@@ -505,7 +641,7 @@ impl Validator<'_> {
         key: &str,
         choices: &[(&str, T)],
         note: &str,
-    ) -> Result<T, ConfigError> {
+    ) -> Result<T, Diagnostic> {
         if let Some((_, choice)) = choices.iter().find(|(name, _)| name == value.get_ref()) {
             return Ok(*choice);
         }
@@ -532,7 +668,7 @@ impl Validator<'_> {
         value: &'v Sp<String>,
         key: &str,
         expected: &str,
-    ) -> Result<&'v str, ConfigError> {
+    ) -> Result<&'v str, Diagnostic> {
         if value.get_ref().trim().is_empty() {
             Err(self.error(value.span(), key, format!("is empty; write {expected}")))
         } else {
@@ -541,12 +677,12 @@ impl Validator<'_> {
     }
 
     /// Where one credential comes from: its file when set, else its environment variable
-    /// (named, or the default). Setting both is ambiguous.
+    /// (named, or the default). Setting both is ambiguous. Problems are recorded.
     fn credential_source(
         &self,
         raw: &RawCloudflare,
         credential: &Credential,
-    ) -> Result<(Option<PathBuf>, String), ConfigError> {
+    ) -> (Option<PathBuf>, String) {
         let key = |field: &str| table_key("cloudflare", field);
         let [file, env] = (credential.fields)(raw);
         if let (Some(file), Some(env)) = (file, env) {
@@ -555,7 +691,7 @@ impl Validator<'_> {
             } else {
                 (file.span(), credential.file)
             };
-            return Err(self.error(
+            self.report(self.error(
                 later,
                 key(name),
                 format!(
@@ -565,8 +701,8 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let file = match file {
-            Some(file) => Some(PathBuf::from(self.non_empty(
+        let file = file.as_ref().and_then(|file| {
+            self.note(self.non_empty(
                 file,
                 &key(credential.file),
                 &format!(
@@ -574,14 +710,14 @@ impl Validator<'_> {
                      LoadCredential=",
                     credential.what, credential.systemd_name
                 ),
-            )?)),
-            None => None,
-        };
-        let env = match env {
-            Some(name) => self.env_var_name(name, &key(credential.env), credential)?,
-            None => credential.default_env.to_owned(),
-        };
-        Ok((file, env))
+            ))
+            .map(PathBuf::from)
+        });
+        let env = env
+            .as_ref()
+            .and_then(|name| self.note(self.env_var_name(name, &key(credential.env), credential)))
+            .unwrap_or_else(|| credential.default_env.to_owned());
+        (file, env)
     }
 
     fn env_var_name(
@@ -589,7 +725,7 @@ impl Validator<'_> {
         name: &Sp<String>,
         key: &str,
         credential: &Credential,
-    ) -> Result<String, ConfigError> {
+    ) -> Result<String, Diagnostic> {
         let text = name.get_ref();
         let valid = text
             .chars()
@@ -615,7 +751,7 @@ impl Validator<'_> {
     /// An `https://` URL, or `http://` to a loopback host (the fake API), with no credentials,
     /// query or fragment; returned normalised, without a trailing `/`. Messages never echo the
     /// value: it may hold a password.
-    fn base_url(&self, url: &Sp<String>, key: &str) -> Result<String, ConfigError> {
+    fn base_url(&self, url: &Sp<String>, key: &str) -> Result<String, Diagnostic> {
         let fail = |message: String| Err(self.error(url.span(), key, message));
         let text = url.get_ref();
         // The URL parser silently drops these, so what is checked would not be what was written.
@@ -721,6 +857,96 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::fixtures::{load, CF, RULE};
+
+    /// Every independent problem is reported, each at its place; what follows from another
+    /// problem is not.
+    #[test]
+    fn every_independent_problem_is_reported_each_located() {
+        let text = "[cloudflare]\n\
+            account_id = \"0123\"\n\
+            per_pag = 10\n\
+            max_retries = \"3\"\n\
+            rate_share = 2.0\n\
+            [safety]\n\
+            mode = \"aply\"\n\
+            max_actions_per_run = 0\n\
+            [schedule]\n\
+            cron = \"0 */6 * * *\"\n\
+            [[rule]]\n\
+            name = \"idle\"\n\
+            resource = \"device_registration\"\n\
+            action = \"delete\"\n\
+            idle_days = \"9\"\n\
+            [[rule]]\n\
+            name = \"idle\"\n\
+            resource = \"access_service_token\"\n\
+            action = \"revoke\"\n\
+            idle_days = 5\n\
+            unused_days = 0\n\
+            [[exclude]]\n\
+            user_email = [\"[a-\"]\n\
+            registration_id = [\"a/b\"]\n";
+        let e = load(text).unwrap_err();
+        let got: Vec<(usize, usize, &str)> = e
+            .problems()
+            .iter()
+            .map(|p| (p.line, p.col, p.key.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (3, 1, "[cloudflare] per_pag"),
+                (4, 15, "[cloudflare] max_retries"),
+                (15, 13, "[[rule]] #1 idle_days"),
+                (2, 14, "[cloudflare] account_id"),
+                (5, 14, "[cloudflare] rate_share"),
+                (7, 8, "[safety] mode"),
+                (8, 23, "[safety] max_actions_per_run"),
+                (10, 8, "[schedule] cron"),
+                (17, 8, "[[rule]] #2 name"),
+                (20, 13, "[[rule]] #2 idle_days"),
+                (19, 10, "[[rule]] #2 action"),
+                (21, 15, "[[rule]] #2 unused_days"),
+                (23, 15, "[[exclude]] #1 user_email"),
+                (24, 20, "[[exclude]] #1 registration_id"),
+            ],
+            "{e}"
+        );
+        // Each keeps its own message; the one-line form lists them all and counts them.
+        let line = e.to_string();
+        assert!(
+            line.starts_with("zt.toml:3:1: [cloudflare] per_pag: unknown key \"per_pag\"; did you mean \"per_page\"?"),
+            "{line}"
+        );
+        assert!(
+            line.contains(" | zt.toml:7:8: [safety] mode: unknown value \"aply\""),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("(14 errors; `zt-janitor check-config` lists them one per line)"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn a_syntax_error_stops_the_search() {
+        let e = load(&format!("{CF}per_pag = 1\n[safety\n{RULE}")).unwrap_err();
+        assert_eq!(e.problems().len(), 1, "{e}");
+        assert!(e.to_string().contains("invalid table header"), "{e}");
+    }
+
+    #[test]
+    fn unknown_tables_and_keys_in_inline_tables_are_reported_then_the_search_stops() {
+        // Neither can be left out cleanly: the first is reported, and nothing made up after.
+        for text in [
+            format!("{CF}[rules]\nx = 1\n[safety]\nmode = \"aply\"\n"),
+            format!("{CF}{RULE}resource = \"device_registration\"\naction = \"delete\"\nidle_days = 9\n[metrics]\nlisten = {{ a = 1 }}\n"),
+        ] {
+            let e = load(&text).unwrap_err();
+            assert_eq!(e.problems().len(), 1, "{e}");
+        }
+    }
 
     #[test]
     fn time_limits_are_bounded_so_no_clock_arithmetic_overflows() {

@@ -107,6 +107,29 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
         }
     }
+
+    pub const ALL: [RunOutcome; 5] = [
+        RunOutcome::Applied,
+        RunOutcome::Planned,
+        RunOutcome::Refused,
+        RunOutcome::Aborted,
+        RunOutcome::Failed,
+    ];
+
+    /// The outcome a `runs.outcome` value names.
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// What the log remembers of the last finished runs, for the metrics of a fresh process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastRuns {
+    /// When the last finished run finished, whatever its outcome, and that outcome.
+    pub finished: Option<DateTime<Utc>>,
+    pub outcome: Option<RunOutcome>,
+    /// When the last run that finished as applied or planned finished.
+    pub succeeded: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Display for RunOutcome {
@@ -1516,6 +1539,35 @@ impl AuditStore {
             .collect()
     }
 
+    /// The last finished run and the last successful one (applied or planned), by run id:
+    /// runs are numbered in the order they start. A timestamp this version cannot parse
+    /// reads as unknown.
+    pub async fn last_runs(&self) -> Result<LastRuns, AuditError> {
+        let row = sqlx::query(
+            "SELECT
+                 (SELECT finished_at FROM runs WHERE outcome IS NOT NULL ORDER BY id DESC LIMIT 1),
+                 (SELECT outcome FROM runs WHERE outcome IS NOT NULL ORDER BY id DESC LIMIT 1),
+                 (SELECT finished_at FROM runs WHERE outcome IN ('applied', 'planned')
+                  ORDER BY id DESC LIMIT 1)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        let time = |i: usize| {
+            row.get::<Option<String>, _>(i)
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Ok(LastRuns {
+            finished: time(0),
+            outcome: row
+                .get::<Option<String>, _>(1)
+                .as_deref()
+                .and_then(RunOutcome::parse),
+            succeeded: time(2),
+        })
+    }
+
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, AuditError> {
         let rows = sqlx::query(
             "SELECT id, started_at, finished_at, mode, outcome, reason, seen_total, candidates,
@@ -1653,6 +1705,45 @@ mod tests {
             Some(ActionStatus::InFlight)
         );
         assert_eq!(ActionStatus::parse("bogus"), None);
+    }
+
+    /// The metrics of a fresh process start from these: the last finished run whatever its
+    /// outcome, the last success, and nothing from a run still going.
+    #[tokio::test]
+    async fn last_runs_are_the_last_finished_and_the_last_successful() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        assert_eq!(audit.last_runs().await.unwrap(), LastRuns::default());
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let runs = [
+            (RunOutcome::Applied, "2026-11-01T06:00:00.5Z"),
+            (RunOutcome::Planned, "2026-11-01T12:00:00Z"),
+            (RunOutcome::Aborted, "2026-11-01T18:00:00Z"),
+        ];
+        for (outcome, finished) in runs {
+            let run = audit.begin_run(Mode::Apply, at(finished)).await.unwrap();
+            audit
+                .finish_run(
+                    run,
+                    outcome,
+                    None,
+                    &RunSummary::default(),
+                    &[],
+                    at(finished),
+                )
+                .await
+                .unwrap();
+        }
+        audit.begin_run(Mode::Apply, Utc::now()).await.unwrap();
+        assert_eq!(
+            audit.last_runs().await.unwrap(),
+            LastRuns {
+                finished: Some(at("2026-11-01T18:00:00Z")),
+                outcome: Some(RunOutcome::Aborted),
+                succeeded: Some(at("2026-11-01T12:00:00Z")),
+            }
+        );
+        audit.close().await;
     }
 
     #[tokio::test]

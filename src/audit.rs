@@ -38,8 +38,8 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    #[error("another zt-janitor process is using the audit database {path}; stop it or point [audit] path elsewhere")]
-    Locked { path: PathBuf },
+    #[error("another zt-janitor process{} is using the audit database {path}; stop it first (a daemon: `systemctl stop zt-janitor`), or point [audit] path elsewhere", pid.map(|p| format!(" (PID {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
     #[error("cannot lock the audit database {path} through {lock}: {source}; check that the directory is writable and the disk is not full")]
     Lock {
         path: PathBuf,
@@ -47,6 +47,8 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is not an SQLite database; point --db or [audit] path at the audit database zt-janitor writes, or move this file away so that a new one is created")]
+    NotADatabase { path: PathBuf },
     #[error("cannot open the audit database {path}: {source}; check that the directory is writable, the disk is not full, and the file is a zt-janitor SQLite database")]
     Open {
         path: PathBuf,
@@ -573,9 +575,10 @@ async fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> 
         lock: lock_path.clone(),
         source,
     };
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&lock_path)
         .map_err(lock_err)?;
@@ -585,18 +588,39 @@ async fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> 
     let give_up = Instant::now() + LOCK_PATIENCE;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(file),
+            Ok(()) => {
+                // The holder's PID, for the message a second process gets; advisory only.
+                let _ = write_pid(&mut file);
+                return Ok(file);
+            }
             Err(TryLockError::WouldBlock) if Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(TryLockError::WouldBlock) => {
                 return Err(AuditError::Locked {
                     path: path.to_owned(),
+                    pid: read_pid(&mut file),
                 })
             }
             Err(TryLockError::Error(source)) => return Err(lock_err(source)),
         }
     }
+}
+
+fn write_pid(file: &mut File) -> std::io::Result<()> {
+    use std::io::Write;
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    file.flush()
+}
+
+/// The PID the lock's holder wrote; `None` when it wrote none (an older version) or garbage.
+fn read_pid(file: &mut File) -> Option<u32> {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// How long opening the store waits for a lock that another process holds.
@@ -622,9 +646,15 @@ async fn connect(
     mode: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
 ) -> Result<SqlitePool, AuditError> {
     use sqlx::Connection;
-    let open_err = |source| AuditError::Open {
-        path: path.to_owned(),
-        source,
+    let open_err = |source: sqlx::Error| match &source {
+        // SQLITE_NOTADB: said once, with the hint that fits, instead of the disk checklist.
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("26") => AuditError::NotADatabase {
+            path: path.to_owned(),
+        },
+        _ => AuditError::Open {
+            path: path.to_owned(),
+            source,
+        },
     };
     let options = SqliteConnectOptions::from_str("sqlite:")
         .map_err(open_err)?

@@ -28,7 +28,8 @@ use crate::metrics::Metrics;
 /// The outcome of the last cycle and why.
 type LastCycle = Option<(RunOutcome, Option<String>)>;
 
-/// What readiness depends on, updated by the scheduler after every cycle.
+/// How the last cycle ended, for the text of /readyz (never its status); updated by the
+/// scheduler after every cycle.
 #[derive(Clone, Default)]
 pub struct Health(Arc<Mutex<LastCycle>>);
 

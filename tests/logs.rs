@@ -261,16 +261,26 @@ async fn the_start_up_line_names_what_runs_and_the_scheduler_stays_quiet() {
     } else {
         three + chrono::TimeDelta::days(1)
     };
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || "unknown".to_owned(),
-            |o| String::from_utf8(o.stdout).unwrap().trim().to_owned(),
-        );
+    // As build.rs decides: this package's own repository, else "unknown" (a `git archive` copy).
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned())
+    };
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .ok();
+    let ours = git(&["rev-parse", "--show-toplevel"])
+        .and_then(|top| std::path::Path::new(&top).canonicalize().ok())
+        .is_some_and(|top| Some(top) == manifest);
+    let commit = ours
+        .then(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .flatten()
+        .unwrap_or_else(|| "unknown".to_owned());
     for want in [
         format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
         format!("commit=\"{commit}\""),

@@ -27,6 +27,9 @@ FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /build
 # sqlx macros must never try to reach a database at build time.
 ENV SQLX_OFFLINE=true
+# .git is not in the context: name the commit with --build-arg ZT_JANITOR_COMMIT=$(git rev-parse
+# --short=12 HEAD), or the start-up line says commit="unknown".
+ARG ZT_JANITOR_COMMIT=
 # No system libraries are needed: TLS is rustls, SQLite is compiled in (the image's gcc builds it).
 COPY . .
 # The registry and target/ live in BuildKit cache mounts, so a rebuild after a source change
@@ -71,7 +74,8 @@ USER 65532:65532
 EXPOSE 9847
 
 # No HEALTHCHECK: the image has no shell or curl; use the orchestrator's HTTP probes on
-# /healthz (liveness) and /readyz (readiness).
+# /healthz (liveness; and readiness in a sidecar, whose readiness is the application pod's) and
+# /readyz (readiness of a janitor in a pod of its own).
 # On SIGTERM an in-flight Cloudflare call may take up to 60 s: stop with a timeout above that
 # (`docker run --stop-timeout 90`, Kubernetes terminationGracePeriodSeconds: 90).
 STOPSIGNAL SIGTERM

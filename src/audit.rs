@@ -39,8 +39,8 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    #[error("another zt-janitor process is using the audit database {path}; stop it or point [audit] path elsewhere")]
-    Locked { path: PathBuf },
+    #[error("another zt-janitor process{} is using the audit database {path}; stop it first (a daemon: `systemctl stop zt-janitor`), or point [audit] path elsewhere", pid.map(|p| format!(" (PID {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
     #[error("cannot lock the audit database {path} through {lock}: {source}; check that the directory is writable and the disk is not full")]
     Lock {
         path: PathBuf,
@@ -48,6 +48,8 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is not an SQLite database; point --db or [audit] path at the audit database zt-janitor writes, or move this file away so that a new one is created")]
+    NotADatabase { path: PathBuf },
     #[error("cannot open the audit database {path}: {source}; check that the directory is writable, the disk is not full, and the file is a zt-janitor SQLite database")]
     Open {
         path: PathBuf,
@@ -112,6 +114,29 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
         }
     }
+
+    pub const ALL: [RunOutcome; 5] = [
+        RunOutcome::Applied,
+        RunOutcome::Planned,
+        RunOutcome::Refused,
+        RunOutcome::Aborted,
+        RunOutcome::Failed,
+    ];
+
+    /// The outcome a `runs.outcome` value names.
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// What the log remembers of the last finished runs, for the metrics of a fresh process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastRuns {
+    /// When the last finished run finished, whatever its outcome, and that outcome.
+    pub finished: Option<DateTime<Utc>>,
+    pub outcome: Option<RunOutcome>,
+    /// When the last run that finished as applied or planned finished.
+    pub succeeded: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Display for RunOutcome {
@@ -578,9 +603,10 @@ async fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> 
         lock: lock_path.clone(),
         source,
     };
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&lock_path)
         .map_err(lock_err)?;
@@ -590,18 +616,39 @@ async fn lock_exclusively(path: &Path, real: &Path) -> Result<File, AuditError> 
     let give_up = Instant::now() + LOCK_PATIENCE;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(file),
+            Ok(()) => {
+                // The holder's PID, for the message a second process gets; advisory only.
+                let _ = write_pid(&mut file);
+                return Ok(file);
+            }
             Err(TryLockError::WouldBlock) if Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(TryLockError::WouldBlock) => {
                 return Err(AuditError::Locked {
                     path: path.to_owned(),
+                    pid: read_pid(&mut file),
                 })
             }
             Err(TryLockError::Error(source)) => return Err(lock_err(source)),
         }
     }
+}
+
+fn write_pid(file: &mut File) -> std::io::Result<()> {
+    use std::io::Write;
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    file.flush()
+}
+
+/// The PID the lock's holder wrote; `None` when it wrote none (an older version) or garbage.
+fn read_pid(file: &mut File) -> Option<u32> {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// How long opening the store waits for a lock that another process holds.
@@ -627,9 +674,15 @@ async fn connect(
     mode: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
 ) -> Result<SqlitePool, AuditError> {
     use sqlx::Connection;
-    let open_err = |source| AuditError::Open {
-        path: path.to_owned(),
-        source,
+    let open_err = |source: sqlx::Error| match &source {
+        // SQLITE_NOTADB: said once, with the hint that fits, instead of the disk checklist.
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("26") => AuditError::NotADatabase {
+            path: path.to_owned(),
+        },
+        _ => AuditError::Open {
+            path: path.to_owned(),
+            source,
+        },
     };
     let options = SqliteConnectOptions::from_str("sqlite:")
         .map_err(open_err)?
@@ -1676,6 +1729,35 @@ impl AuditStore {
             .collect()
     }
 
+    /// The last finished run and the last successful one (applied or planned), by run id:
+    /// runs are numbered in the order they start. A timestamp this version cannot parse
+    /// reads as unknown.
+    pub async fn last_runs(&self) -> Result<LastRuns, AuditError> {
+        let row = sqlx::query(
+            "SELECT
+                 (SELECT finished_at FROM runs WHERE outcome IS NOT NULL ORDER BY id DESC LIMIT 1),
+                 (SELECT outcome FROM runs WHERE outcome IS NOT NULL ORDER BY id DESC LIMIT 1),
+                 (SELECT finished_at FROM runs WHERE outcome IN ('applied', 'planned')
+                  ORDER BY id DESC LIMIT 1)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        let time = |i: usize| {
+            row.get::<Option<String>, _>(i)
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Ok(LastRuns {
+            finished: time(0),
+            outcome: row
+                .get::<Option<String>, _>(1)
+                .as_deref()
+                .and_then(RunOutcome::parse),
+            succeeded: time(2),
+        })
+    }
+
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, AuditError> {
         let rows = sqlx::query(
             "SELECT id, started_at, finished_at, mode, outcome, reason, seen_total, candidates,
@@ -1813,6 +1895,45 @@ mod tests {
             Some(ActionStatus::InFlight)
         );
         assert_eq!(ActionStatus::parse("bogus"), None);
+    }
+
+    /// The metrics of a fresh process start from these: the last finished run whatever its
+    /// outcome, the last success, and nothing from a run still going.
+    #[tokio::test]
+    async fn last_runs_are_the_last_finished_and_the_last_successful() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        assert_eq!(audit.last_runs().await.unwrap(), LastRuns::default());
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let runs = [
+            (RunOutcome::Applied, "2026-11-01T06:00:00.5Z"),
+            (RunOutcome::Planned, "2026-11-01T12:00:00Z"),
+            (RunOutcome::Aborted, "2026-11-01T18:00:00Z"),
+        ];
+        for (outcome, finished) in runs {
+            let run = audit.begin_run(Mode::Apply, at(finished)).await.unwrap();
+            audit
+                .finish_run(
+                    run,
+                    outcome,
+                    None,
+                    &RunSummary::default(),
+                    &[],
+                    at(finished),
+                )
+                .await
+                .unwrap();
+        }
+        audit.begin_run(Mode::Apply, Utc::now()).await.unwrap();
+        assert_eq!(
+            audit.last_runs().await.unwrap(),
+            LastRuns {
+                finished: Some(at("2026-11-01T18:00:00Z")),
+                outcome: Some(RunOutcome::Aborted),
+                succeeded: Some(at("2026-11-01T12:00:00Z")),
+            }
+        );
+        audit.close().await;
     }
 
     #[tokio::test]

@@ -17,11 +17,59 @@ use crate::report::{self, Format};
 use crate::resource::Kind;
 use crate::startup::Loaded;
 
+/// The exit status of every outcome, in one place; `--help` prints [`EXIT_STATUS_HELP`] and
+/// the README has the same table. 2 is clap's own code for a usage error, so a run's outcomes
+/// start at 3 (until 0.1 an aborted or failed run also exited 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done as asked; for `once`, the run applied or planned.
+    Ok = 0,
+    /// An error outside a run: config, start-up, the audit database, the API before a run.
+    Error = 1,
+    /// The command line is wrong (clap).
+    Usage = 2,
+    /// `once`: the safety caps refused the run, or something blocked it; nothing was done.
+    Refused = 3,
+    /// `once`: the run aborted (a listing could not be trusted, or a stop was requested).
+    Aborted = 4,
+    /// `once`: actions failed, the run could not be audited, or the cycle panicked.
+    Failed = 5,
+}
+
+impl Exit {
+    /// The exit status of a run that ended as `outcome`.
+    pub fn of(outcome: RunOutcome) -> Exit {
+        match outcome {
+            RunOutcome::Applied | RunOutcome::Planned => Exit::Ok,
+            RunOutcome::Refused => Exit::Refused,
+            RunOutcome::Aborted => Exit::Aborted,
+            RunOutcome::Failed => Exit::Failed,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// The table of [`Exit`], as `--help` shows it.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  ok; `once`: the run applied or planned
+  1  error: config, start-up, audit database, API outside a run
+  2  usage error (the command line)
+  3  `once`: refused by the safety caps or blocked; nothing was done
+  4  `once`: aborted: a listing could not be trusted, or a stop was requested
+  5  `once`: failed: actions failed, or the run could not be audited";
+
 #[derive(Parser)]
 #[command(
     name = "zt-janitor",
     version,
-    about = "Keeps a Cloudflare Zero Trust account free of stale device registrations."
+    about = "Keeps a Cloudflare Zero Trust account free of stale device registrations.",
+    after_help = EXIT_STATUS_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,7 +107,8 @@ enum Command {
     /// for confirmation on a terminal. Exit status as for `once`.
     Apply(ApplyArgs),
     /// Run one cycle now: plan, record it in the audit log and, in apply mode, act.
-    /// Exit status: 0 applied/planned, 2 aborted/failed, 3 refused by the safety caps.
+    /// Exit status: 0 applied/planned, 3 refused, 4 aborted, 5 failed (see below).
+    #[command(after_help = EXIT_STATUS_HELP)]
     Once {
         #[command(flatten)]
         config: ConfigArg,
@@ -192,7 +241,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Error.into();
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
@@ -200,7 +249,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // Errors can carry API data (Cloudflare's messages), so they are escaped like output.
             eprintln!("error: {}", report::escape(&error_chain(&e)));
-            ExitCode::FAILURE
+            Exit::Error.into()
         }
     }
 }
@@ -337,7 +386,7 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
             // The run is recorded as failed, and exits as a failed run does.
             eprintln!("error: {e}");
             janitor.close().await;
-            return Ok(ExitCode::from(2));
+            return Ok(Exit::Failed.into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -346,7 +395,7 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
     if janitor.loaded.config.safety.mode == Mode::Plan {
         tracing::debug!("plan mode: nothing was changed");
     }
-    Ok(exit_code(report.outcome))
+    Ok(Exit::of(report.outcome).into())
 }
 
 /// Prints a cycle's report: each part's table (when kept) and the summary, or one JSON
@@ -389,14 +438,6 @@ fn report_cycle(
     Ok(())
 }
 
-fn exit_code(outcome: RunOutcome) -> ExitCode {
-    match outcome {
-        RunOutcome::Applied | RunOutcome::Planned => ExitCode::SUCCESS,
-        RunOutcome::Refused => ExitCode::from(3),
-        RunOutcome::Aborted | RunOutcome::Failed => ExitCode::from(2),
-    }
-}
-
 /// `zt-janitor apply FILE`: the saved plan's targets, confirmed, then one apply cycle
 /// restricted to them.
 async fn apply(mut config: Config, args: ApplyArgs) -> Result<ExitCode> {
@@ -404,7 +445,7 @@ async fn apply(mut config: Config, args: ApplyArgs) -> Result<ExitCode> {
         crate::saved_plan::SavedPlan::load(&args.file, &config, Utc::now(), args.max_age_hours)?;
     if !args.yes && !confirm_apply(&saved, args.max_actions)? {
         eprintln!("Apply cancelled; nothing was done.");
-        return Ok(ExitCode::from(1));
+        return Ok(Exit::Error.into());
     }
     config.safety.mode = Mode::Apply;
     if let Some(n) = args.max_actions {
@@ -429,13 +470,13 @@ async fn apply(mut config: Config, args: ApplyArgs) -> Result<ExitCode> {
         Err(e @ crate::cycle::CycleError::Panicked(_)) => {
             eprintln!("error: {e}");
             janitor.close().await;
-            return Ok(ExitCode::from(2));
+            return Ok(Exit::Failed.into());
         }
         Err(e) => return Err(e.into()),
     };
     report_cycle(&janitor, &report, args.output)?;
     janitor.close().await;
-    Ok(exit_code(report.outcome))
+    Ok(Exit::of(report.outcome).into())
 }
 
 /// Shows what applying `saved` will do and asks for `yes`, as `terraform apply` does. Off a
@@ -572,6 +613,46 @@ mod tests {
         );
         let plain = anyhow::anyhow!("no config").context("check-config failed");
         assert_eq!(error_chain(&plain), "check-config failed: no config");
+    }
+
+    #[test]
+    fn each_outcome_has_its_own_exit_status_and_the_help_lists_them() {
+        use clap::CommandFactory;
+        let Err(usage) = Cli::try_parse_from(["zt-janitor", "--no-such-flag"]) else {
+            panic!("an unknown flag is a usage error");
+        };
+        assert_eq!(usage.exit_code(), Exit::Usage as i32, "clap's usage code");
+        let codes: Vec<Exit> = RunOutcome::ALL.into_iter().map(Exit::of).collect();
+        assert_eq!(
+            codes,
+            [
+                Exit::Ok,
+                Exit::Ok,
+                Exit::Refused,
+                Exit::Aborted,
+                Exit::Failed
+            ]
+        );
+        let all = [
+            Exit::Ok,
+            Exit::Error,
+            Exit::Usage,
+            Exit::Refused,
+            Exit::Aborted,
+            Exit::Failed,
+        ];
+        for exit in all {
+            let line = format!("\n  {}  ", exit as u8);
+            assert!(EXIT_STATUS_HELP.contains(&line), "{exit:?} is documented");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("4  `once`: aborted"), "{help}");
+        let mut cli = Cli::command();
+        let once = cli.find_subcommand_mut("once").unwrap();
+        assert!(once
+            .render_long_help()
+            .to_string()
+            .contains("5  `once`: failed"));
     }
 
     #[test]

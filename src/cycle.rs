@@ -677,22 +677,33 @@ impl CycleContext<'_> {
             m.last_success_timestamp.set(finished.timestamp());
         }
         let s = &report.summary;
-        tracing::info!(
-            run = report.run_id,
-            mode = %report.mode,
-            outcome = %report.outcome,
-            reason = report.reason.as_deref().unwrap_or(""),
-            seen = s.seen_total.unwrap_or(0),
-            candidates = s.candidates.unwrap_or(0),
-            excluded = s.excluded.unwrap_or(0),
-            done = s.actions_done,
-            failed = s.actions_failed,
-            unconfirmed = s.actions_unconfirmed,
-            stuck = s.actions_stuck,
-            api_requests = s.api_requests,
-            seconds = format!("{:.3}", report.seconds),
-            "cycle finished"
-        );
+        // `journalctl -p warning` must show every run that did not do its job.
+        macro_rules! cycle_finished {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    run = report.run_id,
+                    mode = %report.mode,
+                    outcome = %report.outcome,
+                    reason = report.reason.as_deref().unwrap_or(""),
+                    seen = s.seen_total.unwrap_or(0),
+                    candidates = s.candidates.unwrap_or(0),
+                    excluded = s.excluded.unwrap_or(0),
+                    done = s.actions_done,
+                    failed = s.actions_failed,
+                    unconfirmed = s.actions_unconfirmed,
+                    stuck = s.actions_stuck,
+                    api_requests = s.api_requests,
+                    seconds = format!("{:.3}", report.seconds),
+                    "cycle finished"
+                )
+            };
+        }
+        match report.outcome {
+            RunOutcome::Applied | RunOutcome::Planned => cycle_finished!(tracing::Level::INFO),
+            RunOutcome::Refused | RunOutcome::Aborted => cycle_finished!(tracing::Level::WARN),
+            RunOutcome::Failed => cycle_finished!(tracing::Level::ERROR),
+        }
         Ok(report)
     }
 }

@@ -1,5 +1,8 @@
-//! The daemon's own HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (process up)
-//! and `/readyz` (audit store answers and can be written, and the last cycle did not fail).
+//! The daemon's own HTTP endpoint: `/` (a landing page linking the others), `/metrics`
+//! (Prometheus text format), `/healthz` (process up) and `/readyz` (process up and its audit
+//! store answers and can be written). A failed or aborted cycle never makes the process
+//! unready: in a sidecar that would take the application's whole pod out of its Services.
+//! `/readyz` names the last cycle's outcome in its body; metrics and alerts report failures.
 //! Served with timeouts and a connection cap, so that clients can neither hold the process's
 //! file descriptors nor delay its shutdown.
 
@@ -25,7 +28,8 @@ use crate::metrics::Metrics;
 /// The outcome of the last cycle and why.
 type LastCycle = Option<(RunOutcome, Option<String>)>;
 
-/// What readiness depends on, updated by the scheduler after every cycle.
+/// How the last cycle ended, for the text of /readyz (never its status); updated by the
+/// scheduler after every cycle.
 #[derive(Clone, Default)]
 pub struct Health(Arc<Mutex<LastCycle>>);
 
@@ -70,6 +74,7 @@ pub async fn serve(
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
+        .route("/", get(landing_handler))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
@@ -131,6 +136,29 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The exporter convention: a page a person opening the port in a browser can follow.
+const LANDING_PAGE: &str = concat!(
+    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>zt-janitor</title></head>\n",
+    "<body><h1>zt-janitor ",
+    env!("CARGO_PKG_VERSION"),
+    "</h1>\n<ul>\n",
+    "<li><a href=\"metrics\">/metrics</a>: Prometheus metrics</li>\n",
+    "<li><a href=\"healthz\">/healthz</a>: the process is up</li>\n",
+    "<li><a href=\"readyz\">/readyz</a>: the process is up and its audit log can be written; \
+     says how the last cycle ended</li>\n",
+    "</ul></body></html>\n"
+);
+
+async fn landing_handler() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        LANDING_PAGE,
+    )
+}
+
+/// 503 only for what is wrong with the process itself: an audit store that cannot be used
+/// (no cycle runs until it can). How the last cycle ended is text in a 200: a failed cycle is
+/// a metric and an alert, never a reason to take the pod out of its Services.
 async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
     if let Some(reason) = s.audit.unusable_reason() {
         return (
@@ -144,15 +172,13 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
             "degraded: the audit database does not answer\n".to_owned(),
         );
     }
-    match s.health.last() {
-        Some((outcome @ (RunOutcome::Failed | RunOutcome::Aborted), reason)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "degraded: the last cycle {outcome}: {}\n",
-                reason.unwrap_or_default()
-            ),
+    let last = match s.health.last() {
+        Some((outcome, Some(reason))) => format!(
+            "the last cycle {outcome}: {}",
+            crate::report::escape(&reason)
         ),
-        Some((outcome, _)) => (StatusCode::OK, format!("ready: the last cycle {outcome}\n")),
-        None => (StatusCode::OK, "ready: no cycle has run yet\n".to_owned()),
-    }
+        Some((outcome, None)) => format!("the last cycle {outcome}"),
+        None => "no cycle has run yet".to_owned(),
+    };
+    (StatusCode::OK, format!("ready: {last}\n"))
 }

@@ -19,7 +19,7 @@ use crate::config::LogFormat;
 /// commands' output, so that `--output json` stays parseable. A second call changes nothing.
 pub fn init(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_directives(level)));
     let stderr = std::io::stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -37,6 +37,20 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The filter for a configured `level` when `RUST_LOG` is not set: the scheduler crate's
+/// lifecycle chatter ("Uninited", "Job creator created", one line per tick at debug) is kept
+/// at warnings, unless `level` is quieter still or names that crate itself.
+pub fn default_directives(level: &str) -> String {
+    if level.contains("tokio_cron_scheduler") {
+        return level.to_owned();
+    }
+    let quiet = match level.trim().to_ascii_lowercase().as_str() {
+        quieter @ ("error" | "off") => quieter.to_owned(),
+        _ => "warn".to_owned(),
+    };
+    format!("{level},tokio_cron_scheduler={quiet}")
 }
 
 /// Colour codes only for a person at a terminal, unless `NO_COLOR` is set to anything but
@@ -112,6 +126,29 @@ mod tests {
         ];
         for (case, terminal, no_color, want) in cases {
             assert_eq!(colour(terminal, no_color.map(OsStr::new)), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_scheduler_crate_is_quiet_at_the_default_levels() {
+        // (configured level, filter)
+        let cases = [
+            ("info", "info,tokio_cron_scheduler=warn"),
+            ("debug", "debug,tokio_cron_scheduler=warn"),
+            ("ERROR", "ERROR,tokio_cron_scheduler=error"),
+            ("off", "off,tokio_cron_scheduler=off"),
+            (
+                "info,zt_janitor=debug",
+                "info,zt_janitor=debug,tokio_cron_scheduler=warn",
+            ),
+            (
+                "info,tokio_cron_scheduler=debug",
+                "info,tokio_cron_scheduler=debug",
+            ),
+        ];
+        for (level, want) in cases {
+            assert_eq!(default_directives(level), want, "{level}");
+            tracing_subscriber::EnvFilter::try_new(want).expect(want);
         }
     }
 

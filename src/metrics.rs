@@ -1,10 +1,27 @@
 //! Prometheus metrics: one registry per process, with typed handles for every metric the
 //! daemon exports. Owns metric names and labels; rendering over HTTP lives in `http`.
 
+use chrono::{DateTime, Utc};
 use prometheus::{
     Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::audit::{ActionStatus, LastRuns, RunOutcome};
+use crate::rules::RuleSet;
+
+/// The `outcome` values of `zt_janitor_actions_total`.
+const ACTION_OUTCOMES: [ActionStatus; 6] = [
+    ActionStatus::Done,
+    ActionStatus::AlreadyGone,
+    ActionStatus::Failed,
+    ActionStatus::Unconfirmed,
+    ActionStatus::Stuck,
+    ActionStatus::RefusedByApi,
+];
+
+/// Fire times read to find the schedule's period: enough to see a week of a daily cron.
+const SCHEDULE_SAMPLE: usize = 16;
 
 /// Cheap to clone: every handle is an `Arc` inside.
 #[derive(Clone)]
@@ -19,6 +36,9 @@ pub struct Metrics {
     pub run_duration: Histogram,
     pub last_run_timestamp: IntGauge,
     pub last_success_timestamp: IntGauge,
+    pub last_run_outcome: IntGaugeVec,
+    pub next_run_timestamp: IntGauge,
+    pub schedule_period: IntGauge,
     pub api_requests: IntCounterVec,
     pub api_latency: HistogramVec,
     pub api_retries: IntCounterVec,
@@ -100,6 +120,28 @@ impl Metrics {
             last_success_timestamp: IntGauge::new(
                 "zt_janitor_last_success_timestamp_seconds",
                 "Unix time the last cycle finished as applied or planned.",
+            )
+            .expect("valid metric"),
+            last_run_outcome: IntGaugeVec::new(
+                Opts::new(
+                    "zt_janitor_last_run_outcome",
+                    "1 for the outcome of the last finished run, 0 for the others; all 0 \
+                     before any run (restored from the audit log at start).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            next_run_timestamp: IntGauge::new(
+                "zt_janitor_next_run_timestamp_seconds",
+                "Unix time the schedule fires next; 0 when it never fires. Set when the \
+                 schedule is loaded and at each tick, so a value in the past means the \
+                 scheduler stopped firing.",
+            )
+            .expect("valid metric"),
+            schedule_period: IntGauge::new(
+                "zt_janitor_schedule_period_seconds",
+                "The longest gap between two of the schedule's next fire times: what the \
+                 alerts measure staleness in; 0 when it fires less than twice.",
             )
             .expect("valid metric"),
             api_requests: IntCounterVec::new(
@@ -201,7 +243,75 @@ impl Metrics {
             .set(1);
         m.quota_remaining.set(-1);
         m.register_all(build_info);
+        m.preinitialise();
         m
+    }
+
+    /// Creates every label set known in advance at 0, so that a scrape shows 0 rather than no
+    /// series: `increase()` cannot see a series' first sample, and absent is not zero.
+    fn preinitialise(&self) {
+        for outcome in RunOutcome::ALL {
+            self.runs.with_label_values(&[outcome.as_str()]);
+            self.last_run_outcome.with_label_values(&[outcome.as_str()]);
+        }
+        for reason in ["audit_unwritable", "audit_file_replaced"] {
+            self.cycles_not_started.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+    }
+
+    /// Creates `zt_janitor_actions_total` at 0 for each rule of `rules` and each outcome an
+    /// action can have; called with the rules in force at start and after each reload.
+    pub fn preinitialise_rules(&self, rules: &RuleSet) {
+        for rule in rules.rules() {
+            for outcome in ACTION_OUTCOMES {
+                self.actions.with_label_values(&[
+                    rule.resource.as_str(),
+                    &rule.name,
+                    rule.action.as_str(),
+                    outcome.as_str(),
+                ]);
+            }
+        }
+    }
+
+    /// Records how the last run ended: its outcome's series 1, the others 0.
+    pub fn set_last_outcome(&self, last: RunOutcome) {
+        for outcome in RunOutcome::ALL {
+            self.last_run_outcome
+                .with_label_values(&[outcome.as_str()])
+                .set(i64::from(outcome == last));
+        }
+    }
+
+    /// Sets the last-run gauges from what the audit log remembers, so that a restart does not
+    /// read as "never succeeded".
+    pub fn restore(&self, last: &LastRuns) {
+        if let Some(t) = last.finished {
+            self.last_run_timestamp.set(t.timestamp());
+        }
+        if let Some(t) = last.succeeded {
+            self.last_success_timestamp.set(t.timestamp());
+        }
+        if let Some(outcome) = last.outcome {
+            self.set_last_outcome(outcome);
+        }
+    }
+
+    /// Sets the schedule gauges for `cron` as of `now`: the next fire time, and the longest gap
+    /// between its next fire times (a cron such as "weekdays at 3" has uneven gaps).
+    pub fn set_schedule(&self, cron: &str, now: DateTime<Utc>) {
+        let fires = crate::schedule::next_fires(cron, now, SCHEDULE_SAMPLE);
+        self.next_run_timestamp
+            .set(fires.first().map_or(0, DateTime::timestamp));
+        let period = fires
+            .windows(2)
+            .map(|w| (w[1] - w[0]).num_seconds())
+            .max()
+            .unwrap_or(0);
+        self.schedule_period.set(period);
     }
 
     fn register_all(&self, build_info: IntGaugeVec) {
@@ -215,6 +325,9 @@ impl Metrics {
             Box::new(self.run_duration.clone()),
             Box::new(self.last_run_timestamp.clone()),
             Box::new(self.last_success_timestamp.clone()),
+            Box::new(self.last_run_outcome.clone()),
+            Box::new(self.next_run_timestamp.clone()),
+            Box::new(self.schedule_period.clone()),
             Box::new(self.api_requests.clone()),
             Box::new(self.api_latency.clone()),
             Box::new(self.api_retries.clone()),

@@ -123,6 +123,14 @@ pub async fn run_daemon(
         stop,
         quota,
     } = startup::open(config).await?.with_stop(stop);
+    metrics.preinitialise_rules(&loaded.rules);
+    // A restart must not read as "never succeeded": the log remembers the last runs.
+    match audit.last_runs().await {
+        Ok(last) => metrics.restore(&last),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the last runs from the audit log; the last-run metrics start at 0")
+        }
+    }
     let listen = loaded.config.metrics.listen;
     let cron = loaded.config.schedule.cron.clone();
     let run_on_start = loaded.config.schedule.run_on_start;
@@ -163,7 +171,8 @@ pub async fn run_daemon(
     // The schedule in force, which a reload replaces together with the config.
     let mut cron = cron;
     scheduler.start().await.map_err(DaemonError::Scheduler)?;
-    tracing::info!(%metrics_addr, cron = %cron, audit = %audit.path().display(), "zt-janitor daemon started");
+    daemon.metrics.set_schedule(&cron, Utc::now());
+    started_line(&daemon, metrics_addr, &cron);
     on_started(Started { metrics_addr });
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     spawn_watchdog(stop.clone());
@@ -213,8 +222,44 @@ fn cycle_job(daemon: &Arc<Daemon>, cron: &str) -> Result<Job, DaemonError> {
     })
 }
 
+/// The start-up line: what runs, where, under which config, and when it first acts.
+fn started_line(daemon: &Daemon, metrics_addr: SocketAddr, cron: &str) {
+    let loaded = daemon.loaded.read().expect("config lock").clone();
+    let rules: Vec<&str> = loaded
+        .rules
+        .rules()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    let next_run = next_fires(cron, Utc::now(), 1).first().map_or_else(
+        || "never".to_owned(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    tracing::info!(
+        %metrics_addr,
+        version = env!("CARGO_PKG_VERSION"),
+        commit = env!("ZT_JANITOR_COMMIT"),
+        mode = %loaded.config.safety.mode,
+        account = %loaded.config.cloudflare.account_id,
+        rules = %crate::report::escape(&rules.join(",")),
+        cron = %cron,
+        next_run = %next_run,
+        audit = %daemon.audit.path().display(),
+        "zt-janitor daemon started"
+    );
+}
+
 /// One schedule tick: runs a cycle unless one is already running or a stop was requested.
 async fn tick(daemon: Arc<Daemon>) {
+    let cron = daemon
+        .loaded
+        .read()
+        .expect("config lock")
+        .config
+        .schedule
+        .cron
+        .clone();
+    daemon.metrics.set_schedule(&cron, Utc::now());
     if daemon.stop.is_stopped() {
         return;
     }
@@ -234,7 +279,10 @@ async fn tick(daemon: Arc<Daemon>) {
     })
     .await;
     match result {
-        Ok(report) => daemon.health.record(report.outcome, report.reason),
+        Ok(report) => {
+            daemon.metrics.set_last_outcome(report.outcome);
+            daemon.health.record(report.outcome, report.reason);
+        }
         Err(e) => {
             if let Some(reason) = e.not_started_reason() {
                 daemon
@@ -243,8 +291,12 @@ async fn tick(daemon: Arc<Daemon>) {
                     .with_label_values(&[reason])
                     .inc();
                 tracing::error!(error = %e, "no cycle runs while the audit log cannot be trusted");
-            } else if !matches!(e, CycleError::Panicked(_)) {
-                tracing::error!(error = %e, "cycle could not be audited; nothing further was done");
+            } else {
+                // A panicked cycle's run is closed as failed; an unaudited one ends the same.
+                daemon.metrics.set_last_outcome(RunOutcome::Failed);
+                if !matches!(e, CycleError::Panicked(_)) {
+                    tracing::error!(error = %e, "cycle could not be audited; nothing further was done");
+                }
             }
             daemon
                 .health
@@ -283,6 +335,7 @@ impl Daemon {
                 tracing::warn!("{warning}");
             }
         }
+        self.metrics.preinitialise_rules(&loaded.rules);
         *self.loaded.write().expect("config lock") = Arc::new(loaded);
         if let Some(new_job) = new_job {
             match scheduler.add(new_job).await {
@@ -307,6 +360,7 @@ impl Daemon {
                 }
             }
         }
+        self.metrics.set_schedule(cron, Utc::now());
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         let after = self.loaded.read().expect("config lock").config.safety.mode;
         let before = old.config.safety.mode;

@@ -329,7 +329,11 @@ async fn the_binary_survives_a_huge_retry_after_and_closes_its_run() {
     });
     let out = env.binary(&["once"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "aborted, not a panic: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "aborted (exit 4), not a panic: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     let runs = env.run_outcomes().await;
     assert_eq!(runs.len(), 1);

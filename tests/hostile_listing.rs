@@ -254,6 +254,8 @@ fn every_listing_error() -> Vec<ApiError> {
         ApiError::Transport {
             endpoint,
             kind: "timeout",
+            at: "api.cloudflare.com/client/v4/accounts/a/devices/registrations".into(),
+            cause: "operation timed out".into(),
         },
         ApiError::Decode {
             endpoint,
@@ -289,6 +291,8 @@ fn every_listing_error() -> Vec<ApiError> {
         ApiError::Transport {
             endpoint,
             kind: "connection reset",
+            at: "api.cloudflare.com/client/v4/accounts/a/devices/registrations".into(),
+            cause: String::new(),
         },
     ];
     simple

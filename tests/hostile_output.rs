@@ -183,7 +183,11 @@ async fn cloudflare_error_messages_are_escaped_in_every_text_output() {
     std::fs::write(&env.config_path, config).unwrap();
 
     let once = env.binary(&["once"]);
-    assert_eq!(once.status.code(), Some(2), "the run aborts");
+    assert_eq!(
+        once.status.code(),
+        Some(4),
+        "the run aborts (exit 4 since issue 17; 2 is a usage error)"
+    );
     let text = String::from_utf8(once.stdout).unwrap();
     assert_clean("once", &text);
     assert!(

@@ -119,3 +119,156 @@ async fn colour_only_at_a_terminal_and_never_with_no_color() {
         "NO_COLOR=1 at a terminal: {plain:?}"
     );
 }
+
+/// Issue 17, items 6 and 8: each outcome of `once` logs its "cycle finished" line at its own
+/// level (so that `journalctl -p warning` shows the runs that did not do their job) and exits
+/// with its own status.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_outcome_logs_at_its_level_and_exits_with_its_status() {
+    // (case, faults, max actions, level, exit status)
+    let cases = [
+        ("applied", "", 100_000, "INFO", 0),
+        ("refused by the caps", "", 1, "WARN", 3),
+        (
+            "aborted: the listing fails",
+            "list:status=500",
+            100_000,
+            "WARN",
+            4,
+        ),
+        (
+            "failed: every mutation fails",
+            "any_mutation:status=500",
+            100_000,
+            "ERROR",
+            5,
+        ),
+    ];
+    for (case, fault, max_actions, level, status) in cases {
+        let env = Env::start(
+            FakeOptions {
+                registrations: 100,
+                seed: 3,
+                ..FakeOptions::default()
+            },
+            Settings {
+                max_actions,
+                max_retries: 0,
+                ..Settings::default()
+            },
+        )
+        .await;
+        assert!(
+            env.expected_candidates(chrono::Utc::now()).len() > 1,
+            "{case}: the seed gives candidates"
+        );
+        env.fake.set_faults(
+            fault
+                .split_whitespace()
+                .map(|f| f.parse().unwrap())
+                .collect(),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_zt-janitor"))
+            .args(["once", "--config"])
+            .arg(&env.config_path)
+            .env_remove("RUST_LOG")
+            .env_remove("CLOUDFLARE_API_TOKEN")
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap();
+        let log = String::from_utf8(out.stderr).unwrap();
+        let finished = log
+            .lines()
+            .find(|l| l.contains("cycle finished"))
+            .unwrap_or_else(|| panic!("{case}: no summary line in\n{log}"));
+        assert!(
+            finished.contains(&format!(" {level} ")),
+            "{case}: {level} expected: {finished}"
+        );
+        assert_eq!(out.status.code(), Some(status), "{case}: {log}");
+    }
+}
+
+/// Issue 17, item 7: the daemon's start-up line says what runs (version, commit), how (mode),
+/// where (account), which rules and when it first acts; the scheduler crate's lifecycle lines
+/// ("Uninited") stay out of the default level.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_up_line_names_what_runs_and_the_scheduler_stays_quiet() {
+    let port = common::free_port();
+    let extra =
+        format!("[schedule]\ncron = \"0 0 3 * * *\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let env = Env::start(
+        FakeOptions::default(),
+        Settings {
+            extra: &extra,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let log_path = env.dir.path().join("daemon.log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_zt-janitor"))
+        .args(["run", "--config"])
+        .arg(&env.config_path)
+        .env_remove("RUST_LOG")
+        .env_remove("CLOUDFLARE_API_TOKEN")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    common::wait_for(
+        "the daemon",
+        std::time::Duration::from_secs(30),
+        async || common::get(&url).await.0 == 200,
+    )
+    .await;
+    common::signal(&daemon, "-TERM");
+    assert!(daemon.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("zt-janitor daemon started"))
+        .unwrap_or_else(|| panic!("no start-up line in\n{log}"));
+    let now = chrono::Utc::now();
+    let three = now.date_naive().and_hms_opt(3, 0, 0).unwrap().and_utc();
+    let next = if three > now {
+        three
+    } else {
+        three + chrono::TimeDelta::days(1)
+    };
+    // As build.rs decides: this package's own repository, else "unknown" (a `git archive` copy).
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned())
+    };
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .ok();
+    let ours = git(&["rev-parse", "--show-toplevel"])
+        .and_then(|top| std::path::Path::new(&top).canonicalize().ok())
+        .is_some_and(|top| Some(top) == manifest);
+    let commit = ours
+        .then(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .flatten()
+        .unwrap_or_else(|| "unknown".to_owned());
+    for want in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        format!("commit=\"{commit}\""),
+        "mode=apply".to_owned(),
+        format!("account={}", env.fake.account_id()),
+        "rules=idle-90d,revoked".to_owned(),
+        format!("next_run={}", next.format("%Y-%m-%dT%H:%M:%SZ")),
+    ] {
+        assert!(line.contains(&want), "{want} in {line}");
+    }
+    assert!(
+        !log.contains("Uninited") && !log.contains("tokio_cron_scheduler"),
+        "the scheduler's chatter is not at the default level:\n{log}"
+    );
+}

@@ -646,17 +646,24 @@ async fn a_locked_audit_database_is_refused_before_any_api_call() {
     .await;
     let holder = AuditStore::open(&env.db_path).await.unwrap();
     let second = AuditStore::open(&env.db_path).await;
-    let Err(AuditError::Locked { path }) = &second else {
+    let Err(AuditError::Locked { path, pid }) = &second else {
         panic!("a second writer must be refused: {:?}", second.err());
     };
     assert_eq!(path, &env.db_path);
+    assert_eq!(*pid, Some(std::process::id()), "the holder's PID");
 
     let out = env.binary(&["once"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
+    // Issue 17: the message names the holder's PID and how to stop a daemon.
+    let holder_pid = format!(
+        "another zt-janitor process (PID {}) is using the audit database",
+        std::process::id()
+    );
     assert!(
-        stderr.contains("another zt-janitor process is using the audit database")
+        stderr.contains(&holder_pid)
             && stderr.contains(&env.db_path.display().to_string())
+            && stderr.contains("systemctl stop zt-janitor")
             && stderr.contains("[audit] path"),
         "{stderr}"
     );
@@ -691,22 +698,26 @@ async fn a_corrupted_audit_database_is_refused_and_left_untouched() {
         AuditStore::open_read_only(&env.db_path).await,
     ] {
         let err = result.err().expect("garbage must not open");
-        assert!(matches!(err, AuditError::Open { .. }), "{err:?}");
+        // Issue 17: said once, with a hint that fits (not the disk checklist).
+        assert!(matches!(err, AuditError::NotADatabase { .. }), "{err:?}");
         let message = err.to_string();
         assert!(
-            message.contains("cannot open the audit database")
-                && message.contains(&env.db_path.display().to_string())
-                && message.contains("zt-janitor SQLite database"),
+            message.contains(&format!(
+                "{} is not an SQLite database",
+                env.db_path.display()
+            )) && message.contains("[audit] path"),
             "{message}"
         );
     }
     let out = env.binary(&["once"]);
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot open the audit database"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("not an SQLite database").count(),
+        1,
+        "{stderr}"
     );
+    assert!(!stderr.contains("disk is not full"), "{stderr}");
     assert_eq!(env.fake.request_counts().total, 0, "no API call was made");
     assert_eq!(
         std::fs::read(&env.db_path).unwrap(),

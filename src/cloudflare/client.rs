@@ -646,7 +646,33 @@ fn transport_error(endpoint: Endpoint, e: &reqwest::Error) -> ApiError {
     } else {
         "network error"
     };
-    ApiError::Transport { endpoint, kind }
+    // Where: host, port and path only (the query is dropped; credentials travel in headers).
+    let at = e.url().map_or_else(
+        || "the API".to_owned(),
+        |u| {
+            let host = u.host_str().unwrap_or("");
+            match u.port() {
+                Some(port) => format!("{host}:{port}{}", u.path()),
+                None => format!("{host}{}", u.path()),
+            }
+        },
+    );
+    // Why: the innermost cause (the OS's or the resolver's words), whose text names no URL.
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let cause = if std::ptr::addr_eq(cause, e as &dyn std::error::Error) {
+        String::new()
+    } else {
+        crate::report::escape(&cause.to_string()).into_owned()
+    };
+    ApiError::Transport {
+        endpoint,
+        kind,
+        at: crate::report::escape(&at).into_owned(),
+        cause,
+    }
 }
 
 fn status_class(status: StatusCode) -> &'static str {

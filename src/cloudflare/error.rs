@@ -1,5 +1,6 @@
 //! Typed failures of Cloudflare API calls. Messages never contain the API token: it only ever
-//! travels in a request header, and reqwest errors are reduced to their kind before display.
+//! travels in a request header, and reqwest errors are reduced to their kind, the request's
+//! host and path, and their innermost cause before display.
 
 use std::fmt;
 
@@ -124,10 +125,18 @@ pub enum ApiError {
         errors: Vec<CfErrorDetail>,
         envelope: bool,
     },
-    #[error("{endpoint}: {kind} talking to Cloudflare (is the API reachable from here?)")]
+    #[error(
+        "{endpoint}: {kind} talking to Cloudflare at {at}{}; is the API reachable from here \
+         (DNS, firewall, proxy), and is [cloudflare] base_url right?",
+        if cause.is_empty() { String::new() } else { format!(": {cause}") }
+    )]
     Transport {
         endpoint: Endpoint,
         kind: &'static str,
+        /// Host, port and path of the request: never its query, never a credential.
+        at: String,
+        /// The innermost cause (e.g. "Connection refused (os error 111)"), escaped.
+        cause: String,
     },
     #[error("{endpoint}: unreadable response (HTTP {status}): {message}")]
     Decode {
@@ -221,13 +230,13 @@ fn describe_api(
         return format!(
             "HTTP {status} without a Cloudflare error envelope (not Cloudflare's JSON: a proxy \
              or a wrong [cloudflare] base_url?){}",
-            hint(endpoint, status)
+            hint(endpoint, status, &[])
         );
     }
     format!(
         "Cloudflare answered HTTP {status}: {}{}",
         describe(errors),
-        hint(endpoint, status)
+        hint(endpoint, status, errors)
     )
 }
 
@@ -244,11 +253,23 @@ fn describe(errors: &[CfErrorDetail]) -> String {
         .join("; ")
 }
 
-fn hint(endpoint: Endpoint, status: u16) -> String {
+fn hint(endpoint: Endpoint, status: u16, errors: &[CfErrorDetail]) -> String {
+    if errors.iter().any(CfErrorDetail::is_routing) {
+        // What Cloudflare answers for an account (or zone) id it cannot route to.
+        let ids = match endpoint.kind() {
+            Kind::ClientCertificate => "[cloudflare] account_id and zone_ids name",
+            _ => "[cloudflare] account_id names",
+        };
+        return format!(
+            " — Cloudflare has no such route: check that {ids} your account (32 hex \
+             characters, in the dashboard's URL) and that [cloudflare] base_url is the API's"
+        );
+    }
     match status {
         401 | 403 => format!(
             " — check the API token: it must be valid for this account and carry the \
-             '{}' permission",
+             '{}' permission, and [cloudflare] account_id must be the account the token \
+             belongs to",
             endpoint.permission()
         ),
         429 => " — rate limited by Cloudflare; lower the schedule frequency or \
@@ -465,6 +486,8 @@ pub(crate) mod tests {
                 ApiError::Transport {
                     endpoint: DeleteRegistration,
                     kind: "timeout",
+                    at: "api.cloudflare.com/client/v4".to_owned(),
+                    cause: String::new(),
                 },
                 true,
             ),

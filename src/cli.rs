@@ -351,10 +351,12 @@ async fn plan(config: Config, output: Format, out: Option<&Path>) -> Result<Exit
     }
     let mut out = std::io::stdout().lock();
     match output {
-        // One JSON document per kind, each naming its resource.
+        // One JSON document per part, each naming its resource (and zone): a stream, so that
+        // each part stands alone and one schema fits every document.
         Format::Json => {
             for plan in &plans {
-                report::plan_json(&mut out, plan, &rules)?;
+                let header = report::Header::new(Some(&config), plan.generated_at);
+                report::plan_json(&mut out, &header, plan, &rules)?;
             }
         }
         Format::Csv => report::plan_csv(&mut out, &plans)?,
@@ -407,10 +409,12 @@ fn report_cycle(
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
-        CycleFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &report)?;
-            writeln!(out)?;
-        }
+        CycleFormat::Json => report::cycle_json(
+            &mut out,
+            &janitor.loaded.config.cloudflare.account_id,
+            Utc::now(),
+            &report,
+        )?,
         CycleFormat::Text => {
             let several = report.resources.len() > 1;
             for (i, part) in report.resources.iter().enumerate() {
@@ -572,10 +576,15 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
             (common, Some(filter))
         }
     };
-    let path = match common.db {
-        Some(db) => db,
-        None => load(&common.config.config, Some("warn"))?.audit.path,
+    // With --db no config is read, so the JSON names no account or mode.
+    let (path, config) = match common.db {
+        Some(db) => (db, None),
+        None => {
+            let config = load(&common.config.config, Some("warn"))?;
+            (config.audit.path.clone(), Some(config))
+        }
     };
+    let header = report::Header::new(config.as_ref(), Utc::now());
     if !path.exists() {
         anyhow::bail!(
             "no audit database at {}: nothing has run with this config yet (or pass --db PATH)",
@@ -589,8 +598,9 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
             &mut out,
             &store.recent_runs(common.limit).await?,
             common.output,
+            &header,
         )?,
-        Some(f) => report::actions(&mut out, &store.actions(&f).await?, common.output)?,
+        Some(f) => report::actions(&mut out, &store.actions(&f).await?, common.output, &header)?,
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)

@@ -173,6 +173,7 @@ async fn show(
         &mut std::io::stdout(),
         &audit.recent_runs(2).await?,
         Format::Text,
+        &report::Header::new(None, Utc::now()),
     )?;
     println!(
         "\nThe fake API now holds {}; it saw {} mutation calls.",
@@ -188,7 +189,12 @@ async fn show(
             ..ActionFilter::default()
         })
         .await?;
-    report::actions(&mut std::io::stdout(), &done, Format::Text)?;
+    report::actions(
+        &mut std::io::stdout(),
+        &done,
+        Format::Text,
+        &report::Header::new(None, Utc::now()),
+    )?;
     let with_user = audit
         .actions(&ActionFilter {
             run_id: first_run,

@@ -10,13 +10,19 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::audit::{ActionRow, RunRow};
-use crate::cloudflare::Stamp;
+use crate::cloudflare::{AccountId, Stamp};
+use crate::config::{Config, Mode};
 use crate::cycle::CycleReport;
-use crate::plan::{Candidate, Entry, Plan};
-use crate::resource::Kind;
+use crate::plan::{AnomalyCounts, Candidate, CapCheck, Entry, Plan, SeenCounts};
+use crate::resource::{Kind, Scope};
 use crate::rules::RuleSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -222,20 +228,140 @@ pub fn plan_csv(out: &mut dyn Write, plans: &[Plan]) -> io::Result<()> {
     csv_rows(out, &rows)
 }
 
-/// The machine-readable plan.
+/// The shape of every JSON document this program prints (the `schema_version` field, and
+/// the schemas in `schemas/`): raised when a field is removed or changes meaning, not when
+/// one is added.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What every JSON document starts with: its shape's version, the account and mode of the
+/// config it was made with (`None` when the command read no config, as `audit --db`), and
+/// when it was made.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Header<'a> {
+    schema_version: u32,
+    account_id: Option<&'a AccountId>,
+    mode: Option<Mode>,
+    #[serde(serialize_with = "rfc3339")]
+    generated_at: DateTime<Utc>,
+}
+
+/// RFC 3339 in UTC to the microsecond, as the audit log writes its times.
+fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+impl<'a> Header<'a> {
+    pub fn new(config: Option<&'a Config>, generated_at: DateTime<Utc>) -> Self {
+        Header {
+            schema_version: SCHEMA_VERSION,
+            account_id: config.map(|c| &c.cloudflare.account_id),
+            mode: config.map(|c| c.safety.mode),
+            generated_at,
+        }
+    }
+}
+
+/// One part of the machine-readable plan (schemas/plan-part.schema.json). `candidates` holds
+/// only what an apply run would act on, so that counting its actions gives the summary's
+/// count; the matches an exclusion protects are apart, in `excluded`.
 #[derive(Serialize)]
 struct PlanJson<'a> {
     #[serde(flatten)]
-    plan: &'a Plan,
-    candidates_by_rule: std::collections::BTreeMap<String, u64>,
-    excluded: usize,
+    header: Header<'a>,
+    resource: Kind,
+    #[serde(flatten)]
+    scope: &'a Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked: Option<&'a str>,
+    pages: u64,
+    seen: SeenCounts,
+    /// The length of `candidates`: the plan's actions, which the caps count.
+    candidates_count: u64,
+    candidates_by_rule: BTreeMap<String, u64>,
+    excluded_count: u64,
+    candidates: Vec<&'a Candidate>,
+    excluded: Vec<ExcludedJson<'a>>,
+    anomalies: &'a AnomalyCounts,
+    caps: &'a CapCheck,
 }
 
-pub fn plan_json(out: &mut dyn Write, plan: &Plan, rules: &RuleSet) -> io::Result<()> {
+/// A match an exclusion protects: the candidate's fields, with `action` "skip" (so that no
+/// filter on the action can count it) and the rule's own action in `rule_action`.
+struct ExcludedJson<'a>(&'a Candidate);
+
+impl Serialize for ExcludedJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let c = self.0;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("resource", &c.kind)?;
+        map.serialize_entry("rule", &c.rule)?;
+        map.serialize_entry("action", "skip")?;
+        map.serialize_entry("rule_action", &c.action)?;
+        map.serialize_entry("id", &c.id)?;
+        if let Some(zone) = &c.zone {
+            map.serialize_entry("zone", zone)?;
+        }
+        map.serialize_entry("user_email", &c.user_email)?;
+        map.serialize_entry(c.name_key(), &c.name)?;
+        map.serialize_entry("last_seen_at", &c.last_seen_at)?;
+        map.serialize_entry("reason", &c.why.to_string())?;
+        map.serialize_entry("excluded_by", &c.excluded_by)?;
+        map.end()
+    }
+}
+
+/// One part of the plan as one JSON document; a plan of several parts prints one after the
+/// other (a stream, which `jq` reads as such; `jq -s` makes it an array).
+pub fn plan_json(
+    out: &mut dyn Write,
+    header: &Header<'_>,
+    plan: &Plan,
+    rules: &RuleSet,
+) -> io::Result<()> {
+    let candidates: Vec<&Candidate> = plan.actionable().collect();
+    let excluded: Vec<ExcludedJson<'_>> = plan.excluded().map(ExcludedJson).collect();
     let doc = PlanJson {
-        plan,
+        header: *header,
+        resource: plan.kind,
+        scope: &plan.scope,
+        blocked: plan.blocked.as_deref(),
+        pages: plan.pages,
+        seen: plan.seen,
+        candidates_count: candidates.len() as u64,
         candidates_by_rule: plan.candidates_by_rule(rules),
-        excluded: plan.excluded().count(),
+        excluded_count: excluded.len() as u64,
+        candidates,
+        excluded,
+        anomalies: &plan.anomalies,
+        caps: &plan.caps,
+    };
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)
+}
+
+/// The report of one cycle (schemas/cycle-report.schema.json); its `mode` is the cycle's.
+#[derive(Serialize)]
+struct CycleJson<'a> {
+    schema_version: u32,
+    account_id: &'a AccountId,
+    #[serde(serialize_with = "rfc3339")]
+    generated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    report: &'a CycleReport,
+}
+
+pub fn cycle_json(
+    out: &mut dyn Write,
+    account_id: &AccountId,
+    generated_at: DateTime<Utc>,
+    report: &CycleReport,
+) -> io::Result<()> {
+    let doc = CycleJson {
+        schema_version: SCHEMA_VERSION,
+        account_id,
+        generated_at,
+        report,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)
@@ -292,9 +418,16 @@ pub fn cycle_text(out: &mut dyn Write, r: &CycleReport) -> io::Result<()> {
     Ok(())
 }
 
-pub fn runs(out: &mut dyn Write, runs: &[RunRow], format: Format) -> io::Result<()> {
+/// Runs as a table, CSV, or one JSON document (schemas/audit-runs.schema.json) that starts
+/// with `header`.
+pub fn runs(
+    out: &mut dyn Write,
+    runs: &[RunRow],
+    format: Format,
+    header: &Header<'_>,
+) -> io::Result<()> {
     match format {
-        Format::Json => json_lines(out, runs),
+        Format::Json => json_document(out, &RunsJson { header, runs }),
         Format::Csv => csv_rows(out, runs),
         Format::Text => {
             let rows: Vec<[String; 9]> = runs
@@ -333,9 +466,22 @@ pub fn runs(out: &mut dyn Write, runs: &[RunRow], format: Format) -> io::Result<
     }
 }
 
-pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io::Result<()> {
+/// Actions as a table, CSV (the snapshot as the stored text), or one JSON document
+/// (schemas/audit-actions.schema.json) that starts with `header`, each snapshot an object.
+pub fn actions(
+    out: &mut dyn Write,
+    actions: &[ActionRow],
+    format: Format,
+    header: &Header<'_>,
+) -> io::Result<()> {
     match format {
-        Format::Json => json_lines(out, actions),
+        Format::Json => json_document(
+            out,
+            &ActionsJson {
+                header,
+                actions: actions.iter().map(ActionJson::new).collect(),
+            },
+        ),
         Format::Csv => csv_rows(out, actions),
         Format::Text => {
             let rows: Vec<[String; 10]> = actions
@@ -382,9 +528,143 @@ fn opt(v: Option<i64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_owned())
 }
 
-fn json_lines<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, rows)?;
+fn json_document<T: Serialize>(out: &mut dyn Write, doc: &T) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, doc)?;
     writeln!(out)
+}
+
+#[derive(Serialize)]
+struct RunsJson<'a> {
+    #[serde(flatten)]
+    header: &'a Header<'a>,
+    runs: &'a [RunRow],
+}
+
+#[derive(Serialize)]
+struct ActionsJson<'a> {
+    #[serde(flatten)]
+    header: &'a Header<'a>,
+    actions: Vec<ActionJson<'a>>,
+}
+
+/// An [`ActionRow`] in JSON: its fields in the same order, the snapshot as the JSON object
+/// it was listed as, exactly. A snapshot that is not one (a damaged or hand-edited
+/// database) is `null`, and `snapshot_error` says why; the row is still printed.
+#[derive(Serialize)]
+struct ActionJson<'a> {
+    id: i64,
+    run_id: i64,
+    decided_at: &'a str,
+    rule: &'a str,
+    action: &'a str,
+    resource_kind: &'a str,
+    resource_id: &'a str,
+    user_email: Option<&'a str>,
+    device_name: Option<&'a str>,
+    last_seen_at: Option<&'a str>,
+    reason: &'a str,
+    excluded_by: Option<&'a str>,
+    status: &'a str,
+    status_detail: Option<&'a str>,
+    mutation_id: Option<i64>,
+    mutation_completed_at: Option<&'a str>,
+    http_status: Option<i64>,
+    snapshot: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_error: Option<String>,
+}
+
+impl<'a> ActionJson<'a> {
+    fn new(a: &'a ActionRow) -> Self {
+        let (snapshot, snapshot_error) = match snapshot_object(&a.snapshot) {
+            Ok(raw) => (Some(raw), None),
+            Err(why) => (None, Some(why)),
+        };
+        ActionJson {
+            id: a.id,
+            run_id: a.run_id,
+            decided_at: &a.decided_at,
+            rule: &a.rule,
+            action: &a.action,
+            resource_kind: &a.resource_kind,
+            resource_id: &a.resource_id,
+            user_email: a.user_email.as_deref(),
+            device_name: a.device_name.as_deref(),
+            last_seen_at: a.last_seen_at.as_deref(),
+            reason: &a.reason,
+            excluded_by: a.excluded_by.as_deref(),
+            status: &a.status,
+            status_detail: a.status_detail.as_deref(),
+            mutation_id: a.mutation_id,
+            mutation_completed_at: a.mutation_completed_at.as_deref(),
+            http_status: a.http_status,
+            snapshot,
+            snapshot_error,
+        }
+    }
+}
+
+/// The stored snapshot as a JSON object, its text unchanged, or why it cannot be printed
+/// as one: not JSON, not an object, or an object that repeats a key (which readers resolve
+/// differently; the exact text stays available with `--output csv`).
+fn snapshot_object(text: &str) -> Result<&RawValue, String> {
+    let raw: &RawValue =
+        serde_json::from_str(text).map_err(|e| format!("the stored snapshot is not JSON: {e}"))?;
+    if !raw.get().starts_with('{') {
+        return Err("the stored snapshot is not a JSON object".to_owned());
+    }
+    serde_json::from_str::<UniqueKeys>(raw.get())
+        .map_err(|e| format!("the stored snapshot is not usable JSON: {e}"))?;
+    Ok(raw)
+}
+
+/// Any JSON value, read only to learn that no object in it repeats a key.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value without repeated keys")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key) {
+                return Err(de::Error::custom("an object repeats a key"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
 }
 
 /// Rows as CSV with a header row named after the fields, every cell through
@@ -508,6 +788,10 @@ mod tests {
             .collect()
     }
 
+    fn test_header() -> Header<'static> {
+        Header::new(None, "2026-11-24T20:00:00Z".parse().unwrap())
+    }
+
     fn run_row(id: i64, reason: Option<&str>) -> RunRow {
         RunRow {
             id,
@@ -622,6 +906,7 @@ mod tests {
             &mut out,
             &[run_row(2, Some(hostile)), run_row(1, None)],
             Format::Text,
+            &test_header(),
         )
         .unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -641,7 +926,13 @@ mod tests {
             ..run_row(1, None)
         };
         let mut out = Vec::new();
-        runs(&mut out, &[refused.clone(), before.clone()], Format::Text).unwrap();
+        runs(
+            &mut out,
+            &[refused.clone(), before.clone()],
+            Format::Text,
+            &test_header(),
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         let cells: Vec<Vec<&str>> = text
             .lines()
@@ -652,13 +943,19 @@ mod tests {
         assert_eq!(cells[2][6..8], ["0/1", "-"], "not counted before: {text}");
 
         let mut out = Vec::new();
-        runs(&mut out, &[refused.clone(), before.clone()], Format::Json).unwrap();
+        runs(
+            &mut out,
+            &[refused.clone(), before.clone()],
+            Format::Json,
+            &test_header(),
+        )
+        .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(json[0]["actions_refused"], 2);
-        assert!(json[1]["actions_refused"].is_null());
+        assert_eq!(json["runs"][0]["actions_refused"], 2);
+        assert!(json["runs"][1]["actions_refused"].is_null());
 
         let mut out = Vec::new();
-        runs(&mut out, &[refused, before], Format::Csv).unwrap();
+        runs(&mut out, &[refused, before], Format::Csv, &test_header()).unwrap();
         let mut reader = csv::Reader::from_reader(out.as_slice());
         let column = reader
             .headers()
@@ -681,7 +978,7 @@ mod tests {
             Some("HTTP 400: code 2001 \x1b]8;;http://evil\x07click\x1b]8;;\x07"),
         );
         let mut out = Vec::new();
-        actions(&mut out, &[row], Format::Text).unwrap();
+        actions(&mut out, &[row], Format::Text, &test_header()).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
         assert_eq!(text.lines().count(), 2, "{text}");
@@ -741,6 +1038,7 @@ mod tests {
                 Some("a,\"b\"\nc"),
             )],
             Format::Csv,
+            &test_header(),
         )
         .unwrap();
         let mut reader = csv::Reader::from_reader(out.as_slice());
@@ -764,8 +1062,97 @@ mod tests {
         assert_eq!(cell("last_seen_at"), Some(""));
 
         let mut out = Vec::new();
-        runs(&mut out, &[run_row(1, Some("-5 ids: =x"))], Format::Csv).unwrap();
+        runs(
+            &mut out,
+            &[run_row(1, Some("-5 ids: =x"))],
+            Format::Csv,
+            &test_header(),
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains(",'-5 ids: =x,"), "{text}");
+    }
+
+    #[test]
+    fn actions_json_gives_the_snapshot_as_an_object_or_says_why_not() {
+        let stored = |snapshot: &str| ActionRow {
+            snapshot: snapshot.into(),
+            ..action_row("laptop", "a@example.com", None)
+        };
+        let exact = r#"{"id":"x","n":12345678901234567890123,"nested":{"a":[1,{"b":null}]}}"#;
+        // (case, stored text, snapshot printed, error expected)
+        let cases = [
+            ("an object, exactly", exact, Some(exact), false),
+            (
+                "whitespace around it",
+                " {\"a\":1}\n",
+                Some("{\"a\":1}"),
+                false,
+            ),
+            ("empty", "", None, true),
+            ("truncated", "{\"id\":\"x\"", None, true),
+            ("not an object", "[1,2]", None, true),
+            ("a string", "\"{}\"", None, true),
+            ("a repeated key", r#"{"id":"a","id":"b"}"#, None, true),
+            (
+                "a repeated nested key",
+                r#"{"x":[{"k":1,"k":2}]}"#,
+                None,
+                true,
+            ),
+            ("nested too deep", &"[".repeat(10_000), None, true),
+        ];
+        for (case, text, printed, error) in cases {
+            let mut out = Vec::new();
+            actions(&mut out, &[stored(text)], Format::Json, &test_header()).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            let doc: serde_json::Value = serde_json::from_str(&out).expect(case);
+            let row = &doc["actions"][0];
+            assert_eq!(row["resource_id"], "00b3324e-cfe5-4df6-b4ab-faba846cc16b");
+            match printed {
+                Some(printed) => {
+                    assert!(out.contains(printed), "{case}: exact text kept:\n{out}");
+                    assert!(row["snapshot"].is_object(), "{case}");
+                }
+                None => assert!(row["snapshot"].is_null(), "{case}: {row}"),
+            }
+            assert_eq!(row.get("snapshot_error").is_some(), error, "{case}: {row}");
+        }
+    }
+
+    #[test]
+    fn actions_json_has_every_field_of_the_row_in_its_order() {
+        // CSV writes a header of the field names in order: the JSON row mirrors the audit row.
+        fn header<T: Serialize>(row: T) -> String {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.serialize(row).unwrap();
+            let bytes = w.into_inner().unwrap();
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned()
+        }
+        let row = action_row("laptop", "a@example.com", Some("HTTP 400"));
+        assert_eq!(header(ActionJson::new(&row)), header(&row));
+    }
+
+    #[test]
+    fn every_json_document_starts_with_its_header() {
+        let mut out = Vec::new();
+        runs(&mut out, &[run_row(1, None)], Format::Json, &test_header()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["schema_version"], SCHEMA_VERSION);
+        assert!(
+            doc["account_id"].is_null() && doc["mode"].is_null(),
+            "{doc}"
+        );
+        assert_eq!(doc["generated_at"], "2026-11-24T20:00:00.000000Z");
+        assert!(
+            text.trim_start().starts_with("{\n  \"schema_version\": 1,"),
+            "{text}"
+        );
     }
 }

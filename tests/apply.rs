@@ -472,10 +472,14 @@ async fn the_audit_answers_who_deleted_my_laptop() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = &doc["actions"];
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["resource_id"], laptop.as_str());
     assert_eq!(rows[0]["status"], "done");
+    // The snapshot is the listed object itself, not a string to parse again.
+    assert_eq!(rows[0]["snapshot"]["id"], laptop.as_str());
+    assert_eq!(rows[0]["snapshot"]["device"]["name"], "dana-thinkpad");
     let csv = env.binary(&["audit", "actions", "--resource", &laptop, "--output", "csv"]);
     let csv = String::from_utf8(csv.stdout).unwrap();
     assert!(csv.starts_with("id,run_id,decided_at,rule") && csv.contains("dana-thinkpad"));

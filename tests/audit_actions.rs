@@ -73,8 +73,9 @@ fn audit_actions(db: &Path, args: &[&str]) -> String {
 
 /// (resource_kind, resource_id) of each JSON row, newest first.
 fn json_rows(text: &str) -> Vec<(String, String)> {
-    let rows: serde_json::Value = serde_json::from_str(text).unwrap();
-    rows.as_array()
+    let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+    doc["actions"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|r| {

@@ -292,10 +292,10 @@ async fn plan_csv_has_one_row_per_candidate_and_once_refuses_csv() {
     insert_hostile(&env);
     let plan_json: serde_json::Value =
         serde_json::from_str(&stdout(&env.binary(&["plan", "--output", "json"]))).unwrap();
-    let mut expected: Vec<String> = plan_json["candidates"]
-        .as_array()
-        .unwrap()
+    // CSV has a row for every match, protected ones too; JSON keeps those in `excluded`.
+    let mut expected: Vec<String> = ["candidates", "excluded"]
         .iter()
+        .flat_map(|key| plan_json[key].as_array().unwrap())
         .map(|c| c["id"].as_str().unwrap().to_owned())
         .collect();
     let csv = stdout(&env.binary(&["plan", "--output", "csv"]));

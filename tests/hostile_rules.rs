@@ -394,8 +394,9 @@ async fn exclusions_and_the_user_filter_ignore_case_as_promised() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-        rows.as_array()
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["actions"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|r| r["resource_id"].as_str().unwrap().to_owned())

@@ -413,7 +413,7 @@ fn report_cycle(
             &mut out,
             &janitor.loaded.config.cloudflare.account_id,
             Utc::now(),
-            &report,
+            report,
         )?,
         CycleFormat::Text => {
             let several = report.resources.len() > 1;

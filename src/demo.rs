@@ -210,10 +210,12 @@ async fn show(
 
     let metrics_url = format!("http://{metrics_addr}/metrics");
     let scrape = reqwest::get(&metrics_url).await?.text().await?;
-    println!("\n== Metrics ({metrics_url}), a few lines");
+    println!("\n== Metrics ({metrics_url}), a few lines (series at 0 left out)");
     for line in scrape.lines().filter(|l| {
-        l.starts_with("zt_janitor_runs_total")
-            || l.starts_with("zt_janitor_actions_total")
+        // The counters exist from the start at 0 for every label set; what moved is the story.
+        let moved = |l: &str| !(l.ends_with(" 0") && l.contains("_total{"));
+        l.starts_with("zt_janitor_runs_total") && moved(l)
+            || l.starts_with("zt_janitor_actions_total") && moved(l)
             || l.starts_with("zt_janitor_resources_seen")
             || l.starts_with("zt_janitor_cloudflare_quota_remaining")
             || l.starts_with("zt_janitor_cloudflare_rate_limited_total")

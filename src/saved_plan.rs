@@ -459,3 +459,94 @@ impl<'a> TargetFilter<'a> {
         skipped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(extra: &str, idle_days: u32) -> Config {
+        let text = format!(
+            r#"
+[cloudflare]
+account_id = "0123456789abcdef0123456789abcdef"
+{extra}
+
+[[rule]]
+name = "idle"
+resource = "device_registration"
+action = "delete"
+idle_days = {idle_days}
+"#
+        );
+        Config::from_toml_str(&text, Path::new("t.toml")).unwrap()
+    }
+
+    /// The fingerprint covers what decisions rest on, and nothing an operator changes to
+    /// run the same plan differently.
+    #[test]
+    fn the_fingerprint_follows_the_decisions_settings_only() {
+        let base = config_fingerprint(&config("", 90));
+        assert_eq!(base.len(), 64);
+        let same = [
+            "[safety]\nmode = \"apply\"",
+            "[schedule]\ncron = \"0 0 3 * * *\"",
+            "[logging]\nlevel = \"debug\"",
+        ];
+        for extra in same {
+            assert_eq!(config_fingerprint(&config(extra, 90)), base, "{extra}");
+        }
+        let other = [
+            "[safety]\nmax_actions_per_run = 51",
+            "[safety]\nmax_fraction_per_run = 0.2",
+            "[[exclude]]\nuser_email = [\"a@b.c\"]",
+        ];
+        for extra in other {
+            assert_ne!(config_fingerprint(&config(extra, 90)), base, "{extra}");
+        }
+        assert_ne!(config_fingerprint(&config("", 91)), base);
+    }
+
+    #[test]
+    fn a_filter_admits_targets_still_selected_for_the_same_action_only() {
+        let id =
+            |n: u8| ResourceId::parse(&format!("{n:08x}-0000-4000-8000-000000000000")).unwrap();
+        let target = |n: u8, action: Action| Target {
+            id: id(n),
+            rule: "idle".into(),
+            action,
+            name: format!("device {n}"),
+            user_email: None,
+            reason: "idle".into(),
+        };
+        let targets: HashMap<IdKey, Target> = [
+            target(1, Action::Delete),
+            target(2, Action::Delete),
+            target(3, Action::Delete),
+            target(4, Action::Revoke),
+        ]
+        .into_iter()
+        .map(|t| (t.id.key(), t))
+        .collect();
+        let mut filter = TargetFilter::new(&targets);
+        assert!(filter.admits(&id(1), Some(Action::Delete)));
+        // The same id in capitals is the same target.
+        let upper = ResourceId::parse(&id(2).as_str().to_uppercase()).unwrap();
+        assert!(!filter.admits(&upper, None), "no longer selected");
+        assert!(
+            !filter.admits(&id(4), Some(Action::Delete)),
+            "another action"
+        );
+        assert!(!filter.admits(&id(9), Some(Action::Delete)), "not reviewed");
+        let skipped: Vec<(String, String)> = filter
+            .skipped()
+            .into_iter()
+            .map(|s| (s.target.name.clone(), s.why))
+            .collect();
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[0].0 == "device 2" && skipped[0].1.contains("no rule selects it"));
+        assert!(skipped[1].0 == "device 3" && skipped[1].1.contains("no longer listed"));
+        assert!(skipped[2].0 == "device 4" && skipped[2].1.contains("now selects it for delete"));
+    }
+}

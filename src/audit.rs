@@ -435,6 +435,43 @@ pub struct ActionFilter {
     pub limit: i64,
 }
 
+/// What updating one part's marks did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MarkTally {
+    /// Candidates marked for the first time this run.
+    pub marked: u64,
+    /// Marks cleared: their objects are no longer candidates.
+    pub cleared: u64,
+    /// Candidates whose grace period is over (or that have none): acted on this run.
+    pub due: u64,
+    /// Candidates still in their grace period: not acted on this run.
+    pub waiting: u64,
+}
+
+/// One current mark, as `audit marks` shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MarkRow {
+    pub resource_kind: String,
+    pub zone_id: Option<String>,
+    pub resource_id: String,
+    pub name: Option<String>,
+    pub user_email: Option<String>,
+    pub rule: String,
+    pub action: String,
+    pub first_marked_at: String,
+    pub first_run_id: i64,
+    pub last_run_id: i64,
+}
+
+/// Filters of `zt-janitor audit marks`; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct MarkFilter {
+    pub resource_kind: Option<Kind>,
+    pub rule: Option<String>,
+    pub resource_id: Option<String>,
+    pub limit: i64,
+}
+
 /// One kind's part of a run (for a zoned kind, one zone's): the actions the executor reads
 /// back and settles.
 #[derive(Debug, Clone, Copy)]
@@ -1025,6 +1062,248 @@ impl AuditStore {
             .map_err(AuditError::Write)?
             .last_insert_rowid();
         Ok(RunId(id))
+    }
+
+    /// Updates the grace-period marks of one part after its complete listing, whose decisions
+    /// run `part.run` recorded: an actionable decision without a mark gets one (now); a mark
+    /// whose object is no longer an actionable decision is cleared, when `clear` (a listing
+    /// filtered to a saved plan's targets sees too little to clear); and every decision whose
+    /// mark is younger than its rule's grace days (`grace`: rule name and days) is recorded
+    /// not attempted, saying when it will be acted on. One transaction; set-based, so that the
+    /// cost does not depend on holding the candidates in memory.
+    pub async fn update_marks(
+        &self,
+        part: &RunPart<'_>,
+        now: DateTime<Utc>,
+        grace: &[(String, u32)],
+        clear: bool,
+    ) -> Result<MarkTally, AuditError> {
+        let _timer = self.timer();
+        let at = ts(now);
+        let kind = part.kind.as_str();
+        let zone = part.zone.map(ZoneId::as_str);
+        let zone_key = zone.unwrap_or("");
+        let write = AuditError::Write;
+        let mut tx = self.pool.begin().await.map_err(write)?;
+        sqlx::query("DROP TABLE IF EXISTS temp.candidates")
+            .execute(&mut *tx)
+            .await
+            .map_err(write)?;
+        sqlx::query(
+            "CREATE TEMP TABLE candidates (id_key TEXT PRIMARY KEY, action_id INTEGER NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO temp.candidates (id_key, action_id)
+             SELECT lower(resource_id), id FROM actions
+             WHERE run_id = ?1 AND resource_kind = ?2 AND zone_id IS ?3 AND status = 'planned'",
+        )
+        .bind(part.run.0)
+        .bind(kind)
+        .bind(zone)
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?;
+        let mut tally = MarkTally::default();
+        if clear {
+            let gone = "no longer a candidate: seen or used again, changed, or gone";
+            let excluded = "an exclusion now covers it";
+            tally.cleared = sqlx::query(
+                "INSERT INTO mark_events (run_id, at, event, resource_kind, zone_id, resource_id,
+                     rule, first_marked_at, reason)
+                 SELECT ?1, ?2, 'cleared', m.resource_kind, ?4, m.resource_id, m.rule,
+                     m.first_marked_at,
+                     CASE WHEN EXISTS (SELECT 1 FROM actions a WHERE a.run_id = ?1
+                                         AND a.resource_id = m.resource_id
+                                         AND a.status = 'excluded')
+                          THEN ?6 ELSE ?7 END
+                 FROM marks m
+                 WHERE m.resource_kind = ?3 AND m.zone_key = ?5
+                   AND m.id_key NOT IN (SELECT id_key FROM temp.candidates)",
+            )
+            .bind(part.run.0)
+            .bind(&at)
+            .bind(kind)
+            .bind(zone)
+            .bind(zone_key)
+            .bind(excluded)
+            .bind(gone)
+            .execute(&mut *tx)
+            .await
+            .map_err(write)?
+            .rows_affected();
+            sqlx::query(
+                "DELETE FROM marks WHERE resource_kind = ?1 AND zone_key = ?2
+                   AND id_key NOT IN (SELECT id_key FROM temp.candidates)",
+            )
+            .bind(kind)
+            .bind(zone_key)
+            .execute(&mut *tx)
+            .await
+            .map_err(write)?;
+        }
+        sqlx::query(
+            "UPDATE marks SET last_run_id = ?1
+             WHERE resource_kind = ?2 AND zone_key = ?3
+               AND id_key IN (SELECT id_key FROM temp.candidates)",
+        )
+        .bind(part.run.0)
+        .bind(kind)
+        .bind(zone_key)
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?;
+        let new_marks = "FROM temp.candidates c JOIN actions a ON a.id = c.action_id
+             WHERE NOT EXISTS (SELECT 1 FROM marks m WHERE m.resource_kind = ?3
+                                 AND m.zone_key = ?5 AND m.id_key = c.id_key)";
+        tally.marked = sqlx::query(&format!(
+            "INSERT INTO mark_events (run_id, at, event, resource_kind, zone_id, resource_id,
+                 rule, first_marked_at)
+             SELECT ?1, ?2, 'marked', ?3, ?4, a.resource_id, a.rule, ?2 {new_marks}"
+        ))
+        .bind(part.run.0)
+        .bind(&at)
+        .bind(kind)
+        .bind(zone)
+        .bind(zone_key)
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?
+        .rows_affected();
+        sqlx::query(&format!(
+            "INSERT INTO marks (resource_kind, zone_key, id_key, resource_id, name, user_email,
+                 rule, action, first_marked_at, first_run_id, first_action_id, last_run_id)
+             SELECT ?3, ?5, c.id_key, a.resource_id, a.device_name, a.user_email, a.rule,
+                 a.action, ?2, ?1, a.id, ?1 {new_marks}"
+        ))
+        .bind(part.run.0)
+        .bind(&at)
+        .bind(kind)
+        .bind(zone)
+        .bind(zone_key)
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?;
+        for (rule, days) in grace.iter().filter(|(_, days)| *days > 0) {
+            let cutoff = ts(now - chrono::TimeDelta::days(i64::from(*days)));
+            tally.waiting += sqlx::query(
+                "UPDATE actions SET status = 'not_attempted', status_detail =
+                     'in the grace period: marked ' || substr(m.first_marked_at, 1, 10) ||
+                     ' by rule ' || m.rule || ', acts on ' ||
+                     date(m.first_marked_at, '+' || ?5 || ' days') ||
+                     ' if it is still a candidate then'
+                 FROM temp.candidates c JOIN marks m
+                     ON m.resource_kind = ?2 AND m.zone_key = ?3 AND m.id_key = c.id_key
+                 WHERE actions.id = c.action_id AND actions.rule = ?4
+                   AND m.first_marked_at > ?6",
+            )
+            .bind(part.run.0)
+            .bind(kind)
+            .bind(zone_key)
+            .bind(rule)
+            .bind(i64::from(*days))
+            .bind(&cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(write)?
+            .rows_affected();
+        }
+        let candidates: i64 = sqlx::query_scalar("SELECT count(*) FROM temp.candidates")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(write)?;
+        tally.due = u64::try_from(candidates).unwrap_or(0) - tally.waiting;
+        sqlx::query("DROP TABLE temp.candidates")
+            .execute(&mut *tx)
+            .await
+            .map_err(write)?;
+        tx.commit().await.map_err(write)?;
+        Ok(tally)
+    }
+
+    /// Clears every mark outside `parts` (kind and zone): a kind without rules or without a
+    /// grace period any more, a zone no longer configured. A mark that is not kept up to date
+    /// must not be trusted later as "a candidate all along". Returns how many were cleared.
+    pub async fn clear_marks_outside(
+        &self,
+        run: RunId,
+        now: DateTime<Utc>,
+        parts: &[(Kind, Option<ZoneId>)],
+    ) -> Result<u64, AuditError> {
+        let _timer = self.timer();
+        let present: Vec<(String, String)> =
+            sqlx::query_as("SELECT DISTINCT resource_kind, zone_key FROM marks")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(AuditError::Read)?;
+        let kept = |kind: &str, zone: &str| {
+            parts
+                .iter()
+                .any(|(k, z)| k.as_str() == kind && z.as_ref().map_or("", ZoneId::as_str) == zone)
+        };
+        let mut cleared = 0;
+        for (kind, zone) in present.iter().filter(|(k, z)| !kept(k, z)) {
+            let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+            cleared += sqlx::query(
+                "INSERT INTO mark_events (run_id, at, event, resource_kind, zone_id, resource_id,
+                     rule, first_marked_at, reason)
+                 SELECT ?1, ?2, 'cleared', resource_kind, NULLIF(zone_key, ''), resource_id, rule,
+                     first_marked_at, 'no grace period applies to it any more (rules, grace_days or zones changed)'
+                 FROM marks WHERE resource_kind = ?3 AND zone_key = ?4",
+            )
+            .bind(run.0)
+            .bind(ts(now))
+            .bind(kind)
+            .bind(zone)
+            .execute(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?
+            .rows_affected();
+            sqlx::query("DELETE FROM marks WHERE resource_kind = ?1 AND zone_key = ?2")
+                .bind(kind)
+                .bind(zone)
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+            tx.commit().await.map_err(AuditError::Write)?;
+        }
+        Ok(cleared)
+    }
+
+    /// The current marks, oldest first, filtered.
+    pub async fn marks(&self, filter: &MarkFilter) -> Result<Vec<MarkRow>, AuditError> {
+        let mut q = QueryBuilder::new(
+            "SELECT resource_kind, NULLIF(zone_key, '') AS zone_id, resource_id, name, user_email,
+                 rule, action, first_marked_at, first_run_id, last_run_id
+             FROM marks WHERE 1 = 1",
+        );
+        if let Some(kind) = filter.resource_kind {
+            q.push(" AND resource_kind = ").push_bind(kind.as_str());
+        }
+        if let Some(rule) = &filter.rule {
+            q.push(" AND rule = ").push_bind(rule.clone());
+        }
+        if let Some(id) = &filter.resource_id {
+            q.push(" AND id_key = lower(")
+                .push_bind(id.clone())
+                .push(")");
+        }
+        q.push(" ORDER BY first_marked_at, resource_id LIMIT ")
+            .push_bind(filter.limit);
+        q.build_query_as::<MarkRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(AuditError::Read)
+    }
+
+    /// How many marks each kind and rule holds, for the gauge.
+    pub async fn mark_counts(&self) -> Result<Vec<(String, String, i64)>, AuditError> {
+        sqlx::query_as("SELECT resource_kind, rule, count(*) FROM marks GROUP BY 1, 2")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(AuditError::Read)
     }
 
     /// Records that run `run` applies the saved plan `plan`, with the cap the operator raised

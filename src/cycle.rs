@@ -9,12 +9,13 @@ use serde::Serialize;
 
 use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
 use crate::audit::{
-    AuditError, AuditStore, BackgroundWrite, KindRun, RunId, RunOutcome, RunPart, RunSummary,
+    AuditError, AuditStore, BackgroundWrite, KindRun, MarkTally, RunId, RunOutcome, RunPart,
+    RunSummary,
 };
 use crate::cloudflare::{Client, Quota, ZoneId};
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
-use crate::plan::{Candidate, Plan, Planner};
+use crate::plan::{Candidate, CapCheck, Plan, Planner};
 use crate::resource::{Kind, Scope};
 use crate::rules::RuleSet;
 use crate::saved_plan::SavedPlan;
@@ -72,6 +73,9 @@ pub struct KindReport {
     /// Targets of the saved plan being applied that were no longer candidates, so skipped.
     #[serde(skip_serializing_if = "is_zero")]
     pub skipped_targets: u64,
+    /// The grace period's marks of this part (a kind with a rule whose grace_days > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<MarkTally>,
     /// The part's plan; its candidates only when the cycle keeps them.
     #[serde(skip)]
     pub plan: Option<Plan>,
@@ -342,6 +346,7 @@ impl CycleContext<'_> {
                 return Ok(());
             }
         }
+        self.clear_marks_without_grace(run, now).await?;
         // Each kind is listed, planned, capped and applied on its own: one kind's listing
         // failure leaves the others' parts intact.
         for kind in self.rules.kinds() {
@@ -360,6 +365,7 @@ impl CycleContext<'_> {
         }
         (report.outcome, report.reason) = combined(self.config.safety.mode, &report.resources);
         report.summary = total(&report.resources);
+        self.observe_marks().await?;
         Ok(())
     }
 
@@ -380,6 +386,7 @@ impl CycleContext<'_> {
             reason: None,
             summary: RunSummary::default(),
             skipped_targets: 0,
+            grace: None,
             plan: None,
             apply: None,
         };
@@ -410,6 +417,24 @@ impl CycleContext<'_> {
             kind,
             zone: plan.scope.zone.as_ref(),
         };
+        let grace = self.grace_of(kind);
+        if grace.iter().any(|(_, days)| *days > 0) {
+            // Only a complete listing moves marks; the caps count what is due now.
+            let tally = self
+                .audit
+                .update_marks(&recorded, now, &grace, self.saved.is_none())
+                .await?;
+            plan.caps = CapCheck::new(kind, tally.due, plan.seen.total, &self.config.safety);
+            self.metrics
+                .marks_set
+                .with_label_values(&[kind.as_str()])
+                .inc_by(tally.marked);
+            self.metrics
+                .marks_cleared
+                .with_label_values(&[kind.as_str()])
+                .inc_by(tally.cleared);
+            part.grace = Some(tally);
+        }
         if self.config.safety.mode == Mode::Plan {
             part.outcome = RunOutcome::Planned;
             part.reason = plan.blocked.clone();
@@ -468,6 +493,63 @@ impl CycleContext<'_> {
             .with_label_values(&[plan.kind.as_str()])
             .set(applied.stuck as i64);
         Ok(applied)
+    }
+
+    /// Each rule of `kind` with its grace days.
+    fn grace_of(&self, kind: Kind) -> Vec<(String, u32)> {
+        self.config
+            .rules
+            .iter()
+            .filter(|r| r.resource == kind)
+            .map(|r| (r.name.clone(), r.grace_days))
+            .collect()
+    }
+
+    /// Clears the marks no cycle keeps up to date any more (a kind without a grace period or
+    /// without rules, a zone no longer configured), then sets the gauge of marks.
+    async fn clear_marks_without_grace(
+        &self,
+        run: RunId,
+        now: DateTime<Utc>,
+    ) -> Result<(), CycleError> {
+        let mut parts = Vec::new();
+        for kind in self.rules.kinds() {
+            if !self.grace_of(kind).iter().any(|(_, days)| *days > 0) {
+                continue;
+            }
+            if kind.zoned() {
+                parts.extend(
+                    self.config
+                        .cloudflare
+                        .zone_ids
+                        .iter()
+                        .map(|z| (kind, Some(z.clone()))),
+                );
+            } else {
+                parts.push((kind, None));
+            }
+        }
+        let cleared = self.audit.clear_marks_outside(run, now, &parts).await?;
+        if cleared > 0 {
+            tracing::info!(
+                marks = cleared,
+                "cleared marks that no grace period applies to any more"
+            );
+        }
+        Ok(())
+    }
+
+    /// The gauge of current marks, per kind and rule, from the audit log.
+    async fn observe_marks(&self) -> Result<(), CycleError> {
+        let counts = self.audit.mark_counts().await?;
+        self.metrics.marked.reset();
+        for (kind, rule, n) in counts {
+            self.metrics
+                .marked
+                .with_label_values(&[&kind, &rule])
+                .set(n);
+        }
+        Ok(())
     }
 
     /// The outcome and reason of one kind's apply.

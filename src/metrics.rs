@@ -51,6 +51,9 @@ pub struct Metrics {
     pub audit_writable: IntGauge,
     pub audit_write_errors: IntCounter,
     pub cycles_not_started: IntCounterVec,
+    pub marked: IntGaugeVec,
+    pub marks_set: IntCounterVec,
+    pub marks_cleared: IntCounterVec,
 }
 
 impl Metrics {
@@ -228,6 +231,31 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            marked: IntGaugeVec::new(
+                Opts::new(
+                    "zt_janitor_marked_resources",
+                    "Objects marked and waiting out their grace period (or due), by resource kind \
+                     and the rule that first selected them.",
+                ),
+                &["resource", "rule"],
+            )
+            .expect("valid metric"),
+            marks_set: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_marks_set_total",
+                    "Objects marked for the first time (a grace period started), by resource kind.",
+                ),
+                &["resource"],
+            )
+            .expect("valid metric"),
+            marks_cleared: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_marks_cleared_total",
+                    "Marks cleared because their objects were no longer candidates, by resource kind.",
+                ),
+                &["resource"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -340,6 +368,9 @@ impl Metrics {
             Box::new(self.audit_writable.clone()),
             Box::new(self.audit_write_errors.clone()),
             Box::new(self.cycles_not_started.clone()),
+            Box::new(self.marked.clone()),
+            Box::new(self.marks_set.clone()),
+            Box::new(self.marks_cleared.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

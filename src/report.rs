@@ -415,6 +415,20 @@ pub fn cycle_text(out: &mut dyn Write, r: &CycleReport) -> io::Result<()> {
             )?;
         }
     }
+    for part in &r.resources {
+        if let Some(g) = &part.grace {
+            let zone = part
+                .zone
+                .as_ref()
+                .map(|z| format!(" in zone {z}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  grace period, {}{zone}: newly marked {}, cleared {}, due now {}, still waiting {} (zt-janitor audit marks)",
+                part.kind, g.marked, g.cleared, g.due, g.waiting
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -172,8 +172,13 @@ fn describe_rule(rule: &RuleSettings) -> String {
     if let Some(kind) = rule.registration_type {
         conditions.push(format!("of type {kind}"));
     }
+    let grace = match rule.grace_days {
+        0 => String::new(),
+        1 => "; after 1 day of grace".to_owned(),
+        days => format!("; after {days} days of grace"),
+    };
     format!(
-        "{}: {} {} {}",
+        "{}: {} {} {}{grace}",
         rule.name,
         rule.action,
         rule.resource,

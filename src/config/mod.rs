@@ -491,6 +491,7 @@ mod tests {
                 disabled_days: None,
                 common_names: None,
                 certificate_authority: None,
+                grace_days: 0,
             }]
         );
         assert!(config.exclusions.is_empty());

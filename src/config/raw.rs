@@ -54,6 +54,7 @@ pub(super) struct RawSafety {
     pub(super) mode: Option<Sp<String>>,
     pub(super) max_actions_per_run: Option<Sp<i64>>,
     pub(super) max_fraction_per_run: Option<Sp<f64>>,
+    pub(super) grace_days: Option<Sp<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -100,6 +101,7 @@ pub(super) struct RawRule {
     pub(super) account_api_token_name: Option<Sp<Vec<Sp<String>>>>,
     pub(super) common_name: Option<Sp<Vec<Sp<String>>>>,
     pub(super) certificate_authority: Option<Sp<String>>,
+    pub(super) grace_days: Option<Sp<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -277,6 +277,10 @@ pub struct RuleSettings {
     /// `certificate_authority` (client certificates): filter, the id or the name of the
     /// certificate's authority. Default: none (any).
     pub certificate_authority: Option<String>,
+    /// `grace_days`: act on an object only once this rule (or any rule) has selected it, in
+    /// every complete listing, for this many days since it was first marked, 0..=3650.
+    /// Default: `[safety] grace_days`, whose default is 0 (act on first sight).
+    pub grace_days: u32,
 }
 
 impl RuleSettings {
@@ -297,6 +301,7 @@ impl RuleSettings {
             disabled_days: None,
             common_names: None,
             certificate_authority: None,
+            grace_days: 0,
         }
     }
 }

@@ -30,6 +30,7 @@ use super::settings::{
     MAX_CYCLE_DEADLINE_SECS, MAX_REQUEST_TIMEOUT_SECS,
 };
 use super::{Config, ConfigError, Diagnostic, RuleSettings};
+use rule::MAX_GRACE_DAYS;
 
 /// The environment, as a function from a variable's name to its value (tests pass their own).
 pub(super) type Env<'e> = &'e dyn Fn(&str) -> Option<OsString>;
@@ -177,6 +178,13 @@ impl<'a> Validator<'a> {
             .as_ref()
             .map(|c| c.zone_ids.clone())
             .unwrap_or_default();
+        let grace_days: u32 = self.number_or(
+            &raw.safety.grace_days,
+            &table_key("safety", "grace_days"),
+            0..=MAX_GRACE_DAYS,
+            0,
+            " (0 acts on first sight)",
+        );
         let mut rules: Vec<RuleSettings> = Vec::with_capacity(raw.rule.len());
         let mut names: Vec<&str> = Vec::with_capacity(raw.rule.len());
         for (index, raw_rule) in raw.rule.iter().enumerate() {
@@ -197,7 +205,7 @@ impl<'a> Validator<'a> {
             } else {
                 names.push("");
             }
-            if let Some(rule) = self.rule(index, raw_rule, &zones) {
+            if let Some(rule) = self.rule(index, raw_rule, &zones, grace_days) {
                 rules.push(rule);
             }
         }

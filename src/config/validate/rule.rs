@@ -20,6 +20,9 @@ type KeyUse = (
 /// `now - days` far from chrono's date range limits.
 const MAX_DAYS: i64 = 36_500;
 
+/// The longest grace period: ten years is already "never" for a janitor.
+pub(super) const MAX_GRACE_DAYS: i64 = 3650;
+
 impl Validator<'_> {
     /// One `[[rule]]`; `None` when it has problems (recorded). The keys every rule has are
     /// checked each on its own; the rest depends on the rule's kind, and is checked only when
@@ -29,6 +32,7 @@ impl Validator<'_> {
         index: usize,
         raw: &Sp<RawRule>,
         zones: &[ZoneId],
+        grace_days: u32,
     ) -> Option<RuleSettings> {
         let errors_before = self.error_count();
         let key = |field: &str| entry_key("rule", index, field);
@@ -119,6 +123,17 @@ impl Validator<'_> {
             resource,
             action.as_ref().map_or(Action::Delete, |(a, _)| *a),
         );
+        rule.grace_days = match &raw.grace_days {
+            Some(days) => self
+                .note(self.number(
+                    days,
+                    &entry_key("rule", index, "grace_days"),
+                    0..=MAX_GRACE_DAYS,
+                    " (0 acts on first sight)",
+                ))
+                .unwrap_or(grace_days),
+            None => grace_days,
+        };
         match resource {
             Kind::DeviceRegistration => {
                 self.registration_rule(index, span, raw, &mut rule, errors_before_kind)

@@ -1,0 +1,239 @@
+//! Issue 13: the grace period. A rule's candidates are marked first and acted on only once
+//! they have stayed candidates, in every complete listing, for `grace_days`; a mark is cleared
+//! when its object stops being a candidate, and the clock starts again from zero. The clock
+//! is injected: each cycle runs at a chosen `now`.
+
+mod common;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use common::{days_ago, Env, Settings};
+use zt_janitor::audit::RunOutcome;
+use zt_janitor::cycle::CycleReport;
+use zt_janitor::fake::{Endpoint, FakeOptions, FakeRegistration, Fault, FaultRule};
+use zt_janitor::metrics::Metrics;
+
+const GRACE_RULES: &str = r#"
+[[rule]]
+name = "idle-90d"
+resource = "device_registration"
+action = "delete"
+idle_days = 90
+grace_days = 7
+"#;
+
+const LAPTOP: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const TABLET: &str = "aaaaaaaa-0000-4000-8000-000000000002";
+
+async fn env() -> Env {
+    Env::start(
+        FakeOptions {
+            registrations: 0,
+            ..FakeOptions::default()
+        },
+        Settings {
+            rules: GRACE_RULES,
+            ..Settings::default()
+        },
+    )
+    .await
+}
+
+async fn cycle_at(env: &Env, now: DateTime<Utc>) -> CycleReport {
+    let janitor = env.open().await.with_metrics(Metrics::new());
+    let report = janitor
+        .cycle()
+        .run(now)
+        .await
+        .expect("the audit store works");
+    janitor.close().await;
+    report
+}
+
+fn grace(report: &CycleReport) -> (u64, u64, u64, u64) {
+    let g = report.resources[0]
+        .grace
+        .expect("a kind with a grace period");
+    (g.marked, g.cleared, g.due, g.waiting)
+}
+
+async fn marks(env: &Env) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT resource_id, first_marked_at FROM marks ORDER BY resource_id")
+        .fetch_all(&env.sql().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_is_marked_then_acted_on_exactly_once_after_its_grace_days() {
+    let env = env().await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+
+    let first = cycle_at(&env, t0).await;
+    assert_eq!(first.outcome, RunOutcome::Applied, "{:?}", first.reason);
+    assert_eq!(grace(&first), (1, 0, 0, 1), "marked, not due");
+    assert!(env.fake.mutations().is_empty(), "nothing on first sight");
+    let marked = marks(&env).await;
+    assert_eq!(marked.len(), 1);
+
+    let waiting = cycle_at(&env, t0 + TimeDelta::days(6)).await;
+    assert_eq!(grace(&waiting), (0, 0, 0, 1), "still in its grace period");
+    assert!(env.fake.mutations().is_empty());
+    assert_eq!(marks(&env).await, marked, "the mark keeps its first date");
+    let db = env.sql().await;
+    let detail: String = sqlx::query_scalar(
+        "SELECT status_detail FROM actions WHERE run_id = ?1 AND resource_id = ?2",
+    )
+    .bind(waiting.run_id)
+    .bind(LAPTOP)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let acts_on = (t0 + TimeDelta::days(7)).format("%Y-%m-%d").to_string();
+    assert!(
+        detail.contains("in the grace period") && detail.contains(&format!("acts on {acts_on}")),
+        "{detail}"
+    );
+
+    let due = cycle_at(&env, t0 + TimeDelta::days(7) + TimeDelta::minutes(1)).await;
+    assert_eq!(grace(&due), (0, 0, 1, 0));
+    assert_eq!(due.summary.actions_done, 1);
+    assert_eq!(env.fake.deleted_ids(), vec![LAPTOP.to_owned()]);
+
+    let after = cycle_at(&env, t0 + TimeDelta::days(8)).await;
+    assert_eq!(grace(&after), (0, 1, 0, 0), "gone, so its mark is cleared");
+    assert_eq!(env.fake.mutations().len(), 1, "acted on exactly once");
+    assert!(marks(&env).await.is_empty());
+    env.assert_every_mutation_audited().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seen_again_clears_the_mark_and_the_clock_starts_from_zero() {
+    let env = env().await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+    assert_eq!(grace(&cycle_at(&env, t0).await), (1, 0, 0, 1));
+
+    // Back from a sabbatical: seen again two days later.
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, t0 + TimeDelta::days(2)));
+    let back = cycle_at(&env, t0 + TimeDelta::days(3)).await;
+    assert_eq!(grace(&back), (0, 1, 0, 0), "no longer a candidate: cleared");
+    assert!(marks(&env).await.is_empty());
+    let db = env.sql().await;
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM mark_events WHERE event = 'cleared'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(reason.contains("no longer a candidate"), "{reason}");
+
+    // Idle again: marked anew on day 9, so day 8 of the old clock means nothing.
+    let t9 = t0 + TimeDelta::days(9);
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t9, 100)));
+    assert_eq!(grace(&cycle_at(&env, t9).await), (1, 0, 0, 1));
+    let early = cycle_at(&env, t9 + TimeDelta::days(6)).await;
+    assert_eq!(
+        grace(&early),
+        (0, 0, 0, 1),
+        "7 days from the new mark, not the old one"
+    );
+    assert!(
+        env.fake.mutations().is_empty(),
+        "never acted while it came back"
+    );
+    let due = cycle_at(&env, t9 + TimeDelta::days(7) + TimeDelta::minutes(1)).await;
+    assert_eq!(grace(&due), (0, 0, 1, 0));
+    assert_eq!(env.fake.deleted_ids(), vec![LAPTOP.to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incomplete_listing_leaves_every_mark_as_it_was() {
+    let env = env().await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+    env.fake
+        .insert(&FakeRegistration::new(TABLET, days_ago(t0, 100)));
+    cycle_at(&env, t0).await;
+    let before = marks(&env).await;
+    assert_eq!(before.len(), 2);
+
+    // The tablet is seen again, but the listing fails: nothing may be concluded from it.
+    env.fake
+        .insert(&FakeRegistration::new(TABLET, t0 + TimeDelta::days(1)));
+    env.fake.set_faults(vec![FaultRule::nth(
+        Endpoint::ListRegistrations,
+        1,
+        Fault::Status {
+            code: 400,
+            retry_after: None,
+        },
+    )]);
+    let aborted = cycle_at(&env, t0 + TimeDelta::days(8)).await;
+    assert_eq!(aborted.outcome, RunOutcome::Aborted, "{:?}", aborted.reason);
+    assert!(aborted.resources[0].grace.is_none());
+    assert_eq!(marks(&env).await, before, "neither marked nor cleared");
+    assert!(env.fake.mutations().is_empty());
+
+    env.fake.clear_faults();
+    let next = cycle_at(&env, t0 + TimeDelta::days(8)).await;
+    assert_eq!(
+        grace(&next),
+        (0, 1, 1, 0),
+        "the tablet cleared, the laptop due"
+    );
+    assert_eq!(env.fake.deleted_ids(), vec![LAPTOP.to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_caps_count_the_actions_due_not_the_marks() {
+    let env = Env::start(
+        FakeOptions {
+            registrations: 0,
+            ..FakeOptions::default()
+        },
+        Settings {
+            rules: GRACE_RULES,
+            max_actions: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+    let first = cycle_at(&env, t0).await;
+    env.fake
+        .insert(&FakeRegistration::new(TABLET, days_ago(t0, 100)));
+    assert_eq!(first.outcome, RunOutcome::Applied, "{:?}", first.reason);
+    // Day 3: two marks, none due: the cap of 1 is not in the way.
+    let second = cycle_at(&env, t0 + TimeDelta::days(3)).await;
+    assert_eq!(second.outcome, RunOutcome::Applied, "{:?}", second.reason);
+    assert_eq!(grace(&second), (1, 0, 0, 2));
+    // Day 8: only the laptop is due: one action, within the cap.
+    let third = cycle_at(&env, t0 + TimeDelta::days(8)).await;
+    assert_eq!(third.outcome, RunOutcome::Applied, "{:?}", third.reason);
+    assert_eq!(grace(&third), (0, 0, 1, 1));
+    assert_eq!(env.fake.deleted_ids(), vec![LAPTOP.to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_grace_period_nothing_is_marked_and_old_marks_are_cleared() {
+    let env = env().await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+    cycle_at(&env, t0).await;
+    assert_eq!(marks(&env).await.len(), 1);
+    // The grace period is switched off: the mark is no longer kept up to date, so it goes
+    // (it must not later pass for "a candidate all along"), and the laptop is acted on now.
+    env.write_config(&Settings::default());
+    let report = cycle_at(&env, t0 + TimeDelta::days(1)).await;
+    assert!(report.resources[0].grace.is_none());
+    assert!(marks(&env).await.is_empty());
+    assert_eq!(env.fake.deleted_ids(), vec![LAPTOP.to_owned()]);
+}

@@ -203,6 +203,21 @@ enum AuditQuery {
         #[command(flatten)]
         common: AuditArgs,
     },
+    /// The grace period's current marks: what each object waits for, since when, and when it
+    /// will be acted on if it stays a candidate.
+    Marks {
+        #[command(flatten)]
+        common: AuditArgs,
+        /// A resource kind as `[[rule]] resource` names it (e.g. device_registration).
+        #[arg(long, value_name = "KIND")]
+        resource: Option<String>,
+        /// The rule that first selected the object.
+        #[arg(long)]
+        rule: Option<String>,
+        /// An object id.
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Planned and performed actions, with the object as it was listed.
     Actions {
         #[command(flatten)]
@@ -339,7 +354,8 @@ async fn plan(config: Config, output: Format, out: Option<&Path>) -> Result<Exit
         tracing::warn!("{warning}");
     }
     let now = Utc::now();
-    let plans = crate::plan::preview_with(&config, &rules, now, out.is_some()).await?;
+    let mut plans = crate::plan::preview_with(&config, &rules, now, out.is_some()).await?;
+    let outlooks = grace_outlooks(&config, &mut plans, now).await?;
     if let Some(path) = out {
         crate::saved_plan::write(path, &config, now, &plans)?;
         let targets: usize = plans.iter().map(|p| p.actionable().count()).sum();
@@ -366,10 +382,58 @@ async fn plan(config: Config, output: Format, out: Option<&Path>) -> Result<Exit
                     report::kind_heading(&mut out, plan.kind, i)?;
                 }
                 report::plan_text(&mut out, plan, &rules)?;
+                if let Some(Some(g)) = outlooks.get(i) {
+                    writeln!(
+                        out,
+                        "Grace period (from the marks in the audit log): the next cycle would \
+                         newly mark {}, act on {} now, keep {} waiting, and clear {} marks.",
+                        g.newly_marked, g.due_now, g.waiting, g.cleared
+                    )?;
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For the parts whose kind has a grace period, notes on each candidate when it will be acted
+/// on, from the marks the cycles set (the audit log, read only; none if it does not exist
+/// yet). One entry per plan.
+async fn grace_outlooks(
+    config: &Config,
+    plans: &mut [crate::plan::Plan],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<crate::plan::GraceOutlook>>> {
+    if !config.rules.iter().any(|r| r.grace_days > 0) {
+        return Ok(vec![None; plans.len()]);
+    }
+    let mut marks = crate::plan::MarkDates::new();
+    if config.audit.path.exists() {
+        let store = AuditStore::open_read_only(&config.audit.path).await?;
+        let rows = store
+            .marks(&crate::audit::MarkFilter {
+                limit: i64::MAX,
+                ..Default::default()
+            })
+            .await?;
+        store.close().await;
+        for m in rows {
+            let (Some(kind), Ok(first)) = (
+                Kind::parse(&m.resource_kind),
+                DateTime::parse_from_rfc3339(&m.first_marked_at),
+            ) else {
+                continue;
+            };
+            marks.insert(
+                (kind, m.zone_id, m.resource_id.to_ascii_lowercase()),
+                first.with_timezone(&Utc),
+            );
+        }
+    }
+    Ok(plans
+        .iter_mut()
+        .map(|p| crate::plan::annotate_grace(p, &marks, &config.rules, now))
+        .collect())
 }
 
 async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
@@ -552,6 +616,30 @@ fn resource_filter(
 async fn audit(query: AuditQuery) -> Result<ExitCode> {
     let (common, filter) = match query {
         AuditQuery::Runs { common } => (common, None),
+        AuditQuery::Marks {
+            common,
+            resource,
+            rule,
+            id,
+        } => {
+            let resource_kind = resource
+                .map(|r| {
+                    Kind::parse(&r).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--resource {r:?} is not a resource kind; use one of {}",
+                            Kind::ALL.map(Kind::as_str).join(", ")
+                        )
+                    })
+                })
+                .transpose()?;
+            let filter = crate::audit::MarkFilter {
+                resource_kind,
+                rule,
+                resource_id: id,
+                limit: common.limit,
+            };
+            return audit_marks(common, filter).await;
+        }
         AuditQuery::Actions {
             common,
             run,
@@ -603,6 +691,53 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
         Some(f) => report::actions(&mut out, &store.actions(&f).await?, common.output, &header)?,
     }
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit marks`: the current marks, each with the day it acts on under the config's rules
+/// (unknown with `--db`, which reads no config).
+async fn audit_marks(common: AuditArgs, filter: crate::audit::MarkFilter) -> Result<ExitCode> {
+    let (path, config) = match common.db {
+        Some(db) => (db, None),
+        None => {
+            let config = load(&common.config.config, Some("warn"))?;
+            (config.audit.path.clone(), Some(config))
+        }
+    };
+    let header = report::Header::new(config.as_ref(), Utc::now());
+    if !path.exists() {
+        anyhow::bail!(
+            "no audit database at {}: nothing has run with this config yet (or pass --db PATH)",
+            path.display()
+        );
+    }
+    let store = AuditStore::open_read_only(&path).await?;
+    let rows = store.marks(&filter).await?;
+    store.close().await;
+    let grace = |kind: &str, rule: &str| {
+        config.as_ref().and_then(|c| {
+            c.rules
+                .iter()
+                .find(|r| r.resource.as_str() == kind && r.name == rule)
+                .map(|r| r.grace_days)
+        })
+    };
+    let marks: Vec<report::MarkView> = rows
+        .into_iter()
+        .map(|m| {
+            let acts_on = grace(&m.resource_kind, &m.rule).and_then(|days| {
+                let first = DateTime::parse_from_rfc3339(&m.first_marked_at).ok()?;
+                let at = first.with_timezone(&Utc) + chrono::TimeDelta::days(i64::from(days));
+                Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            });
+            report::MarkView::new(m, acts_on)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    report::marks(&mut out, &marks, common.output, &header)?;
+    if marks.is_empty() && common.output == Format::Text {
+        eprintln!("no marks: no rule has a grace period (grace_days), or nothing waits in one");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

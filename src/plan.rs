@@ -8,7 +8,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -84,6 +84,9 @@ pub struct Candidate {
     /// The object exactly as listed, for the audit log; taken once recorded, so that memory
     /// holds only the small fields above.
     pub snapshot: Option<Box<RawValue>>,
+    /// When its rule has a grace period, what `plan` knows of it: "acts now", or when it will
+    /// be acted on (see [`annotate_grace`]).
+    pub grace: Option<String>,
 }
 
 impl Candidate {
@@ -113,6 +116,9 @@ impl Serialize for Candidate {
         map.serialize_entry("reason", &self.why.to_string())?;
         if let Some(by) = &self.excluded_by {
             map.serialize_entry("excluded_by", by)?;
+        }
+        if let Some(grace) = &self.grace {
+            map.serialize_entry("grace", grace)?;
         }
         map.end()
     }
@@ -356,6 +362,85 @@ pub async fn preview_with(
     Ok(plans)
 }
 
+/// What the grace period means for a plan's part, as `plan` shows it: from the marks the
+/// cycles have set so far (read from the audit log), what the next cycle would mark, act on,
+/// keep waiting, and clear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraceOutlook {
+    pub newly_marked: u64,
+    pub due_now: u64,
+    pub waiting: u64,
+    pub cleared: u64,
+}
+
+/// Marks as `plan` reads them: the first time each object (kind, zone, id in lower case) was
+/// marked.
+pub type MarkDates = std::collections::HashMap<(Kind, Option<String>, String), DateTime<Utc>>;
+
+/// Notes on each actionable candidate of `plan` whose rule has a grace period when it will be
+/// acted on, and returns the part's outlook; `None` when no rule of the part's kind has one
+/// (then nothing changes). Pure: the marks are read by the caller.
+pub fn annotate_grace(
+    plan: &mut Plan,
+    marks: &MarkDates,
+    rules: &[crate::config::RuleSettings],
+    now: DateTime<Utc>,
+) -> Option<GraceOutlook> {
+    let grace_of = |rule: &str| {
+        rules
+            .iter()
+            .find(|r| r.resource == plan.kind && r.name == rule)
+            .map_or(0, |r| r.grace_days)
+    };
+    if !rules
+        .iter()
+        .any(|r| r.resource == plan.kind && r.grace_days > 0)
+    {
+        return None;
+    }
+    let zone = plan.scope.zone.as_ref().map(|z| z.as_str().to_owned());
+    let day = |t: DateTime<Utc>| t.format("%Y-%m-%d").to_string();
+    let mut outlook = GraceOutlook::default();
+    let mut candidates = HashSet::new();
+    for c in plan
+        .candidates
+        .iter_mut()
+        .filter(|c| c.excluded_by.is_none())
+    {
+        let key = c.id.as_str().to_ascii_lowercase();
+        let marked = marks.get(&(plan.kind, zone.clone(), key.clone())).copied();
+        candidates.insert(key);
+        let days = TimeDelta::days(i64::from(grace_of(&c.rule)));
+        c.grace = Some(match marked {
+            Some(first) if first + days <= now => {
+                outlook.due_now += 1;
+                format!("acts now (marked {})", day(first))
+            }
+            Some(first) => {
+                outlook.waiting += 1;
+                format!("marked {}, acts on {}", day(first), day(first + days))
+            }
+            None if days.is_zero() => {
+                outlook.due_now += 1;
+                "acts now (no grace period)".to_owned()
+            }
+            None => {
+                outlook.newly_marked += 1;
+                outlook.waiting += 1;
+                format!(
+                    "not yet marked: acts on {} at the earliest",
+                    day(now + days)
+                )
+            }
+        });
+    }
+    outlook.cleared = marks
+        .keys()
+        .filter(|(k, z, id)| *k == plan.kind && *z == zone && !candidates.contains(id))
+        .count() as u64;
+    Some(outlook)
+}
+
 /// The parts of a cycle for `kind`: one per zone for a zoned kind, else one; and for account
 /// API tokens the janitor's own token, which no rule acts on, or why it is unknown (then
 /// that kind must not act this run: it never guesses).
@@ -562,6 +647,7 @@ impl<'a, S: PageSource> Planner<'a, S> {
                 why,
                 excluded_by,
                 snapshot: Some(item.snapshot.unwrap_or(raw)),
+                grace: None,
             };
             self.decided.count(&candidate);
             candidates.push(candidate);

@@ -17,7 +17,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::audit::{ActionRow, RunRow};
+use crate::audit::{ActionRow, MarkRow, RunRow};
 use crate::cloudflare::{AccountId, Stamp};
 use crate::config::{Config, Mode};
 use crate::cycle::CycleReport;
@@ -34,9 +34,10 @@ pub enum Format {
 
 /// The plan as a table of candidates followed by a summary.
 pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet) -> io::Result<()> {
-    let why = |c: &Candidate| match &c.excluded_by {
-        None => c.why.to_string(),
-        Some(by) => format!("{}; protected by {by}", c.why),
+    let why = |c: &Candidate| match (&c.excluded_by, &c.grace) {
+        (None, None) => c.why.to_string(),
+        (None, Some(grace)) => format!("{}; {grace}", c.why),
+        (Some(by), _) => format!("{}; protected by {by}", c.why),
     };
     let action = |c: &Candidate| match &c.excluded_by {
         None => c.action.to_string(),
@@ -552,6 +553,88 @@ struct RunsJson<'a> {
     #[serde(flatten)]
     header: &'a Header<'a>,
     runs: &'a [RunRow],
+}
+
+/// One current mark, with the time it will be acted on under the config's rules (if it
+/// stays a candidate; `None` when no config was read or its rule is gone).
+#[derive(Debug, Serialize)]
+pub struct MarkView {
+    pub resource_kind: String,
+    pub zone_id: Option<String>,
+    pub resource_id: String,
+    pub name: Option<String>,
+    pub user_email: Option<String>,
+    pub rule: String,
+    pub action: String,
+    pub first_marked_at: String,
+    pub acts_on: Option<String>,
+    pub first_run_id: i64,
+    pub last_run_id: i64,
+}
+
+impl MarkView {
+    pub fn new(m: MarkRow, acts_on: Option<String>) -> Self {
+        MarkView {
+            resource_kind: m.resource_kind,
+            zone_id: m.zone_id,
+            resource_id: m.resource_id,
+            name: m.name,
+            user_email: m.user_email,
+            rule: m.rule,
+            action: m.action,
+            first_marked_at: m.first_marked_at,
+            acts_on,
+            first_run_id: m.first_run_id,
+            last_run_id: m.last_run_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MarksJson<'a> {
+    #[serde(flatten)]
+    header: &'a Header<'a>,
+    marks: &'a [MarkView],
+}
+
+/// The current marks as a table, CSV, or one JSON document
+/// (schemas/audit-marks.schema.json) that starts with `header`.
+pub fn marks(
+    out: &mut dyn Write,
+    marks: &[MarkView],
+    format: Format,
+    header: &Header<'_>,
+) -> io::Result<()> {
+    match format {
+        Format::Json => json_document(out, &MarksJson { header, marks }),
+        Format::Csv => csv_rows(out, marks),
+        Format::Text => {
+            let rows: Vec<[String; 7]> = marks
+                .iter()
+                .map(|m| {
+                    [
+                        m.resource_kind.clone(),
+                        m.resource_id.clone(),
+                        m.name.clone().unwrap_or_default(),
+                        m.rule.clone(),
+                        m.action.clone(),
+                        m.first_marked_at.clone(),
+                        m.acts_on.clone().unwrap_or_else(|| "-".to_owned()),
+                    ]
+                })
+                .collect();
+            let header = [
+                "RESOURCE",
+                "ID",
+                "NAME",
+                "RULE",
+                "ACTION",
+                "MARKED SINCE",
+                "ACTS ON (IF STILL A CANDIDATE)",
+            ];
+            table(out, &header, &rows)
+        }
+    }
 }
 
 #[derive(Serialize)]

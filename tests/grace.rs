@@ -237,3 +237,135 @@ async fn without_a_grace_period_nothing_is_marked_and_old_marks_are_cleared() {
     assert!(marks(&env).await.is_empty());
     assert_eq!(env.fake.deleted_ids(), vec![LAPTOP.to_owned()]);
 }
+
+/// `audit marks` lists each mark with the day it acts on, as text and as JSON that matches its
+/// schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_marks_lists_what_waits_and_until_when() {
+    let env = env().await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+    cycle_at(&env, t0).await;
+
+    let out = env.binary(&["audit", "marks"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let acts_on = (t0 + TimeDelta::days(7)).format("%Y-%m-%d").to_string();
+    assert!(
+        text.contains(LAPTOP) && text.contains("idle-90d") && text.contains(&acts_on),
+        "{text}"
+    );
+
+    let out = env.binary(&["audit", "marks", "--output", "json"]);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = format!(
+        "{}/schemas/audit-marks.schema.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{doc}");
+    assert_eq!(doc["marks"][0]["resource_id"], LAPTOP);
+    assert!(doc["marks"][0]["acts_on"]
+        .as_str()
+        .unwrap()
+        .starts_with(&acts_on));
+
+    let none = env.binary(&["audit", "marks", "--rule", "no-such-rule"]);
+    assert!(none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no marks"));
+}
+
+/// `plan` reads the marks (read only) and says, per row, when each candidate will be acted
+/// on, and what the next cycle would mark, act on and clear.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_when_each_candidate_acts() {
+    let env = env().await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+    // Marked eight days ago: due now.
+    cycle_at(&env, t0 - TimeDelta::days(8)).await;
+    env.fake
+        .insert(&FakeRegistration::new(TABLET, days_ago(t0, 100)));
+
+    let out = env.binary(&["plan"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let marked = (t0 - TimeDelta::days(8)).format("%Y-%m-%d").to_string();
+    let earliest = (t0 + TimeDelta::days(7)).format("%Y-%m-%d").to_string();
+    assert!(
+        text.contains(&format!("acts now (marked {marked})")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "not yet marked: acts on {earliest} at the earliest"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("newly mark 1, act on 1 now, keep 1 waiting, and clear 0 marks"),
+        "{text}"
+    );
+    let json = env.binary(&["plan", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let graces: Vec<&str> = doc["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["grace"].as_str().unwrap())
+        .collect();
+    assert_eq!(graces.len(), 2, "{doc}");
+    // Nothing was written: plan never changes the audit log.
+    assert_eq!(marks(&env).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_marks_are_counted_in_the_metrics() {
+    let env = env().await;
+    let t0 = Utc::now();
+    env.fake
+        .insert(&FakeRegistration::new(LAPTOP, days_ago(t0, 100)));
+    env.fake
+        .insert(&FakeRegistration::new(TABLET, days_ago(t0, 100)));
+    let metrics = Metrics::new();
+    let janitor = env.open().await.with_metrics(metrics.clone());
+    janitor.cycle().run(t0).await.unwrap();
+    let scrape = metrics.render();
+    let value = |series: &str| common::metric(&scrape, series);
+    assert_eq!(
+        value(r#"zt_janitor_marked_resources{resource="device_registration",rule="idle-90d"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(r#"zt_janitor_marks_set_total{resource="device_registration"}"#),
+        Some(2.0)
+    );
+    env.fake
+        .insert(&FakeRegistration::new(TABLET, t0 + TimeDelta::days(1)));
+    janitor.cycle().run(t0 + TimeDelta::days(2)).await.unwrap();
+    let scrape = metrics.render();
+    let value = |series: &str| common::metric(&scrape, series);
+    assert_eq!(
+        value(r#"zt_janitor_marked_resources{resource="device_registration",rule="idle-90d"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"zt_janitor_marks_cleared_total{resource="device_registration"}"#),
+        Some(1.0)
+    );
+    janitor.close().await;
+}

@@ -296,6 +296,7 @@ async fn a_database_from_before_resource_kinds_reads_back_as_device_registration
             "actions_resource",
             "actions_run",
             "actions_user_folded",
+            "mark_events_run",
             "mutations_pending",
         ]
     );
@@ -459,6 +460,7 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
             "actions_resource",
             "actions_run",
             "actions_user_folded",
+            "mark_events_run",
             "mutations_pending",
         ]
     );

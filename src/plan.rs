@@ -869,6 +869,73 @@ mod tests {
     const OLD: &str = "2025-06-01T00:00:00Z";
     const NEW: &str = "2026-05-30T00:00:00Z";
 
+    /// Each candidate's note from its mark and its rule's grace days, and the part's outlook.
+    #[tokio::test]
+    async fn the_grace_outlook_follows_each_candidates_mark() {
+        let source = Pages::new(vec![vec![
+            item("due", OLD),
+            item("waiting", OLD),
+            item("new", OLD),
+            item("fresh", NEW),
+        ]]);
+        let day = |d: &str| -> DateTime<Utc> { format!("{d}T00:00:00Z").parse().unwrap() };
+        let key = |id: &str| (Kind::DeviceRegistration, None, id.to_owned());
+        let marks: MarkDates = [
+            (key("due"), day("2026-05-20")),
+            (key("waiting"), day("2026-05-28")),
+            // Seen recently again: its mark would be cleared.
+            (key("fresh"), day("2026-05-01")),
+            // Another kind's mark is not this part's business.
+            (
+                (Kind::AccessServiceToken, None, "t".to_owned()),
+                day("2026-05-01"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let settings = |grace_days| {
+            vec![RuleSettings {
+                idle_days: Some(90),
+                grace_days,
+                ..RuleSettings::new("idle-90d", Kind::DeviceRegistration, Action::Delete)
+            }]
+        };
+        let mut plan = build_plan(
+            &source,
+            Kind::DeviceRegistration,
+            &rules(),
+            &safety(10, 1.0),
+            now(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(annotate_grace(&mut plan, &marks, &settings(0), now()), None);
+        assert!(plan.candidates.iter().all(|c| c.grace.is_none()));
+        let outlook = annotate_grace(&mut plan, &marks, &settings(7), now()).unwrap();
+        assert_eq!(
+            outlook,
+            GraceOutlook {
+                newly_marked: 1,
+                due_now: 1,
+                waiting: 2,
+                cleared: 1
+            }
+        );
+        let notes: Vec<(&str, &str)> = plan
+            .candidates
+            .iter()
+            .map(|c| (c.id.as_str(), c.grace.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                ("due", "acts now (marked 2026-05-20)"),
+                ("waiting", "marked 2026-05-28, acts on 2026-06-04"),
+                ("new", "not yet marked: acts on 2026-06-08 at the earliest"),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn follows_the_cursor_to_the_end_including_short_and_empty_pages() {
         let source = Pages::new(vec![

@@ -39,6 +39,7 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
         Some(by) => format!("{}; protected by {by}", c.why),
     };
     let action = |c: &Candidate| match &c.excluded_by {
+        None if crate::resource::undoable(c.kind, c.action) => format!("{} (undoable)", c.action),
         None => c.action.to_string(),
         Some(_) => "(excluded)".to_owned(),
     };
@@ -279,10 +280,27 @@ struct PlanJson<'a> {
     candidates_count: u64,
     candidates_by_rule: BTreeMap<String, u64>,
     excluded_count: u64,
-    candidates: Vec<&'a Candidate>,
+    candidates: Vec<CandidateJson<'a>>,
     excluded: Vec<ExcludedJson<'a>>,
     anomalies: &'a AnomalyCounts,
     caps: &'a CapCheck,
+}
+
+/// A candidate, and whether `zt-janitor undo` could reverse its action afterwards.
+#[derive(Serialize)]
+struct CandidateJson<'a> {
+    #[serde(flatten)]
+    candidate: &'a Candidate,
+    undoable: bool,
+}
+
+impl<'a> CandidateJson<'a> {
+    fn new(candidate: &'a Candidate) -> Self {
+        CandidateJson {
+            candidate,
+            undoable: crate::resource::undoable(candidate.kind, candidate.action),
+        }
+    }
 }
 
 /// A match an exclusion protects: the candidate's fields, with `action` "skip" (so that no
@@ -319,7 +337,7 @@ pub fn plan_json(
     plan: &Plan,
     rules: &RuleSet,
 ) -> io::Result<()> {
-    let candidates: Vec<&Candidate> = plan.actionable().collect();
+    let candidates: Vec<CandidateJson<'_>> = plan.actionable().map(CandidateJson::new).collect();
     let excluded: Vec<ExcludedJson<'_>> = plan.excluded().map(ExcludedJson).collect();
     let doc = PlanJson {
         header: *header,
@@ -569,6 +587,7 @@ struct ActionJson<'a> {
     mutation_id: Option<i64>,
     mutation_completed_at: Option<&'a str>,
     http_status: Option<i64>,
+    undoes_action_id: Option<i64>,
     snapshot: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_error: Option<String>,
@@ -598,10 +617,73 @@ impl<'a> ActionJson<'a> {
             mutation_id: a.mutation_id,
             mutation_completed_at: a.mutation_completed_at.as_deref(),
             http_status: a.http_status,
+            undoes_action_id: a.undoes_action_id,
             snapshot,
             snapshot_error,
         }
     }
+}
+
+/// What `zt-janitor undo` did, one row per action of the run undone (and per `--id` it has
+/// none for), then a summary line.
+pub fn undo_text(out: &mut dyn Write, report: &crate::undo::UndoReport) -> io::Result<()> {
+    let mut rows: Vec<[String; 6]> = report
+        .items
+        .iter()
+        .map(|i| {
+            [
+                i.action.clone(),
+                i.resource_kind.clone(),
+                i.resource_id.clone(),
+                i.name.clone().unwrap_or_else(|| "-".to_owned()),
+                i.result.to_owned(),
+                i.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    rows.extend(report.not_in_run.iter().map(|id| {
+        [
+            "-".to_owned(),
+            "-".to_owned(),
+            id.clone(),
+            "-".to_owned(),
+            "refused".to_owned(),
+            format!("not in run {}", report.run),
+        ]
+    }));
+    if rows.is_empty() {
+        writeln!(out, "Run {} has no action to undo.", report.run)?;
+    } else {
+        let header = ["ACTION", "KIND", "ID", "NAME", "RESULT", "WHY"];
+        table(out, &header, &rows)?;
+    }
+    writeln!(out)?;
+    let recorded = match report.undo_run {
+        Some(run) => format!("; recorded as run {run}: zt-janitor audit actions --run {run}"),
+        None => "; nothing was changed".to_owned(),
+    };
+    writeln!(
+        out,
+        "Undo of run {}: {} reversed, {} refused, {} failed{recorded}",
+        report.run, report.reversed, report.refused, report.failed
+    )
+}
+
+/// What `zt-janitor undo` did, as one JSON document starting with `header`.
+pub fn undo_json(
+    out: &mut dyn Write,
+    header: &Header<'_>,
+    report: &crate::undo::UndoReport,
+) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct UndoJson<'a> {
+        #[serde(flatten)]
+        header: &'a Header<'a>,
+        #[serde(flatten)]
+        report: &'a crate::undo::UndoReport,
+    }
+    serde_json::to_writer_pretty(&mut *out, &UndoJson { header, report })?;
+    writeln!(out)
 }
 
 /// The stored snapshot as a JSON object, its text unchanged, or why it cannot be printed
@@ -830,6 +912,7 @@ mod tests {
             mutation_completed_at: None,
             http_status: Some(400),
             snapshot: "{\"id\":\"00b3324e-cfe5-4df6-b4ab-faba846cc16b\"}".into(),
+            undoes_action_id: None,
         }
     }
 

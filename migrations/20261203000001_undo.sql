@@ -149,4 +149,3 @@ CREATE INDEX actions_resource ON actions (resource_id);
 CREATE INDEX actions_mutation ON actions (mutation_id) WHERE mutation_id IS NOT NULL;
 CREATE INDEX actions_failing ON actions (resource_id) WHERE status IN ('failed', 'stuck');
 CREATE INDEX actions_user_folded ON actions (user_email_folded);
-CREATE INDEX actions_undoes ON actions (undoes_action_id) WHERE undoes_action_id IS NOT NULL;

@@ -135,9 +135,15 @@ fn the_schemas_refuse_what_they_must() {
     // (case, a change that makes it invalid)
     type Change = fn(&mut Value);
     let cases: [(&str, Change); 7] = [
-        ("a candidate that does not say whether it can be undone", |d| {
-            d["candidates"][0].as_object_mut().unwrap().remove("undoable");
-        }),
+        (
+            "a candidate that does not say whether it can be undone",
+            |d| {
+                d["candidates"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("undoable");
+            },
+        ),
         ("a protected match among the candidates", |d| {
             d["candidates"][0]["excluded_by"] = "board".into()
         }),

@@ -51,11 +51,17 @@ async fn revoking_env(idle: usize) -> (Env, Vec<String>, Vec<String>) {
     .await;
     let now = Utc::now();
     let idle_ids: Vec<String> = (0..idle)
-        .map(|n| env.fake.insert(&FakeRegistration::new(id(n), days_ago(now, 100))))
+        .map(|n| {
+            env.fake
+                .insert(&FakeRegistration::new(id(n), days_ago(now, 100)))
+        })
         .collect();
     let mut others = Vec::new();
     for n in 100..102 {
-        others.push(env.fake.insert(&FakeRegistration::new(id(n), days_ago(now, 2))));
+        others.push(
+            env.fake
+                .insert(&FakeRegistration::new(id(n), days_ago(now, 2))),
+        );
     }
     others.push(env.fake.insert(&FakeRegistration {
         revoked_at: Some(days_ago(now, 5)),
@@ -117,13 +123,20 @@ async fn undo_unrevokes_exactly_what_the_run_revoked_and_the_audit_agrees() {
 
     let out = env.binary(&["undo", "--run", &run.to_string(), "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("5 reversed, 0 refused, 0 failed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("5 reversed, 0 refused, 0 failed"),
+        "{}",
+        text(&out)
+    );
 
     // The fake: exactly the run's revocations reversed, in one bulk call; nothing else touched.
     let unrevoked: BTreeSet<String> = env.fake.unrevoked_ids().into_iter().collect();
     assert_eq!(unrevoked, revoked_by_run);
     assert!(idle.iter().all(|id| !revoked(&env, id)));
-    assert!(revoked(&env, &others[2]), "revoked by someone else: left so");
+    assert!(
+        revoked(&env, &others[2]),
+        "revoked by someone else: left so"
+    );
     assert_eq!(env.fake.request_counts().unrevoke, 1, "one bulk call");
     let calls: Vec<_> = env
         .fake
@@ -207,7 +220,10 @@ async fn deletions_are_refused_by_name_and_nothing_changes() {
     let env = Env::start(FakeOptions::default(), Settings::default()).await;
     let now = Utc::now();
     let gone: Vec<String> = (0..3)
-        .map(|n| env.fake.insert(&FakeRegistration::new(id(n), days_ago(now, 200))))
+        .map(|n| {
+            env.fake
+                .insert(&FakeRegistration::new(id(n), days_ago(now, 200)))
+        })
         .collect();
     let run = env.once().await.run_id.to_string();
     assert_eq!(env.fake.deleted_ids().len(), 3);
@@ -304,7 +320,11 @@ async fn a_pending_certificate_is_reactivated_and_a_revoked_one_is_refused() {
     let actions = undo_actions(&env, undo_run).await;
     assert_eq!(actions.len(), 1, "{actions:?}");
     assert_eq!(
-        (actions[0].0.as_str(), actions[0].1.as_str(), actions[0].2.as_str()),
+        (
+            actions[0].0.as_str(),
+            actions[0].1.as_str(),
+            actions[0].2.as_str()
+        ),
         (pending.as_str(), "reactivate", "done")
     );
     env.assert_every_mutation_audited().await;
@@ -384,7 +404,11 @@ async fn an_undo_interrupted_after_its_intent_is_reconciled_by_the_next_run() {
     assert_eq!(still_revoked, 3);
     assert_eq!(outcome, "reconciled_not_done");
     assert_eq!(statuses, ["failed", "failed", "failed"]);
-    assert_eq!(undo_outcome.as_deref(), Some("failed"), "closed as interrupted");
+    assert_eq!(
+        undo_outcome.as_deref(),
+        Some("failed"),
+        "closed as interrupted"
+    );
     env.assert_every_mutation_audited().await;
 }
 
@@ -401,7 +425,9 @@ async fn plan_marks_which_rows_can_be_undone() {
     )
     .await;
     let now = Utc::now();
-    let idle = env.fake.insert(&FakeRegistration::new(id(1), days_ago(now, 70)));
+    let idle = env
+        .fake
+        .insert(&FakeRegistration::new(id(1), days_ago(now, 70)));
     let gone = env.fake.insert(&FakeRegistration {
         revoked_at: Some(days_ago(now, 40)),
         ..FakeRegistration::new(id(2), days_ago(now, 70))

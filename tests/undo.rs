@@ -199,6 +199,11 @@ async fn ids_restrict_the_undo_and_an_id_not_in_the_run_is_named() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = format!("{}/schemas/undo.schema.json", env!("CARGO_MANIFEST_DIR"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{doc:#}");
     assert_eq!(doc["reversed"], 2, "{doc:#}");
     assert_eq!(doc["not_in_run"], serde_json::json!([stranger]), "{doc:#}");
     assert_eq!(doc["schema_version"], 1);

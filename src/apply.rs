@@ -947,16 +947,20 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
                 }
             };
             all_done &= done;
-            let (status, detail) = if done {
-                (
+            let undo = matches!(m.kind, MutationKind::Unrevoke | MutationKind::Reactivate);
+            let (status, detail) = match (done, undo) {
+                (true, _) => (
                     ActionStatus::Done,
                     "reconciled after restart: Cloudflare shows it done",
-                )
-            } else {
-                (
+                ),
+                (false, false) => (
                     ActionStatus::Failed,
                     "reconciled after restart: the call did not take effect; the next plan decides again",
-                )
+                ),
+                (false, true) => (
+                    ActionStatus::Failed,
+                    "reconciled after restart: the undo did not take effect; run the undo again",
+                ),
             };
             audit
                 .set_mutation_action_status(m, id, status, detail)

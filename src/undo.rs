@@ -47,6 +47,9 @@ pub enum Verdict {
     Refuse(String),
 }
 
+/// Where objects are listed: their kind, and their zone for a zoned kind.
+type Place = (Kind, Option<String>);
+
 /// How Cloudflare lists an object now: `None` when it is not listed (it no longer exists).
 pub type Now<'a> = Option<(Presence, Option<&'a str>)>;
 
@@ -159,7 +162,7 @@ pub async fn prepare(
     let (actions, not_in_run) = select(audit.run_actions(run).await?, ids);
     // Only what might be reversed is looked up: one listing per hundred registrations, and
     // each zone's certificates listed whole.
-    let mut wanted: HashMap<(Kind, Option<String>), Vec<ResourceId>> = HashMap::new();
+    let mut wanted: HashMap<Place, Vec<ResourceId>> = HashMap::new();
     for a in &actions {
         let reversible_kind = matches!(
             a.kind,
@@ -171,7 +174,7 @@ pub async fn prepare(
             }
         }
     }
-    let mut listed: HashMap<(Kind, Option<String>), HashMap<ResourceId, Listed>> = HashMap::new();
+    let mut listed: HashMap<Place, HashMap<ResourceId, Listed>> = HashMap::new();
     for ((kind, zone), ids) in wanted {
         let scope = scope_of(kind, zone.as_deref());
         let now = current_state(client, kind, &scope, &ids)
@@ -376,14 +379,13 @@ pub async fn execute(
     }
 
     // Confirm by listing: per kind and zone, the ids of every call answered.
-    let mut wanted: HashMap<(Kind, Option<String>), Vec<ResourceId>> = HashMap::new();
+    let mut wanted: HashMap<Place, Vec<ResourceId>> = HashMap::new();
     for (_, call, _, _) in &answered {
         let key = (call.kind, call.zone.as_ref().map(|z| z.as_str().to_owned()));
         let ids = call.items.iter().map(|&i| decisions[i].id.clone());
         wanted.entry(key).or_default().extend(ids);
     }
-    let mut listed: HashMap<(Kind, Option<String>), Result<HashMap<ResourceId, Listed>, String>> =
-        HashMap::new();
+    let mut listed: HashMap<Place, Result<HashMap<ResourceId, Listed>, String>> = HashMap::new();
     for ((kind, zone), ids) in wanted {
         let scope = scope_of(kind, zone.as_deref());
         let now = current_state(client, kind, &scope, &ids)
@@ -636,7 +638,15 @@ mod tests {
         let cert_active = Some((Presence::Active, Some("active")));
         let reverse = |m| Verdict::Reverse(m);
         // (case, kind, action, status, now, verdict: Ok(call) or Err(part of the refusal))
-        let cases: [(&str, Kind, &str, &str, Now<'_>, Result<Verdict, &str>); 13] = [
+        type Case<'a> = (
+            &'a str,
+            Kind,
+            &'a str,
+            &'a str,
+            Now<'a>,
+            Result<Verdict, &'a str>,
+        );
+        let cases: [Case<'_>; 13] = [
             (
                 "a revoked registration",
                 DeviceRegistration,

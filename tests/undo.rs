@@ -317,7 +317,10 @@ async fn a_pending_certificate_is_reactivated_and_a_revoked_one_is_refused() {
     let status = |id: &str| env.fake.certificate(ZONE_A, id).unwrap()["status"].clone();
     assert_eq!(status(&pending), "active");
     assert_eq!(status(&settled), "revoked");
-    assert_eq!(env.fake.reactivated_certificate_ids(), [pending.clone()]);
+    assert_eq!(
+        env.fake.reactivated_certificate_ids(),
+        std::slice::from_ref(&pending)
+    );
     assert_eq!(env.fake.request_counts().reactivate_client_certificate, 1);
 
     let (undo_run, _, outcome) = undo_runs(&env).await[0].clone();
@@ -393,7 +396,8 @@ async fn an_undo_interrupted_after_its_intent_is_reconciled_by_the_next_run() {
             .await
             .unwrap();
     let statuses: Vec<String> = sqlx::query_scalar(
-        "SELECT status FROM actions WHERE action = 'unrevoke' ORDER BY resource_id",
+        "SELECT status || ': ' || status_detail FROM actions WHERE action = 'unrevoke'
+         ORDER BY resource_id",
     )
     .fetch_all(&pool)
     .await
@@ -408,7 +412,9 @@ async fn an_undo_interrupted_after_its_intent_is_reconciled_by_the_next_run() {
     // audit says so.
     assert_eq!(still_revoked, 3);
     assert_eq!(outcome, "reconciled_not_done");
-    assert_eq!(statuses, ["failed", "failed", "failed"]);
+    let failed =
+        "failed: reconciled after restart: the undo did not take effect; run the undo again";
+    assert_eq!(statuses, [failed, failed, failed]);
     assert_eq!(
         undo_outcome.as_deref(),
         Some("failed"),

@@ -2099,6 +2099,113 @@ mod tests {
         audit.close().await;
     }
 
+    /// An undo is a run of its own, whose actions name what they undo; it is not a cycle, so
+    /// the metrics' last run stays the last cycle.
+    #[tokio::test]
+    async fn an_undo_run_links_its_actions_and_is_not_the_last_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let cycle = audit
+            .begin_run(Mode::Apply, at("2026-11-01T06:00:00Z"))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                 resource_id, reason, status)
+             VALUES (1, ?1, 't', 'idle-60d', 'revoke', 'device_registration', 'r-1', 'idle',
+                 'done')",
+        )
+        .bind(cycle.0)
+        .execute(&audit.pool)
+        .await
+        .unwrap();
+        let finished = at("2026-11-01T06:01:00Z");
+        audit
+            .finish_run(
+                cycle,
+                RunOutcome::Applied,
+                None,
+                &RunSummary::default(),
+                &[],
+                finished,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            audit.run_mode(cycle).await.unwrap().as_deref(),
+            Some("apply")
+        );
+        assert_eq!(audit.run_mode(RunId(99)).await.unwrap(), None);
+        let read = audit.run_actions(cycle).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (
+                read[0].action.as_str(),
+                read[0].kind,
+                read[0].status.as_str()
+            ),
+            ("revoke", Some(Kind::DeviceRegistration), "done")
+        );
+
+        let undo = audit
+            .begin_undo_run(cycle, at("2026-11-02T06:00:00Z"))
+            .await
+            .unwrap();
+        let decision = UndoDecision {
+            undoes: 1,
+            mutation: MutationKind::Unrevoke,
+            kind: Kind::DeviceRegistration,
+            id: ResourceId::parse("r-1").unwrap(),
+            zone: None,
+            rule: "idle-60d".to_owned(),
+            user_email: None,
+            name: None,
+            reason: "undo of action 1".to_owned(),
+        };
+        let ids = audit
+            .record_undo_actions(undo, at("2026-11-02T06:00:00Z"), &[decision])
+            .await
+            .unwrap();
+        let rows = audit
+            .actions(&ActionFilter {
+                run_id: Some(undo.0),
+                limit: 10,
+                ..ActionFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].id, ids[0]);
+        assert_eq!(
+            (
+                rows[0].action.as_str(),
+                rows[0].status.as_str(),
+                rows[0].undoes_action_id
+            ),
+            ("unrevoke", "planned", Some(1))
+        );
+        audit
+            .finish_run(
+                undo,
+                RunOutcome::Failed,
+                None,
+                &RunSummary::default(),
+                &[],
+                at("2026-11-02T06:01:00Z"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(audit.run_mode(undo).await.unwrap().as_deref(), Some("undo"));
+        let last = audit.last_runs().await.unwrap();
+        assert_eq!(
+            (last.finished, last.outcome),
+            (Some(finished), Some(RunOutcome::Applied)),
+            "the undo is not the last cycle"
+        );
+        audit.close().await;
+    }
+
     #[tokio::test]
     async fn a_run_and_each_of_its_kinds_record_their_refusals() {
         let dir = tempfile::tempdir().unwrap();

@@ -1111,6 +1111,49 @@ mod tests {
     }
 
     #[test]
+    fn undo_text_names_each_refusal_and_escapes_what_the_api_sent() {
+        let item = |id: &str, name: &str, result, detail: &str| crate::undo::ItemReport {
+            action_id: 1,
+            action: "delete".into(),
+            resource_kind: "device_registration".into(),
+            resource_id: id.into(),
+            zone: None,
+            name: Some(name.into()),
+            result,
+            detail: Some(detail.into()),
+            undo_action_id: None,
+        };
+        let report = crate::undo::UndoReport {
+            run: 4,
+            undo_run: None,
+            reversed: 0,
+            refused: 2,
+            failed: 0,
+            items: vec![item(
+                "a-1",
+                "evil\u{1b}]0;pwned\u{7}",
+                "refused",
+                "deleted: Cloudflare cannot restore it",
+            )],
+            not_in_run: vec!["b-2".into()],
+        };
+        let mut out = Vec::new();
+        undo_text(&mut out, &report).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+        let line = |id: &str| text.lines().find(|l| l.contains(id)).unwrap().to_owned();
+        assert!(
+            line("a-1").contains("deleted: Cloudflare cannot restore it"),
+            "{text}"
+        );
+        assert!(line("b-2").contains("not in run 4"), "{text}");
+        assert!(
+            text.contains("Undo of run 4: 0 reversed, 2 refused, 0 failed; nothing was changed"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn csv_keeps_columns_and_exact_values_but_neutralises_formulas() {
         let mut out = Vec::new();
         actions(

@@ -905,7 +905,7 @@ fn verdict(
     }
 }
 
-fn failure(e: &ApiError) -> MutationResult {
+pub(crate) fn failure(e: &ApiError) -> MutationResult {
     MutationResult {
         outcome: if e.is_run_wide() {
             CallOutcome::Error
@@ -940,18 +940,27 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
             let done = match m.kind {
                 MutationKind::Delete | MutationKind::BulkDelete => !now.contains_key(id),
                 MutationKind::Revoke => now.get(id).map(|l| l.presence) == Some(Presence::Revoked),
+                // An undo: the registration listed not revoked, the certificate `active` or
+                // `pending_reactivation` (neither reads as revoked).
+                MutationKind::Unrevoke | MutationKind::Reactivate => {
+                    now.get(id).map(|l| l.presence) == Some(Presence::Active)
+                }
             };
             all_done &= done;
-            let (status, detail) = if done {
-                (
+            let undo = matches!(m.kind, MutationKind::Unrevoke | MutationKind::Reactivate);
+            let (status, detail) = match (done, undo) {
+                (true, _) => (
                     ActionStatus::Done,
                     "reconciled after restart: Cloudflare shows it done",
-                )
-            } else {
-                (
+                ),
+                (false, false) => (
                     ActionStatus::Failed,
                     "reconciled after restart: the call did not take effect; the next plan decides again",
-                )
+                ),
+                (false, true) => (
+                    ActionStatus::Failed,
+                    "reconciled after restart: the undo did not take effect; run the undo again",
+                ),
             };
             audit
                 .set_mutation_action_status(m, id, status, detail)
@@ -994,13 +1003,13 @@ pub async fn reconcile_pending(client: &Client, audit: &AuditStore) -> Result<u6
 /// reconcile interrupted calls and to confirm what every call claims.
 /// One object as a confirmation listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Listed {
-    presence: Presence,
+pub(crate) struct Listed {
+    pub(crate) presence: Presence,
     /// Its status as listed, for kinds that have one.
-    status: Option<String>,
+    pub(crate) status: Option<String>,
 }
 
-async fn current_state(
+pub(crate) async fn current_state(
     client: &Client,
     kind: Kind,
     scope: &Scope,

@@ -150,6 +150,10 @@ pub enum MutationKind {
     BulkDelete,
     Delete,
     Revoke,
+    /// `zt-janitor undo`: registrations unrevoked.
+    Unrevoke,
+    /// `zt-janitor undo`: a client certificate reactivated while `pending_revocation`.
+    Reactivate,
 }
 
 impl MutationKind {
@@ -158,6 +162,8 @@ impl MutationKind {
             MutationKind::BulkDelete => "bulk_delete",
             MutationKind::Delete => "delete",
             MutationKind::Revoke => "revoke",
+            MutationKind::Unrevoke => "unrevoke",
+            MutationKind::Reactivate => "reactivate",
         }
     }
 
@@ -166,6 +172,8 @@ impl MutationKind {
             "bulk_delete" => Some(MutationKind::BulkDelete),
             "delete" => Some(MutationKind::Delete),
             "revoke" => Some(MutationKind::Revoke),
+            "unrevoke" => Some(MutationKind::Unrevoke),
+            "reactivate" => Some(MutationKind::Reactivate),
             _ => None,
         }
     }
@@ -382,6 +390,37 @@ pub struct PendingMutation {
     pub resource_ids: Vec<ResourceId>,
 }
 
+/// One action of a run as `zt-janitor undo` reads it: what was done, to what, and how it ended.
+#[derive(Debug, Clone)]
+pub struct RunAction {
+    pub action_id: i64,
+    pub rule: String,
+    /// `delete`, `revoke`, or an undo's own `unrevoke` / `reactivate`.
+    pub action: String,
+    /// `None` for a kind this version does not know.
+    pub kind: Option<Kind>,
+    pub resource_kind: String,
+    pub resource_id: String,
+    pub zone: Option<String>,
+    pub status: String,
+    pub user_email: Option<String>,
+    pub name: Option<String>,
+}
+
+/// An undo action about to be recorded: the reversal of `undoes` (an action of the run undone).
+#[derive(Debug, Clone)]
+pub struct UndoDecision {
+    pub undoes: i64,
+    pub mutation: MutationKind,
+    pub kind: Kind,
+    pub id: ResourceId,
+    pub zone: Option<ZoneId>,
+    pub rule: String,
+    pub user_email: Option<String>,
+    pub name: Option<String>,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRow {
     pub id: i64,
@@ -419,6 +458,9 @@ pub struct ActionRow {
     pub mutation_id: Option<i64>,
     pub mutation_completed_at: Option<String>,
     pub http_status: Option<i64>,
+    /// In an undo run: the action (of the run undone) this one reverses.
+    pub undoes_action_id: Option<i64>,
+    /// Last, so that the CSV's widest column ends each row.
     pub snapshot: String,
 }
 
@@ -1306,6 +1348,123 @@ impl AuditStore {
             .map_err(AuditError::Read)
     }
 
+    /// Begins an undo run (mode `undo`) of run `undoes`.
+    pub async fn begin_undo_run(
+        &self,
+        undoes: RunId,
+        started: DateTime<Utc>,
+    ) -> Result<RunId, AuditError> {
+        let _timer = self.timer();
+        let id =
+            sqlx::query("INSERT INTO runs (started_at, mode, undoes_run) VALUES (?1, 'undo', ?2)")
+                .bind(ts(started))
+                .bind(undoes.0)
+                .execute(&self.pool)
+                .await
+                .map_err(AuditError::Write)?
+                .last_insert_rowid();
+        Ok(RunId(id))
+    }
+
+    /// The mode of run `run` (`plan`, `apply` or `undo`); `None` if there is no such run.
+    pub async fn run_mode(&self, run: RunId) -> Result<Option<String>, AuditError> {
+        sqlx::query_scalar("SELECT mode FROM runs WHERE id = ?1")
+            .bind(run.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(AuditError::Read)
+    }
+
+    /// Every action of run `run`, in the order decided (what `zt-janitor undo` sorts).
+    pub async fn run_actions(&self, run: RunId) -> Result<Vec<RunAction>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT id, rule, action, resource_kind, resource_id, zone_id, status, user_email,
+                    device_name
+             FROM actions WHERE run_id = ?1 ORDER BY id",
+        )
+        .bind(run.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        rows.iter()
+            .map(|r| {
+                let action_id: i64 = r.try_get(0).map_err(AuditError::Read)?;
+                let text = |i: usize| {
+                    r.try_get::<Option<String>, _>(i)
+                        .map_err(|e| AuditError::UnreadableAction {
+                            action: action_id,
+                            what: e.to_string(),
+                        })
+                };
+                let resource_kind = text(3)?.unwrap_or_default();
+                Ok(RunAction {
+                    action_id,
+                    rule: text(1)?.unwrap_or_default(),
+                    action: text(2)?.unwrap_or_default(),
+                    kind: Kind::parse(&resource_kind),
+                    resource_kind,
+                    resource_id: text(4)?.unwrap_or_default(),
+                    zone: text(5)?,
+                    status: text(6)?.unwrap_or_default(),
+                    user_email: text(7)?,
+                    name: text(8)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records the actions of undo run `run`, `planned`, each naming the action it reverses
+    /// (`undoes_action_id`). Returns their ids in the order of `decisions`.
+    pub async fn record_undo_actions(
+        &self,
+        run: RunId,
+        decided_at: DateTime<Utc>,
+        decisions: &[UndoDecision],
+    ) -> Result<Vec<i64>, AuditError> {
+        let _timer = self.timer();
+        let decided_at = ts(decided_at);
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        let ids: Vec<i64> = next_ids(&mut tx, "actions", decisions.len())
+            .await?
+            .collect();
+        for (d, id) in decisions.iter().zip(&ids) {
+            sqlx::query(
+                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                     resource_id, user_email, user_email_folded, device_name, reason, status,
+                     zone_id, undoes_action_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'planned', ?12, ?13)",
+            )
+            .bind(id)
+            .bind(run.0)
+            .bind(&decided_at)
+            .bind(&d.rule)
+            .bind(d.mutation.as_str())
+            .bind(d.kind.as_str())
+            .bind(d.id.as_str())
+            .bind(d.user_email.as_deref())
+            .bind(
+                d.user_email
+                    .as_deref()
+                    .map(|e| crate::rules::fold_case(e).into_owned()),
+            )
+            .bind(d.name.as_deref())
+            .bind(&d.reason)
+            .bind(d.zone.as_ref().map(ZoneId::as_str))
+            .bind(d.undoes)
+            .execute(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?;
+            // No snapshot: the object is as the run undone recorded it, under `undoes_action_id`.
+            sqlx::query("INSERT INTO snapshots (action_id, body) VALUES (?1, 'null')")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+        }
+        tx.commit().await.map_err(AuditError::Write)?;
+        Ok(ids)
+    }
+
     /// Records that run `run` applies the saved plan `plan`, with the cap the operator raised
     /// for it (`--max-actions`), if any.
     pub async fn note_saved_plan(
@@ -2010,13 +2169,16 @@ impl AuditStore {
 
     /// The last finished run and the last successful one (applied or planned), by run id:
     /// runs are numbered in the order they start. A timestamp this version cannot parse
-    /// reads as unknown.
+    /// reads as unknown. Undo runs are not cycles: they count for neither.
     pub async fn last_runs(&self) -> Result<LastRuns, AuditError> {
         let row = sqlx::query(
             "SELECT
-                 (SELECT finished_at FROM runs WHERE outcome IS NOT NULL ORDER BY id DESC LIMIT 1),
-                 (SELECT outcome FROM runs WHERE outcome IS NOT NULL ORDER BY id DESC LIMIT 1),
+                 (SELECT finished_at FROM runs WHERE outcome IS NOT NULL AND mode <> 'undo'
+                  ORDER BY id DESC LIMIT 1),
+                 (SELECT outcome FROM runs WHERE outcome IS NOT NULL AND mode <> 'undo'
+                  ORDER BY id DESC LIMIT 1),
                  (SELECT finished_at FROM runs WHERE outcome IN ('applied', 'planned')
+                    AND mode <> 'undo'
                   ORDER BY id DESC LIMIT 1)",
         )
         .fetch_one(&self.pool)
@@ -2072,7 +2234,7 @@ impl AuditStore {
             "SELECT a.id, a.run_id, a.decided_at, a.rule, a.action, a.resource_id, a.user_email,
                     a.device_name, a.last_seen_at, a.reason, a.excluded_by, a.status,
                     a.status_detail, a.mutation_id, m.completed_at, m.http_status, s.body,
-                    a.resource_kind
+                    a.resource_kind, a.undoes_action_id
              FROM actions a LEFT JOIN mutations m ON m.id = a.mutation_id
                   LEFT JOIN snapshots s ON s.action_id = a.id
              WHERE 1 = 1",
@@ -2127,6 +2289,7 @@ impl AuditStore {
                 mutation_completed_at: r.get(14),
                 http_status: r.get(15),
                 snapshot: r.get(16),
+                undoes_action_id: r.get(18),
             })
             .collect())
     }
@@ -2211,6 +2374,113 @@ mod tests {
                 outcome: Some(RunOutcome::Aborted),
                 succeeded: Some(at("2026-11-01T12:00:00Z")),
             }
+        );
+        audit.close().await;
+    }
+
+    /// An undo is a run of its own, whose actions name what they undo; it is not a cycle, so
+    /// the metrics' last run stays the last cycle.
+    #[tokio::test]
+    async fn an_undo_run_links_its_actions_and_is_not_the_last_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let cycle = audit
+            .begin_run(Mode::Apply, at("2026-11-01T06:00:00Z"))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                 resource_id, reason, status)
+             VALUES (1, ?1, 't', 'idle-60d', 'revoke', 'device_registration', 'r-1', 'idle',
+                 'done')",
+        )
+        .bind(cycle.0)
+        .execute(&audit.pool)
+        .await
+        .unwrap();
+        let finished = at("2026-11-01T06:01:00Z");
+        audit
+            .finish_run(
+                cycle,
+                RunOutcome::Applied,
+                None,
+                &RunSummary::default(),
+                &[],
+                finished,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            audit.run_mode(cycle).await.unwrap().as_deref(),
+            Some("apply")
+        );
+        assert_eq!(audit.run_mode(RunId(99)).await.unwrap(), None);
+        let read = audit.run_actions(cycle).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (
+                read[0].action.as_str(),
+                read[0].kind,
+                read[0].status.as_str()
+            ),
+            ("revoke", Some(Kind::DeviceRegistration), "done")
+        );
+
+        let undo = audit
+            .begin_undo_run(cycle, at("2026-11-02T06:00:00Z"))
+            .await
+            .unwrap();
+        let decision = UndoDecision {
+            undoes: 1,
+            mutation: MutationKind::Unrevoke,
+            kind: Kind::DeviceRegistration,
+            id: ResourceId::parse("r-1").unwrap(),
+            zone: None,
+            rule: "idle-60d".to_owned(),
+            user_email: None,
+            name: None,
+            reason: "undo of action 1".to_owned(),
+        };
+        let ids = audit
+            .record_undo_actions(undo, at("2026-11-02T06:00:00Z"), &[decision])
+            .await
+            .unwrap();
+        let rows = audit
+            .actions(&ActionFilter {
+                run_id: Some(undo.0),
+                limit: 10,
+                ..ActionFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].id, ids[0]);
+        assert_eq!(
+            (
+                rows[0].action.as_str(),
+                rows[0].status.as_str(),
+                rows[0].undoes_action_id
+            ),
+            ("unrevoke", "planned", Some(1))
+        );
+        audit
+            .finish_run(
+                undo,
+                RunOutcome::Failed,
+                None,
+                &RunSummary::default(),
+                &[],
+                at("2026-11-02T06:01:00Z"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(audit.run_mode(undo).await.unwrap().as_deref(), Some("undo"));
+        let last = audit.last_runs().await.unwrap();
+        assert_eq!(
+            (last.finished, last.outcome),
+            (Some(finished), Some(RunOutcome::Applied)),
+            "the undo is not the last cycle"
         );
         audit.close().await;
     }

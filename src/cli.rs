@@ -136,6 +136,13 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Reverse what run N did where Cloudflare allows it: registrations it revoked are
+    /// unrevoked, client certificates it revoked are reactivated while still
+    /// pending_revocation. Deletions are never reversible; every action that cannot be
+    /// reversed is named, with why. Recorded in the audit log as a run of its own. Asks for
+    /// confirmation on a terminal. Exit status: 0 every action asked about reversed (or none),
+    /// 3 some could not be reversed (the others were), 5 a reversal failed, 1 error.
+    Undo(UndoArgs),
     /// Read the audit log.
     Audit {
         #[command(subcommand)]
@@ -166,6 +173,23 @@ struct ApplyArgs {
     #[arg(long, value_name = "HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
     max_age_hours: u64,
     /// The cycle report as text or JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    output: CycleFormat,
+}
+
+#[derive(Args)]
+struct UndoArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The run to undo (see `zt-janitor audit runs`).
+    #[arg(long, value_name = "N")]
+    run: i64,
+    /// Only these ids (repeatable); an id the run has no action on is reported.
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<String>,
+    /// Undo without asking (for scripts; needed when not run on a terminal).
+    #[arg(long)]
+    yes: bool,
     #[arg(long, value_enum, default_value = "text")]
     output: CycleFormat,
 }
@@ -318,6 +342,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
             crate::check::check_config(&config.config, online, strict, &mut out, &mut err).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Undo(args) => {
+            let config = load(&args.config.config, None)?;
+            undo(config, args).await
         }
         Command::Audit { query } => audit(query).await,
         Command::FakeApi(args) => {
@@ -587,6 +615,95 @@ fn confirm_apply(saved: &crate::saved_plan::SavedPlan, max_actions: Option<u64>)
          Deletion cannot be undone. Only 'yes' will be accepted to approve.\n"
     )?;
     write!(err, "Apply? ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+/// `zt-janitor undo --run N`: what can be reversed, confirmed, then reversed and audited.
+async fn undo(config: Config, args: UndoArgs) -> Result<ExitCode> {
+    use crate::undo;
+    let janitor = crate::startup::open(config).await?;
+    let result = async {
+        let settings = &janitor.loaded.config.cloudflare;
+        let credentials = crate::secret::Credentials::load(settings)?;
+        let client =
+            crate::cloudflare::Client::new(settings, credentials, janitor.metrics.clone())?
+                .with_quota(janitor.quota.clone());
+        // An interrupted call is settled first, so that the undo decides on what is known.
+        let reconciled = crate::apply::reconcile_pending(&client, &janitor.audit).await?;
+        if reconciled > 0 {
+            tracing::info!(mutations = reconciled, "reconciled interrupted mutations");
+        }
+        let run = crate::audit::RunId(args.run);
+        let plan = undo::prepare(&janitor.audit, &client, run, &args.ids).await?;
+        let acting = plan.reversible().next().is_some();
+        if acting && !args.yes && !confirm_undo(&plan)? {
+            eprintln!("Undo cancelled; nothing was done.");
+            return Ok(None);
+        }
+        let chunk = settings.bulk_chunk_size;
+        Ok::<_, anyhow::Error>(Some(
+            undo::execute(&janitor.audit, &client, &plan, chunk).await?,
+        ))
+    }
+    .await;
+    janitor.close().await;
+    let Some(report) = result? else {
+        return Ok(Exit::Error.into());
+    };
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        CycleFormat::Json => {
+            let header = report::Header::new(Some(&janitor.loaded.config), Utc::now());
+            report::undo_json(&mut out, &header, &report)?;
+        }
+        CycleFormat::Text => report::undo_text(&mut out, &report)?,
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+/// Shows what the undo will reverse and refuse, and asks for `yes`, as `apply` does. Off a
+/// terminal there is nobody to ask: `--yes` must say so.
+fn confirm_undo(plan: &crate::undo::UndoPlan) -> Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        anyhow::bail!(
+            "undo asks for confirmation, but is not run on a terminal; pass --yes to undo without asking"
+        );
+    }
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "Undo of run {}:", plan.run.0)?;
+    for item in &plan.items {
+        let a = &item.action;
+        let what = match &item.verdict {
+            crate::undo::Verdict::Reverse(m) => m.as_str().to_owned(),
+            crate::undo::Verdict::Refuse(why) => format!("cannot undo: {why}"),
+        };
+        writeln!(
+            err,
+            "  {} {} {} ({}): {}",
+            report::escape(&a.action),
+            report::escape(&a.resource_kind),
+            report::escape(&a.resource_id),
+            report::escape(a.name.as_deref().unwrap_or("-")),
+            report::escape(&what)
+        )?;
+    }
+    for id in &plan.not_in_run {
+        writeln!(
+            err,
+            "  {}: cannot undo: not in run {}",
+            report::escape(id),
+            plan.run.0
+        )?;
+    }
+    writeln!(
+        err,
+        "Each reversal is recorded in the audit log as a run of its own. Only 'yes' will be accepted to approve.\n"
+    )?;
+    write!(err, "Undo? ")?;
     err.flush()?;
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;

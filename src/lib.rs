@@ -29,3 +29,4 @@ pub mod schedule;
 pub mod secret;
 pub mod startup;
 pub mod stop;
+pub mod undo;

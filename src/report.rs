@@ -40,6 +40,7 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
         (Some(by), _) => format!("{}; protected by {by}", c.why),
     };
     let action = |c: &Candidate| match &c.excluded_by {
+        None if crate::resource::undoable(c.kind, c.action) => format!("{} (undoable)", c.action),
         None => c.action.to_string(),
         Some(_) => "(excluded)".to_owned(),
     };
@@ -280,10 +281,27 @@ struct PlanJson<'a> {
     candidates_count: u64,
     candidates_by_rule: BTreeMap<String, u64>,
     excluded_count: u64,
-    candidates: Vec<&'a Candidate>,
+    candidates: Vec<CandidateJson<'a>>,
     excluded: Vec<ExcludedJson<'a>>,
     anomalies: &'a AnomalyCounts,
     caps: &'a CapCheck,
+}
+
+/// A candidate, and whether `zt-janitor undo` could reverse its action afterwards.
+#[derive(Serialize)]
+struct CandidateJson<'a> {
+    #[serde(flatten)]
+    candidate: &'a Candidate,
+    undoable: bool,
+}
+
+impl<'a> CandidateJson<'a> {
+    fn new(candidate: &'a Candidate) -> Self {
+        CandidateJson {
+            candidate,
+            undoable: crate::resource::undoable(candidate.kind, candidate.action),
+        }
+    }
 }
 
 /// A match an exclusion protects: the candidate's fields, with `action` "skip" (so that no
@@ -320,7 +338,7 @@ pub fn plan_json(
     plan: &Plan,
     rules: &RuleSet,
 ) -> io::Result<()> {
-    let candidates: Vec<&Candidate> = plan.actionable().collect();
+    let candidates: Vec<CandidateJson<'_>> = plan.actionable().map(CandidateJson::new).collect();
     let excluded: Vec<ExcludedJson<'_>> = plan.excluded().map(ExcludedJson).collect();
     let doc = PlanJson {
         header: *header,
@@ -666,6 +684,7 @@ struct ActionJson<'a> {
     mutation_id: Option<i64>,
     mutation_completed_at: Option<&'a str>,
     http_status: Option<i64>,
+    undoes_action_id: Option<i64>,
     snapshot: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_error: Option<String>,
@@ -695,10 +714,73 @@ impl<'a> ActionJson<'a> {
             mutation_id: a.mutation_id,
             mutation_completed_at: a.mutation_completed_at.as_deref(),
             http_status: a.http_status,
+            undoes_action_id: a.undoes_action_id,
             snapshot,
             snapshot_error,
         }
     }
+}
+
+/// What `zt-janitor undo` did, one row per action of the run undone (and per `--id` it has
+/// none for), then a summary line.
+pub fn undo_text(out: &mut dyn Write, report: &crate::undo::UndoReport) -> io::Result<()> {
+    let mut rows: Vec<[String; 6]> = report
+        .items
+        .iter()
+        .map(|i| {
+            [
+                i.action.clone(),
+                i.resource_kind.clone(),
+                i.resource_id.clone(),
+                i.name.clone().unwrap_or_else(|| "-".to_owned()),
+                i.result.to_owned(),
+                i.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    rows.extend(report.not_in_run.iter().map(|id| {
+        [
+            "-".to_owned(),
+            "-".to_owned(),
+            id.clone(),
+            "-".to_owned(),
+            "refused".to_owned(),
+            format!("not in run {}", report.run),
+        ]
+    }));
+    if rows.is_empty() {
+        writeln!(out, "Run {} has no action to undo.", report.run)?;
+    } else {
+        let header = ["ACTION", "KIND", "ID", "NAME", "RESULT", "WHY"];
+        table(out, &header, &rows)?;
+    }
+    writeln!(out)?;
+    let recorded = match report.undo_run {
+        Some(run) => format!("; recorded as run {run}: zt-janitor audit actions --run {run}"),
+        None => "; nothing was changed".to_owned(),
+    };
+    writeln!(
+        out,
+        "Undo of run {}: {} reversed, {} refused, {} failed{recorded}",
+        report.run, report.reversed, report.refused, report.failed
+    )
+}
+
+/// What `zt-janitor undo` did, as one JSON document starting with `header`.
+pub fn undo_json(
+    out: &mut dyn Write,
+    header: &Header<'_>,
+    report: &crate::undo::UndoReport,
+) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct UndoJson<'a> {
+        #[serde(flatten)]
+        header: &'a Header<'a>,
+        #[serde(flatten)]
+        report: &'a crate::undo::UndoReport,
+    }
+    serde_json::to_writer_pretty(&mut *out, &UndoJson { header, report })?;
+    writeln!(out)
 }
 
 /// The stored snapshot as a JSON object, its text unchanged, or why it cannot be printed
@@ -927,6 +1009,7 @@ mod tests {
             mutation_completed_at: None,
             http_status: Some(400),
             snapshot: "{\"id\":\"00b3324e-cfe5-4df6-b4ab-faba846cc16b\"}".into(),
+            undoes_action_id: None,
         }
     }
 
@@ -1122,6 +1205,49 @@ mod tests {
         assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.contains(r"\u{1b}]0;pwned\u{7}\u{a}Run 8"), "{text}");
+    }
+
+    #[test]
+    fn undo_text_names_each_refusal_and_escapes_what_the_api_sent() {
+        let item = |id: &str, name: &str, result, detail: &str| crate::undo::ItemReport {
+            action_id: 1,
+            action: "delete".into(),
+            resource_kind: "device_registration".into(),
+            resource_id: id.into(),
+            zone: None,
+            name: Some(name.into()),
+            result,
+            detail: Some(detail.into()),
+            undo_action_id: None,
+        };
+        let report = crate::undo::UndoReport {
+            run: 4,
+            undo_run: None,
+            reversed: 0,
+            refused: 2,
+            failed: 0,
+            items: vec![item(
+                "a-1",
+                "evil\u{1b}]0;pwned\u{7}",
+                "refused",
+                "deleted: Cloudflare cannot restore it",
+            )],
+            not_in_run: vec!["b-2".into()],
+        };
+        let mut out = Vec::new();
+        undo_text(&mut out, &report).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+        let line = |id: &str| text.lines().find(|l| l.contains(id)).unwrap().to_owned();
+        assert!(
+            line("a-1").contains("deleted: Cloudflare cannot restore it"),
+            "{text}"
+        );
+        assert!(line("b-2").contains("not in run 4"), "{text}");
+        assert!(
+            text.contains("Undo of run 4: 0 reversed, 2 refused, 0 failed; nothing was changed"),
+            "{text}"
+        );
     }
 
     #[test]

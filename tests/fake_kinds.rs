@@ -637,6 +637,75 @@ async fn with_no_settle_time_the_next_listing_shows_revoked_and_a_repeat_changes
     assert_eq!(api.fake.request_counts().revoke_client_certificate, 4);
 }
 
+/// `PATCH` reactivates a certificate while its revocation is pending; once it has settled,
+/// the call is refused and changes nothing. Counted and logged like every mutation.
+#[tokio::test]
+async fn a_pending_revocation_is_reactivated_by_patch_and_a_settled_one_is_refused() {
+    let api = Api::start(FakeOptions {
+        revocation_settles_after: Duration::from_secs(3600),
+        ..with_kinds()
+    })
+    .await;
+    let id = first_active(&api, ZONE_A);
+    let path = format!("zones/{ZONE_A}/client_certificates/{id}");
+    api.delete(&path).await;
+
+    api.fake.set_faults(vec![FaultRule::always(
+        Endpoint::ReactivateClientCertificate,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
+    )]);
+    assert_eq!(
+        api.send_as(Method::PATCH, &path, Auth::Token).await.error(),
+        (503, 10001)
+    );
+    assert_eq!(
+        api.fake.certificate(ZONE_A, &id).unwrap()["status"],
+        "pending_revocation",
+        "a faulted call changes nothing"
+    );
+    api.fake.clear_faults();
+    let reply = api.send_as(Method::PATCH, &path, Auth::Token).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["result"]["status"], "active");
+    assert_eq!(
+        api.fake.certificate(ZONE_A, &id).unwrap()["status"],
+        "active"
+    );
+    let again = api.send_as(Method::PATCH, &path, Auth::Token).await;
+    assert_eq!(again.status, 200, "not revoked: answered unchanged");
+
+    // A generated certificate already revoked: too late.
+    let revoked = api
+        .fake
+        .certificate_ids(ZONE_B)
+        .into_iter()
+        .find(|c| api.fake.certificate(ZONE_B, c).unwrap()["status"] == "revoked")
+        .unwrap();
+    let late = format!("zones/{ZONE_B}/client_certificates/{revoked}");
+    assert_eq!(
+        api.send_as(Method::PATCH, &late, Auth::Token).await.error(),
+        (400, 1406)
+    );
+    assert_eq!(
+        api.fake.certificate(ZONE_B, &revoked).unwrap()["status"],
+        "revoked"
+    );
+
+    let log: Vec<(bool, u16)> = api
+        .fake
+        .mutations()
+        .iter()
+        .filter(|m| m.kind == MutationKind::ReactivateClientCertificate)
+        .map(|m| (m.applied, m.status))
+        .collect();
+    assert_eq!(log, [(false, 503), (true, 200), (false, 200), (false, 400)]);
+    assert_eq!(api.fake.reactivated_certificate_ids(), [id]);
+    assert_eq!(api.fake.request_counts().reactivate_client_certificate, 4);
+}
+
 #[tokio::test]
 async fn hand_made_certificates_are_served_in_their_zone() {
     let api = Api::start(with_kinds()).await;

@@ -689,6 +689,29 @@ async fn every_listed_certificate_and_the_revoke_answer_match_the_schema() {
     assert_valid(&certificate, &body["result"], "revoked certificate");
     assert_certificate_shape(&body["result"]);
     assert_eq!(body["result"]["status"], "pending_revocation");
+
+    // PATCH reactivates a certificate still pending_revocation and answers it, now active.
+    let pending = seen
+        .iter()
+        .find(|c| c["status"] == "pending_revocation")
+        .unwrap();
+    let pending_id = pending["id"].as_str().unwrap();
+    let zone = ZONES
+        .into_iter()
+        .find(|z| fake.certificate(z, pending_id).is_some())
+        .unwrap();
+    let (status, body) = call(
+        &fake,
+        reqwest::Method::PATCH,
+        &format!("zones/{zone}/client_certificates/{pending_id}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_valid(&envelope, &body, "reactivate envelope");
+    assert_valid(&certificate, &body["result"], "reactivated certificate");
+    assert_certificate_shape(&body["result"]);
+    assert_eq!(body["result"]["status"], "active");
+    assert_eq!(fake.reactivated_certificate_ids(), [pending_id.to_owned()]);
 }
 
 #[tokio::test]
@@ -697,6 +720,11 @@ async fn refusals_of_the_new_endpoints_have_the_cloudflare_shape() {
     let failure = envelope_validator(false);
     let account = fake.account_id().to_owned();
     let zone = ZONES[0];
+    let revoked = fake
+        .certificate_ids(zone)
+        .into_iter()
+        .find(|c| fake.certificate(zone, c).unwrap()["status"] == "revoked")
+        .expect("a generated certificate already revoked");
     let cases = [
         (
             reqwest::Method::GET,
@@ -733,6 +761,18 @@ async fn refusals_of_the_new_endpoints_have_the_cloudflare_shape() {
             format!("zones/{zone}/client_certificates/00000000-0000-4000-8000-000000000000"),
             404,
             1001,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("zones/{zone}/client_certificates/00000000-0000-4000-8000-000000000000"),
+            404,
+            1001,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("zones/{zone}/client_certificates/{revoked}"),
+            400,
+            1406,
         ),
     ];
     for (method, rest, status, code) in cases {

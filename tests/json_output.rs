@@ -119,7 +119,7 @@ fn the_schemas_refuse_what_they_must() {
         "candidates": [{
             "resource": "device_registration", "rule": "idle-90d", "action": "delete",
             "id": "a", "user_email": null, "device_name": "laptop",
-            "last_seen_at": null, "reason": "idle 100d >= 90d"
+            "last_seen_at": null, "reason": "idle 100d >= 90d", "undoable": false
         }],
         "excluded": [{
             "resource": "device_registration", "rule": "idle-90d", "action": "skip",
@@ -134,7 +134,16 @@ fn the_schemas_refuse_what_they_must() {
     assert_valid(&plan, &part, "the example");
     // (case, a change that makes it invalid)
     type Change = fn(&mut Value);
-    let cases: [(&str, Change); 6] = [
+    let cases: [(&str, Change); 7] = [
+        (
+            "a candidate that does not say whether it can be undone",
+            |d| {
+                d["candidates"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("undoable");
+            },
+        ),
         ("a protected match among the candidates", |d| {
             d["candidates"][0]["excluded_by"] = "board".into()
         }),

@@ -467,6 +467,121 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
     pool.close().await;
 }
 
+/// 20261203000001 rebuilds every table (`runs` is the root, and SQLite cannot alter a CHECK):
+/// every row comes through with its links, and the rebuilt tables take undo runs, undo actions
+/// linked to what they undo, and the two new mutation kinds.
+#[tokio::test]
+async fn a_database_from_before_undo_keeps_every_row_and_takes_undo_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, old) = migrated_up_to(dir.path(), "20261130000001_saved_plans.sql").await;
+    for statement in [
+        "INSERT INTO runs (id, started_at, finished_at, mode, outcome, reason, seen_total,
+             candidates, excluded, actions_done, actions_failed, api_requests, refused,
+             saved_plan_path, saved_plan_sha256, max_actions_override)
+         VALUES (1, 't', 't1', 'apply', 'applied', NULL, 10, 1, 0, 1, 0, 3, 0, 'p.json',
+             'abc', 5)",
+        "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path, resource_ids,
+             intent_at, completed_at, outcome, http_status, zone_id)
+         VALUES (7, 1, 'device_registration', 'revoke', 'POST', '/x',
+             '[\"aaaaaaaa-0000-4000-8000-000000000001\"]', 't', 't', 'ok', 200, NULL)",
+        "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind, resource_id,
+             user_email, user_email_folded, device_name, reason, status, mutation_id)
+         VALUES (3, 1, 't', 'idle-60d', 'revoke', 'device_registration',
+             'aaaaaaaa-0000-4000-8000-000000000001', 'a@example.com', 'a@example.com',
+             'laptop', 'idle', 'done', 7)",
+        "INSERT INTO snapshots (action_id, body) VALUES (3, '{\"id\":1}')",
+        "INSERT INTO run_kinds (run_id, kind, outcome, done, failed, refused)
+         VALUES (1, 'device_registration', 'applied', 1, 0, 0)",
+    ] {
+        sqlx::query(statement).execute(&old).await.unwrap();
+    }
+    assert!(
+        sqlx::query("INSERT INTO runs (started_at, mode) VALUES ('t', 'undo')")
+            .execute(&old)
+            .await
+            .is_err(),
+        "the old schema refuses an undo run"
+    );
+    old.close().await;
+
+    let audit = AuditStore::open(&db).await.unwrap();
+    let rows = audit
+        .actions(&ActionFilter {
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let a = &rows[0];
+    assert_eq!(
+        (a.id, a.action.as_str(), a.status.as_str(), a.mutation_id),
+        (3, "revoke", "done", Some(7))
+    );
+    assert_eq!(
+        (a.http_status, a.snapshot.as_str(), a.undoes_action_id),
+        (Some(200), r#"{"id":1}"#, None)
+    );
+    let runs = audit.recent_runs(10).await.unwrap();
+    assert_eq!(
+        (runs[0].mode.as_str(), runs[0].actions_done),
+        ("apply", Some(1))
+    );
+    audit.close().await;
+
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&db).foreign_keys(true))
+        .await
+        .unwrap();
+    let kept: (String, String, i64) = sqlx::query_as(
+        "SELECT saved_plan_path, saved_plan_sha256, max_actions_override FROM runs WHERE id = 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, ("p.json".into(), "abc".into(), 5));
+    for statement in [
+        "INSERT INTO runs (id, started_at, mode, undoes_run) VALUES (2, 't', 'undo', 1)",
+        "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path, resource_ids,
+             intent_at) VALUES (8, 2, 'device_registration', 'unrevoke', 'POST', '/x', '[]', 't')",
+        "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path, resource_ids,
+             intent_at) VALUES (9, 2, 'client_certificate', 'reactivate', 'PATCH', '/x', '[]', 't')",
+        "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind, resource_id,
+             reason, status, mutation_id, undoes_action_id)
+         VALUES (4, 2, 't', 'idle-60d', 'unrevoke', 'device_registration',
+             'aaaaaaaa-0000-4000-8000-000000000001', 'undo', 'planned', 8, 3)",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    assert!(
+        sqlx::query("UPDATE actions SET undoes_action_id = 99 WHERE id = 4")
+            .execute(&pool)
+            .await
+            .is_err(),
+        "an undo names an action that exists"
+    );
+    assert!(
+        sqlx::query("UPDATE mutations SET kind = 'bogus' WHERE id = 8")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
+    let violations: Vec<(String,)> =
+        sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    let schema: Vec<String> =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(schema.iter().all(|sql| !sql.contains("_new")), "{schema:?}");
+    pool.close().await;
+}
+
 /// A database in `dir` built by the migrations up to and including `last`, as an earlier
 /// zt-janitor left it, and a connection to it.
 async fn migrated_up_to(

@@ -17,6 +17,8 @@ pub enum Endpoint {
     DeleteRegistration,
     BulkDeleteRegistrations,
     RevokeRegistrations,
+    /// `POST .../registrations/unrevoke?id=…`: `zt-janitor undo`.
+    UnrevokeRegistrations,
     /// Every Access service token, page by page (also what confirms a deletion: the listing
     /// cannot be filtered by id).
     ListServiceTokens,
@@ -31,6 +33,9 @@ pub enum Endpoint {
     /// One zone's client certificates, page by page (also what confirms a revocation).
     ListClientCertificates,
     RevokeClientCertificate,
+    /// `PATCH .../client_certificates/{id}`: reactivates one still `pending_revocation`
+    /// (`zt-janitor undo`).
+    ReactivateClientCertificate,
 }
 
 impl Endpoint {
@@ -41,6 +46,7 @@ impl Endpoint {
             Endpoint::DeleteRegistration => "delete_registration",
             Endpoint::BulkDeleteRegistrations => "bulk_delete_registrations",
             Endpoint::RevokeRegistrations => "revoke_registrations",
+            Endpoint::UnrevokeRegistrations => "unrevoke_registrations",
             Endpoint::ListServiceTokens => "list_service_tokens",
             Endpoint::DeleteServiceToken => "delete_service_token",
             Endpoint::ListAccountTokens => "list_account_tokens",
@@ -49,6 +55,7 @@ impl Endpoint {
             Endpoint::DeleteAccountToken => "delete_account_token",
             Endpoint::ListClientCertificates => "list_client_certificates",
             Endpoint::RevokeClientCertificate => "revoke_client_certificate",
+            Endpoint::ReactivateClientCertificate => "reactivate_client_certificate",
         }
     }
 
@@ -59,15 +66,16 @@ impl Endpoint {
             | Endpoint::FindRegistrations
             | Endpoint::DeleteRegistration
             | Endpoint::BulkDeleteRegistrations
-            | Endpoint::RevokeRegistrations => Kind::DeviceRegistration,
+            | Endpoint::RevokeRegistrations
+            | Endpoint::UnrevokeRegistrations => Kind::DeviceRegistration,
             Endpoint::ListServiceTokens | Endpoint::DeleteServiceToken => Kind::AccessServiceToken,
             Endpoint::ListAccountTokens
             | Endpoint::VerifyAccountToken
             | Endpoint::VerifyUserToken
             | Endpoint::DeleteAccountToken => Kind::AccountApiToken,
-            Endpoint::ListClientCertificates | Endpoint::RevokeClientCertificate => {
-                Kind::ClientCertificate
-            }
+            Endpoint::ListClientCertificates
+            | Endpoint::RevokeClientCertificate
+            | Endpoint::ReactivateClientCertificate => Kind::ClientCertificate,
         }
     }
 

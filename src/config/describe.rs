@@ -270,8 +270,8 @@ mod tests {
         let text = example.describe();
         let lines: Vec<&str> = text.lines().collect();
         for expected in [
-            "  idle-90d: delete device_registration idle for at least 90 days, of type warp",
-            "  revoked: delete device_registration revoked at least 7 days ago",
+            "  idle-60d-revoke: revoke device_registration idle for at least 60 days, of type warp",
+            "  revoked-30d-delete: delete device_registration revoked at least 30 days ago",
             "mode: plan (report what would be done, change nothing)",
             "limits: at most 50 actions and 10% of the registrations listed per run",
             "api token: read from file %d/cloudflare-token",

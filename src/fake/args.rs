@@ -98,7 +98,7 @@ pub struct FakeApiArgs {
     /// TARGET: list, get, delete_one, bulk_delete, revoke, list_service_tokens,
     /// delete_service_token, list_account_tokens, delete_account_token, verify_token (both
     /// tokens/verify endpoints), list_client_certificates, revoke_client_certificate,
-    /// any_mutation, any.
+    /// unrevoke, reactivate_client_certificate, any_mutation, any.
     /// FAULT: status=CODE [retry_after=SECS | code=N], delay_ms=MS, reset, malformed_json,
     /// success_false, wrong_auth, for list only repeat_cursor, and for list,
     /// list_service_tokens, list_account_tokens and list_client_certificates short_page,

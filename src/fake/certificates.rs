@@ -282,6 +282,18 @@ pub(crate) enum Revocation {
     NotFound,
 }
 
+/// What reactivating a certificate did.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reactivation {
+    /// Was `pending_revocation`, now `active`: the certificate as answered.
+    Reactivated(Value),
+    /// Not revoked (`active`, `pending_reactivation`): the certificate, unchanged.
+    NotRevoked(Value),
+    /// Its revocation has settled: too late.
+    Revoked,
+    NotFound,
+}
+
 #[derive(Default)]
 struct Zone {
     certificates: BTreeMap<Key, Value>,
@@ -403,6 +415,30 @@ impl CertificateStore {
         let answer = object.clone();
         self.pending.push((zone.to_owned(), key, now));
         Revocation::Revoked(answer)
+    }
+
+    /// Reactivates a certificate of a served zone whose revocation is still pending (call
+    /// [`CertificateStore::settle`] first): it is `active` again and its revocation never
+    /// settles.
+    pub(crate) fn reactivate(&mut self, zone: &str, id: &str) -> Reactivation {
+        let key = Key::parse(id);
+        let Some(object) = self
+            .zones
+            .get_mut(zone)
+            .and_then(|z| z.certificates.get_mut(&key))
+        else {
+            return Reactivation::NotFound;
+        };
+        match object.get("status").and_then(Value::as_str) {
+            Some("pending_revocation") => {
+                object["status"] = Value::from(CertificateStatus::Active.as_str());
+                let answer = object.clone();
+                self.pending.retain(|(z, k, _)| !(z == zone && *k == key));
+                Reactivation::Reactivated(answer)
+            }
+            Some("revoked") => Reactivation::Revoked,
+            _ => Reactivation::NotRevoked(object.clone()),
+        }
     }
 
     /// Page `query.page` of a served zone's certificates with the status asked for (settle
@@ -549,5 +585,41 @@ mod tests {
         let revoked = store.page(ZONE, &query, PageShape::Normal).unwrap();
         assert_eq!(revoked.total_count, 2, "the generated one and ours");
         assert!(store.page("other", &query, PageShape::Normal).is_none());
+    }
+
+    #[test]
+    fn a_pending_revocation_can_be_reactivated_and_a_settled_one_cannot() {
+        let o = opts(8, 1);
+        let mut store = CertificateStore::new(&[ZONE.to_owned()], Duration::seconds(60), |z| {
+            generate(&o, z)
+        });
+        let active: Vec<String> = store
+            .ids(ZONE)
+            .into_iter()
+            .filter(|id| store.get(ZONE, id).unwrap()["status"] == "active")
+            .take(2)
+            .collect();
+        let (early, late) = (&active[0], &active[1]);
+        let now = o.now;
+        store.revoke(ZONE, early, now);
+        store.revoke(ZONE, late, now);
+        store.settle(now + Duration::seconds(30));
+        let Reactivation::Reactivated(answer) = store.reactivate(ZONE, early) else {
+            panic!("a pending revocation is reactivated")
+        };
+        assert_eq!(answer["status"], "active");
+        assert!(matches!(
+            store.reactivate(ZONE, early),
+            Reactivation::NotRevoked(_)
+        ));
+        store.settle(now + Duration::seconds(60));
+        assert_eq!(
+            store.get(ZONE, early).unwrap()["status"],
+            "active",
+            "a reactivated certificate's revocation never settles"
+        );
+        assert_eq!(store.get(ZONE, late).unwrap()["status"], "revoked");
+        assert_eq!(store.reactivate(ZONE, late), Reactivation::Revoked);
+        assert_eq!(store.reactivate(ZONE, "nope"), Reactivation::NotFound);
     }
 }

@@ -8,7 +8,8 @@
 //! TARGET  list | get | delete_one | bulk_delete | revoke | list_service_tokens
 //!         | delete_service_token | list_account_tokens | delete_account_token
 //!         | verify_token (both tokens/verify endpoints) | list_client_certificates
-//!         | revoke_client_certificate | any_mutation | any
+//!         | revoke_client_certificate | unrevoke | reactivate_client_certificate
+//!         | any_mutation | any
 //! FAULT   status=CODE (400-599) | delay_ms=MS | reset | malformed_json | success_false
 //!         | wrong_auth | repeat_cursor (list only) | short_page | duplicate_ids (listings only)
 //!         | retry_after_raw=TEXT | retry_after_ms_raw=TEXT | html=CODE | errors_null
@@ -62,6 +63,10 @@ pub enum Endpoint {
     ListClientCertificates,
     /// `DELETE .../zones/{zone}/client_certificates/{id}`
     RevokeClientCertificate,
+    /// `POST .../registrations/unrevoke`
+    Unrevoke,
+    /// `PATCH .../zones/{zone}/client_certificates/{id}`
+    ReactivateClientCertificate,
     AnyMutation,
     Any,
 }
@@ -81,6 +86,8 @@ impl Endpoint {
             Endpoint::VerifyToken => matches!(op, Op::VerifyAccountToken | Op::VerifyUserToken),
             Endpoint::ListClientCertificates => op == Op::ListClientCertificates,
             Endpoint::RevokeClientCertificate => op == Op::RevokeClientCertificate,
+            Endpoint::Unrevoke => op == Op::Unrevoke,
+            Endpoint::ReactivateClientCertificate => op == Op::ReactivateClientCertificate,
             Endpoint::AnyMutation => op.mutation_kind().is_some(),
             Endpoint::Any => true,
         }
@@ -249,7 +256,7 @@ pub struct FaultParseError {
 const TARGETS: &str = "list, get, delete_one, bulk_delete, revoke, list_service_tokens, \
                        delete_service_token, list_account_tokens, delete_account_token, \
                        verify_token, list_client_certificates, revoke_client_certificate, \
-                       any_mutation, any";
+                       unrevoke, reactivate_client_certificate, any_mutation, any";
 const FAULTS: &str = "status=CODE, delay_ms=MS, reset, malformed_json, success_false, wrong_auth, \
                       repeat_cursor, short_page, duplicate_ids, retry_after_raw=TEXT, \
                       retry_after_ms_raw=TEXT, html=CODE, errors_null, partial_errors, \
@@ -297,6 +304,8 @@ impl FromStr for FaultRule {
             "verify_token" => Endpoint::VerifyToken,
             "list_client_certificates" => Endpoint::ListClientCertificates,
             "revoke_client_certificate" => Endpoint::RevokeClientCertificate,
+            "unrevoke" => Endpoint::Unrevoke,
+            "reactivate_client_certificate" => Endpoint::ReactivateClientCertificate,
             "any_mutation" => Endpoint::AnyMutation,
             "any" => Endpoint::Any,
             other => {
@@ -905,6 +914,11 @@ mod tests {
             (
                 Endpoint::RevokeClientCertificate,
                 Op::RevokeClientCertificate,
+            ),
+            (Endpoint::Unrevoke, Op::Unrevoke),
+            (
+                Endpoint::ReactivateClientCertificate,
+                Op::ReactivateClientCertificate,
             ),
         ];
         for (target, op) in cases {

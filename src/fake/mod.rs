@@ -30,6 +30,8 @@
 //! and under `/client/v4/zones/{zone}/client_certificates` (see the `certificates` module):
 //! - `GET` (`status`, `page`, `per_page` 5–50; page pagination)
 //! - `DELETE {id}` (revokes: answers the certificate, now `pending_revocation`)
+//! - `PATCH {id}` (reactivates one still `pending_revocation`: answers it, now `active`; one
+//!   already `revoked` is refused with 400)
 //!
 //! The fake owns no knowledge of zt-janitor's rules or client; it must never import them, so
 //! that it stays an independent check of the client's understanding of the API.
@@ -298,6 +300,8 @@ pub enum MutationKind {
     DeleteAccountToken,
     /// `DELETE .../zones/{zone}/client_certificates/{id}`
     RevokeClientCertificate,
+    /// `PATCH .../zones/{zone}/client_certificates/{id}` (reactivation)
+    ReactivateClientCertificate,
 }
 
 /// One mutation request, logged when it arrived (before faults) and completed when answered.
@@ -345,6 +349,7 @@ pub struct RequestCounts {
     /// Pages of `GET .../zones/{zone}/client_certificates`, all zones.
     pub list_client_certificates: u64,
     pub revoke_client_certificate: u64,
+    pub reactivate_client_certificate: u64,
     /// Everything, including requests to unknown paths.
     pub total: u64,
     /// Requests the rate limiter refused with 429 (also counted above; injected 429s are not
@@ -651,6 +656,16 @@ impl FakeHandle {
     /// Certificate ids whose state a revoke through the API changed, in order, all zones.
     pub fn revoked_certificate_ids(&self) -> Vec<String> {
         self.affected_by(&[MutationKind::RevokeClientCertificate])
+    }
+
+    /// Certificate ids a reactivation through the API changed, in order, all zones.
+    pub fn reactivated_certificate_ids(&self) -> Vec<String> {
+        self.affected_by(&[MutationKind::ReactivateClientCertificate])
+    }
+
+    /// Registration ids an unrevoke through the API changed, in order.
+    pub fn unrevoked_ids(&self) -> Vec<String> {
+        self.affected_by(&[MutationKind::Unrevoke])
     }
 
     /// Stores a hand-made certificate in `zone` (which is served from then on); returns its id.

@@ -21,7 +21,7 @@ use super::account_tokens::{
     ACCOUNT_TOKENS_MAX_PER_PAGE, ACCOUNT_TOKENS_MIN_PER_PAGE,
 };
 use super::certificates::{
-    CertificateQuery, CertificateStore, Revocation, CERTIFICATES_DEFAULT_PER_PAGE,
+    CertificateQuery, CertificateStore, Reactivation, Revocation, CERTIFICATES_DEFAULT_PER_PAGE,
     CERTIFICATES_MAX_PER_PAGE, CERTIFICATES_MIN_PER_PAGE,
 };
 use super::conn::ConnControl;
@@ -59,6 +59,9 @@ mod code {
     /// The refusal to delete a service token in use. Unconfirmed: no Cloudflare document lists
     /// it; one public report quotes this code with `access.api.error.service_token_in_use`.
     pub const SERVICE_TOKEN_IN_USE: u32 = 12139;
+    /// The fake's own refusal to reactivate a certificate whose revocation has settled (no
+    /// Cloudflare document gives the real code).
+    pub const CERTIFICATE_REVOKED: u32 = 1406;
 }
 
 /// The message of [`code::SERVICE_TOKEN_IN_USE`], as quoted in the same report.
@@ -149,6 +152,7 @@ pub(crate) enum Op {
     VerifyUserToken,
     ListClientCertificates,
     RevokeClientCertificate,
+    ReactivateClientCertificate,
 }
 
 impl Op {
@@ -172,7 +176,9 @@ impl Op {
     fn is_zone_scoped(self) -> bool {
         matches!(
             self,
-            Op::ListClientCertificates | Op::RevokeClientCertificate
+            Op::ListClientCertificates
+                | Op::RevokeClientCertificate
+                | Op::ReactivateClientCertificate
         )
     }
 
@@ -193,6 +199,7 @@ impl Op {
             Op::DeleteServiceToken => Some(MutationKind::DeleteServiceToken),
             Op::DeleteAccountToken => Some(MutationKind::DeleteAccountToken),
             Op::RevokeClientCertificate => Some(MutationKind::RevokeClientCertificate),
+            Op::ReactivateClientCertificate => Some(MutationKind::ReactivateClientCertificate),
         }
     }
 }
@@ -228,6 +235,9 @@ fn route(method: &Method, path: &str) -> Route {
             ([zone, "client_certificates"], &Method::GET) => (zone, Op::ListClientCertificates, ""),
             ([zone, "client_certificates", id], &Method::DELETE) if !id.is_empty() => {
                 (zone, Op::RevokeClientCertificate, *id)
+            }
+            ([zone, "client_certificates", id], &Method::PATCH) if !id.is_empty() => {
+                (zone, Op::ReactivateClientCertificate, *id)
             }
             ([_, "client_certificates", ..], _) => return Route::WrongMethod,
             _ => return Route::Unknown,
@@ -579,7 +589,8 @@ pub(crate) async fn handle(
         | Op::DeleteOne
         | Op::DeleteServiceToken
         | Op::DeleteAccountToken
-        | Op::RevokeClientCertificate => Ok(vec![id]),
+        | Op::RevokeClientCertificate
+        | Op::ReactivateClientCertificate => Ok(vec![id]),
         Op::BulkDelete | Op::Revoke | Op::Unrevoke => params
             .as_ref()
             .map(|params| {
@@ -875,6 +886,7 @@ impl Shared {
             Op::VerifyAccountToken | Op::VerifyUserToken => counts.verify_token += 1,
             Op::ListClientCertificates => counts.list_client_certificates += 1,
             Op::RevokeClientCertificate => counts.revoke_client_certificate += 1,
+            Op::ReactivateClientCertificate => counts.reactivate_client_certificate += 1,
         }
         let kind = request.op.mutation_kind()?;
         let index = log.mutations.len();
@@ -1054,6 +1066,7 @@ impl Shared {
                 Vec::new(),
             ),
             Op::RevokeClientCertificate => self.revoke_certificate(request, &ids[0], now),
+            Op::ReactivateClientCertificate => self.reactivate_certificate(request, &ids[0], now),
             Op::BulkDelete | Op::Revoke | Op::Unrevoke | Op::DeprecatedRevoke => {
                 let max = if request.op == Op::DeprecatedRevoke {
                     DEPRECATED_REVOKE_MAX_IDS
@@ -1263,6 +1276,41 @@ impl Shared {
             Revocation::Revoked(cert) => (Reply::ok(cert, None), vec![id.to_owned()]),
             Revocation::AlreadyRevoked(cert) => (Reply::ok(cert, None), Vec::new()),
             Revocation::NotFound => (
+                Reply::error(
+                    StatusCode::NOT_FOUND,
+                    code::NOT_FOUND,
+                    "Client certificate not found",
+                ),
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// `PATCH` of a certificate: reactivates it while its revocation is pending; one already
+    /// `revoked` is refused (400), one not revoked is answered unchanged.
+    fn reactivate_certificate(
+        &self,
+        request: &Request,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> (Reply, Vec<String>) {
+        let mut certificates = lock(&self.certificates);
+        if !certificates.has_zone(&request.zone) {
+            return (unknown_zone(request), Vec::new());
+        }
+        certificates.settle(now);
+        match certificates.reactivate(&request.zone, id) {
+            Reactivation::Reactivated(cert) => (Reply::ok(cert, None), vec![id.to_owned()]),
+            Reactivation::NotRevoked(cert) => (Reply::ok(cert, None), Vec::new()),
+            Reactivation::Revoked => (
+                Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    code::CERTIFICATE_REVOKED,
+                    "Client certificate is revoked and cannot be reactivated",
+                ),
+                Vec::new(),
+            ),
+            Reactivation::NotFound => (
                 Reply::error(
                     StatusCode::NOT_FOUND,
                     code::NOT_FOUND,
@@ -1491,9 +1539,17 @@ mod tests {
                 "c-1".to_owned()
             ))
         );
+        assert_eq!(
+            api(Method::PATCH, "/client/v4/zones/z1/client_certificates/c-1"),
+            Some((
+                Op::ReactivateClientCertificate,
+                "z1".to_owned(),
+                "c-1".to_owned()
+            ))
+        );
         for (method, path) in [
             (Method::POST, "/client/v4/user/tokens/verify"),
-            (Method::PATCH, "/client/v4/zones/z1/client_certificates/c-1"),
+            (Method::PUT, "/client/v4/zones/z1/client_certificates/c-1"),
             (Method::GET, "/client/v4/zones/z1/client_certificates/c-1"),
             (Method::PUT, "/client/v4/accounts/acc/tokens"),
         ] {

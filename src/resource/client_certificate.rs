@@ -100,6 +100,26 @@ pub fn mutation_request(zone: &ZoneId, ids: &[ResourceId]) -> MutationRequest {
     )
 }
 
+/// `PATCH /zones/{zone}/client_certificates/{id}`: reactivates a certificate while it is still
+/// `pending_revocation` (`zt-janitor undo`), one per call. No body: the call itself asks it.
+pub fn reactivate_request(zone: &ZoneId, ids: &[ResourceId]) -> MutationRequest {
+    let one = ids.first().map(ResourceId::as_str).unwrap_or_default();
+    MutationRequest {
+        endpoint: Endpoint::ReactivateClientCertificate,
+        method: reqwest::Method::PATCH,
+        path: format!("{}/{one}", path(zone)),
+        query: Vec::new(),
+        ids_named: ids.len(),
+        shown: format!("/zones/{zone}/client_certificates/{one}"),
+    }
+}
+
+/// Whether a certificate in `status` can still be reactivated: only while its revocation is
+/// pending. Once `revoked`, Cloudflare cannot bring it back.
+pub fn reactivatable(status: Option<&str>) -> bool {
+    status == Some("pending_revocation")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +166,27 @@ mod tests {
         assert!(!kept.get().contains("BEGIN CERTIFICATE"), "{}", kept.get());
         for field in ["device-1.example.com", "\"42\"", "\"ab\"", "2026-01-01"] {
             assert!(kept.get().contains(field), "{field} in {}", kept.get());
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_reactivated_by_a_patch_of_its_path_while_pending() {
+        let id = ResourceId::parse("c1").unwrap();
+        let r = reactivate_request(&zone(), std::slice::from_ref(&id));
+        assert_eq!(r.method, reqwest::Method::PATCH);
+        assert_eq!(r.endpoint, Endpoint::ReactivateClientCertificate);
+        assert_eq!(
+            r.path,
+            "zones/fedcba9876543210fedcba9876543210/client_certificates/c1"
+        );
+        assert!(reactivatable(Some("pending_revocation")));
+        for status in [
+            Some("revoked"),
+            Some("active"),
+            Some("pending_reactivation"),
+            None,
+        ] {
+            assert!(!reactivatable(status), "{status:?}");
         }
     }
 

@@ -164,6 +164,22 @@ pub fn mutation_request(
     }
 }
 
+/// `POST .../registrations/unrevoke?id=A&id=B…`: reverses a revocation, many ids per call,
+/// like revoke (`zt-janitor undo`).
+pub fn unrevoke_request(account: &AccountId, ids: &[ResourceId]) -> MutationRequest {
+    MutationRequest {
+        endpoint: Endpoint::UnrevokeRegistrations,
+        method: Method::POST,
+        path: format!("{}/unrevoke", path(account)),
+        query: ids
+            .iter()
+            .map(|id| ("id".to_owned(), id.as_str().to_owned()))
+            .collect(),
+        ids_named: ids.len(),
+        shown: "/devices/registrations/unrevoke?id=…".to_owned(),
+    }
+}
+
 /// A 404 about one registration means it does not exist (the client has already ruled out
 /// routing errors and answers that are not Cloudflare's).
 pub fn means_gone(status: u16) -> bool {
@@ -187,6 +203,19 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn unrevoke_names_its_ids_in_the_query_like_revoke() {
+        let r = unrevoke_request(&account(), &ids(&["a-1", "b-2"]));
+        assert_eq!(r.endpoint, Endpoint::UnrevokeRegistrations);
+        assert_eq!(r.method, Method::POST);
+        assert_eq!(
+            r.path,
+            "accounts/0123456789abcdef0123456789abcdef/devices/registrations/unrevoke"
+        );
+        assert_eq!(r.query, q(&[("id", "a-1"), ("id", "b-2")]));
+        assert_eq!(r.ids_named, 2);
     }
 
     #[test]

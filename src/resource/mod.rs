@@ -475,6 +475,34 @@ pub fn mutation_request(
     }
 }
 
+/// Whether Cloudflare can reverse `action` on `kind` afterwards (`zt-janitor undo`): a
+/// revoked registration can be unrevoked, and a revoked client certificate reactivated while
+/// it is still `pending_revocation`. A deletion never can.
+pub fn undoable(kind: Kind, action: Action) -> bool {
+    match (kind, action) {
+        (Kind::DeviceRegistration | Kind::ClientCertificate, Action::Revoke) => true,
+        (_, Action::Delete)
+        | (Kind::AccessServiceToken | Kind::AccountApiToken, Action::Revoke) => false,
+    }
+}
+
+/// The call that reverses a revocation of `ids` of `kind` (see [`undoable`]); `None` for a
+/// kind that has none.
+pub fn undo_request(
+    kind: Kind,
+    account: &AccountId,
+    scope: &Scope,
+    ids: &[ResourceId],
+) -> Option<MutationRequest> {
+    match (kind, &scope.zone) {
+        (Kind::DeviceRegistration, _) => Some(device_registration::unrevoke_request(account, ids)),
+        (Kind::ClientCertificate, Some(zone)) => {
+            Some(client_certificate::reactivate_request(zone, ids))
+        }
+        _ => None,
+    }
+}
+
 /// Whether a Cloudflare error answer to a call naming one object of the kind of `endpoint`
 /// means that the object is already gone.
 pub fn means_gone(endpoint: Endpoint, status: u16) -> bool {

@@ -394,7 +394,7 @@ fn fit_width(columns: Option<&str>, terminal: Option<usize>) -> Option<usize> {
         .or(terminal)
 }
 
-fn output_width() -> Option<usize> {
+pub(crate) fn output_width() -> Option<usize> {
     use std::io::IsTerminal;
     let terminal = std::io::stdout()
         .is_terminal()

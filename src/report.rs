@@ -373,9 +373,9 @@ pub fn actions(out: &mut dyn Write, actions: &[ActionRow], format: Format) -> io
     actions_fit(out, actions, format, None)
 }
 
-/// [`actions`] with the text table fitted to `width` terminal columns, if given: rule, kind,
-/// user, name and status are cut with `…` (widest first), COMPLETED left out before they are
-/// cut short; the run, the time and the id are never cut.
+/// [`actions`] with the text table fitted to `width` terminal columns, if given: user, name,
+/// status and rule are cut with `…` (widest first), RESOURCE (the id tells) and COMPLETED
+/// left out before they are cut short; the run, the time and the id are never cut.
 pub fn actions_fit(
     out: &mut dyn Write,
     actions: &[ActionRow],
@@ -413,7 +413,7 @@ pub fn actions_fit(
                     ("DECIDED", Fit::Whole),
                     ("RULE", Fit::Name),
                     ("ACTION", Fit::Whole),
-                    ("RESOURCE", Fit::Name),
+                    ("RESOURCE", Fit::Optional),
                     ("ID", Fit::Whole),
                     ("USER", Fit::Cut),
                     ("NAME", Fit::Cut),
@@ -551,24 +551,18 @@ fn cut(text: &str, width: usize) -> Cow<'_, str> {
 
 /// Column widths that fit `width`, from the columns' `natural` widths; `None` leaves a column
 /// out. Free text is cut widest first down to [`SOFT_MIN`]; if that is not enough, the optional
-/// columns are left out and free text is cut again, down to [`HARD_MIN`] if need be. Columns
-/// that are never cut may still make a line wider than `width`.
+/// columns are left out and free text is cut again; then names down to [`SOFT_MIN`], then free
+/// text down to [`HARD_MIN`]. Columns that are never cut may still make a line wider than
+/// `width`.
 fn fit_widths(natural: &[usize], fits: &[Fit], width: usize) -> Vec<Option<usize>> {
     let total = |w: &[Option<usize>]| {
         let shown: Vec<usize> = w.iter().flatten().copied().collect();
         shown.iter().sum::<usize>() + 2 * shown.len().saturating_sub(1)
     };
-    let shrink = |w: &mut Vec<Option<usize>>, min: usize| {
+    let shrink = |w: &mut Vec<Option<usize>>, fit: Fit, min: usize| {
         while total(w) > width {
             let widest = (0..w.len())
-                .filter(|&i| {
-                    let floor = match fits[i] {
-                        Fit::Cut => min,
-                        Fit::Name => min.max(SOFT_MIN),
-                        Fit::Whole | Fit::Optional => return false,
-                    };
-                    w[i].is_some_and(|n| n > floor)
-                })
+                .filter(|&i| fits[i] == fit && w[i].is_some_and(|n| n > min))
                 .max_by_key(|&i| (w[i], std::cmp::Reverse(i)));
             match widest {
                 Some(i) => w[i] = w[i].map(|n| n - 1),
@@ -577,16 +571,17 @@ fn fit_widths(natural: &[usize], fits: &[Fit], width: usize) -> Vec<Option<usize
         }
     };
     let mut widths: Vec<Option<usize>> = natural.iter().map(|&n| Some(n)).collect();
-    shrink(&mut widths, SOFT_MIN);
+    shrink(&mut widths, Fit::Cut, SOFT_MIN);
     if total(&widths) > width && fits.contains(&Fit::Optional) {
         widths = natural
             .iter()
             .zip(fits)
             .map(|(&n, &fit)| (fit != Fit::Optional).then_some(n))
             .collect();
-        shrink(&mut widths, SOFT_MIN);
+        shrink(&mut widths, Fit::Cut, SOFT_MIN);
     }
-    shrink(&mut widths, HARD_MIN);
+    shrink(&mut widths, Fit::Name, SOFT_MIN);
+    shrink(&mut widths, Fit::Cut, HARD_MIN);
     widths
 }
 
@@ -942,9 +937,10 @@ mod tests {
         let detail = "HTTP 400: code 2001: ".to_owned() + &"the object is in use; ".repeat(12);
         let row = action_row("laptop-0001", "someone@example.com", Some(&detail));
         let mut out = Vec::new();
-        actions_fit(&mut out, &[row.clone()], Format::Text, Some(160)).unwrap();
+        actions_fit(&mut out, &[row.clone()], Format::Text, Some(200)).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(widest_line(&text) <= 160, "{text}");
+        assert!(widest_line(&text) <= 200, "{text}");
+        assert!(text.contains('…'), "{text}");
         assert!(text.contains(&row.resource_id), "{text}");
         assert!(text.contains("failed (HTTP 400"), "{text}");
         let mut out = Vec::new();

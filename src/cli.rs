@@ -71,10 +71,36 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Explain why one object (any kind, by id) is or is not a candidate under the config: its
+    /// rule, each rule of its kind, the exclusion that protects it and its audited actions.
+    /// Read-only, like plan. Exit status 1 when no listed object has the id.
+    Explain {
+        /// The object's id, as `plan` or `audit actions` shows it.
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Text, or JSON (one document, every value whole).
+        #[arg(long, value_enum, default_value = "text")]
+        output: CycleFormat,
+    },
     /// Read the audit log.
     Audit {
         #[command(subcommand)]
         query: AuditQuery,
+    },
+    /// Print a shell completion script (bash: `zt-janitor completions bash >
+    /// /etc/bash_completion.d/zt-janitor`).
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, as roff (`zt-janitor man > zt-janitor.1; man ./zt-janitor.1`).
+    Man {
+        /// Write zt-janitor.1 and one page per command (zt-janitor-plan.1, …) into this
+        /// directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Serve the built-in fake Cloudflare API on loopback (for tests, benchmarks and trials).
     FakeApi(crate::fake::FakeApiArgs),
@@ -231,6 +257,28 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { query } => audit(query).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "zt-janitor", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            // No `help` pages: `help` is not a command an operator looks up.
+            let cli = Cli::command().disable_help_subcommand(true);
+            match dir {
+                None => clap_mangen::Man::new(cli).render(&mut std::io::stdout())?,
+                Some(dir) => clap_mangen::generate_to(cli, &dir).with_context(|| {
+                    format!("cannot write the manual pages into {}", dir.display())
+                })?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { id, config, output } => {
+            let config = load(&config.config, None)?;
+            explain(config, &id, output).await
+        }
         Command::FakeApi(args) => {
             crate::logging::init(LogFormat::Text, "info");
             crate::fake::serve_from_args(args).await?;
@@ -336,6 +384,21 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
         RunOutcome::Refused => ExitCode::from(3),
         RunOutcome::Aborted | RunOutcome::Failed => ExitCode::from(2),
     })
+}
+
+async fn explain(config: Config, id: &str, output: CycleFormat) -> Result<ExitCode> {
+    let id = crate::resource::ResourceId::parse(id.trim()).map_err(anyhow::Error::msg)?;
+    let Loaded { config, rules } = Loaded::new(config)?;
+    let explanation = crate::explain::explain(&config, &rules, &id, Utc::now()).await?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        CycleFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &explanation)?;
+            writeln!(out)?;
+        }
+        CycleFormat::Text => crate::explain::text(&mut out, &explanation, output_width())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--resource` names a kind when it is one, and otherwise an id, as it did before kinds

@@ -876,7 +876,14 @@ mod tests {
     fn fitting_cuts_free_text_then_drops_optional_columns() {
         use Fit::{Cut, Name, Optional, Whole};
         // (case, natural widths, fits, width, expected)
-        let cases: [(&str, Vec<usize>, Vec<Fit>, usize, Vec<Option<usize>>); 6] = [
+        type Case = (
+            &'static str,
+            Vec<usize>,
+            Vec<Fit>,
+            usize,
+            Vec<Option<usize>>,
+        );
+        let cases: [Case; 6] = [
             (
                 "names are cut to the soft minimum only",
                 vec![20, 36, 30],
@@ -937,7 +944,13 @@ mod tests {
         let detail = "HTTP 400: code 2001: ".to_owned() + &"the object is in use; ".repeat(12);
         let row = action_row("laptop-0001", "someone@example.com", Some(&detail));
         let mut out = Vec::new();
-        actions_fit(&mut out, &[row.clone()], Format::Text, Some(200)).unwrap();
+        actions_fit(
+            &mut out,
+            std::slice::from_ref(&row),
+            Format::Text,
+            Some(200),
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(widest_line(&text) <= 200, "{text}");
         assert!(text.contains('…'), "{text}");

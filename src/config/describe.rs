@@ -137,6 +137,13 @@ fn credentials(cf: &CloudflareSettings) -> Vec<String> {
     }
 }
 
+impl RuleSettings {
+    /// The rule on one line, as `check-config` shows it: name, action, kind and conditions.
+    pub fn describe(&self) -> String {
+        describe_rule(self)
+    }
+}
+
 fn describe_rule(rule: &RuleSettings) -> String {
     let mut conditions = Vec::new();
     if let Some(days) = rule.expired_days {

@@ -312,7 +312,15 @@ async fn plan(config: Config, output: Format) -> Result<ExitCode> {
     if let Some(warning) = crate::startup::credentials_warning(&config.cloudflare) {
         tracing::warn!("{warning}");
     }
-    let plans = crate::plan::preview(&config, &rules, Utc::now()).await?;
+    let spinner = crate::progress::Spinner::start("listing…");
+    let plans = crate::plan::preview_with_progress(&config, &rules, Utc::now(), &mut |p| {
+        if let Some(spinner) = &spinner {
+            spinner.set(listing_progress(&p));
+        }
+    })
+    .await;
+    drop(spinner);
+    let plans = plans?;
     let mut out = std::io::stdout().lock();
     match output {
         // One JSON document per kind, each naming its resource.
@@ -333,6 +341,18 @@ async fn plan(config: Config, output: Format) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of listing progress: "listing registrations: page 12, 12000 seen, 340 matched".
+fn listing_progress(p: &crate::plan::Progress<'_>) -> String {
+    let zone = p.zone.map(|z| format!(" in zone {z}")).unwrap_or_default();
+    format!(
+        "listing {}{zone}: {}, {} seen, {} matched",
+        p.kind.noun().1,
+        report::plural(p.pages, "page", "pages"),
+        p.seen,
+        p.candidates,
+    )
 }
 
 async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
@@ -389,7 +409,10 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
 async fn explain(config: Config, id: &str, output: CycleFormat) -> Result<ExitCode> {
     let id = crate::resource::ResourceId::parse(id.trim()).map_err(anyhow::Error::msg)?;
     let Loaded { config, rules } = Loaded::new(config)?;
-    let explanation = crate::explain::explain(&config, &rules, &id, Utc::now()).await?;
+    let spinner = crate::progress::Spinner::start(&format!("listing the account for {id}…"));
+    let explanation = crate::explain::explain(&config, &rules, &id, Utc::now()).await;
+    drop(spinner);
+    let explanation = explanation?;
     let mut out = std::io::stdout().lock();
     match output {
         CycleFormat::Json => {
@@ -672,6 +695,40 @@ mod tests {
         );
         let empty = audit_notice("runs", 0, 0, &[]).unwrap();
         assert!(empty.contains("no runs"), "{empty}");
+    }
+
+    #[test]
+    fn listing_progress_reads_as_a_sentence() {
+        let zone = crate::cloudflare::ZoneId::parse(&"a".repeat(32)).unwrap();
+        // (kind, zone, pages, seen, candidates, expected)
+        let cases = [
+            (
+                Kind::DeviceRegistration,
+                None,
+                12,
+                12000,
+                340,
+                "listing registrations: 12 pages, 12000 seen, 340 matched",
+            ),
+            (
+                Kind::ClientCertificate,
+                Some(&zone),
+                1,
+                30,
+                0,
+                "listing client certificates in zone aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: 1 page, 30 seen, 0 matched",
+            ),
+        ];
+        for (kind, zone, pages, seen, candidates, expected) in cases {
+            let p = crate::plan::Progress {
+                kind,
+                zone,
+                pages,
+                seen,
+                candidates,
+            };
+            assert_eq!(listing_progress(&p), expected);
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleAnswer {
     pub rule: String,
-    /// The rule as `check-config` shows it.
+    /// The rule's action, kind and conditions, as `check-config` shows them.
     pub conditions: String,
     pub selects: bool,
     /// Why it selects it, when it does.
@@ -159,7 +159,11 @@ pub async fn explain(
                                     .rules
                                     .iter()
                                     .find(|s| s.name == rule.name)
-                                    .map(|s| s.describe())
+                                    .map(|s| {
+                                        let line = s.describe();
+                                        let name = format!("{}: ", s.name);
+                                        line.strip_prefix(&name).unwrap_or(&line).to_owned()
+                                    })
                                     .unwrap_or_default(),
                                 selects: reason.is_some(),
                                 reason,
@@ -327,7 +331,7 @@ pub fn text(out: &mut dyn Write, e: &Explanation, width: Option<usize>) -> io::R
             None => "does not select it".to_owned(),
         };
         writeln!(out, "    {}: {says}", escape(&answer.rule))?;
-        writeln!(out, "      ({})", escape(&answer.conditions))?;
+        writeln!(out, "      [{}]", escape(&answer.conditions))?;
     }
     match &e.excluded_by {
         Some(by) => writeln!(out, "  exclusion:   \"{}\" protects it", escape(by))?,

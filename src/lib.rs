@@ -21,6 +21,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod resource;
 pub mod rules;

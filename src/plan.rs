@@ -298,6 +298,17 @@ pub enum PreviewError {
     Plan(#[from] PlanError),
 }
 
+/// How far a listing has got, after each page: for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    pub kind: Kind,
+    pub zone: Option<&'a ZoneId>,
+    pub pages: u64,
+    pub seen: u64,
+    /// Matched so far, protected ones included.
+    pub candidates: u64,
+}
+
 /// What `zt-janitor plan` and the demo show: the account listed and evaluated under `config`
 /// at `now` with a client of its own, one plan per kind that rules select from. Nothing is
 /// recorded and nothing is mutated.
@@ -305,6 +316,16 @@ pub async fn preview(
     config: &Config,
     rules: &RuleSet,
     now: DateTime<Utc>,
+) -> Result<Vec<Plan>, PreviewError> {
+    preview_with_progress(config, rules, now, &mut |_| {}).await
+}
+
+/// [`preview`], telling `progress` after each page.
+pub async fn preview_with_progress(
+    config: &Config,
+    rules: &RuleSet,
+    now: DateTime<Utc>,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<Vec<Plan>, PreviewError> {
     let credentials = Credentials::load(&config.cloudflare)?;
     let client = Client::new(&config.cloudflare, credentials, Metrics::new())?;
@@ -318,6 +339,13 @@ pub async fn preview(
                     snapshot: None,
                     ..c
                 }));
+                progress(Progress {
+                    kind,
+                    zone: planner.scope.zone.as_ref(),
+                    pages: planner.pages,
+                    seen: planner.seen.total,
+                    candidates: candidates.len() as u64,
+                });
             }
             let mut plan = planner.finish(candidates, &config.safety);
             plan.blocked = blocked;

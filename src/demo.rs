@@ -115,13 +115,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .map(|z| format!(" in zone {z}"))
             .unwrap_or_default();
         println!(
-            "\n== Plan of {}{zone} ({} of {rows} rows)",
+            "\n== Plan of {}{zone} ({} of {})",
             plan.kind.noun().1,
             if rows > PLAN_ROWS_SHOWN {
                 format!("first {PLAN_ROWS_SHOWN}")
             } else {
                 "all".to_owned()
-            }
+            },
+            report::plural(rows as u64, "row", "rows")
         );
         let mut text = Vec::new();
         report::plan_text_fit(&mut text, &plan, &rules, crate::cli::output_width())?;
@@ -260,13 +261,16 @@ fn holdings(fake: &FakeHandle) -> String {
         })
         .filter(|cert| cert["status"] == "active")
         .count();
+    let count = |n: usize, kind: Kind| {
+        let (one, many) = kind.noun();
+        report::plural(n as u64, one, many)
+    };
     format!(
-        "{} registrations, {} service tokens, {} account API tokens, {certificates} active client \
-         certificates in {} zones",
-        fake.len(),
-        fake.service_token_ids().len(),
-        fake.account_token_ids().len(),
-        zones.len()
+        "{}, {}, {}, {certificates} active client certificates in {}",
+        count(fake.len(), Kind::DeviceRegistration),
+        count(fake.service_token_ids().len(), Kind::AccessServiceToken),
+        count(fake.account_token_ids().len(), Kind::AccountApiToken),
+        report::plural(zones.len() as u64, "zone", "zones")
     )
 }
 

@@ -337,7 +337,7 @@ async fn one_id_that_cannot_be_deleted(chunk: usize) {
     assert_eq!(report.outcome, RunOutcome::Failed);
     let reason = report.reason.unwrap();
     assert!(
-        reason.contains("1 actions failed") && reason.contains(&bad),
+        reason.contains("1 action failed") && reason.contains(&bad),
         "{reason}"
     );
 

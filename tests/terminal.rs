@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Output};
 
 use chrono::{TimeDelta, Utc};
-use common::{Env, Settings};
+use common::{Env, Settings, STANDARD_RULES, ZONES, ZONE_A, ZONE_B};
 use serde_json::Value;
 use zt_janitor::fake::{FakeOptions, FakeRegistration};
 use zt_janitor::report::display_width;
@@ -247,6 +247,87 @@ async fn explain_names_the_rule_the_exclusion_and_the_audit() {
     // Read-only: nothing mutated, no run recorded.
     assert!(env.fake.mutations().is_empty());
     assert_eq!(env.run_outcomes().await.len(), runs_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_finds_any_kind_in_the_zones_of_the_config() {
+    let rules = format!(
+        r#"{STANDARD_RULES}
+[[rule]]
+name = "api-token-any"
+resource = "account_api_token"
+action = "delete"
+unused_days = 1
+
+[[rule]]
+name = "certificate-expired"
+resource = "client_certificate"
+action = "revoke"
+expired_days = 7
+"#
+    );
+    let env = Env::start(
+        FakeOptions {
+            zones: vec![ZONE_A.into(), ZONE_B.into()],
+            client_certificates: 4,
+            account_tokens: 3,
+            ..FakeOptions::default()
+        },
+        Settings {
+            mode: "plan",
+            cloudflare_extra: ZONES,
+            rules: Box::leak(rules.into_boxed_str()),
+            ..Settings::default()
+        },
+    )
+    .await;
+    // Certificates of the second zone (the search goes on past the first), one the rule must
+    // select (active, expired over 7 days ago: read from the fake, not the code under test) and
+    // one it must not.
+    let expired = |id: &String| {
+        let cert = env.fake.certificate(ZONE_B, id).unwrap();
+        let expires: chrono::DateTime<Utc> = cert["expires_on"].as_str().unwrap().parse().unwrap();
+        cert["status"] == "active" && Utc::now() - expires >= TimeDelta::days(7)
+    };
+    let ids = env.fake.certificate_ids(ZONE_B);
+    let selected = ids
+        .iter()
+        .find(|id| expired(id))
+        .expect("an expired certificate");
+    let kept = ids
+        .iter()
+        .find(|id| !expired(id))
+        .expect("a certificate kept");
+    for (id, outcome) in [(selected, "candidate"), (kept, "kept")] {
+        let json: Value = serde_json::from_str(&stdout(&run(
+            &env,
+            &["explain", id, "--output", "json"],
+            None,
+        )))
+        .unwrap();
+        assert_eq!(json["resource"], "client_certificate");
+        assert_eq!(json["zone"], ZONE_B);
+        assert_eq!(json["outcome"], outcome, "{json}");
+        assert_eq!(json["rules"][0]["rule"], "certificate-expired");
+        assert_eq!(
+            json["rules"][0]["selects"],
+            outcome == "candidate",
+            "{json}"
+        );
+    }
+
+    // The janitor's own token: whatever a rule says, protected.
+    let own = env.fake.own_token_id();
+    let json: Value = serde_json::from_str(&stdout(&run(
+        &env,
+        &["explain", &own, "--output", "json"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(json["resource"], "account_api_token");
+    assert_eq!(json["excluded_by"], "own token", "{json}");
+    assert_ne!(json["outcome"], "candidate", "{json}");
+    assert!(env.fake.mutations().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -407,7 +407,12 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
 }
 
 async fn explain(config: Config, id: &str, output: CycleFormat) -> Result<ExitCode> {
-    let id = crate::resource::ResourceId::parse(id.trim()).map_err(anyhow::Error::msg)?;
+    let id = crate::resource::ResourceId::parse(id.trim()).map_err(|_| {
+        anyhow::anyhow!(
+            "{id:?} is not an object id: give the id as plan or audit actions shows it (a UUID, \
+             or 32 hexadecimal characters for an account API token)"
+        )
+    })?;
     let Loaded { config, rules } = Loaded::new(config)?;
     let spinner = crate::progress::Spinner::start(&format!("listing the account for {id}…"));
     let explanation = crate::explain::explain(&config, &rules, &id, Utc::now()).await;

@@ -71,9 +71,11 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Explain why one object (any kind, by id) is or is not a candidate under the config: its
-    /// rule, each rule of its kind, the exclusion that protects it and its audited actions.
-    /// Read-only, like plan. Exit status 1 when no listed object has the id.
+    /// Why one object (any kind, by id) is or is not a candidate under the config.
+    ///
+    /// Lists the account read-only, like plan, until it finds the id, then prints the verdict,
+    /// what each rule of its kind says, the exclusion that protects it and its audited actions.
+    /// Exit status 1 when no listed object has the id.
     Explain {
         /// The object's id, as `plan` or `audit actions` shows it.
         id: String,
@@ -88,14 +90,17 @@ enum Command {
         #[command(subcommand)]
         query: AuditQuery,
     },
-    /// Print a shell completion script (bash: `zt-janitor completions bash >
-    /// /etc/bash_completion.d/zt-janitor`).
+    /// Print a shell completion script.
+    ///
+    /// For bash: `zt-janitor completions bash > /etc/bash_completion.d/zt-janitor`.
     Completions {
         /// The shell to complete in.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page, as roff (`zt-janitor man > zt-janitor.1; man ./zt-janitor.1`).
+    /// Print the manual page, as roff.
+    ///
+    /// `zt-janitor man > zt-janitor.1; man ./zt-janitor.1`, or `--dir` for one page per command.
     Man {
         /// Write zt-janitor.1 and one page per command (zt-janitor-plan.1, …) into this
         /// directory instead.
@@ -343,7 +348,7 @@ async fn plan(config: Config, output: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line of listing progress: "listing registrations: page 12, 12000 seen, 340 matched".
+/// One line of listing progress: "listing registrations: 12 pages, 12000 seen, 340 matched".
 fn listing_progress(p: &crate::plan::Progress<'_>) -> String {
     let zone = p.zone.map(|z| format!(" in zone {z}")).unwrap_or_default();
     format!(

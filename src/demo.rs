@@ -127,8 +127,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let mut text = Vec::new();
         report::plan_text_fit(&mut text, &plan, &rules, crate::cli::output_width())?;
         let text = String::from_utf8(text)?;
-        let mut lines = text.lines();
-        for line in lines.by_ref().take(PLAN_ROWS_SHOWN + 1) {
+        // The header and the first rows; on a narrow terminal each has an indented second line.
+        let mut lines = text.lines().peekable();
+        let mut rows = 0;
+        while let Some(line) = lines.next_if(|l| !l.is_empty()) {
+            if !line.starts_with(' ') {
+                rows += 1;
+            }
+            if rows > PLAN_ROWS_SHOWN + 1 {
+                break;
+            }
             println!("{line}");
         }
         let summary: Vec<&str> = lines.skip_while(|l| !l.is_empty()).collect();

@@ -586,7 +586,9 @@ fn fit_widths(natural: &[usize], fits: &[Fit], width: usize) -> Vec<Option<usize
 
 /// Left-aligned columns, two spaces apart; the last column is not padded. Every cell goes
 /// through [`escape`], so one row stays one line. With a `width`, the table is fitted to it
-/// (see [`fit_widths`]); widths are counted in terminal columns, after escaping.
+/// (see [`fit_widths`]); widths are counted in terminal columns, after escaping. When that
+/// would cut free text short (below [`SOFT_MIN`]), each row's free text goes instead on a line
+/// of its own under it, indented, cells apart by ` · `, cut to the width as a whole.
 fn table<const N: usize>(
     out: &mut dyn Write,
     header: &[(&str, Fit); N],
@@ -603,9 +605,34 @@ fn table<const N: usize>(
             *w = (*w).max(display_width(cell));
         }
     }
-    let widths = match width {
+    let fits = header.map(|(_, fit)| fit);
+    let mut widths = match width {
         None => natural.map(Some).to_vec(),
-        Some(width) => fit_widths(&natural, &header.map(|(_, fit)| fit), width),
+        Some(width) => fit_widths(&natural, &fits, width),
+    };
+    let cut_short = (0..N)
+        .any(|i| fits[i] == Fit::Cut && widths[i].is_some_and(|w| w < natural[i].min(SOFT_MIN)));
+    // Narrow: the free text under each row, the rest fitted without it.
+    let detail: Vec<usize> = match width {
+        Some(width) if cut_short => {
+            let main = fits.map(|fit| match fit {
+                Fit::Cut | Fit::Optional => Fit::Optional,
+                other => other,
+            });
+            let mut main_natural = natural;
+            for (w, fit) in main_natural.iter_mut().zip(fits) {
+                if fit == Fit::Cut {
+                    *w = 0;
+                }
+            }
+            widths = fit_widths(&main_natural, &main, width)
+                .into_iter()
+                .zip(main)
+                .map(|(w, fit)| w.filter(|_| fit != Fit::Optional))
+                .collect();
+            (0..N).filter(|&i| fits[i] == Fit::Cut).collect()
+        }
+        _ => Vec::new(),
     };
     let last = widths.iter().rposition(Option::is_some);
     let line = |out: &mut dyn Write, cells: [&str; N]| -> io::Result<()> {
@@ -619,7 +646,17 @@ fn table<const N: usize>(
                 text.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        writeln!(out, "{}", text.trim_end())
+        writeln!(out, "{}", text.trim_end())?;
+        if !detail.is_empty() {
+            let text: Vec<&str> = detail.iter().map(|&i| cells[i]).collect();
+            let text = format!("  {}", text.join(" · "));
+            writeln!(
+                out,
+                "{}",
+                cut(&text, width.unwrap_or(usize::MAX)).trim_end()
+            )?;
+        }
+        Ok(())
     };
     line(out, header.map(|(h, _)| h))?;
     for row in &rows {
@@ -795,7 +832,9 @@ mod tests {
             let mut out = Vec::new();
             plan_text_fit(&mut out, &plan, &idle_rules(), Some(width)).unwrap();
             let text = String::from_utf8(out).unwrap();
-            let table: Vec<&str> = text.lines().take(4).collect();
+            let table: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+            let rows = table.iter().filter(|l| !l.starts_with(' ')).count();
+            assert_eq!(rows, 4, "header and 3 rows at {width}:\n{text}");
             for line in &table {
                 assert!(
                     display_width(line) <= width,
@@ -817,6 +856,40 @@ mod tests {
     }
 
     #[test]
+    fn a_narrow_terminal_puts_free_text_on_a_line_of_its_own() {
+        let plan = wide_plan();
+        let mut out = Vec::new();
+        plan_text_fit(&mut out, &plan, &idle_rules(), Some(80)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+        assert_eq!(lines[0], "RULE      ACTION      REGISTRATION", "{text}");
+        assert_eq!(lines[1], "  USER · DEVICE · WHY", "{text}");
+        assert_eq!(
+            lines[6], "idle-90d  delete      c0ffee00-1234-4abc-8def-0123456789ab",
+            "{text}"
+        );
+        assert!(
+            lines[7].starts_with("  ana@example.com · ana's 💻 MacBook Pro 16-inch · idle 118d"),
+            "{text}"
+        );
+        for line in &lines {
+            assert!(display_width(line) <= 80, "{line}\n{text}");
+        }
+        // At 120 the free text keeps its columns.
+        let mut out = Vec::new();
+        plan_text_fit(&mut out, &plan, &idle_rules(), Some(120)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("USER                DEVICE               WHY"),
+            "{text}"
+        );
+        assert!(!text.contains(" · "), "{text}");
+    }
+
+    #[test]
     fn a_wide_terminal_keeps_every_value_whole() {
         let plan = wide_plan();
         let mut whole = Vec::new();
@@ -834,7 +907,7 @@ mod tests {
             ["ana's 💻".to_owned(), "z".to_owned()],
         ];
         let header = [("NAME", Fit::Cut), ("LAST", Fit::Whole)];
-        for (width, column) in [(None, 22), (Some(16), 12)] {
+        for (width, column) in [(None, 22), (Some(18), 14)] {
             let mut out = Vec::new();
             table(&mut out, &header, &rows, width).unwrap();
             let text = String::from_utf8(out).unwrap();

@@ -2239,29 +2239,7 @@ impl AuditStore {
                   LEFT JOIN snapshots s ON s.action_id = a.id
              WHERE 1 = 1",
         );
-        if let Some(run) = f.run_id {
-            q.push(" AND a.run_id = ").push_bind(run);
-        }
-        if let Some(rule) = &f.rule {
-            q.push(" AND a.rule = ").push_bind(rule.clone());
-        }
-        if let Some(email) = &f.user_email {
-            // SQLite's lower() is ASCII-only: compare Unicode case-folded forms instead.
-            q.push(" AND a.user_email_folded = ")
-                .push_bind(crate::rules::fold_case(email).into_owned());
-        }
-        if let Some(kind) = f.resource_kind {
-            q.push(" AND a.resource_kind = ").push_bind(kind.as_str());
-        }
-        if let Some(id) = &f.resource_id {
-            q.push(" AND a.resource_id = ").push_bind(id.clone());
-        }
-        if let Some(since) = f.since {
-            q.push(" AND a.decided_at >= ").push_bind(ts(since));
-        }
-        if let Some(until) = f.until {
-            q.push(" AND a.decided_at < ").push_bind(ts(until));
-        }
+        push_action_filter(&mut q, f);
         q.push(" ORDER BY a.id DESC LIMIT ").push_bind(f.limit);
         let rows = q
             .build()
@@ -2292,6 +2270,52 @@ impl AuditStore {
                 undoes_action_id: r.get(18),
             })
             .collect())
+    }
+
+    /// How many actions match `f`, whatever its limit: what a limited [`AuditStore::actions`]
+    /// left out.
+    pub async fn count_actions(&self, f: &ActionFilter) -> Result<i64, AuditError> {
+        let mut q = QueryBuilder::new("SELECT COUNT(*) FROM actions a WHERE 1 = 1");
+        push_action_filter(&mut q, f);
+        q.build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(AuditError::Read)
+    }
+
+    /// How many runs the log holds.
+    pub async fn count_runs(&self) -> Result<i64, AuditError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(AuditError::Read)
+    }
+}
+
+/// The `WHERE` conditions of `f` (on `actions a`), after a `WHERE 1 = 1`.
+fn push_action_filter(q: &mut QueryBuilder<'_, sqlx::Sqlite>, f: &ActionFilter) {
+    if let Some(run) = f.run_id {
+        q.push(" AND a.run_id = ").push_bind(run);
+    }
+    if let Some(rule) = &f.rule {
+        q.push(" AND a.rule = ").push_bind(rule.clone());
+    }
+    if let Some(email) = &f.user_email {
+        // SQLite's lower() is ASCII-only: compare Unicode case-folded forms instead.
+        q.push(" AND a.user_email_folded = ")
+            .push_bind(crate::rules::fold_case(email).into_owned());
+    }
+    if let Some(kind) = f.resource_kind {
+        q.push(" AND a.resource_kind = ").push_bind(kind.as_str());
+    }
+    if let Some(id) = &f.resource_id {
+        q.push(" AND a.resource_id = ").push_bind(id.clone());
+    }
+    if let Some(since) = f.since {
+        q.push(" AND a.decided_at >= ").push_bind(ts(since));
+    }
+    if let Some(until) = f.until {
+        q.push(" AND a.decided_at < ").push_bind(ts(until));
     }
 }
 

@@ -29,10 +29,13 @@ pub struct BenchArgs {
     /// Ids per bulk delete call.
     #[arg(long, default_value_t = 100)]
     chunk: usize,
+    /// Share of the registrations last seen 120-720 days ago (0 to 1).
     #[arg(long, default_value_t = 0.20)]
     idle_share: f64,
+    /// Share of the registrations already revoked (0 to 1).
     #[arg(long, default_value_t = 0.05)]
     revoked_share: f64,
+    /// Seed of the fake's data, so that runs compare.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Latency the fake API adds to every request, to see the cycle as it runs against a real,

@@ -16,6 +16,7 @@ use crate::cloudflare::{Client, Quota, ZoneId};
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
 use crate::plan::{Candidate, CapCheck, Plan, Planner};
+use crate::report::plural;
 use crate::resource::{Kind, Scope};
 use crate::rules::RuleSet;
 use crate::saved_plan::SavedPlan;
@@ -554,20 +555,20 @@ impl CycleContext<'_> {
 
     /// The outcome and reason of one kind's apply.
     fn judge(&self, kind: Kind, applied: &ApplyReport) -> (RunOutcome, Option<String>) {
-        let (_, things) = kind.noun();
+        let (one, things) = kind.noun();
         let mut notes = Vec::new();
         // Stuck and refused ids are reported, not failed again.
         if applied.stuck > 0 {
             notes.push(format!(
-                "{} {things} stuck (failed the same way in the last {} runs; not attempted, see their status_detail)",
-                applied.stuck,
+                "{} stuck (failed the same way in the last {} runs; not attempted, see their status_detail)",
+                plural(applied.stuck, one, things),
                 crate::apply::STUCK_AFTER_RUNS
             ));
         }
         if applied.refused > 0 {
             notes.push(format!(
-                "{} {things} refused by Cloudflare as still in use (recorded refused_by_api, not retried; see their status_detail for what to change)",
-                applied.refused
+                "{} refused by Cloudflare as still in use (recorded refused_by_api, not retried; see their status_detail for what to change)",
+                plural(applied.refused, one, things)
             ));
         }
         let notes = (!notes.is_empty()).then(|| notes.join("; "));
@@ -576,8 +577,9 @@ impl CycleContext<'_> {
             // every other id was still acted on.
             None if applied.failed + applied.unconfirmed > 0 => {
                 let mut reason = format!(
-                    "{} actions failed and {} unconfirmed (Cloudflare claimed success, the listing disagrees); every other action was carried out",
-                    applied.failed, applied.unconfirmed
+                    "{} failed and {} unconfirmed (Cloudflare claimed success, the listing disagrees); every other action was carried out",
+                    plural(applied.failed, "action", "actions"),
+                    applied.unconfirmed
                 );
                 if let Some(first) = &applied.first_failure {
                     reason.push_str(&format!("; first failure: {first}"));
@@ -591,8 +593,8 @@ impl CycleContext<'_> {
             Some(why) if self.stop.is_stopped() => (
                 RunOutcome::Aborted,
                 Some(format!(
-                    "{why}; {} actions left for the next run",
-                    applied.not_attempted
+                    "{why}; {} left for the next run",
+                    plural(applied.not_attempted, "action", "actions")
                 )),
             ),
             Some(why) => (RunOutcome::Failed, Some(why.clone())),
@@ -640,7 +642,11 @@ impl CycleContext<'_> {
                             .record_skipped_targets(&part, now, &skipped)
                             .await?;
                     }
-                    let plan = planner.finish(recorded, &self.config.safety);
+                    let plan = if self.keep_rows {
+                        planner.finish(recorded, &self.config.safety)
+                    } else {
+                        planner.finish_recorded(&self.config.safety)
+                    };
                     return Ok(Ok((plan, skipped.len() as u64)));
                 }
                 Err(reason) => {

@@ -20,9 +20,10 @@ use crate::stop::ShutdownSignals;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// The demo config (apply mode); its base_url, token and audit path are replaced.
-    #[arg(long, default_value = "config/demo.toml")]
-    config: PathBuf,
+    /// A demo config of your own (apply mode) instead of the built-in copy of
+    /// config/demo.toml; its base_url, token and audit path are replaced.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Registrations the fake API starts with.
     #[arg(long, default_value_t = 2000)]
     registrations: usize,
@@ -49,16 +50,28 @@ pub struct DemoArgs {
 
 const PLAN_ROWS_SHOWN: usize = 12;
 
+/// config/demo.toml, built in, so that an installed binary runs the demo from any directory.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
 pub async fn run(args: DemoArgs) -> Result<()> {
     let mut shutdown = ShutdownSignals::new().context("cannot listen for SIGTERM and Ctrl-C")?;
-    let mut config = Config::load(&args.config)
-        .context("the demo needs its config; run it from the project folder or pass --config")?;
     let state_dir = match args.state_dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("zt-janitor-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    // The built-in config is written out, so that the daemon has a file to reload on SIGHUP.
+    let config_path = match args.config {
+        Some(path) => path,
+        None => {
+            let path = state_dir.join("demo.toml");
+            std::fs::write(&path, DEMO_CONFIG)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            path
+        }
+    };
+    let mut config = Config::load(&config_path).context("cannot load the demo config")?;
 
     let fake = FakeServer::start(FakeOptions {
         account_id: config.cloudflare.account_id.to_string(),
@@ -102,19 +115,28 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .map(|z| format!(" in zone {z}"))
             .unwrap_or_default();
         println!(
-            "\n== Plan of {}{zone} ({} of {rows} rows)",
+            "\n== Plan of {}{zone} ({} of {})",
             plan.kind.noun().1,
             if rows > PLAN_ROWS_SHOWN {
                 format!("first {PLAN_ROWS_SHOWN}")
             } else {
                 "all".to_owned()
-            }
+            },
+            report::plural(rows as u64, "row", "rows")
         );
         let mut text = Vec::new();
-        report::plan_text(&mut text, &plan, &rules)?;
+        report::plan_text_fit(&mut text, &plan, &rules, crate::cli::output_width())?;
         let text = String::from_utf8(text)?;
-        let mut lines = text.lines();
-        for line in lines.by_ref().take(PLAN_ROWS_SHOWN + 1) {
+        // The header and the first rows; on a narrow terminal each has an indented second line.
+        let mut lines = text.lines().peekable();
+        let mut rows = 0;
+        while let Some(line) = lines.next_if(|l| !l.is_empty()) {
+            if !line.starts_with(' ') {
+                rows += 1;
+            }
+            if rows > PLAN_ROWS_SHOWN + 1 {
+                break;
+            }
             println!("{line}");
         }
         let summary: Vec<&str> = lines.skip_while(|l| !l.is_empty()).collect();
@@ -128,7 +150,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let stop = StopSignal::default();
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let daemon = tokio::spawn(crate::schedule::run_daemon(
-        args.config.clone(),
+        config_path.clone(),
         config.clone(),
         stop.clone(),
         move |started| {
@@ -169,11 +191,13 @@ async fn show(
     }
 
     println!();
-    report::runs(
+    let width = crate::cli::output_width();
+    report::runs_fit(
         &mut std::io::stdout(),
         &audit.recent_runs(2).await?,
         Format::Text,
         &report::Header::new(None, Utc::now()),
+        width,
     )?;
     println!(
         "\nThe fake API now holds {}; it saw {} mutation calls.",
@@ -189,11 +213,12 @@ async fn show(
             ..ActionFilter::default()
         })
         .await?;
-    report::actions(
+    report::actions_fit(
         &mut std::io::stdout(),
         &done,
         Format::Text,
         &report::Header::new(None, Utc::now()),
+        width,
     )?;
     let with_user = audit
         .actions(&ActionFilter {
@@ -253,13 +278,16 @@ fn holdings(fake: &FakeHandle) -> String {
         })
         .filter(|cert| cert["status"] == "active")
         .count();
+    let count = |n: usize, kind: Kind| {
+        let (one, many) = kind.noun();
+        report::plural(n as u64, one, many)
+    };
     format!(
-        "{} registrations, {} service tokens, {} account API tokens, {certificates} active client \
-         certificates in {} zones",
-        fake.len(),
-        fake.service_token_ids().len(),
-        fake.account_token_ids().len(),
-        zones.len()
+        "{}, {}, {}, {certificates} active client certificates in {}",
+        count(fake.len(), Kind::DeviceRegistration),
+        count(fake.service_token_ids().len(), Kind::AccessServiceToken),
+        count(fake.account_token_ids().len(), Kind::AccountApiToken),
+        report::plural(zones.len() as u64, "zone", "zones")
     )
 }
 

@@ -27,7 +27,8 @@ pub fn init(format: LogFormat, level: &str) {
             stderr.is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),
         ))
-        .with_writer(std::io::stderr);
+        // Stderr, around the progress spinner if one is shown.
+        .with_writer(crate::progress::log_writer);
     let journal = journal_stream(std::env::var("JOURNAL_STREAM").ok().as_deref(), &stderr);
     let _ = match format {
         // A JSON line stays one JSON document; collectors read its `level` field.

@@ -319,6 +319,17 @@ pub enum PreviewError {
     Plan(#[from] PlanError),
 }
 
+/// How far a listing has got, after each page: for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    pub kind: Kind,
+    pub zone: Option<&'a ZoneId>,
+    pub pages: u64,
+    pub seen: u64,
+    /// Matched so far, protected ones included.
+    pub candidates: u64,
+}
+
 /// What `zt-janitor plan` and the demo show: the account listed and evaluated under `config`
 /// at `now` with a client of its own, one plan per kind that rules select from. Nothing is
 /// recorded and nothing is mutated.
@@ -327,15 +338,27 @@ pub async fn preview(
     rules: &RuleSet,
     now: DateTime<Utc>,
 ) -> Result<Vec<Plan>, PreviewError> {
-    preview_with(config, rules, now, false).await
+    preview_with(config, rules, now, false, &mut |_| {}).await
 }
 
-/// [`preview`], keeping each candidate's snapshot if `keep_snapshots` (for a saved plan).
+/// [`preview`], telling `progress` after each page.
+pub async fn preview_with_progress(
+    config: &Config,
+    rules: &RuleSet,
+    now: DateTime<Utc>,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<Vec<Plan>, PreviewError> {
+    preview_with(config, rules, now, false, progress).await
+}
+
+/// [`preview_with_progress`], keeping each candidate's snapshot if `keep_snapshots` (for a
+/// saved plan).
 pub async fn preview_with(
     config: &Config,
     rules: &RuleSet,
     now: DateTime<Utc>,
     keep_snapshots: bool,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<Vec<Plan>, PreviewError> {
     let credentials = Credentials::load(&config.cloudflare)?;
     let client = Client::new(&config.cloudflare, credentials, Metrics::new())?;
@@ -353,6 +376,13 @@ pub async fn preview_with(
                         ..c
                     }
                 }));
+                progress(Progress {
+                    kind,
+                    zone: planner.scope.zone.as_ref(),
+                    pages: planner.pages,
+                    seen: planner.seen.total,
+                    candidates: candidates.len() as u64,
+                });
             }
             let mut plan = planner.finish(candidates, &config.safety);
             plan.blocked = blocked;
@@ -682,10 +712,28 @@ impl<'a, S: PageSource> Planner<'a, S> {
         Ok(Some(candidates))
     }
 
-    /// The plan over a complete listing. `candidates` are the pages' candidates in order, or
-    /// none where the caller keeps them elsewhere (the audit log): the caps count every
-    /// decision the pages made either way.
+    /// The plan over a complete listing: `candidates` are the pages' candidates, in order.
     pub fn finish<E: Entry>(self, candidates: Vec<E>, safety: &SafetySettings) -> Plan<E> {
+        let mut decided = Decided::default();
+        for e in &candidates {
+            decided.count(e.candidate());
+        }
+        self.finish_with(candidates, decided, safety)
+    }
+
+    /// The plan over a complete listing whose candidates are kept elsewhere (the audit log):
+    /// the caps and the counts come from every decision the pages made.
+    pub fn finish_recorded<E: Entry>(self, safety: &SafetySettings) -> Plan<E> {
+        let decided = self.decided.clone();
+        self.finish_with(Vec::new(), decided, safety)
+    }
+
+    fn finish_with<E: Entry>(
+        self,
+        candidates: Vec<E>,
+        decided: Decided,
+        safety: &SafetySettings,
+    ) -> Plan<E> {
         Plan {
             kind: self.kind,
             scope: self.scope,
@@ -693,9 +741,9 @@ impl<'a, S: PageSource> Planner<'a, S> {
             generated_at: self.now,
             pages: self.pages,
             seen: self.seen,
-            caps: CapCheck::new(self.kind, self.decided.actionable, self.seen.total, safety),
+            caps: CapCheck::new(self.kind, decided.actionable, self.seen.total, safety),
             candidates,
-            decided: self.decided,
+            decided,
             anomalies: self.anomalies,
         }
     }

@@ -12,9 +12,11 @@ use std::io::{self, Write};
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
 use chrono::{DateTime, Utc};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::audit::{ActionRow, MarkRow, RunRow};
@@ -32,8 +34,25 @@ pub enum Format {
     Csv,
 }
 
-/// The plan as a table of candidates followed by a summary.
+/// `n` and the noun that goes with it: "1 page", "2 pages", "0 pages".
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The plan as a table of candidates followed by a summary, every value whole.
 pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet) -> io::Result<()> {
+    plan_text_fit(out, plan, rules, None)
+}
+
+/// [`plan_text`] with the table fitted to `width` terminal columns, if given: free text (user,
+/// name, why) is cut with `…`, LAST SEEN left out before that text is cut short (WHY names the
+/// date a rule read), and ids are never cut. The summary lines are not cut.
+pub fn plan_text_fit<E: Entry>(
+    out: &mut dyn Write,
+    plan: &Plan<E>,
+    rules: &RuleSet,
+    width: Option<usize>,
+) -> io::Result<()> {
     let why = |c: &Candidate| match (&c.excluded_by, &c.grace) {
         (None, None) => c.why.to_string(),
         (None, Some(grace)) => format!("{}; {grace}", c.why),
@@ -65,15 +84,15 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
                     })
                     .collect();
                 let header = [
-                    "RULE",
-                    "ACTION",
-                    "REGISTRATION",
-                    "USER",
-                    "DEVICE",
-                    "LAST SEEN",
-                    "WHY",
+                    ("RULE", Fit::Name),
+                    ("ACTION", Fit::Whole),
+                    ("REGISTRATION", Fit::Whole),
+                    ("USER", Fit::Cut),
+                    ("DEVICE", Fit::Cut),
+                    ("LAST SEEN", Fit::Optional),
+                    ("WHY", Fit::Cut),
                 ];
-                table(out, &header, &rows)?;
+                table(out, &header, &rows, width)?;
             }
             Kind::AccessServiceToken | Kind::AccountApiToken | Kind::ClientCertificate => {
                 let rows: Vec<[String; 6]> = candidates
@@ -93,35 +112,38 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
                     Kind::AccountApiToken => ("ACCOUNT API TOKEN", "NAME", "LAST USED"),
                     _ => ("SERVICE TOKEN", "NAME", "LAST SEEN"),
                 };
-                let header = ["RULE", "ACTION", what, name, seen, "WHY"];
-                table(out, &header, &rows)?;
+                let header = [
+                    ("RULE", Fit::Name),
+                    ("ACTION", Fit::Whole),
+                    (what, Fit::Whole),
+                    (name, Fit::Cut),
+                    (seen, Fit::Optional),
+                    ("WHY", Fit::Cut),
+                ];
+                table(out, &header, &rows, width)?;
             }
         }
     }
     writeln!(out)?;
+    let seen = plural(plan.seen.total, one, many);
+    let pages = plural(plan.pages, "page", "pages");
     match plan.kind {
         Kind::DeviceRegistration => writeln!(
             out,
-            "Seen: {} {many} ({} active, {} revoked) in {} pages",
-            plan.seen.total, plan.seen.active, plan.seen.revoked, plan.pages
+            "Seen: {seen} ({} active, {} revoked) in {pages}",
+            plan.seen.active, plan.seen.revoked
         )?,
         Kind::ClientCertificate => writeln!(
             out,
-            "Seen: {} {many} ({} active, {} pending revocation or revoked) in zone {} in {} pages",
-            plan.seen.total,
+            "Seen: {seen} ({} active, {} pending revocation or revoked) in zone {} in {pages}",
             plan.seen.active,
             plan.seen.revoked,
             plan.scope
                 .zone
                 .as_ref()
                 .map_or("-".to_owned(), ToString::to_string),
-            plan.pages
         )?,
-        _ => writeln!(
-            out,
-            "Seen: {} {many} in {} pages",
-            plan.seen.total, plan.pages
-        )?,
+        _ => writeln!(out, "Seen: {seen} in {pages}")?,
     }
     let by_rule = plan.candidates_by_rule(rules);
     let listed: Vec<String> = by_rule
@@ -160,8 +182,10 @@ pub fn plan_text<E: Entry>(out: &mut dyn Write, plan: &Plan<E>, rules: &RuleSet)
     if caps.within() {
         writeln!(
             out,
-            "Safety caps: within limits ({} of max {} actions, fraction limit {})",
-            caps.actions, caps.max_actions_per_run, caps.fraction_limit
+            "Safety caps: within limits ({} of max {}, fraction limit {})",
+            caps.actions,
+            plural(caps.max_actions_per_run, "action", "actions"),
+            caps.fraction_limit
         )?;
     } else {
         writeln!(
@@ -459,6 +483,18 @@ pub fn runs(
     format: Format,
     header: &Header<'_>,
 ) -> io::Result<()> {
+    runs_fit(out, runs, format, header, None)
+}
+
+/// [`runs`] with the text table fitted to `width` terminal columns, if given: the reason is
+/// cut with `…`.
+pub fn runs_fit(
+    out: &mut dyn Write,
+    runs: &[RunRow],
+    format: Format,
+    header: &Header<'_>,
+    width: Option<usize>,
+) -> io::Result<()> {
     match format {
         Format::Json => json_document(out, &RunsJson { header, runs }),
         Format::Csv => csv_rows(out, runs),
@@ -483,17 +519,18 @@ pub fn runs(
             table(
                 out,
                 &[
-                    "RUN",
-                    "STARTED",
-                    "MODE",
-                    "OUTCOME",
-                    "SEEN",
-                    "CANDIDATES",
-                    "DONE/FAILED",
-                    "REFUSED",
-                    "REASON",
+                    ("RUN", Fit::Whole),
+                    ("STARTED", Fit::Whole),
+                    ("MODE", Fit::Whole),
+                    ("OUTCOME", Fit::Whole),
+                    ("SEEN", Fit::Whole),
+                    ("CANDIDATES", Fit::Whole),
+                    ("DONE/FAILED", Fit::Whole),
+                    ("REFUSED", Fit::Whole),
+                    ("REASON", Fit::Cut),
                 ],
                 &rows,
+                width,
             )
         }
     }
@@ -506,6 +543,19 @@ pub fn actions(
     actions: &[ActionRow],
     format: Format,
     header: &Header<'_>,
+) -> io::Result<()> {
+    actions_fit(out, actions, format, header, None)
+}
+
+/// [`actions`] with the text table fitted to `width` terminal columns, if given: user, name,
+/// status and rule are cut with `…` (widest first), RESOURCE (the id tells) and COMPLETED
+/// left out before they are cut short; the run, the time and the id are never cut.
+pub fn actions_fit(
+    out: &mut dyn Write,
+    actions: &[ActionRow],
+    format: Format,
+    header: &Header<'_>,
+    width: Option<usize>,
 ) -> io::Result<()> {
     match format {
         Format::Json => json_document(
@@ -540,18 +590,19 @@ pub fn actions(
             table(
                 out,
                 &[
-                    "RUN",
-                    "DECIDED",
-                    "RULE",
-                    "ACTION",
-                    "RESOURCE",
-                    "ID",
-                    "USER",
-                    "NAME",
-                    "STATUS",
-                    "COMPLETED",
+                    ("RUN", Fit::Whole),
+                    ("DECIDED", Fit::Whole),
+                    ("RULE", Fit::Name),
+                    ("ACTION", Fit::Whole),
+                    ("RESOURCE", Fit::Optional),
+                    ("ID", Fit::Whole),
+                    ("USER", Fit::Cut),
+                    ("NAME", Fit::Cut),
+                    ("STATUS", Fit::Cut),
+                    ("COMPLETED", Fit::Optional),
                 ],
                 &rows,
+                width,
             )
         }
     }
@@ -642,15 +693,15 @@ pub fn marks(
                 })
                 .collect();
             let header = [
-                "RESOURCE",
-                "ID",
-                "NAME",
-                "RULE",
-                "ACTION",
-                "MARKED SINCE",
-                "ACTS ON (IF STILL A CANDIDATE)",
+                ("RESOURCE", Fit::Name),
+                ("ID", Fit::Whole),
+                ("NAME", Fit::Cut),
+                ("RULE", Fit::Name),
+                ("ACTION", Fit::Whole),
+                ("MARKED SINCE", Fit::Whole),
+                ("ACTS ON (IF STILL A CANDIDATE)", Fit::Whole),
             ];
-            table(out, &header, &rows)
+            table(out, &header, &rows, None)
         }
     }
 }
@@ -751,8 +802,15 @@ pub fn undo_text(out: &mut dyn Write, report: &crate::undo::UndoReport) -> io::R
     if rows.is_empty() {
         writeln!(out, "Run {} has no action to undo.", report.run)?;
     } else {
-        let header = ["ACTION", "KIND", "ID", "NAME", "RESULT", "WHY"];
-        table(out, &header, &rows)?;
+        let header = [
+            ("ACTION", Fit::Whole),
+            ("KIND", Fit::Name),
+            ("ID", Fit::Whole),
+            ("NAME", Fit::Cut),
+            ("RESULT", Fit::Whole),
+            ("WHY", Fit::Cut),
+        ];
+        table(out, &header, &rows, None)?;
     }
     writeln!(out)?;
     let recorded = match report.undo_run {
@@ -915,37 +973,163 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
+/// How a column gives way when a table is wider than the terminal (see [`fit_widths`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// Never cut: ids an operator copies, times, counts, short fixed words.
+    Whole,
+    /// Free text, cut with `…` (widest first).
+    Cut,
+    /// A short name from the config (a rule, a kind): cut too, but never below [`SOFT_MIN`],
+    /// so that `idle-90d` and `idle-30d` stay apart.
+    Name,
+    /// Left out before free text is cut short, because what it says is repeated elsewhere
+    /// (LAST SEEN's date is in WHY).
+    Optional,
+}
+
+/// A free-text column is cut down to this width before an optional column is left out…
+const SOFT_MIN: usize = 12;
+/// …and then down to this, never further (3 characters and `…`).
+const HARD_MIN: usize = 4;
+
+/// The width of `text` in terminal columns (CJK and most emoji take two).
+pub fn display_width(text: &str) -> usize {
+    UnicodeWidthStr::width(text)
+}
+
+/// `text` cut to at most `width` columns, ending in `…` when cut.
+fn cut(text: &str, width: usize) -> Cow<'_, str> {
+    if display_width(text) <= width {
+        return Cow::Borrowed(text);
+    }
+    let mut kept = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        kept.push(c);
+        used += w;
+    }
+    kept.push('…');
+    Cow::Owned(kept)
+}
+
+/// Column widths that fit `width`, from the columns' `natural` widths; `None` leaves a column
+/// out. Free text is cut widest first down to [`SOFT_MIN`]; if that is not enough, the optional
+/// columns are left out and free text is cut again; then names down to [`SOFT_MIN`], then free
+/// text down to [`HARD_MIN`]. Columns that are never cut may still make a line wider than
+/// `width`.
+fn fit_widths(natural: &[usize], fits: &[Fit], width: usize) -> Vec<Option<usize>> {
+    let total = |w: &[Option<usize>]| {
+        let shown: Vec<usize> = w.iter().flatten().copied().collect();
+        shown.iter().sum::<usize>() + 2 * shown.len().saturating_sub(1)
+    };
+    let shrink = |w: &mut Vec<Option<usize>>, fit: Fit, min: usize| {
+        while total(w) > width {
+            let widest = (0..w.len())
+                .filter(|&i| fits[i] == fit && w[i].is_some_and(|n| n > min))
+                .max_by_key(|&i| (w[i], std::cmp::Reverse(i)));
+            match widest {
+                Some(i) => w[i] = w[i].map(|n| n - 1),
+                None => break,
+            }
+        }
+    };
+    let mut widths: Vec<Option<usize>> = natural.iter().map(|&n| Some(n)).collect();
+    shrink(&mut widths, Fit::Cut, SOFT_MIN);
+    if total(&widths) > width && fits.contains(&Fit::Optional) {
+        widths = natural
+            .iter()
+            .zip(fits)
+            .map(|(&n, &fit)| (fit != Fit::Optional).then_some(n))
+            .collect();
+        shrink(&mut widths, Fit::Cut, SOFT_MIN);
+    }
+    shrink(&mut widths, Fit::Name, SOFT_MIN);
+    shrink(&mut widths, Fit::Cut, HARD_MIN);
+    widths
+}
+
 /// Left-aligned columns, two spaces apart; the last column is not padded. Every cell goes
-/// through [`escape`], so one row stays one line.
+/// through [`escape`], so one row stays one line. With a `width`, the table is fitted to it
+/// (see [`fit_widths`]); widths are counted in terminal columns, after escaping. When that
+/// would cut free text short (below [`SOFT_MIN`]), each row's free text goes instead on a line
+/// of its own under it, indented, cells apart by ` · `, cut to the width as a whole.
 fn table<const N: usize>(
     out: &mut dyn Write,
-    header: &[&str; N],
+    header: &[(&str, Fit); N],
     rows: &[[String; N]],
+    width: Option<usize>,
 ) -> io::Result<()> {
     let rows: Vec<[Cow<'_, str>; N]> = rows
         .iter()
         .map(|row| std::array::from_fn(|i| escape(&row[i])))
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
+    let mut natural = header.map(|(h, _)| display_width(h));
     for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+        for (w, cell) in natural.iter_mut().zip(row) {
+            *w = (*w).max(display_width(cell));
         }
     }
-    let line = |out: &mut dyn Write, cells: Vec<&str>| -> io::Result<()> {
+    let fits = header.map(|(_, fit)| fit);
+    let mut widths = match width {
+        None => natural.map(Some).to_vec(),
+        Some(width) => fit_widths(&natural, &fits, width),
+    };
+    let cut_short = (0..N)
+        .any(|i| fits[i] == Fit::Cut && widths[i].is_some_and(|w| w < natural[i].min(SOFT_MIN)));
+    // Narrow: the free text under each row, the rest fitted without it.
+    let detail: Vec<usize> = match width {
+        Some(width) if cut_short => {
+            let main = fits.map(|fit| match fit {
+                Fit::Cut | Fit::Optional => Fit::Optional,
+                other => other,
+            });
+            let mut main_natural = natural;
+            for (w, fit) in main_natural.iter_mut().zip(fits) {
+                if fit == Fit::Cut {
+                    *w = 0;
+                }
+            }
+            widths = fit_widths(&main_natural, &main, width)
+                .into_iter()
+                .zip(main)
+                .map(|(w, fit)| w.filter(|_| fit != Fit::Optional))
+                .collect();
+            (0..N).filter(|&i| fits[i] == Fit::Cut).collect()
+        }
+        _ => Vec::new(),
+    };
+    let last = widths.iter().rposition(Option::is_some);
+    let line = |out: &mut dyn Write, cells: [&str; N]| -> io::Result<()> {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == N {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            let Some(w) = widths[i] else { continue };
+            let cell = cut(cell, w);
+            text.push_str(&cell);
+            if Some(i) != last {
+                let pad = w.saturating_sub(display_width(&cell)) + 2;
+                text.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        writeln!(out, "{}", text.trim_end())
+        writeln!(out, "{}", text.trim_end())?;
+        if !detail.is_empty() {
+            let text: Vec<&str> = detail.iter().map(|&i| cells[i]).collect();
+            let text = format!("  {}", text.join(" · "));
+            writeln!(
+                out,
+                "{}",
+                cut(&text, width.unwrap_or(usize::MAX)).trim_end()
+            )?;
+        }
+        Ok(())
     };
-    line(out, header.to_vec())?;
+    line(out, header.map(|(h, _)| h))?;
     for row in &rows {
-        line(out, row.iter().map(|cell| cell.as_ref()).collect())?;
+        line(out, std::array::from_fn(|i| row[i].as_ref()))?;
     }
     Ok(())
 }
@@ -1011,6 +1195,319 @@ mod tests {
             snapshot: "{\"id\":\"00b3324e-cfe5-4df6-b4ab-faba846cc16b\"}".into(),
             undoes_action_id: None,
         }
+    }
+
+    /// A planner that is never asked for a page: only its `finish` is used.
+    struct NoPages;
+
+    impl crate::plan::PageSource for NoPages {
+        async fn page(
+            &self,
+            _: Kind,
+            _: &crate::resource::Scope,
+            _: Option<&crate::resource::PageToken>,
+        ) -> Result<crate::resource::Page, crate::cloudflare::ApiError> {
+            unreachable!("no listing in report tests")
+        }
+    }
+
+    fn idle_rules() -> RuleSet {
+        use crate::config::{Action, RuleSettings};
+        RuleSet::new(
+            &[RuleSettings {
+                idle_days: Some(90),
+                ..RuleSettings::new("idle-90d", Kind::DeviceRegistration, Action::Delete)
+            }],
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn registration(id: &str, email: &str, device: &str, excluded: Option<&str>) -> Candidate {
+        use chrono::{DateTime, Utc};
+        let since: DateTime<Utc> = "2026-08-01T00:00:00Z".parse().unwrap();
+        Candidate {
+            kind: Kind::DeviceRegistration,
+            rule: "idle-90d".into(),
+            action: crate::config::Action::Delete,
+            id: crate::resource::ResourceId::parse(id).unwrap(),
+            zone: None,
+            user_email: Some(email.into()),
+            name: device.into(),
+            last_seen_at: Stamp::Valid(since),
+            why: crate::rules::Why::Idle {
+                days: 118,
+                threshold: 90,
+                since,
+                from: crate::rules::IdleFrom::LastSeenAt,
+            },
+            excluded_by: excluded.map(Into::into),
+            snapshot: None,
+            grace: None,
+        }
+    }
+
+    const IDS: [&str; 3] = [
+        "00b3324e-cfe5-4df6-b4ab-faba846cc16b",
+        "5f2a1c9e-0d4b-4e8f-9a3c-7b6d5e4f3a21",
+        "c0ffee00-1234-4abc-8def-0123456789ab",
+    ];
+
+    /// A plan like the one in issue 17: a 49-character service identity, long device names
+    /// (one CJK, one with emoji) and an excluded row.
+    fn wide_plan() -> Plan {
+        let rules = idle_rules();
+        let candidates = vec![
+            registration(
+                IDS[0],
+                "non_identity@zt-janitor-example.cloudflareaccess.com",
+                "build-agent-ephemeral-runner-0042.ci.internal",
+                Some("service-tokens"),
+            ),
+            registration(
+                IDS[1],
+                "東京太郎@例え.jp",
+                "山田のノートパソコン（開発用）",
+                None,
+            ),
+            registration(
+                IDS[2],
+                "ana@example.com",
+                "ana's 💻 MacBook Pro 16-inch",
+                None,
+            ),
+        ];
+        let safety = crate::config::SafetySettings {
+            mode: crate::config::Mode::Plan,
+            max_actions_per_run: 50,
+            max_fraction_per_run: 1.0,
+        };
+        crate::plan::Planner::new(
+            &NoPages,
+            Kind::DeviceRegistration,
+            &rules,
+            chrono::Utc::now(),
+        )
+        .finish(candidates, &safety)
+    }
+
+    fn widest_line(text: &str) -> usize {
+        text.lines().map(display_width).max().unwrap_or(0)
+    }
+
+    #[test]
+    fn a_plan_fits_the_terminal_with_every_id_whole() {
+        let plan = wide_plan();
+        let mut whole = Vec::new();
+        plan_text(&mut whole, &plan, &idle_rules()).unwrap();
+        let whole = String::from_utf8(whole).unwrap();
+        assert!(widest_line(&whole) > 120, "the test plan is wide:\n{whole}");
+        assert!(whole.contains("non_identity@zt-janitor-example.cloudflareaccess.com"));
+        for width in [80, 100, 120, 200] {
+            let mut out = Vec::new();
+            plan_text_fit(&mut out, &plan, &idle_rules(), Some(width)).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let table: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+            let rows = table.iter().filter(|l| !l.starts_with(' ')).count();
+            assert_eq!(rows, 4, "header and 3 rows at {width}:\n{text}");
+            for line in &table {
+                assert!(
+                    display_width(line) <= width,
+                    "{} > {width} columns: {line}\n{text}",
+                    display_width(line)
+                );
+            }
+            for id in IDS {
+                assert!(text.contains(id), "{id} whole at {width}:\n{text}");
+            }
+            assert!(text.contains("(excluded)"), "{text}");
+            if width < 200 {
+                assert!(text.contains('…'), "cut at {width}:\n{text}");
+            }
+            assert!(text.contains("idle-90d"), "rule names stay whole: {text}");
+            // The summary is never cut.
+            assert!(text.contains("Candidates: 2 (idle-90d: 2)"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_narrow_terminal_puts_free_text_on_a_line_of_its_own() {
+        let plan = wide_plan();
+        let mut out = Vec::new();
+        plan_text_fit(&mut out, &plan, &idle_rules(), Some(80)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+        assert_eq!(lines[0], "RULE      ACTION      REGISTRATION", "{text}");
+        assert_eq!(lines[1], "  USER · DEVICE · WHY", "{text}");
+        assert_eq!(
+            lines[6], "idle-90d  delete      c0ffee00-1234-4abc-8def-0123456789ab",
+            "{text}"
+        );
+        assert!(
+            lines[7].starts_with("  ana@example.com · ana's 💻 MacBook Pro 16-inch · idle 118d"),
+            "{text}"
+        );
+        for line in &lines {
+            assert!(display_width(line) <= 80, "{line}\n{text}");
+        }
+        // At 120 the free text keeps its columns.
+        let mut out = Vec::new();
+        plan_text_fit(&mut out, &plan, &idle_rules(), Some(120)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("USER                DEVICE               WHY"),
+            "{text}"
+        );
+        assert!(!text.contains(" · "), "{text}");
+    }
+
+    #[test]
+    fn a_wide_terminal_keeps_every_value_whole() {
+        let plan = wide_plan();
+        let mut whole = Vec::new();
+        plan_text(&mut whole, &plan, &idle_rules()).unwrap();
+        let mut fitted = Vec::new();
+        plan_text_fit(&mut fitted, &plan, &idle_rules(), Some(1000)).unwrap();
+        assert_eq!(whole, fitted);
+    }
+
+    #[test]
+    fn wide_characters_are_aligned_by_their_display_width() {
+        let rows = [
+            ["山田のノートパソコン".to_owned(), "x".to_owned()],
+            ["laptop".to_owned(), "y".to_owned()],
+            ["ana's 💻".to_owned(), "z".to_owned()],
+        ];
+        let header = [("NAME", Fit::Cut), ("LAST", Fit::Whole)];
+        for (width, column) in [(None, 22), (Some(18), 14)] {
+            let mut out = Vec::new();
+            table(&mut out, &header, &rows, width).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let columns: Vec<usize> = text
+                .lines()
+                .map(|l| {
+                    let at = l.rfind(['x', 'y', 'z', 'L']).unwrap();
+                    display_width(&l[..at])
+                })
+                .collect();
+            assert_eq!(columns, [column; 4], "{width:?}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn cut_ends_in_an_ellipsis_within_the_width() {
+        // (case, text, width, expected)
+        let cases = [
+            ("fits", "laptop", 6, "laptop"),
+            ("cut", "laptop-0001", 8, "laptop-…"),
+            ("wide characters", "山田のノート", 7, "山田の…"),
+            (
+                "a wide character does not straddle",
+                "山田のノート",
+                6,
+                "山田…",
+            ),
+            ("escaped text", r"a\u{1b}b", 5, r"a\u{…"),
+        ];
+        for (case, text, width, expected) in cases {
+            let got = cut(text, width);
+            assert_eq!(got, expected, "{case}");
+            assert!(display_width(&got) <= width, "{case}");
+        }
+    }
+
+    #[test]
+    fn fitting_cuts_free_text_then_drops_optional_columns() {
+        use Fit::{Cut, Name, Optional, Whole};
+        // (case, natural widths, fits, width, expected)
+        type Case = (
+            &'static str,
+            Vec<usize>,
+            Vec<Fit>,
+            usize,
+            Vec<Option<usize>>,
+        );
+        let cases: [Case; 6] = [
+            (
+                "names are cut to the soft minimum only",
+                vec![20, 36, 30],
+                vec![Name, Whole, Cut],
+                50,
+                vec![Some(SOFT_MIN), Some(36), Some(HARD_MIN)],
+            ),
+            (
+                "fits as it is",
+                vec![10, 36, 20],
+                vec![Cut, Whole, Cut],
+                70,
+                vec![Some(10), Some(36), Some(20)],
+            ),
+            (
+                "the widest text first",
+                vec![30, 36, 20],
+                vec![Cut, Whole, Cut],
+                80,
+                vec![Some(20), Some(36), Some(20)],
+            ),
+            (
+                "optional kept while text keeps its soft minimum",
+                vec![30, 36, 20, 30],
+                vec![Cut, Whole, Optional, Cut],
+                90,
+                vec![Some(14), Some(36), Some(20), Some(14)],
+            ),
+            (
+                "optional left out before text is cut short",
+                vec![30, 36, 20, 30],
+                vec![Cut, Whole, Optional, Cut],
+                70,
+                vec![Some(15), Some(36), None, Some(15)],
+            ),
+            (
+                "whole columns are never cut",
+                vec![30, 36, 40],
+                vec![Cut, Whole, Whole],
+                50,
+                vec![Some(HARD_MIN), Some(36), Some(40)],
+            ),
+        ];
+        for (case, natural, fits, width, expected) in cases {
+            assert_eq!(fit_widths(&natural, &fits, width), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn plural_agrees_with_its_number() {
+        assert_eq!(plural(0, "page", "pages"), "0 pages");
+        assert_eq!(plural(1, "page", "pages"), "1 page");
+        assert_eq!(plural(2, "day", "days"), "2 days");
+    }
+
+    #[test]
+    fn the_status_column_of_audit_actions_is_cut_to_the_width() {
+        let detail = "HTTP 400: code 2001: ".to_owned() + &"the object is in use; ".repeat(12);
+        let row = action_row("laptop-0001", "someone@example.com", Some(&detail));
+        let mut out = Vec::new();
+        let header = Header::new(None, chrono::Utc::now());
+        actions_fit(
+            &mut out,
+            std::slice::from_ref(&row),
+            Format::Text,
+            &header,
+            Some(200),
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(widest_line(&text) <= 200, "{text}");
+        assert!(text.contains('…'), "{text}");
+        assert!(text.contains(&row.resource_id), "{text}");
+        assert!(text.contains("failed (HTTP 400"), "{text}");
+        let mut out = Vec::new();
+        actions(&mut out, &[row], Format::Text, &header).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains(detail.trim_end()));
     }
 
     #[test]
@@ -1178,7 +1675,13 @@ mod tests {
             ["a\t\tb".to_owned(), "x".to_owned()],
             ["abcdefghij".to_owned(), "y".to_owned()],
         ];
-        table(&mut out, &["H", "LAST"], &rows).unwrap();
+        table(
+            &mut out,
+            &[("H", Fit::Cut), ("LAST", Fit::Cut)],
+            &rows,
+            None,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         let columns: Vec<usize> = text
             .lines()

@@ -480,6 +480,21 @@ impl RuleSet {
             .collect()
     }
 
+    /// Each rule of `kind` on its own, in config order, without any exclusion: asking each
+    /// one about an object names every rule that would select it, not only the first that
+    /// wins (what `explain` shows).
+    pub fn one_by_one(&self, kind: Kind) -> Vec<(&Rule, RuleSet)> {
+        self.rules_of(kind)
+            .map(|rule| {
+                let alone = RuleSet {
+                    rules: vec![rule.clone()],
+                    exclusions: Vec::new(),
+                };
+                (rule, alone)
+            })
+            .collect()
+    }
+
     pub fn evaluate(&self, reg: &Registration, now: DateTime<Utc>) -> Evaluation<'_> {
         let facts = match Facts::read(reg, now) {
             Ok(facts) => facts,
@@ -3342,5 +3357,69 @@ mod tests {
         assert_eq!(fold_case("STRASSE"), fold_case("straße"));
         assert_eq!(fold_case("ΣΊΣΥΦΟΣ"), fold_case("σίσυφος"));
         assert!(matches!(fold_case("plain@example.com"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn one_by_one_asks_every_rule_of_the_kind_on_its_own() {
+        let idle_400 = RuleSettings {
+            idle_days: Some(400),
+            ..rule("idle-400")
+        };
+        let token_rule = RuleSettings {
+            expired_days: Some(1),
+            ..RuleSettings::new("token", Kind::AccessServiceToken, Action::Delete)
+        };
+        let set = RuleSet::new(
+            &[idle(90), revoked(None), idle_400, token_rule],
+            &[ExclusionSettings {
+                user_emails: vec!["*@example.com".into()],
+                ..exclusion()
+            }],
+        )
+        .unwrap();
+        let revoked_idle = Registration {
+            last_seen_at: days_ago(200),
+            revoked_at: Some(days_ago(20)),
+            ..reg()
+        };
+        let future = Registration {
+            last_seen_at: Stamp::Valid(now() + TimeDelta::days(3)),
+            ..reg()
+        };
+        // (case, registration, what each device rule alone says, in config order)
+        let cases: [(&str, Registration, [Option<&str>; 3]); 3] = [
+            ("fresh: no rule", reg(), [None, None, None]),
+            (
+                "idle and revoked: two rules, the later one too; the exclusion is not asked",
+                revoked_idle,
+                [Some("idle 200d >= 90d"), Some("revoked 20d ago"), None],
+            ),
+            ("untrusted data: no rule", future, [None, None, None]),
+        ];
+        for (case, registration, expected) in cases {
+            let alone = set.one_by_one(Kind::DeviceRegistration);
+            let names: Vec<&str> = alone.iter().map(|(r, _)| r.name.as_str()).collect();
+            assert_eq!(names, ["idle", "revoked", "idle-400"], "{case}");
+            let got: Vec<Option<String>> = alone
+                .iter()
+                .map(
+                    |(_, one)| match one.evaluate(&registration, now()).verdict {
+                        Verdict::Act { why, .. } => Some(why.to_string()),
+                        Verdict::Keep => None,
+                        Verdict::Excluded { .. } => panic!("{case}: no exclusion on its own"),
+                    },
+                )
+                .collect();
+            for (got, expected) in got.iter().zip(expected) {
+                match expected {
+                    None => assert_eq!(got, &None, "{case}"),
+                    Some(start) => assert!(
+                        got.as_deref().is_some_and(|g| g.starts_with(start)),
+                        "{case}: {got:?}"
+                    ),
+                }
+            }
+        }
+        assert_eq!(set.one_by_one(Kind::ClientCertificate).len(), 0);
     }
 }

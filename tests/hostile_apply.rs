@@ -337,7 +337,7 @@ async fn one_id_that_cannot_be_deleted(chunk: usize) {
     assert_eq!(report.outcome, RunOutcome::Failed);
     let reason = report.reason.unwrap();
     assert!(
-        reason.contains("1 actions failed") && reason.contains(&bad),
+        reason.contains("1 action failed") && reason.contains(&bad),
         "{reason}"
     );
 
@@ -369,7 +369,7 @@ async fn one_id_that_cannot_be_deleted(chunk: usize) {
             .reason
             .as_deref()
             .unwrap()
-            .contains("1 registrations stuck"));
+            .contains("1 registration stuck"));
         assert_eq!(report.summary.actions_stuck, 1);
         assert_eq!(report.summary.actions_failed, 0);
         let rows = actions_of_run(&env, report.run_id).await;

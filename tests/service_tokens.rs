@@ -261,7 +261,7 @@ async fn plan_then_apply_acts_on_both_kinds_and_records_a_refused_token() {
     );
     let reason = report.reason.as_deref().unwrap_or("");
     assert!(
-        reason.contains("access_service_token: 1 service tokens refused by Cloudflare"),
+        reason.contains("access_service_token: 1 service token refused by Cloudflare"),
         "{reason}"
     );
 

@@ -1,6 +1,7 @@
 //! `check-config`'s human summary of the effective settings: one line per setting group, one
 //! per rule and one per exclusion.
 
+use crate::report::plural;
 use crate::resource::{Kind, ResourceId};
 
 use super::{Auth, CloudflareSettings, Config, ExclusionSettings, Mode, RuleSettings};
@@ -22,15 +23,15 @@ impl Config {
         lines.extend(credentials(cf));
         lines.extend([
             format!(
-                "api: {} ({} per page, {} ids per bulk call, {}s timeout, {} retries, \
-                 at most {} requests and {}s per cycle, at most {}% of Cloudflare's rate-limit \
+                "api: {} ({} per page, {} per bulk call, {}s timeout, {}, \
+                 at most {} and {}s per cycle, at most {}% of Cloudflare's rate-limit \
                  quota)",
                 cf.base_url,
                 cf.per_page,
-                cf.bulk_chunk_size,
+                plural(cf.bulk_chunk_size as u64, "id", "ids"),
                 cf.request_timeout_secs,
-                cf.max_retries,
-                cf.max_requests_per_cycle,
+                plural(u64::from(cf.max_retries), "retry", "retries"),
+                plural(u64::from(cf.max_requests_per_cycle), "request", "requests"),
                 cf.cycle_deadline_secs,
                 cf.rate_share * 100.0,
             ),
@@ -103,13 +104,14 @@ impl Config {
             self.safety.max_actions_per_run,
             percent(self.safety.max_fraction_per_run),
         );
+        let actions = plural(actions, "action", "actions");
         match kinds.as_slice() {
             [one] => format!(
-                "limits: at most {actions} actions and {fraction} of the {} listed per run",
+                "limits: at most {actions} and {fraction} of the {} listed per run",
                 one.noun().1
             ),
             _ => format!(
-                "limits, for each resource kind on its own: at most {actions} actions and \
+                "limits, for each resource kind on its own: at most {actions} and \
                  {fraction} of that kind's objects listed per run"
             ),
         }
@@ -137,16 +139,26 @@ fn credentials(cf: &CloudflareSettings) -> Vec<String> {
     }
 }
 
+impl RuleSettings {
+    /// The rule on one line, as `check-config` shows it: name, action, kind and conditions.
+    pub fn describe(&self) -> String {
+        describe_rule(self)
+    }
+}
+
 fn describe_rule(rule: &RuleSettings) -> String {
     let mut conditions = Vec::new();
     if let Some(days) = rule.expired_days {
-        conditions.push(format!("expired at least {days} days ago"));
+        conditions.push(format!("expired at least {} ago", days_text(days)));
     }
     if let Some(days) = rule.unused_days {
-        conditions.push(format!("unused for at least {days} days"));
+        conditions.push(format!("unused for at least {}", days_text(days)));
     }
     if let Some(days) = rule.disabled_days {
-        conditions.push(format!("disabled and modified at least {days} days ago"));
+        conditions.push(format!(
+            "disabled and modified at least {} ago",
+            days_text(days)
+        ));
     }
     if let Some(names) = &rule.names {
         conditions.push(format!("named {}", names.join(" | ")));
@@ -158,11 +170,11 @@ fn describe_rule(rule: &RuleSettings) -> String {
         conditions.push(format!("issued by {ca}"));
     }
     if let Some(days) = rule.idle_days {
-        conditions.push(format!("idle for at least {days} days"));
+        conditions.push(format!("idle for at least {}", days_text(days)));
     }
     if rule.revoked {
         conditions.push(match rule.revoked_min_days {
-            Some(days) => format!("revoked at least {days} days ago"),
+            Some(days) => format!("revoked at least {} ago", days_text(days)),
             None => "revoked".to_owned(),
         });
     }
@@ -184,6 +196,11 @@ fn describe_rule(rule: &RuleSettings) -> String {
         rule.resource,
         conditions.join(", ")
     )
+}
+
+/// "1 day", "7 days".
+fn days_text(days: u32) -> String {
+    plural(u64::from(days), "day", "days")
 }
 
 fn describe_exclusion(exclusion: &ExclusionSettings) -> String {
@@ -282,6 +299,37 @@ mod tests {
             text.contains("executives: user_email matches *@board.example.com | ceo@example.com"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_day_is_singular() {
+        // (settings, expected line)
+        let rule = |extra: &str| {
+            let text = format!(
+                "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+                 [[rule]]\nname = \"r\"\nresource = \"device_registration\"\n\
+                 action = \"delete\"\n{extra}\n"
+            );
+            let config = Config::from_toml_str(&text, std::path::Path::new("zt.toml")).unwrap();
+            config.rules[0].describe()
+        };
+        let cases = [
+            (
+                "idle_days = 1",
+                "r: delete device_registration idle for at least 1 day",
+            ),
+            (
+                "idle_days = 2",
+                "r: delete device_registration idle for at least 2 days",
+            ),
+            (
+                "revoked = true\nrevoked_min_days = 1",
+                "r: delete device_registration revoked at least 1 day ago",
+            ),
+        ];
+        for (extra, expected) in cases {
+            assert_eq!(rule(extra), expected, "{extra}");
+        }
     }
 
     #[test]

@@ -1853,6 +1853,165 @@ impl AuditStore {
     }
 }
 
+/// One attempt to deliver a run's notification to a `[[notify]]` target: a row of
+/// `notification_attempts`. Never the URL: it is a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationAttempt {
+    pub run: RunId,
+    pub target: String,
+    /// From 1.
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    /// The last attempt of its delivery.
+    pub last: bool,
+}
+
+/// An object a run acted on, failed on, or would act on, for a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunItem {
+    pub kind: String,
+    pub zone: Option<String>,
+    pub id: String,
+    /// The device's name, the token's name, the certificate's common name.
+    pub name: Option<String>,
+    pub user_email: Option<String>,
+    pub rule: String,
+    pub action: String,
+    pub status: String,
+    pub detail: Option<String>,
+}
+
+/// The statuses a notification lists, worst first: failures, then what was done, then what
+/// was not attempted or only planned.
+const ITEM_STATUSES: [&str; 8] = [
+    "failed",
+    "unconfirmed",
+    "stuck",
+    "refused_by_api",
+    "done",
+    "already_gone",
+    "not_attempted",
+    "planned",
+];
+
+impl AuditStore {
+    /// Records one notification attempt.
+    pub async fn record_notification_attempt(
+        &self,
+        a: &NotificationAttempt,
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        sqlx::query(
+            "INSERT INTO notification_attempts (run_id, target, attempt, started_at,
+                 finished_at, outcome, http_status, error, last)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(a.run.0)
+        .bind(&a.target)
+        .bind(i64::from(a.attempt))
+        .bind(ts(a.started_at))
+        .bind(ts(a.finished_at))
+        .bind(&a.outcome)
+        .bind(a.http_status.map(i64::from))
+        .bind(&a.error)
+        .bind(a.last)
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?;
+        Ok(())
+    }
+
+    /// The candidates of the last finished run of `mode` before `run`; `None` when there is
+    /// none or its listing did not complete.
+    pub async fn previous_candidates(
+        &self,
+        run: RunId,
+        mode: Mode,
+    ) -> Result<Option<u64>, AuditError> {
+        let row = sqlx::query(
+            "SELECT candidates FROM runs
+             WHERE id < ?1 AND mode = ?2 AND outcome IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(run.0)
+        .bind(mode.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        Ok(row
+            .and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten())
+            .and_then(|n| u64::try_from(n).ok()))
+    }
+
+    /// The first `limit` objects of `run` a notification lists (failures first, then done,
+    /// then not attempted or planned), and how many of each status there are in all.
+    pub async fn run_items(
+        &self,
+        run: RunId,
+        limit: usize,
+    ) -> Result<(Vec<RunItem>, Vec<(String, u64)>), AuditError> {
+        let statuses = ITEM_STATUSES
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let order: String = ITEM_STATUSES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!(" WHEN '{s}' THEN {i}"))
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT resource_kind, zone_id, resource_id, device_name, user_email, rule, action,
+                    status, status_detail
+             FROM actions WHERE run_id = ?1 AND status IN ({statuses})
+             ORDER BY CASE status{order} END, id LIMIT ?2"
+        ))
+        .bind(run.0)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        // try_get: SQLite keeps any type in any column, which `get` would panic on.
+        let text = |row: &sqlx::sqlite::SqliteRow, i: usize| {
+            row.try_get::<Option<String>, _>(i)
+                .map_err(AuditError::Read)
+        };
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(RunItem {
+                kind: text(row, 0)?.unwrap_or_default(),
+                zone: text(row, 1)?,
+                id: text(row, 2)?.unwrap_or_default(),
+                name: text(row, 3)?,
+                user_email: text(row, 4)?,
+                rule: text(row, 5)?.unwrap_or_default(),
+                action: text(row, 6)?.unwrap_or_default(),
+                status: text(row, 7)?.unwrap_or_default(),
+                detail: text(row, 8)?,
+            });
+        }
+        let counts = sqlx::query(&format!(
+            "SELECT status, count(*) FROM actions WHERE run_id = ?1 AND status IN ({statuses})
+             GROUP BY status ORDER BY CASE status{order} END"
+        ))
+        .bind(run.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        let mut totals = Vec::with_capacity(counts.len());
+        for row in &counts {
+            let status: String = row.try_get(0).map_err(AuditError::Read)?;
+            let n: i64 = row.try_get(1).map_err(AuditError::Read)?;
+            totals.push((status, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok((items, totals))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -392,7 +392,15 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    // The run row is closed: notify, then wait for the deliveries (each bounded by its
+    // deadline) so that a one-shot run still notifies, and their attempts are audited.
+    let outbox = crate::notify::Outbox::default();
+    let config = &janitor.loaded.config;
+    outbox.after_run(config, &janitor.audit, &janitor.metrics, &report);
     report_cycle(&janitor, &report, output)?;
+    if !outbox.wait(crate::notify::longest_deadline(config)).await {
+        tracing::warn!("notifications still being delivered at their deadline were abandoned");
+    }
     janitor.close().await;
     if janitor.loaded.config.safety.mode == Mode::Plan {
         tracing::debug!("plan mode: nothing was changed");

@@ -279,7 +279,8 @@ impl Digest {
             run.run_id,
             run.mode,
             run.outcome.as_str(),
-            s.candidates.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            s.candidates
+                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
             s.actions_done,
             s.actions_failed,
             s.actions_refused,
@@ -327,7 +328,8 @@ impl Digest {
     /// objects in sections of at most [`SLACK_SECTION`] characters, and a context line
     /// counting what is not listed. Every text from outside is escaped ([`slack_escape`]).
     fn slack(&self) -> Value {
-        let section = |text: String| json!({"type": "section", "text": {"type": "mrkdwn", "text": text}});
+        let section =
+            |text: String| json!({"type": "section", "text": {"type": "mrkdwn", "text": text}});
         let mut blocks = vec![section(format!("*{}*", slack_escape(&self.summary)))];
         for k in &self.kinds {
             let place = match &k.zone {
@@ -381,12 +383,14 @@ impl Digest {
                 .iter()
                 .map(|(status, n)| format!("{n} {}", slack_escape(status)))
                 .collect();
-            blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
-                "{} more objects and {} more parts not listed; in all: {}",
-                self.items_omitted,
-                self.kinds_omitted,
-                totals.join(", ")
-            )}]}));
+            blocks.push(
+                json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                    "{} more objects and {} more parts not listed; in all: {}",
+                    self.items_omitted,
+                    self.kinds_omitted,
+                    totals.join(", ")
+                )}]}),
+            );
         }
         json!({"text": slack_escape(&self.summary), "blocks": blocks})
     }
@@ -582,9 +586,7 @@ async fn deliver(
         )
         .await;
         let a = classify(sent, &url);
-        let wait = a
-            .retry_after
-            .unwrap_or_else(|| backoff(attempt));
+        let wait = a.retry_after.unwrap_or_else(|| backoff(attempt));
         let remaining = deadline.saturating_duration_since(Instant::now());
         let last = !a.retryable || wait >= remaining;
         save(audit, record(attempt, started_at, &a, last)).await;
@@ -681,4 +683,166 @@ fn backoff(attempt: u32) -> Duration {
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
         .min(MAX_BACKOFF);
     base.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(outcome: RunOutcome, done: u64, failed: u64, candidates: Option<u64>) -> RunFacts {
+        let summary = RunSummary {
+            candidates,
+            actions_done: done,
+            actions_failed: failed,
+            ..RunSummary::default()
+        };
+        RunFacts {
+            run_id: 7,
+            mode: Mode::Apply,
+            outcome,
+            reason: None,
+            seconds: 1.0,
+            summary: summary.clone(),
+            parts: vec![PartFacts {
+                kind: Kind::DeviceRegistration,
+                zone: None,
+                outcome,
+                reason: None,
+                summary,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_run_is_quiet_unless_it_did_failed_or_its_candidates_changed() {
+        use NotifyLevel::*;
+        use RunOutcome::*;
+        // (case, run, previous candidates, level)
+        let cases = [
+            ("nothing to do", run(Applied, 0, 0, Some(0)), None, None),
+            (
+                "same candidates as before",
+                run(Planned, 0, 0, Some(4)),
+                Some(4),
+                None,
+            ),
+            (
+                "new candidates",
+                run(Planned, 0, 0, Some(5)),
+                Some(4),
+                Some(Actions),
+            ),
+            (
+                "first run with candidates",
+                run(Planned, 0, 0, Some(5)),
+                None,
+                Some(Actions),
+            ),
+            (
+                "actions done",
+                run(Applied, 3, 0, Some(3)),
+                Some(3),
+                Some(Actions),
+            ),
+            (
+                "actions failed",
+                run(Applied, 2, 1, Some(3)),
+                Some(3),
+                Some(Warnings),
+            ),
+            (
+                "refused by the caps",
+                run(Refused, 0, 0, Some(90)),
+                Some(90),
+                Some(Warnings),
+            ),
+            (
+                "listing aborted",
+                run(Aborted, 0, 0, None),
+                Some(3),
+                Some(Errors),
+            ),
+            ("run failed", run(Failed, 0, 0, None), None, Some(Errors)),
+        ];
+        for (case, facts, previous, expected) in cases {
+            assert_eq!(level(&facts, previous), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn min_level_filters_changes_and_always_sends_everything() {
+        let mut t = NotifySettings {
+            name: "t".into(),
+            format: NotifyFormat::Json,
+            url: crate::config::UrlSource::Env("X".into()),
+            send: NotifySend::Changes,
+            min_level: NotifyLevel::Warnings,
+            max_items: 20,
+            timeout_secs: 10,
+            deadline_secs: 60,
+        };
+        assert!(!wants(&t, None));
+        assert!(!wants(&t, Some(NotifyLevel::Actions)));
+        assert!(wants(&t, Some(NotifyLevel::Warnings)));
+        assert!(wants(&t, Some(NotifyLevel::Errors)));
+        t.send = NotifySend::Always;
+        assert!(wants(&t, None));
+    }
+
+    #[test]
+    fn slack_text_cannot_mention_link_or_break_lines() {
+        assert_eq!(
+            slack_escape("<!channel> <@U1> <https://x|y> a&b\n"),
+            "&lt;!channel&gt; &lt;@U1&gt; &lt;https://x|y&gt; a&amp;b\\u{a}"
+        );
+    }
+
+    #[test]
+    fn the_payload_is_bounded() {
+        let item = |i: usize| RunItem {
+            kind: "device_registration".into(),
+            zone: None,
+            id: format!("id-{i}"),
+            name: Some("x".repeat(10_000)),
+            user_email: None,
+            rule: "r".into(),
+            action: "delete".into(),
+            status: "done".into(),
+            detail: None,
+        };
+        let items: Vec<RunItem> = (0..100).map(item).collect();
+        let facts = run(RunOutcome::Applied, 500, 0, Some(500));
+        let digest = Digest::build(
+            &facts,
+            "acct",
+            Some(NotifyLevel::Actions),
+            &items,
+            &[("done".into(), 500)],
+            100,
+        );
+        let json = digest.payload(NotifyFormat::Json, 3);
+        assert_eq!(json["items"].as_array().unwrap().len(), 3);
+        assert_eq!(json["items_omitted"], 497);
+        assert!(json["items"][0]["name"].as_str().unwrap().chars().count() <= MAX_TEXT + 1);
+        let slack = digest.payload(NotifyFormat::Slack, 100);
+        let blocks = slack["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50, "{}", blocks.len());
+        for b in blocks {
+            if let Some(text) = b["text"]["text"].as_str() {
+                assert!(text.chars().count() <= 3000, "{}", text.len());
+            }
+        }
+        assert!(serde_json::to_vec(&slack).unwrap().len() < 100_000);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 1..40 {
+            let b = backoff(attempt);
+            let base = FIRST_BACKOFF
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(MAX_BACKOFF);
+            assert!(b >= base / 2 && b <= base, "{attempt}: {b:?}");
+        }
+    }
 }

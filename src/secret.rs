@@ -616,6 +616,42 @@ mod tests {
 
     const SECRET: &str = "cf-Z9xY8wV7uT6sR5qP4oN3mL2kJ1iH0gF_eDcB";
 
+    #[test]
+    fn a_webhook_url_never_prints_and_must_be_https_or_loopback() {
+        let url = "https://hooks.slack.com/services/T0/B0/xoxsecretpart";
+        let env = |v: &'static str| move |n: &str| (n == "HOOK").then(|| OsString::from(v));
+        let source = UrlSource::Env("HOOK".into());
+        let loaded = WebhookUrl::load(&source, env(url)).unwrap();
+        assert_eq!(loaded.expose(), url);
+        assert_eq!(loaded.host(), "hooks.slack.com");
+        for shown in [
+            format!("{loaded:?}"),
+            format!("{loaded}"),
+            format!("{loaded:#?}"),
+        ] {
+            assert_eq!(shown, "[redacted]");
+        }
+        for bad in [
+            "http://hooks.example.com/x",
+            "ftp://hooks.example.com/x",
+            "https://user:pw@hooks.example.com/x",
+            "not a url",
+        ] {
+            let e = WebhookUrl::load(&source, env(bad))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("HOOK") && e.contains("webhook URL"), "{e}");
+            assert!(!e.contains("hooks.example.com"), "{e}");
+        }
+        assert!(WebhookUrl::load(&source, env("http://127.0.0.1:9/x")).is_ok());
+        let unset = WebhookUrl::load(&source, |_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(unset.contains("[[notify]] url_file"), "{unset}");
+    }
+
     fn settings(file: Option<&str>, env: &str) -> CloudflareSettings {
         let text = format!(
             "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n{}\

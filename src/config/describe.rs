@@ -95,7 +95,11 @@ impl Config {
         );
         if !self.notify.is_empty() {
             lines.push(format!("notify ({}):", self.notify.len()));
-            lines.extend(self.notify.iter().map(|n| format!("  {}", describe_notify(n))));
+            lines.extend(
+                self.notify
+                    .iter()
+                    .map(|n| format!("  {}", describe_notify(n))),
+            );
         }
         lines.join("\n") + "\n"
     }

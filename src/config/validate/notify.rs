@@ -121,7 +121,10 @@ impl Validator<'_> {
             Some(send) => self.note(self.one_of(
                 send,
                 &key("send"),
-                &[("changes", NotifySend::Changes), ("always", NotifySend::Always)],
+                &[
+                    ("changes", NotifySend::Changes),
+                    ("always", NotifySend::Always),
+                ],
             )),
             None => Some(NotifySend::Changes),
         };
@@ -205,6 +208,105 @@ impl Validator<'_> {
                  \"ZT_JANITOR_SLACK_URL\"; the webhook URL itself goes in that variable, never \
                  in this file",
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::fixtures::{load, MINIMAL};
+    use crate::config::{NotifyFormat, NotifyLevel, NotifySend, UrlSource};
+
+    #[test]
+    fn notify_targets_are_read_with_their_defaults() {
+        let config = load(&format!(
+            "{MINIMAL}[[notify]]\nname = \"ops\"\nurl_env = \"OPS_HOOK\"\n\n[[notify]]\n\
+             name = \"slack\"\nformat = \"slack\"\nurl_file = \"%d/webhook-url\"\n\
+             send = \"always\"\nmin_level = \"errors\"\nmax_items = 5\ntimeout_secs = 3\n\
+             deadline_secs = 30\n"
+        ))
+        .unwrap();
+        let [ops, slack] = &config.notify[..] else {
+            panic!("{:?}", config.notify)
+        };
+        assert_eq!(ops.url, UrlSource::Env("OPS_HOOK".into()));
+        assert_eq!(
+            (ops.format, ops.send, ops.min_level, ops.max_items),
+            (
+                NotifyFormat::Json,
+                NotifySend::Changes,
+                NotifyLevel::Actions,
+                20
+            )
+        );
+        assert_eq!((ops.timeout_secs, ops.deadline_secs), (10, 60));
+        assert_eq!(slack.url, UrlSource::File("%d/webhook-url".into()));
+        assert_eq!(
+            (slack.format, slack.send, slack.min_level, slack.max_items),
+            (
+                NotifyFormat::Slack,
+                NotifySend::Always,
+                NotifyLevel::Errors,
+                5
+            )
+        );
+        assert!(config
+            .describe()
+            .contains("slack: slack webhook, URL read from file"));
+    }
+
+    #[test]
+    fn bad_notify_tables_are_located() {
+        // (case, table, line, col, key, part of the message)
+        let cases = [
+            ("no URL source", "[[notify]]\nname = \"a\"\n", 9, 1, "[[notify]] #1 url_file", "missing"),
+            (
+                "both sources",
+                "[[notify]]\nname = \"a\"\nurl_env = \"A\"\nurl_file = \"f\"\n",
+                12,
+                12,
+                "[[notify]] #1 url_file",
+                "ambiguous",
+            ),
+            ("no name", "[[notify]]\nurl_env = \"A\"\n", 9, 1, "[[notify]] #1 name", "missing"),
+            (
+                "a URL in url_env",
+                "[[notify]]\nname = \"a\"\nurl_env = \"https://x/y\"\n",
+                11,
+                11,
+                "[[notify]] #1 url_env",
+                "NAME of an environment variable",
+            ),
+            (
+                "bad level",
+                "[[notify]]\nname = \"a\"\nurl_env = \"A\"\nmin_level = \"info\"\n",
+                12,
+                13,
+                "[[notify]] #1 min_level",
+                "\"actions\", \"warnings\" or \"errors\"",
+            ),
+            (
+                "duplicate name",
+                "[[notify]]\nname = \"a\"\nurl_env = \"A\"\n[[notify]]\nname = \"a\"\nurl_env = \"B\"\n",
+                13,
+                8,
+                "[[notify]] #2 name",
+                "unique",
+            ),
+        ];
+        for (case, table, line, col, key, message) in cases {
+            let error = load(&format!("{MINIMAL}{table}")).unwrap_err();
+            let p = &error.problems()[0];
+            assert_eq!(
+                (p.line, p.col, p.key.as_str()),
+                (line, col, key),
+                "{case}: {error}"
+            );
+            assert!(p.message.contains(message), "{case}: {}", p.message);
+            assert!(
+                !error.to_string().contains("https://x/y"),
+                "{case}: {error}"
+            );
         }
     }
 }

@@ -586,7 +586,9 @@ async fn deliver(
         )
         .await;
         let a = classify(sent, &url);
-        let wait = a.retry_after.unwrap_or_else(|| backoff(attempt));
+        // Never sooner than the server asked, nor than the backoff: a `Retry-After: 0` must
+        // not turn into a flood.
+        let wait = a.retry_after.unwrap_or_default().max(backoff(attempt));
         let remaining = deadline.saturating_duration_since(Instant::now());
         let last = !a.retryable || wait >= remaining;
         save(audit, record(attempt, started_at, &a, last)).await;
@@ -833,6 +835,38 @@ mod tests {
             }
         }
         assert!(serde_json::to_vec(&slack).unwrap().len() < 100_000);
+    }
+
+    #[test]
+    fn answers_are_classified_and_only_transient_ones_retried() {
+        let url = WebhookUrl::load(&crate::config::UrlSource::Env("U".into()), |_| {
+            Some("https://hooks.example.com/secret".into())
+        })
+        .unwrap();
+        let answer = |status: u16, retry_after: Option<&str>| {
+            let mut r = axum::http::Response::builder().status(status);
+            if let Some(v) = retry_after {
+                r = r.header("retry-after", v);
+            }
+            classify(Ok(Ok(reqwest::Response::from(r.body("").unwrap()))), &url)
+        };
+        // (status, Retry-After, outcome, retried, wait asked)
+        let cases = [
+            (200, None, "delivered", false, None),
+            (204, None, "delivered", false, None),
+            (429, Some("7"), "rate_limited", true, Some(7)),
+            (503, Some("soon"), "server_error", true, None),
+            (500, None, "server_error", true, None),
+            (302, None, "rejected", false, None),
+            (404, Some("5"), "rejected", false, None),
+        ];
+        for (status, retry_after, outcome, retried, wait) in cases {
+            let a = answer(status, retry_after);
+            assert_eq!(a.outcome, outcome, "{status}");
+            assert_eq!(a.retryable, retried, "{status}");
+            assert_eq!(a.retry_after, wait.map(Duration::from_secs), "{status}");
+            assert_eq!(a.status, Some(status));
+        }
     }
 
     #[test]

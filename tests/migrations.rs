@@ -297,6 +297,7 @@ async fn a_database_from_before_resource_kinds_reads_back_as_device_registration
             "actions_run",
             "actions_user_folded",
             "mutations_pending",
+            "notification_attempts_run",
         ]
     );
     pool.close().await;
@@ -460,6 +461,7 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
             "actions_run",
             "actions_user_folded",
             "mutations_pending",
+            "notification_attempts_run",
         ]
     );
     pool.close().await;

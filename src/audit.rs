@@ -505,6 +505,22 @@ pub struct MarkRow {
     pub last_run_id: i64,
 }
 
+/// A mark set or cleared by a run, for its notification. `name`, `user_email` and `action`
+/// come from the mark, so a cleared one has none.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MarkEvent {
+    pub event: String,
+    pub resource_kind: String,
+    pub zone_id: Option<String>,
+    pub resource_id: String,
+    pub rule: String,
+    pub first_marked_at: String,
+    pub reason: Option<String>,
+    pub name: Option<String>,
+    pub user_email: Option<String>,
+    pub action: Option<String>,
+}
+
 /// Filters of `zt-janitor audit marks`; all optional, combined with AND.
 #[derive(Debug, Clone, Default)]
 pub struct MarkFilter {
@@ -1338,6 +1354,49 @@ impl AuditStore {
             .fetch_all(&self.pool)
             .await
             .map_err(AuditError::Read)
+    }
+
+    /// The marks run `run` set and cleared, at most `limit` of each (oldest first), with how
+    /// many of each there were in all.
+    pub async fn run_mark_events(
+        &self,
+        run: RunId,
+        limit: usize,
+    ) -> Result<(Vec<MarkEvent>, u64, u64), AuditError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut events = Vec::new();
+        for event in ["marked", "cleared"] {
+            let mut rows: Vec<MarkEvent> = sqlx::query_as(
+                "SELECT e.event, e.resource_kind, e.zone_id, e.resource_id, e.rule,
+                     e.first_marked_at, e.reason, m.name, m.user_email, m.action
+                 FROM mark_events e
+                 LEFT JOIN marks m ON m.resource_kind = e.resource_kind
+                     AND m.zone_key = coalesce(e.zone_id, '') AND m.id_key = lower(e.resource_id)
+                 WHERE e.run_id = ?1 AND e.event = ?2 ORDER BY e.id LIMIT ?3",
+            )
+            .bind(run.0)
+            .bind(event)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(AuditError::Read)?;
+            events.append(&mut rows);
+        }
+        let count = |event: &'static str| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM mark_events WHERE run_id = ?1 AND event = ?2",
+            )
+            .bind(run.0)
+            .bind(event)
+            .fetch_one(&self.pool)
+        };
+        let marked = count("marked").await.map_err(AuditError::Read)?;
+        let cleared = count("cleared").await.map_err(AuditError::Read)?;
+        Ok((
+            events,
+            u64::try_from(marked).unwrap_or(0),
+            u64::try_from(cleared).unwrap_or(0),
+        ))
     }
 
     /// How many marks each kind and rule holds, for the gauge.
@@ -2316,6 +2375,165 @@ fn push_action_filter(q: &mut QueryBuilder<'_, sqlx::Sqlite>, f: &ActionFilter) 
     }
     if let Some(until) = f.until {
         q.push(" AND a.decided_at < ").push_bind(ts(until));
+    }
+}
+
+/// One attempt to deliver a run's notification to a `[[notify]]` target: a row of
+/// `notification_attempts`. Never the URL: it is a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationAttempt {
+    pub run: RunId,
+    pub target: String,
+    /// From 1.
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    /// The last attempt of its delivery.
+    pub last: bool,
+}
+
+/// An object a run acted on, failed on, or would act on, for a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunItem {
+    pub kind: String,
+    pub zone: Option<String>,
+    pub id: String,
+    /// The device's name, the token's name, the certificate's common name.
+    pub name: Option<String>,
+    pub user_email: Option<String>,
+    pub rule: String,
+    pub action: String,
+    pub status: String,
+    pub detail: Option<String>,
+}
+
+/// The statuses a notification lists, worst first: failures, then what was done, then what
+/// was not attempted or only planned.
+const ITEM_STATUSES: [&str; 8] = [
+    "failed",
+    "unconfirmed",
+    "stuck",
+    "refused_by_api",
+    "done",
+    "already_gone",
+    "not_attempted",
+    "planned",
+];
+
+impl AuditStore {
+    /// Records one notification attempt.
+    pub async fn record_notification_attempt(
+        &self,
+        a: &NotificationAttempt,
+    ) -> Result<(), AuditError> {
+        let _timer = self.timer();
+        sqlx::query(
+            "INSERT INTO notification_attempts (run_id, target, attempt, started_at,
+                 finished_at, outcome, http_status, error, last)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(a.run.0)
+        .bind(&a.target)
+        .bind(i64::from(a.attempt))
+        .bind(ts(a.started_at))
+        .bind(ts(a.finished_at))
+        .bind(&a.outcome)
+        .bind(a.http_status.map(i64::from))
+        .bind(&a.error)
+        .bind(a.last)
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?;
+        Ok(())
+    }
+
+    /// The candidates of the last finished run of `mode` before `run`; `None` when there is
+    /// none or its listing did not complete.
+    pub async fn previous_candidates(
+        &self,
+        run: RunId,
+        mode: Mode,
+    ) -> Result<Option<u64>, AuditError> {
+        let row = sqlx::query(
+            "SELECT candidates FROM runs
+             WHERE id < ?1 AND mode = ?2 AND outcome IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(run.0)
+        .bind(mode.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        Ok(row
+            .and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten())
+            .and_then(|n| u64::try_from(n).ok()))
+    }
+
+    /// The first `limit` objects of `run` a notification lists (failures first, then done,
+    /// then not attempted or planned), and how many of each status there are in all.
+    pub async fn run_items(
+        &self,
+        run: RunId,
+        limit: usize,
+    ) -> Result<(Vec<RunItem>, Vec<(String, u64)>), AuditError> {
+        let statuses = ITEM_STATUSES
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let order: String = ITEM_STATUSES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!(" WHEN '{s}' THEN {i}"))
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT resource_kind, zone_id, resource_id, device_name, user_email, rule, action,
+                    status, status_detail
+             FROM actions WHERE run_id = ?1 AND status IN ({statuses})
+             ORDER BY CASE status{order} END, id LIMIT ?2"
+        ))
+        .bind(run.0)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        // try_get: SQLite keeps any type in any column, which `get` would panic on.
+        let text = |row: &sqlx::sqlite::SqliteRow, i: usize| {
+            row.try_get::<Option<String>, _>(i)
+                .map_err(AuditError::Read)
+        };
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(RunItem {
+                kind: text(row, 0)?.unwrap_or_default(),
+                zone: text(row, 1)?,
+                id: text(row, 2)?.unwrap_or_default(),
+                name: text(row, 3)?,
+                user_email: text(row, 4)?,
+                rule: text(row, 5)?.unwrap_or_default(),
+                action: text(row, 6)?.unwrap_or_default(),
+                status: text(row, 7)?.unwrap_or_default(),
+                detail: text(row, 8)?,
+            });
+        }
+        let counts = sqlx::query(&format!(
+            "SELECT status, count(*) FROM actions WHERE run_id = ?1 AND status IN ({statuses})
+             GROUP BY status ORDER BY CASE status{order} END"
+        ))
+        .bind(run.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        let mut totals = Vec::with_capacity(counts.len());
+        for row in &counts {
+            let status: String = row.try_get(0).map_err(AuditError::Read)?;
+            let n: i64 = row.try_get(1).map_err(AuditError::Read)?;
+            totals.push((status, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok((items, totals))
     }
 }
 

@@ -567,12 +567,30 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    report_cycle(&janitor, &report, output)?;
+    report_and_notify(&janitor, &report, output).await?;
     janitor.close().await;
     if janitor.loaded.config.safety.mode == Mode::Plan {
         tracing::debug!("plan mode: nothing was changed");
     }
     Ok(Exit::of(report.outcome).into())
+}
+
+/// Prints a finished run's report while its notifications go out, then waits for them (each
+/// bounded by its deadline), so that a one-shot run still notifies and its attempts are
+/// audited before the store closes.
+async fn report_and_notify(
+    janitor: &crate::startup::Janitor,
+    report: &crate::cycle::CycleReport,
+    output: CycleFormat,
+) -> Result<()> {
+    let outbox = crate::notify::Outbox::default();
+    let config = &janitor.loaded.config;
+    outbox.after_run(config, &janitor.audit, &janitor.metrics, report);
+    let printed = report_cycle(janitor, report, output);
+    if !outbox.wait(crate::notify::longest_deadline(config)).await {
+        tracing::warn!("notifications still being delivered at their deadline were abandoned");
+    }
+    printed
 }
 
 /// Prints a cycle's report: each part's table (when kept) and the summary, or one JSON
@@ -654,7 +672,7 @@ async fn apply(mut config: Config, args: ApplyArgs) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    report_cycle(&janitor, &report, args.output)?;
+    report_and_notify(&janitor, &report, args.output).await?;
     janitor.close().await;
     Ok(Exit::of(report.outcome).into())
 }

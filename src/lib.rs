@@ -3,7 +3,7 @@
 //! One module per concern: `config` (settings), `secret` (the API token), `cloudflare` (model
 //! and the only HTTP client), `resource` (what differs per kind of object), `rules` (pure decisions), `plan` (listing through the rules),
 //! `apply` (the executor), `audit` (the only SQL), `cycle` (one run end to end), `explain` (one object's verdict), `metrics`,
-//! `http` and `logging` (observability), `startup` (what a process opens before its first cycle),
+//! `http` and `logging` (observability), `notify` (webhooks after each run), `startup` (what a process opens before its first cycle),
 //! `schedule` (the daemon), `report` (rendering), `cli`, and the built-in `fake` API with the
 //! `demo` and `bench` commands built on it.
 
@@ -21,6 +21,7 @@ pub mod fake;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub quota_wait_seconds: Counter,
     pub quota_remaining: IntGauge,
     pub skipped_ticks: IntCounter,
+    pub notifications: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub stuck_resources: IntGaugeVec,
     pub audit_writable: IntGauge,
@@ -193,6 +194,16 @@ impl Metrics {
                 "Schedule ticks skipped because a cycle was still running.",
             )
             .expect("valid metric"),
+            notifications: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_notifications_total",
+                    "Notification delivery attempts, by [[notify]] target and outcome \
+                     (delivered, rejected, server_error, rate_limited, timeout, \
+                     transport_error, url_unavailable).",
+                ),
+                &["target", "outcome"],
+            )
+            .expect("valid metric"),
             config_reloads: IntCounterVec::new(
                 Opts::new(
                     "zt_janitor_config_reloads_total",
@@ -305,6 +316,17 @@ impl Metrics {
         }
     }
 
+    /// Creates `zt_janitor_notifications_total` at 0 for each target and each outcome an
+    /// attempt can have; called with the targets in force at start and after each reload.
+    pub fn preinitialise_notify(&self, targets: &[crate::config::NotifySettings]) {
+        for target in targets {
+            for outcome in crate::notify::ATTEMPT_OUTCOMES {
+                self.notifications
+                    .with_label_values(&[target.name.as_str(), outcome]);
+            }
+        }
+    }
+
     /// Records how the last run ended: its outcome's series 1, the others 0.
     pub fn set_last_outcome(&self, last: RunOutcome) {
         for outcome in RunOutcome::ALL {
@@ -363,6 +385,7 @@ impl Metrics {
             Box::new(self.quota_wait_seconds.clone()),
             Box::new(self.quota_remaining.clone()),
             Box::new(self.skipped_ticks.clone()),
+            Box::new(self.notifications.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.stuck_resources.clone()),
             Box::new(self.audit_writable.clone()),

@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError};
 use crate::cycle::{self, CycleError};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
+use crate::notify::Outbox;
 use crate::rules::GlobError;
 use crate::startup::{self, Janitor, Loaded, StartupError};
 use crate::stop::ShutdownSignals;
@@ -100,6 +101,8 @@ struct Daemon {
     quota: Quota,
     /// Held for the whole of a cycle; a tick that cannot take it is skipped.
     cycle_lock: Mutex<()>,
+    /// Notifications in flight: they outlive their cycle and never hold `cycle_lock`.
+    outbox: Outbox,
 }
 
 /// Where a started daemon can be reached; handed to the caller for tests and the demo.
@@ -124,6 +127,7 @@ pub async fn run_daemon(
         quota,
     } = startup::open(config).await?.with_stop(stop);
     metrics.preinitialise_rules(&loaded.rules);
+    metrics.preinitialise_notify(&loaded.config.notify);
     // A restart must not read as "never succeeded": the log remembers the last runs.
     match audit.last_runs().await {
         Ok(last) => metrics.restore(&last),
@@ -143,6 +147,7 @@ pub async fn run_daemon(
         stop: stop.clone(),
         quota,
         cycle_lock: Mutex::new(()),
+        outbox: Outbox::default(),
     });
 
     let server_stop = stop.clone();
@@ -199,7 +204,13 @@ pub async fn run_daemon(
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     stop.stop();
     let _ = scheduler.shutdown().await;
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, daemon.cycle_lock.lock()).await;
+    let grace_ends = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let drained = tokio::time::timeout_at(grace_ends, daemon.cycle_lock.lock()).await;
+    // Deliveries in flight get what is left of the grace, so that their attempts are audited.
+    let left = grace_ends.saturating_duration_since(tokio::time::Instant::now());
+    if !daemon.outbox.wait(left).await {
+        tracing::warn!("stopping with notifications still being delivered; they are abandoned");
+    }
     let _ = server.await;
     audit.close().await;
     match drained {
@@ -269,6 +280,7 @@ async fn tick(daemon: Arc<Daemon>) {
         return;
     };
     let loaded = daemon.loaded.read().expect("config lock").clone();
+    let config = loaded.clone();
     let d = daemon.clone();
     // On a task of its own, so that a panic in the cycle is caught and recorded.
     let result = cycle::run_isolated(&daemon.audit, &daemon.metrics, async move {
@@ -280,6 +292,10 @@ async fn tick(daemon: Arc<Daemon>) {
     .await;
     match result {
         Ok(report) => {
+            // The run row is closed: its notifications go out on their own task.
+            daemon
+                .outbox
+                .after_run(&config.config, &daemon.audit, &daemon.metrics, &report);
             daemon.metrics.set_last_outcome(report.outcome);
             daemon.health.record(report.outcome, report.reason);
         }
@@ -336,6 +352,7 @@ impl Daemon {
             }
         }
         self.metrics.preinitialise_rules(&loaded.rules);
+        self.metrics.preinitialise_notify(&loaded.config.notify);
         *self.loaded.write().expect("config lock") = Arc::new(loaded);
         if let Some(new_job) = new_job {
             match scheduler.add(new_job).await {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Auth, CloudflareSettings};
+use crate::config::{Auth, CloudflareSettings, UrlSource};
 
 const REDACTED: &str = "[redacted]";
 
@@ -150,7 +150,59 @@ macro_rules! redacted_formatting {
     )*};
 }
 
-redacted_formatting!(ApiToken, ApiKey);
+/// A `[[notify]]` webhook URL, kept as carefully as [`ApiToken`] (a Slack webhook URL carries
+/// its token): `Debug` and `Display` print `[redacted]`, no `Serialize`, zeroed on drop. Only
+/// its host may be logged.
+#[derive(Clone)]
+pub struct WebhookUrl(SecretString);
+
+impl WebhookUrl {
+    /// Reads the URL from where `source` says: a file (`%d/` is systemd's credentials
+    /// directory) or an environment variable. It must be one `https://` URL, or `http://` to
+    /// a loopback host, without a user name or password.
+    pub fn load(
+        source: &UrlSource,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<WebhookUrl, TokenError> {
+        let (file, name) = match source {
+            UrlSource::File(path) => (Some(path.as_path()), ""),
+            UrlSource::Env(name) => (None, name.as_str()),
+        };
+        load_one(CredentialKind::WebhookUrl, file, name, &env, webhook_url)
+    }
+
+    /// The URL itself. Use it only to send the request.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The host, which may be logged.
+    pub fn host(&self) -> String {
+        reqwest::Url::parse(self.expose())
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// A webhook URL: one word, `https://`, or `http://` to a loopback host, without
+/// credentials.
+fn webhook_url(text: &str) -> Result<WebhookUrl, Invalid> {
+    let word = secret_word(text)?;
+    let url = reqwest::Url::parse(word.expose_secret()).map_err(|_| Invalid::Malformed)?;
+    let loopback = url.host_str().is_some_and(crate::config::is_loopback_host);
+    let fits = match url.scheme() {
+        "https" => true,
+        "http" => loopback,
+        _ => false,
+    };
+    if !fits || !url.username().is_empty() || url.password().is_some() {
+        return Err(Invalid::Malformed);
+    }
+    Ok(WebhookUrl(word))
+}
+
+redacted_formatting!(ApiToken, ApiKey, WebhookUrl);
 
 /// The email of the Cloudflare user whose global API key is used: not a secret, but checked to
 /// be one word of printable ASCII with an `@`, since it goes out as a header.
@@ -190,6 +242,7 @@ pub enum CredentialKind {
     ApiToken,
     ApiKey,
     ApiEmail,
+    WebhookUrl,
 }
 
 impl CredentialKind {
@@ -199,6 +252,7 @@ impl CredentialKind {
             CredentialKind::ApiToken => "API token",
             CredentialKind::ApiKey => "global API key",
             CredentialKind::ApiEmail => "API email",
+            CredentialKind::WebhookUrl => "webhook URL",
         }
     }
 
@@ -208,6 +262,7 @@ impl CredentialKind {
             CredentialKind::ApiToken => "the Cloudflare API token",
             CredentialKind::ApiKey => "the Cloudflare global API key",
             CredentialKind::ApiEmail => "the email address of the Cloudflare user",
+            CredentialKind::WebhookUrl => "the webhook URL",
         }
     }
 
@@ -224,6 +279,10 @@ impl CredentialKind {
             CredentialKind::ApiEmail => {
                 "an email address is a single word of printable ASCII with an '@'"
             }
+            CredentialKind::WebhookUrl => {
+                "a webhook URL is a single https:// URL (http:// only to a loopback host), \
+                 without a user name or password"
+            }
         }
     }
 
@@ -232,6 +291,7 @@ impl CredentialKind {
             CredentialKind::ApiToken => "api_token_file",
             CredentialKind::ApiKey => "api_key_file",
             CredentialKind::ApiEmail => "api_email_file",
+            CredentialKind::WebhookUrl => "url_file",
         }
     }
 
@@ -241,6 +301,15 @@ impl CredentialKind {
             CredentialKind::ApiToken => "cloudflare-token",
             CredentialKind::ApiKey => "cloudflare-api-key",
             CredentialKind::ApiEmail => "cloudflare-email",
+            CredentialKind::WebhookUrl => "webhook-url",
+        }
+    }
+
+    /// The table its keys are in, for "set [table] key" hints.
+    fn table(self) -> &'static str {
+        match self {
+            CredentialKind::WebhookUrl => "[[notify]]",
+            _ => "[cloudflare]",
         }
     }
 
@@ -331,16 +400,18 @@ pub enum TokenError {
     )]
     NoCredentialsDirectory { what: CredentialKind, path: PathBuf },
     #[error(
-        "the environment variable {name} is not set: export {} in it, or set [cloudflare] {} \
-         to a file that holds it",
+        "the environment variable {name} is not set: export {} in it, or set {} {} to a file \
+         that holds it",
         what.content(),
+        what.table(),
         what.file_key()
     )]
     EnvUnset { what: CredentialKind, name: String },
     #[error(
-        "the environment variable {name} is empty: put {} in it, or set [cloudflare] {} to a \
-         file that holds it",
+        "the environment variable {name} is empty: put {} in it, or set {} {} to a file that \
+         holds it",
         what.content(),
+        what.table(),
         what.file_key()
     )]
     EnvEmpty { what: CredentialKind, name: String },
@@ -544,6 +615,42 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "cf-Z9xY8wV7uT6sR5qP4oN3mL2kJ1iH0gF_eDcB";
+
+    #[test]
+    fn a_webhook_url_never_prints_and_must_be_https_or_loopback() {
+        let url = "https://hooks.slack.com/services/T0/B0/xoxsecretpart";
+        let env = |v: &'static str| move |n: &str| (n == "HOOK").then(|| OsString::from(v));
+        let source = UrlSource::Env("HOOK".into());
+        let loaded = WebhookUrl::load(&source, env(url)).unwrap();
+        assert_eq!(loaded.expose(), url);
+        assert_eq!(loaded.host(), "hooks.slack.com");
+        for shown in [
+            format!("{loaded:?}"),
+            format!("{loaded}"),
+            format!("{loaded:#?}"),
+        ] {
+            assert_eq!(shown, "[redacted]");
+        }
+        for bad in [
+            "http://hooks.example.com/x",
+            "ftp://hooks.example.com/x",
+            "https://user:pw@hooks.example.com/x",
+            "not a url",
+        ] {
+            let e = WebhookUrl::load(&source, env(bad))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("HOOK") && e.contains("webhook URL"), "{e}");
+            assert!(!e.contains("hooks.example.com"), "{e}");
+        }
+        assert!(WebhookUrl::load(&source, env("http://127.0.0.1:9/x")).is_ok());
+        let unset = WebhookUrl::load(&source, |_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(unset.contains("[[notify]] url_file"), "{unset}");
+    }
 
     fn settings(file: Option<&str>, env: &str) -> CloudflareSettings {
         let text = format!(

@@ -298,6 +298,7 @@ async fn a_database_from_before_resource_kinds_reads_back_as_device_registration
             "actions_user_folded",
             "mark_events_run",
             "mutations_pending",
+            "notification_attempts_run",
         ]
     );
     pool.close().await;
@@ -462,6 +463,7 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
             "actions_user_folded",
             "mark_events_run",
             "mutations_pending",
+            "notification_attempts_run",
         ]
     );
     pool.close().await;

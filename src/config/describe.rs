@@ -4,7 +4,10 @@
 use crate::report::plural;
 use crate::resource::{Kind, ResourceId};
 
-use super::{Auth, CloudflareSettings, Config, ExclusionSettings, Mode, RuleSettings};
+use super::{
+    Auth, CloudflareSettings, Config, ExclusionSettings, Mode, NotifySend, NotifySettings,
+    RuleSettings, UrlSource,
+};
 
 impl Config {
     /// A human summary of the effective settings, one rule per line, for `check-config`.
@@ -91,6 +94,14 @@ impl Config {
                 .iter()
                 .map(|e| format!("  {}", describe_exclusion(e))),
         );
+        if !self.notify.is_empty() {
+            lines.push(format!("notify ({}):", self.notify.len()));
+            lines.extend(
+                self.notify
+                    .iter()
+                    .map(|n| format!("  {}", describe_notify(n))),
+            );
+        }
         lines.join("\n") + "\n"
     }
 }
@@ -201,6 +212,26 @@ fn describe_rule(rule: &RuleSettings) -> String {
 /// "1 day", "7 days".
 fn days_text(days: u32) -> String {
     plural(u64::from(days), "day", "days")
+}
+
+/// One target: where its URL is read (never the URL), what and when it is sent.
+fn describe_notify(n: &NotifySettings) -> String {
+    let url = match &n.url {
+        UrlSource::File(path) => format!("URL read from file {}", path.display()),
+        UrlSource::Env(name) => format!("URL read from ${name}"),
+    };
+    let when = match n.send {
+        NotifySend::Always => "every run".to_owned(),
+        NotifySend::Changes => format!("runs at level {} or above", n.min_level.as_str()),
+    };
+    format!(
+        "{}: {} webhook, {url}; {when}; at most {} objects listed; {}s per attempt, {}s in all",
+        n.name,
+        n.format.as_str(),
+        n.max_items,
+        n.timeout_secs,
+        n.deadline_secs
+    )
 }
 
 fn describe_exclusion(exclusion: &ExclusionSettings) -> String {

@@ -23,9 +23,11 @@ use std::path::{Path, PathBuf};
 
 pub use settings::{
     Action, AuditSettings, Auth, CloudflareSettings, ExclusionSettings, LogFormat, LoggingSettings,
-    MetricsSettings, Mode, RuleSettings, SafetySettings, ScheduleSettings, MAX_CYCLE_DEADLINE_SECS,
-    MAX_REQUEST_TIMEOUT_SECS,
+    MetricsSettings, Mode, NotifyFormat, NotifyLevel, NotifySend, NotifySettings, RuleSettings,
+    SafetySettings, ScheduleSettings, UrlSource, MAX_CYCLE_DEADLINE_SECS, MAX_NOTIFY_DEADLINE_SECS,
+    MAX_NOTIFY_ITEMS, MAX_REQUEST_TIMEOUT_SECS,
 };
+pub(crate) use validate::is_loopback_host;
 use validate::Validator;
 
 /// The whole configuration file, validated.
@@ -49,6 +51,8 @@ pub struct Config {
     pub rules: Vec<RuleSettings>,
     /// `[[exclude]]` tables, in file order. Possibly none.
     pub exclusions: Vec<ExclusionSettings>,
+    /// `[[notify]]` tables, in file order. Possibly none.
+    pub notify: Vec<NotifySettings>,
     /// What loads but will probably fail or is dangerous, in file order: credentials the
     /// environment did not provide when the file was loaded, caps that no longer protect
     /// against aggressive rules. `check-config` prints them; the daemon logs them at start.

@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     pub(super) rule: Vec<Sp<RawRule>>,
     #[serde(default)]
     pub(super) exclude: Vec<Sp<RawExclude>>,
+    #[serde(default)]
+    pub(super) notify: Vec<Sp<RawNotify>>,
 }
 
 #[derive(Deserialize)]
@@ -118,4 +120,21 @@ pub(super) struct RawExclude {
     pub(super) account_api_token_id: Option<Vec<Sp<String>>>,
     pub(super) common_name: Option<Vec<Sp<String>>>,
     pub(super) client_certificate_id: Option<Vec<Sp<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) name: Option<Sp<String>>,
+    pub(super) format: Option<Sp<String>>,
+    /// Read only to say, at its place, that it may not be there: any value is accepted and
+    /// dropped unread, so that no message can echo the secret.
+    pub(super) url: Option<Sp<serde::de::IgnoredAny>>,
+    pub(super) url_file: Option<Sp<String>>,
+    pub(super) url_env: Option<Sp<String>>,
+    pub(super) send: Option<Sp<String>>,
+    pub(super) min_level: Option<Sp<String>>,
+    pub(super) max_items: Option<Sp<i64>>,
+    pub(super) timeout_secs: Option<Sp<i64>>,
+    pub(super) deadline_secs: Option<Sp<i64>>,
 }

@@ -359,6 +359,109 @@ impl ExclusionSettings {
     }
 }
 
+pub(super) const DEFAULT_NOTIFY_MAX_ITEMS: usize = 20;
+/// Most objects one notification may list: Slack refuses messages of more than 50 blocks
+/// and sections of more than 3000 characters.
+pub const MAX_NOTIFY_ITEMS: usize = 100;
+pub(super) const DEFAULT_NOTIFY_TIMEOUT_SECS: u64 = 10;
+pub(super) const DEFAULT_NOTIFY_DEADLINE_SECS: u64 = 60;
+/// Longest delivery deadline accepted: an hour. `once` waits for its deliveries that long.
+pub const MAX_NOTIFY_DEADLINE_SECS: u64 = 3600;
+
+/// The payload a `[[notify]]` target is sent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NotifyFormat {
+    /// Generic JSON with a `schema_version` (documented in the README).
+    Json,
+    /// Slack-compatible: `text` (one line) plus `blocks`.
+    Slack,
+}
+
+impl NotifyFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyFormat::Json => "json",
+            NotifyFormat::Slack => "slack",
+        }
+    }
+}
+
+/// When a `[[notify]]` target is sent a run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NotifySend {
+    /// Only a run whose level reaches the target's `min_level`.
+    Changes,
+    /// Every finished run, whatever its level.
+    Always,
+}
+
+/// How much a run matters to its recipients, least first. A run with none of these is quiet.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyLevel {
+    /// Something was done, failed or refused, or the candidates changed since the previous
+    /// run of the same mode.
+    Actions,
+    /// Part of the run was refused (caps) or aborted, or actions failed or were refused by
+    /// the API.
+    Warnings,
+    /// The run failed, or a listing aborted.
+    Errors,
+}
+
+impl NotifyLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyLevel::Actions => "actions",
+            NotifyLevel::Warnings => "warnings",
+            NotifyLevel::Errors => "errors",
+        }
+    }
+}
+
+/// Where a webhook URL is read from: never the config file, since it is a secret.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum UrlSource {
+    /// `url_file`: a file holding the URL (`%d/` is systemd's credentials directory).
+    File(PathBuf),
+    /// `url_env`: an environment variable holding the URL.
+    Env(String),
+}
+
+/// One `[[notify]]`: a webhook told about each finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifySettings {
+    /// `name`: unique, non-empty; the audit log and the metric's `target` label. Required.
+    pub name: String,
+    /// `format`: `"json"` or `"slack"`. Default: `"json"`.
+    pub format: NotifyFormat,
+    /// `url_file` or `url_env` (exactly one): where the webhook URL is read, at each delivery.
+    /// A literal `url` is refused. The URL is `https://`, or `http://` to a loopback host.
+    pub url: UrlSource,
+    /// `send`: `"changes"` or `"always"`. Default: `"changes"`.
+    pub send: NotifySend,
+    /// `min_level`: with `send = "changes"`, the least level of run sent: `"actions"`,
+    /// `"warnings"` or `"errors"`. Default: `"actions"`.
+    pub min_level: NotifyLevel,
+    /// `max_items`: most objects listed in one notification, 1..=100; the rest are counted.
+    /// Default: 20.
+    pub max_items: usize,
+    /// `timeout_secs`: timeout of one attempt, 1..=300. Default: 10.
+    pub timeout_secs: u64,
+    /// `deadline_secs`: all attempts of one delivery end within this, 1..=3600. Default: 60.
+    pub deadline_secs: u64,
+}
+
+impl NotifySettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs)
+    }
+}
+
 /// `$STATE_DIRECTORY/audit.db`, or the fixed default outside systemd. systemd joins several
 /// `StateDirectory=` entries with `:`; the first is ours.
 pub(super) fn default_audit_path(state_directory: Option<OsString>) -> PathBuf {

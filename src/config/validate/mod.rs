@@ -7,6 +7,7 @@
 //! checking goes on and the next bad value is reported too; checks that depend on a value
 //! (a rule's kind, say) are skipped when it was bad.
 
+mod notify;
 mod rule;
 mod warn;
 
@@ -215,6 +216,7 @@ impl<'a> Validator<'a> {
             .enumerate()
             .filter_map(|(index, e)| self.exclusion(index, e))
             .collect();
+        let notify = self.notify_targets(&raw.notify);
         let config = Config {
             path: self.path.to_owned(),
             cloudflare: cloudflare?,
@@ -225,6 +227,7 @@ impl<'a> Validator<'a> {
             logging,
             rules,
             exclusions,
+            notify,
             warnings: Vec::new(),
         };
         if self.error_count() == 0 {
@@ -851,7 +854,7 @@ const KEY: Credential = Credential {
 
 /// `localhost` or a loopback address, as the URL parser writes hosts (lowercase, IPv6 in
 /// brackets). A name that merely resolves to loopback does not count: it could change.
-fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     host == "localhost"
         || host
             .trim_start_matches('[')

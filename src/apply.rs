@@ -31,9 +31,9 @@ use crate::rules::RuleSet;
 const MAX_GROUP: usize = 32;
 
 /// Planned actions are read back from the audit log this many at a time, so that a run holds
-/// one batch of candidates in memory whatever their number. Large enough that the calls of a
-/// batch fill many groups: the pipeline drains only once per batch.
-const APPLY_BATCH: usize = 5000;
+/// one batch of candidates in memory (about 5 MB) whatever their number. Large enough that
+/// the calls of a batch fill many groups: the pipeline drains only once per batch.
+pub const APPLY_BATCH: usize = 25_000;
 
 /// A registration whose call failed for its id alone, the same way, this many runs in a row is
 /// stuck: it is not attempted again, so it neither fails every later run nor costs calls.
@@ -119,6 +119,8 @@ pub struct Executor<'a> {
     pub request_budget: u32,
     /// Where the plan was listed (its zone) and the janitor's own token, never acted on.
     pub scope: &'a Scope,
+    /// Planned actions read back from the audit log at a time ([`APPLY_BATCH`]).
+    pub batch: usize,
 }
 
 /// One planned action on its way, with its audit row.
@@ -184,7 +186,7 @@ struct Answered<'q, 'p> {
 
 impl Executor<'_> {
     /// Applies every action of this part of the run still `planned` in the audit log, read
-    /// back [`APPLY_BATCH`] at a time. Stops at the first call that fails for a reason that
+    /// back `batch` ([`APPLY_BATCH`]) at a time. Stops at the first call that fails for a reason that
     /// concerns the whole run: a broken API or token is not hammered with more calls.
     /// `pages`: how many pages the part's listing took (what a whole-listing confirmation costs).
     pub async fn apply(&self, kind: Kind, pages: u64) -> Result<ApplyReport, ApplyError> {
@@ -201,6 +203,8 @@ impl Executor<'_> {
         }
         let cost = ConfirmCost::of(kind, pages);
         let stuck = self.stuck_actions().await?;
+        // The group size the pipeline found carries over from one batch to the next.
+        let mut group_size = 1;
         let mut after = 0;
         loop {
             if report.stopped_by.is_none() && self.stop.is_stopped() {
@@ -213,7 +217,7 @@ impl Executor<'_> {
             }
             let batch = self
                 .audit
-                .planned_actions(&part, after, APPLY_BATCH)
+                .planned_actions(&part, after, self.batch.max(1))
                 .await?;
             let Some(last) = batch.last() else {
                 return Ok(report);
@@ -221,15 +225,18 @@ impl Executor<'_> {
             after = last.action_id;
             let queue = self.still_unprotected(&batch, &mut report).await?;
             let queue = self.leave_out_stuck(queue, &stuck, &mut report).await?;
-            self.apply_batch(queue, cost, &mut report).await?;
+            self.apply_batch(queue, cost, &mut group_size, &mut report)
+                .await?;
         }
     }
 
-    /// Carries out one batch's actions (all of one kind), in calls of up to `chunk_size` ids.
+    /// Carries out one batch's actions (all of one kind), in calls of up to `chunk_size` ids,
+    /// `group_size` calls at a time (resized as the batch goes).
     async fn apply_batch(
         &self,
         queue: Vec<Item<'_>>,
         cost: ConfirmCost,
+        group_size: &mut usize,
         report: &mut ApplyReport,
     ) -> Result<(), AuditError> {
         let by_action: Vec<(Kind, Action, Vec<Item>)> = Kind::ALL
@@ -264,9 +271,8 @@ impl Executor<'_> {
         // Three things overlap: the intents of the next group are committed, the current
         // group's calls are sent, and the previous group's calls are confirmed by listing. A
         // group's outcomes, confirmed, are committed with the intents of the group after next.
-        let mut group_size = 1;
         let mut group = self
-            .journal(take(&mut calls, group_size), Vec::new())
+            .journal(take(&mut calls, *group_size), Vec::new())
             .await?;
         let mut unwritten: Vec<Outcome> = Vec::new();
         let mut confirming: Vec<Answered> = Vec::new();
@@ -274,7 +280,7 @@ impl Executor<'_> {
             let next = if self.stop.is_stopped() {
                 Vec::new()
             } else {
-                take(&mut calls, group_size)
+                take(&mut calls, *group_size)
             };
             let pending_lookups = cost.lookups(&confirming);
             let ((next, write_took), ((sent, confirmed), calls_took)) = self
@@ -319,7 +325,7 @@ impl Executor<'_> {
                 return Ok(());
             }
             confirming = sent.answered;
-            group_size = resize(group_size, write_took, calls_took);
+            *group_size = resize(*group_size, write_took, calls_took);
             group = next;
         }
         let last = self.confirm(confirming).await;

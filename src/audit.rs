@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
@@ -529,6 +530,9 @@ pub struct MarkFilter {
     pub resource_id: Option<String>,
     pub limit: i64,
 }
+
+/// The most planned actions a batch reserves room for up front.
+const APPLY_PREALLOCATE: usize = 10_000;
 
 /// One kind's part of a run (for a zoned kind, one zone's): the actions the executor reads
 /// back and settles.
@@ -1765,7 +1769,7 @@ impl AuditStore {
         limit: usize,
     ) -> Result<Vec<PlannedAction>, AuditError> {
         // `actions_run` holds each run's rows in id order, so this reads only the batch.
-        let rows = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT id, rule, action, resource_id, user_email, device_name FROM actions
              WHERE run_id = ?1 AND id > ?2 AND resource_kind = ?3 AND zone_id IS ?4
                AND status = 'planned'
@@ -1776,35 +1780,42 @@ impl AuditStore {
         .bind(part.kind.as_str())
         .bind(part.zone.map(ZoneId::as_str))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(AuditError::Read)?;
-        rows.into_iter()
-            .map(|row| {
-                // try_get: SQLite keeps any type in any column, which `get` would panic on.
-                let action_id: i64 = row.try_get("id").map_err(AuditError::Read)?;
-                let unreadable = |what: String| AuditError::UnreadableAction {
-                    action: action_id,
-                    what,
-                };
-                let text = |column: &str| {
-                    row.try_get::<Option<String>, _>(column)
-                        .map_err(|e| unreadable(format!("{column}: {e}")))
-                };
-                let action = text("action")?.unwrap_or_default();
-                let id = text("resource_id")?.unwrap_or_default();
-                Ok(PlannedAction {
-                    action_id,
-                    kind: part.kind,
-                    rule: text("rule")?.unwrap_or_default(),
-                    action: Action::parse(&action)
-                        .ok_or_else(|| unreadable(format!("unknown action {action:?}")))?,
-                    id: ResourceId::parse(&id).map_err(unreadable)?,
-                    user_email: text("user_email")?,
-                    name: text("device_name")?.unwrap_or_default(),
-                })
-            })
-            .collect()
+        .fetch(&self.pool);
+        // Row by row, so that a batch is in memory once, as planned actions, not twice.
+        let mut planned = Vec::with_capacity(limit.min(APPLY_PREALLOCATE));
+        while let Some(row) = rows.try_next().await.map_err(AuditError::Read)? {
+            planned.push(Self::planned_action(part, &row)?);
+        }
+        Ok(planned)
+    }
+
+    /// One row of [`AuditStore::planned_actions`].
+    fn planned_action(
+        part: &RunPart<'_>,
+        row: &sqlx::sqlite::SqliteRow,
+    ) -> Result<PlannedAction, AuditError> {
+        // try_get: SQLite keeps any type in any column, which `get` would panic on.
+        let action_id: i64 = row.try_get("id").map_err(AuditError::Read)?;
+        let unreadable = |what: String| AuditError::UnreadableAction {
+            action: action_id,
+            what,
+        };
+        let text = |column: &str| {
+            row.try_get::<Option<String>, _>(column)
+                .map_err(|e| unreadable(format!("{column}: {e}")))
+        };
+        let action = text("action")?.unwrap_or_default();
+        let id = text("resource_id")?.unwrap_or_default();
+        Ok(PlannedAction {
+            action_id,
+            kind: part.kind,
+            rule: text("rule")?.unwrap_or_default(),
+            action: Action::parse(&action)
+                .ok_or_else(|| unreadable(format!("unknown action {action:?}")))?,
+            id: ResourceId::parse(&id).map_err(unreadable)?,
+            user_email: text("user_email")?,
+            name: text("device_name")?.unwrap_or_default(),
+        })
     }
 
     /// Records every action of one part of a run still `planned` after action `after` as

@@ -42,6 +42,9 @@ pub struct CycleContext<'a> {
     /// this cycle may act on, and the cap the operator raised for it, if any.
     pub saved: Option<&'a SavedPlan>,
     pub max_actions_override: Option<u64>,
+    /// Planned actions the executor reads back at a time: [`crate::apply::APPLY_BATCH`],
+    /// smaller in tests that cross batch boundaries.
+    pub apply_batch: usize,
 }
 
 /// What a cycle did, for the summary line, the CLI and the tests.
@@ -241,6 +244,14 @@ impl<'a> CycleContext<'a> {
     /// Keeps the parts' candidates in their plans (see [`CycleContext::keep_rows`]).
     pub fn keeping_rows(self, keep_rows: bool) -> Self {
         CycleContext { keep_rows, ..self }
+    }
+
+    /// Reads planned actions back `apply_batch` at a time (see [`CycleContext::apply_batch`]).
+    pub fn with_apply_batch(self, apply_batch: usize) -> Self {
+        CycleContext {
+            apply_batch,
+            ..self
+        }
     }
 
     /// Acts on the targets of `saved` only (see [`CycleContext::saved`]).
@@ -483,6 +494,7 @@ impl CycleContext<'_> {
             chunk_size: self.config.cloudflare.bulk_chunk_size,
             stop: self.stop,
             request_budget: self.config.cloudflare.max_requests_per_cycle,
+            batch: self.apply_batch,
             scope: &plan.scope,
         };
         let applied = executor

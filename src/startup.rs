@@ -68,6 +68,7 @@ impl Loaded {
             keep_rows: false,
             saved: None,
             max_actions_override: None,
+            apply_batch: crate::apply::APPLY_BATCH,
         }
     }
 }

@@ -990,22 +990,8 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
             (common, Some(filter))
         }
     };
-    // With --db no config is read, so the JSON names no account or mode.
-    let (path, config) = match common.db {
-        Some(db) => (db, None),
-        None => {
-            let config = load(&common.config.config, Some("warn"))?;
-            (config.audit.path.clone(), Some(config))
-        }
-    };
+    let (store, config) = open_audit(&common).await?;
     let header = report::Header::new(config.as_ref(), Utc::now());
-    if !path.exists() {
-        anyhow::bail!(
-            "no audit database at {}: nothing has run with this config yet (or pass --db PATH)",
-            path.display()
-        );
-    }
-    let store = AuditStore::open_read_only(&path).await?;
     let width = output_width();
     let mut out = std::io::stdout().lock();
     let notice = match filter {
@@ -1038,24 +1024,30 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `audit marks`: the current marks, each with the day it acts on under the config's rules
-/// (unknown with `--db`, which reads no config).
-async fn audit_marks(common: AuditArgs, filter: crate::audit::MarkFilter) -> Result<ExitCode> {
-    let (path, config) = match common.db {
-        Some(db) => (db, None),
+/// The audit database an `audit` query reads (read only): `--db`, else the config's, with
+/// the config if one was read (with --db none is, so the JSON names no account or mode).
+async fn open_audit(common: &AuditArgs) -> Result<(AuditStore, Option<Config>)> {
+    let (path, config) = match &common.db {
+        Some(db) => (db.clone(), None),
         None => {
             let config = load(&common.config.config, Some("warn"))?;
             (config.audit.path.clone(), Some(config))
         }
     };
-    let header = report::Header::new(config.as_ref(), Utc::now());
     if !path.exists() {
         anyhow::bail!(
             "no audit database at {}: nothing has run with this config yet (or pass --db PATH)",
             path.display()
         );
     }
-    let store = AuditStore::open_read_only(&path).await?;
+    Ok((AuditStore::open_read_only(&path).await?, config))
+}
+
+/// `audit marks`: the current marks, each with the day it acts on under the config's rules
+/// (unknown with `--db`, which reads no config).
+async fn audit_marks(common: AuditArgs, filter: crate::audit::MarkFilter) -> Result<ExitCode> {
+    let (store, config) = open_audit(&common).await?;
+    let header = report::Header::new(config.as_ref(), Utc::now());
     let rows = store.marks(&filter).await?;
     store.close().await;
     let grace = |kind: &str, rule: &str| {

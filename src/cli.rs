@@ -549,12 +549,32 @@ fn listing_progress(p: &crate::plan::Progress<'_>) -> String {
 
 async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
     let janitor = crate::startup::open(config).await?;
+    let exit = run_one_cycle(&janitor, output, None).await?;
+    if janitor.loaded.config.safety.mode == Mode::Plan {
+        tracing::debug!("plan mode: nothing was changed");
+    }
+    Ok(exit)
+}
+
+/// One cycle of `janitor` now, restricted to a saved plan's targets if `saved` (with the cap
+/// raised for it): on a task of its own, so that a panic closes its run as failed instead
+/// of leaving it; then its report is printed and notified, the audit store closed, and the
+/// run's exit status returned.
+async fn run_one_cycle(
+    janitor: &crate::startup::Janitor,
+    output: CycleFormat,
+    saved: Option<(crate::saved_plan::SavedPlan, Option<u64>)>,
+) -> Result<ExitCode> {
     let owned = janitor.clone();
     // The table shows every candidate; JSON shows counts only, so needs none kept.
     let keep_rows = matches!(output, CycleFormat::Text);
-    // On a task of its own, so that a panic closes the run as failed instead of leaving it.
     let report = crate::cycle::run_isolated(&janitor.audit, &janitor.metrics, async move {
-        owned.cycle().keeping_rows(keep_rows).run(Utc::now()).await
+        let cycle = owned.cycle().keeping_rows(keep_rows);
+        let cycle = match &saved {
+            Some((plan, max_actions)) => cycle.applying(plan, *max_actions),
+            None => cycle,
+        };
+        cycle.run(Utc::now()).await
     })
     .await;
     let report = match report {
@@ -567,11 +587,8 @@ async fn once(config: Config, output: CycleFormat) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    report_and_notify(&janitor, &report, output).await?;
+    report_and_notify(janitor, &report, output).await?;
     janitor.close().await;
-    if janitor.loaded.config.safety.mode == Mode::Plan {
-        tracing::debug!("plan mode: nothing was changed");
-    }
     Ok(Exit::of(report.outcome).into())
 }
 
@@ -651,30 +668,7 @@ async fn apply(mut config: Config, args: ApplyArgs) -> Result<ExitCode> {
         config.safety.max_fraction_per_run = 1.0;
     }
     let janitor = crate::startup::open(config).await?;
-    let owned = janitor.clone();
-    let keep_rows = matches!(args.output, CycleFormat::Text);
-    let max_actions = args.max_actions;
-    let report = crate::cycle::run_isolated(&janitor.audit, &janitor.metrics, async move {
-        owned
-            .cycle()
-            .keeping_rows(keep_rows)
-            .applying(&saved, max_actions)
-            .run(Utc::now())
-            .await
-    })
-    .await;
-    let report = match report {
-        Ok(report) => report,
-        Err(e @ crate::cycle::CycleError::Panicked(_)) => {
-            eprintln!("error: {e}");
-            janitor.close().await;
-            return Ok(Exit::Failed.into());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    report_and_notify(&janitor, &report, args.output).await?;
-    janitor.close().await;
-    Ok(Exit::of(report.outcome).into())
+    run_one_cycle(&janitor, args.output, Some((saved, args.max_actions))).await
 }
 
 /// Shows what applying `saved` will do and asks for `yes`, as `terraform apply` does. Off a

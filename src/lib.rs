@@ -17,6 +17,7 @@ pub mod config;
 pub mod cycle;
 pub mod demo;
 pub mod explain;
+pub mod export;
 pub mod fake;
 pub mod http;
 pub mod logging;

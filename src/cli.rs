@@ -1086,6 +1086,15 @@ async fn audit_export(args: ExportArgs) -> Result<ExitCode> {
              --records, or use --format csv"
         );
     }
+    if let Some(until) = args.until.filter(|until| *until <= args.since) {
+        anyhow::bail!(
+            "--until {} is not after --since {}, so no run can be in between; swap them, or \
+             give a later --until",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            args.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     let (store, config) = open_audit_at(&args.config, args.db.as_deref()).await?;
     let options = ExportOptions {
         since: args.since,

@@ -417,6 +417,22 @@ async fn output_file_is_written_whole_and_private_and_wrong_arguments_are_refuse
     assert!(String::from_utf8_lossy(&out.stderr).contains("--records chooses"));
     let out = env.binary(&["audit", "export", "--format", "jsonl"]);
     assert_eq!(out.status.code(), Some(2), "--since is required");
+    let out = env.binary(&[
+        "audit",
+        "export",
+        "--since",
+        "2026-11-02",
+        "--until",
+        "2026-11-01",
+        "--format",
+        "jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--until 2026-11-01T00:00:00Z is not after"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A database of `actions` decisions in one run (with a snapshot each, and a call per 100), and

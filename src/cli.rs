@@ -307,6 +307,36 @@ enum AuditQuery {
         #[arg(long, value_name = "TIME", value_parser = parse_time_now)]
         until: Option<DateTime<Utc>>,
     },
+    /// Export runs, their actions (with the object's snapshot) and their mutations for a SIEM,
+    /// streamed: JSON Lines (schemas/audit-export.schema.json), or CSV of one record type.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Read this audit database instead of the one the config names (the lines' account_id
+    /// is then null).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Runs started at or after this time: RFC 3339 (2026-11-26T08:00:00Z), a date
+    /// (2026-11-26, midnight UTC) or an age (7d, 12h, 30m: that long ago).
+    #[arg(long, value_name = "TIME", value_parser = parse_time_now)]
+    since: DateTime<Utc>,
+    /// Runs started before this time; the same forms as --since.
+    #[arg(long, value_name = "TIME", value_parser = parse_time_now)]
+    until: Option<DateTime<Utc>>,
+    /// JSON Lines (runs, each followed by its actions and mutations, one record per line) or
+    /// CSV (one record type, see --records).
+    #[arg(long, value_enum)]
+    format: crate::export::ExportFormat,
+    /// The record type of a CSV export (default actions); JSON Lines holds all three.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    records: Option<crate::export::Records>,
+    /// Write to FILE (replaced whole when done, readable by its owner only) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// Entry point of the binary.
@@ -935,6 +965,7 @@ fn filters_given(f: &ActionFilter) -> Vec<&'static str> {
 
 async fn audit(query: AuditQuery) -> Result<ExitCode> {
     let (common, filter) = match query {
+        AuditQuery::Export(args) => return audit_export(args).await,
         AuditQuery::Runs { common } => (common, None),
         AuditQuery::Marks {
             common,
@@ -1021,10 +1052,17 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
 /// The audit database an `audit` query reads (read only): `--db`, else the config's, with
 /// the config if one was read (with --db none is, so the JSON names no account or mode).
 async fn open_audit(common: &AuditArgs) -> Result<(AuditStore, Option<Config>)> {
-    let (path, config) = match &common.db {
-        Some(db) => (db.clone(), None),
+    open_audit_at(&common.config, common.db.as_deref()).await
+}
+
+async fn open_audit_at(
+    config: &ConfigArg,
+    db: Option<&Path>,
+) -> Result<(AuditStore, Option<Config>)> {
+    let (path, config) = match db {
+        Some(db) => (db.to_owned(), None),
         None => {
-            let config = load(&common.config.config, Some("warn"))?;
+            let config = load(&config.config, Some("warn"))?;
             (config.audit.path.clone(), Some(config))
         }
     };
@@ -1035,6 +1073,83 @@ async fn open_audit(common: &AuditArgs) -> Result<(AuditStore, Option<Config>)> 
         );
     }
     Ok((AuditStore::open_read_only(&path).await?, config))
+}
+
+/// `audit export`: to stdout, or to a file that appears only once whole. A reader that goes
+/// away (`| head`) ends the export quietly, with success.
+async fn audit_export(args: ExportArgs) -> Result<ExitCode> {
+    use crate::export::{self, AtomicFile, ExportFormat, ExportOptions, Records};
+    if args.format == ExportFormat::Jsonl && args.records.is_some() {
+        anyhow::bail!(
+            "--records chooses the one record type of a CSV export; JSON Lines holds runs, \
+             actions and mutations together (each line's `record` names its type): drop \
+             --records, or use --format csv"
+        );
+    }
+    if let Some(until) = args.until.filter(|until| *until <= args.since) {
+        anyhow::bail!(
+            "--until {} is not after --since {}, so no run can be in between; swap them, or \
+             give a later --until",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            args.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    let (store, config) = open_audit_at(&args.config, args.db.as_deref()).await?;
+    let options = ExportOptions {
+        since: args.since,
+        until: args.until,
+        format: args.format,
+        records: args.records.unwrap_or(Records::Actions),
+        account_id: config.as_ref().map(|c| &c.cloudflare.account_id),
+    };
+    let written = match &args.output {
+        Some(path) => {
+            let context = || {
+                format!(
+                    "cannot write the export to {}; check that its directory exists and is \
+                     writable, and that the disk is not full",
+                    path.display()
+                )
+            };
+            let mut file = AtomicFile::create(path).with_context(context)?;
+            let counts = export::export(&store, &options, file.writer()).await;
+            let counts = match counts {
+                Err(export::ExportError::Write(e)) => Err(e).with_context(context)?,
+                other => other?,
+            };
+            file.commit().with_context(context)?;
+            Some(counts)
+        }
+        None => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            match export::export(&store, &options, &mut out).await {
+                Ok(counts) => Some(counts),
+                Err(e) if e.is_broken_pipe() => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    store.close().await;
+    if let Some(counts) = written {
+        // On stderr, so that stdout stays the export alone.
+        let runs = report::plural(counts.runs, "run", "runs");
+        let actions = report::plural(counts.actions, "action", "actions");
+        let mutations = report::plural(counts.mutations, "mutation", "mutations");
+        match (counts.runs, options.format, options.records) {
+            (0, _, _) => eprintln!(
+                "no runs started in the range given, so nothing was exported; try an earlier \
+                 --since"
+            ),
+            (_, ExportFormat::Jsonl, _) => eprintln!("exported {runs}, {actions} and {mutations}"),
+            (_, ExportFormat::Csv, Records::Runs) => eprintln!("exported {runs}"),
+            (_, ExportFormat::Csv, Records::Actions) => eprintln!("exported {actions} of {runs}"),
+            (_, ExportFormat::Csv, Records::Mutations) => {
+                eprintln!("exported {mutations} of {runs}")
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `audit marks`: the current marks, each with the day it acts on under the config's rules

@@ -4,7 +4,7 @@
 //! and the only HTTP client), `resource` (what differs per kind of object), `rules` (pure decisions), `plan` (listing through the rules),
 //! `apply` (the executor), `audit` (the only SQL), `cycle` (one run end to end), `explain` (one object's verdict), `metrics`,
 //! `http` and `logging` (observability), `notify` (webhooks after each run), `startup` (what a process opens before its first cycle),
-//! `schedule` (the daemon), `report` (rendering), `cli`, and the built-in `fake` API with the
+//! `schedule` (the daemon), `report` (rendering), `export` (the audit log for a SIEM), `cli`, and the built-in `fake` API with the
 //! `demo` and `bench` commands built on it.
 
 pub mod apply;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod cycle;
 pub mod demo;
 pub mod explain;
+pub mod export;
 pub mod fake;
 pub mod http;
 pub mod logging;

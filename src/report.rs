@@ -844,7 +844,7 @@ pub fn undo_json(
 /// The stored snapshot as a JSON object, its text unchanged, or why it cannot be printed
 /// as one: not JSON, not an object, or an object that repeats a key (which readers resolve
 /// differently; the exact text stays available with `--output csv`).
-fn snapshot_object(text: &str) -> Result<&RawValue, String> {
+pub(crate) fn snapshot_object(text: &str) -> Result<&RawValue, String> {
     let raw: &RawValue =
         serde_json::from_str(text).map_err(|e| format!("the stored snapshot is not JSON: {e}"))?;
     if !raw.get().starts_with('{') {

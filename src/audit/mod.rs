@@ -26,6 +26,9 @@ use crate::resource::{Kind, ResourceId};
 use crate::saved_plan::{SavedPlan, Skipped};
 use serde_json::value::RawValue;
 
+mod export;
+pub use export::{ExportAction, ExportMutation, ExportReader, ExportRun};
+
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
 /// Statements whose row count changes from call to call are built with `persistent(false)`: a
 /// prepared statement of hundreds of rows holds a lot of memory, and the cache would keep one

@@ -189,7 +189,14 @@ impl Executor<'_> {
     /// back `batch` ([`APPLY_BATCH`]) at a time. Stops at the first call that fails for a reason that
     /// concerns the whole run: a broken API or token is not hammered with more calls.
     /// `pages`: how many pages the part's listing took (what a whole-listing confirmation costs).
-    pub async fn apply(&self, kind: Kind, pages: u64) -> Result<ApplyReport, ApplyError> {
+    /// `planned`: every planned action of the part, when the caller still holds them all (then
+    /// nothing is read back unless more turn up).
+    pub async fn apply(
+        &self,
+        kind: Kind,
+        pages: u64,
+        planned: Option<Vec<PlannedAction>>,
+    ) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
         let part = RunPart {
             run: self.run,
@@ -206,6 +213,7 @@ impl Executor<'_> {
         // The group size the pipeline found carries over from one batch to the next.
         let mut group_size = 1;
         let mut after = 0;
+        let mut held = planned;
         loop {
             if report.stopped_by.is_none() && self.stop.is_stopped() {
                 report.stopped_by = Some("shutdown requested".to_owned());
@@ -215,10 +223,14 @@ impl Executor<'_> {
                 report.not_attempted += self.audit.withdraw_planned(&part, after, reason).await?;
                 return Ok(report);
             }
-            let batch = self
-                .audit
-                .planned_actions(&part, after, self.batch.max(1))
-                .await?;
+            let batch = match held.take() {
+                Some(batch) => batch,
+                None => {
+                    self.audit
+                        .planned_actions(&part, after, self.batch.max(1))
+                        .await?
+                }
+            };
             let Some(last) = batch.last() else {
                 return Ok(report);
             };

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
 use crate::audit::{
-    AuditError, AuditStore, BackgroundWrite, KindRun, MarkTally, RunId, RunOutcome, RunPart,
-    RunSummary,
+    AuditError, AuditStore, BackgroundWrite, KindRun, MarkTally, PlannedAction, RunId, RunOutcome,
+    RunPart, RunSummary,
 };
 use crate::cloudflare::{Client, Quota, ZoneId};
 use crate::config::{Config, Mode};
@@ -402,10 +402,13 @@ impl CycleContext<'_> {
             plan: None,
             apply: None,
         };
-        let mut plan = match self.list_and_record(client, run, now, kind, scope).await? {
-            Ok((listed, skipped)) => {
-                part.skipped_targets = skipped;
-                listed
+        let (mut plan, mut planned) = match self
+            .list_and_record(client, run, now, kind, scope)
+            .await?
+        {
+            Ok(listed) => {
+                part.skipped_targets = listed.skipped;
+                (listed.plan, listed.planned)
             }
             Err(reason) => {
                 tracing::warn!(resource = %kind, zone = ?part.zone, %reason, "listing failed; this part is left alone this run");
@@ -436,6 +439,10 @@ impl CycleContext<'_> {
                 .audit
                 .update_marks(&recorded, now, &grace, self.saved.is_none())
                 .await?;
+            if tally.waiting > 0 {
+                // Those still waiting are no longer planned: only the audit log knows which.
+                planned = None;
+            }
             plan.caps = CapCheck::new(kind, tally.due, plan.seen.total, &self.config.safety);
             self.metrics
                 .marks_set
@@ -463,7 +470,7 @@ impl CycleContext<'_> {
             part.outcome = RunOutcome::Refused;
             part.reason = Some(reason);
         } else {
-            let applied = self.execute(client, recorded, &plan).await?;
+            let applied = self.execute(client, recorded, &plan, planned).await?;
             (part.outcome, part.reason) = self.judge(kind, &applied);
             let s = &mut part.summary;
             s.actions_done = applied.done + applied.already_gone;
@@ -484,6 +491,7 @@ impl CycleContext<'_> {
         client: &Client,
         recorded: RunPart<'_>,
         plan: &Plan,
+        planned: Option<Vec<PlannedAction>>,
     ) -> Result<ApplyReport, CycleError> {
         let executor = Executor {
             client,
@@ -498,7 +506,7 @@ impl CycleContext<'_> {
             scope: &plan.scope,
         };
         let applied = executor
-            .apply(recorded.kind, plan.pages)
+            .apply(recorded.kind, plan.pages, planned)
             .await
             .map_err(|crate::apply::ApplyError::Audit(e)| e)?;
         self.metrics
@@ -624,13 +632,13 @@ impl CycleContext<'_> {
         now: DateTime<Utc>,
         kind: Kind,
         scope: Scope,
-    ) -> Result<Result<(Plan, u64), String>, CycleError> {
+    ) -> Result<Result<Listed, String>, CycleError> {
         let zone = scope.zone.clone();
         let mut planner = Planner::new(client, kind, self.rules, now).in_scope(scope);
         if let Some(saved) = self.saved {
             planner = planner.only(saved.filter(kind, zone.as_ref()));
         }
-        let mut log = DecisionLog::new(self.audit, run, now, self.keep_rows);
+        let mut log = DecisionLog::new(self.audit, run, now, self.keep_rows, self.apply_batch);
         loop {
             log.pace().await?;
             // Listing is read-only, so a stop request may simply abandon it.
@@ -641,7 +649,7 @@ impl CycleContext<'_> {
             match next {
                 Ok(Some(page)) => log.add(page),
                 Ok(None) => {
-                    let recorded = log.finish().await?;
+                    let (recorded, planned) = log.finish().await?;
                     let skipped = planner.skipped();
                     if !skipped.is_empty() {
                         let part = RunPart {
@@ -659,7 +667,11 @@ impl CycleContext<'_> {
                     } else {
                         planner.finish_recorded(&self.config.safety)
                     };
-                    return Ok(Ok((plan, skipped.len() as u64)));
+                    return Ok(Ok(Listed {
+                        plan,
+                        skipped: skipped.len() as u64,
+                        planned,
+                    }));
                 }
                 Err(reason) => {
                     // Decisions already on their way are recorded too, then none is acted on.
@@ -808,6 +820,14 @@ impl CycleContext<'_> {
     }
 }
 
+/// What listing one part produced: its plan, how many saved-plan targets it skipped, and its
+/// planned actions if they fit in one of the executor's batches.
+struct Listed {
+    plan: Plan,
+    skipped: u64,
+    planned: Option<Vec<PlannedAction>>,
+}
+
 /// Decisions on their way to the audit log, in listing order: one batch being written in the
 /// background, the rest waiting, and the recorded ones (snapshots dropped) if kept.
 struct DecisionLog<'a> {
@@ -816,12 +836,23 @@ struct DecisionLog<'a> {
     decided_at: DateTime<Utc>,
     keep: bool,
     recorded: Vec<Candidate>,
-    writing: Option<BackgroundWrite<Vec<Candidate>>>,
+    writing: Option<BackgroundWrite<(Vec<Candidate>, Vec<i64>)>>,
     pending: Vec<Candidate>,
+    /// Every planned action recorded so far, while they fit in one of the executor's batches
+    /// (`limit`); `None` once they do not. A plan that fits is then acted on from memory, not
+    /// read back from the audit log: the read-back is for plans too big to hold.
+    planned: Option<Vec<PlannedAction>>,
+    limit: usize,
 }
 
 impl<'a> DecisionLog<'a> {
-    fn new(audit: &'a AuditStore, run: RunId, decided_at: DateTime<Utc>, keep: bool) -> Self {
+    fn new(
+        audit: &'a AuditStore,
+        run: RunId,
+        decided_at: DateTime<Utc>,
+        keep: bool,
+        limit: usize,
+    ) -> Self {
         DecisionLog {
             audit,
             run,
@@ -830,7 +861,35 @@ impl<'a> DecisionLog<'a> {
             recorded: Vec::new(),
             writing: None,
             pending: Vec::new(),
+            planned: Some(Vec::new()),
+            limit,
         }
+    }
+
+    /// Remembers the planned actions of a recorded batch (`ids`: their action rows).
+    fn remember(&mut self, recorded: &[Candidate], ids: &[i64]) {
+        let Some(planned) = &mut self.planned else {
+            return;
+        };
+        let actionable = || {
+            recorded
+                .iter()
+                .zip(ids)
+                .filter(|(c, _)| c.excluded_by.is_none())
+        };
+        if planned.len() + actionable().count() > self.limit {
+            self.planned = None;
+            return;
+        }
+        planned.extend(actionable().map(|(c, id)| PlannedAction {
+            action_id: *id,
+            kind: c.kind,
+            action: c.action,
+            rule: c.rule.clone(),
+            id: c.id.clone(),
+            user_email: c.user_email.clone(),
+            name: c.name.clone(),
+        }));
     }
 
     fn add(&mut self, decisions: Vec<Candidate>) {
@@ -862,7 +921,8 @@ impl<'a> DecisionLog<'a> {
     /// Waits for the write in flight, if any.
     async fn settle(&mut self) -> Result<(), AuditError> {
         if let Some(write) = self.writing.take() {
-            let recorded = write.finish().await?;
+            let (recorded, ids) = write.finish().await?;
+            self.remember(&recorded, &ids);
             if self.keep {
                 self.recorded.extend(recorded);
             }
@@ -870,17 +930,20 @@ impl<'a> DecisionLog<'a> {
         Ok(())
     }
 
-    /// Records the rest; returns the decisions kept (every one, in order, if kept; else none).
-    async fn finish(mut self) -> Result<Vec<Candidate>, AuditError> {
+    /// Records the rest; returns the decisions kept (every one, in order, if kept; else none),
+    /// and every planned action if they fit in one batch.
+    async fn finish(mut self) -> Result<(Vec<Candidate>, Option<Vec<PlannedAction>>), AuditError> {
         self.settle().await?;
         let mut rest = std::mem::take(&mut self.pending);
-        self.audit
+        let ids = self
+            .audit
             .record_decisions(self.run, self.decided_at, &mut rest)
             .await?;
+        self.remember(&rest, &ids);
         if self.keep {
             self.recorded.extend(rest);
         }
-        Ok(self.recorded)
+        Ok((self.recorded, self.planned))
     }
 }
 

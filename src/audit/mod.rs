@@ -1743,18 +1743,18 @@ impl AuditStore {
     }
 
     /// Records a batch of decisions on a task of its own, so that listing goes on meanwhile.
-    /// The batch comes back with its snapshots dropped.
+    /// The batch comes back with its snapshots dropped, and its action row ids in order.
     pub fn record_decisions_in_background(
         &self,
         run: RunId,
         decided_at: DateTime<Utc>,
         mut batch: Vec<Candidate>,
-    ) -> BackgroundWrite<Vec<Candidate>> {
+    ) -> BackgroundWrite<(Vec<Candidate>, Vec<i64>)> {
         let store = self.clone();
         let handle = tokio::spawn(async move {
             let started = Instant::now();
             let recorded = store.record_decisions(run, decided_at, &mut batch).await;
-            (recorded.map(|_| batch), started.elapsed())
+            (recorded.map(|ids| (batch, ids)), started.elapsed())
         });
         BackgroundWrite {
             handle,

@@ -40,6 +40,7 @@ impl Config {
             ),
             self.limits(),
             format!("audit: {}", self.audit.path.display()),
+            self.retention(),
             format!(
                 "schedule: {:?}{}",
                 self.schedule.cron,
@@ -108,6 +109,21 @@ impl Config {
 
 impl Config {
     /// The caps, which apply to each kind on its own.
+    fn retention(&self) -> String {
+        let acted = match self.audit.retain_mutations {
+            Some(days) => format!(
+                "{} after they finished",
+                plural(u64::from(days), "day", "days")
+            ),
+            None => "forever".to_owned(),
+        };
+        format!(
+            "audit retention: runs that acted on nothing kept {} after they finished, runs \
+             that acted {acted}; pruned at the start of each cycle",
+            plural(u64::from(self.audit.retain_days), "day", "days"),
+        )
+    }
+
     fn limits(&self) -> String {
         let mut kinds: Vec<Kind> = self.rules.iter().map(|r| r.resource).collect();
         kinds.dedup();

@@ -1,0 +1,880 @@
+//! Retention: which runs the audit log may forget ([`plan`], a pure function), and forgetting
+//! them in short transactions ([`AuditStore::prune`]), each prune leaving a record in `prunes`.
+//! Then the freed pages go back to the file system ([`AuditStore::reclaim_space`]).
+//!
+//! A run goes with everything that hangs off it, children first, a bounded number of rows per
+//! table per transaction, so that pruning never holds the writer for long and every commit
+//! leaves a database whose references all hold (foreign keys are enforced).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{canonical, ts, AuditError, AuditStore};
+use crate::config::AuditSettings;
+
+/// Rows per table in one transaction: a few milliseconds of the writer's time.
+pub const PRUNE_BATCH: usize = 2000;
+
+/// Rows one cycle deletes at most before it lists: a backlog (the first prune of a large
+/// database) is worked off over several cycles instead of delaying one.
+pub const CYCLE_PRUNE_ROWS: u64 = 200_000;
+
+/// Pages `PRAGMA incremental_vacuum` frees per statement (8 MiB of 4 KiB pages).
+const VACUUM_STEP: i64 = 2048;
+
+/// How much of the freelist one prune gives back at most, in steps of [`VACUUM_STEP`]: the
+/// rest goes at the next prune.
+const VACUUM_STEPS: usize = 64;
+
+/// The rows of one run, child tables first: one table per step, each deleting at most `?2`
+/// rows of run `?1`. The order is the order of references: snapshots name actions, actions
+/// name mutations. A table added to the audit log that hangs off a run gets a step here.
+const STEPS: &[Step] = &[
+    Step {
+        table: "snapshots",
+        count: "SELECT count(*) FROM snapshots
+                WHERE action_id IN (SELECT id FROM actions WHERE run_id = ?1)",
+        // The same actions as the next step deletes: a snapshot goes with its action.
+        delete: "DELETE FROM snapshots WHERE action_id IN
+                     (SELECT id FROM actions WHERE run_id = ?1 ORDER BY id LIMIT ?2)",
+    },
+    Step {
+        table: "actions",
+        count: "SELECT count(*) FROM actions WHERE run_id = ?1",
+        delete: "DELETE FROM actions WHERE id IN
+                     (SELECT id FROM actions WHERE run_id = ?1 ORDER BY id LIMIT ?2)",
+    },
+    Step {
+        table: "mark_events",
+        count: "SELECT count(*) FROM mark_events WHERE run_id = ?1",
+        delete: "DELETE FROM mark_events WHERE id IN
+                     (SELECT id FROM mark_events WHERE run_id = ?1 LIMIT ?2)",
+    },
+    Step {
+        table: "notification_attempts",
+        count: "SELECT count(*) FROM notification_attempts WHERE run_id = ?1",
+        delete: "DELETE FROM notification_attempts WHERE id IN
+                     (SELECT id FROM notification_attempts WHERE run_id = ?1 LIMIT ?2)",
+    },
+    Step {
+        table: "run_kinds",
+        count: "SELECT count(*) FROM run_kinds WHERE run_id = ?1",
+        delete: "DELETE FROM run_kinds WHERE rowid IN
+                     (SELECT rowid FROM run_kinds WHERE run_id = ?1 LIMIT ?2)",
+    },
+    Step {
+        table: "mutations",
+        count: "SELECT count(*) FROM mutations WHERE run_id = ?1",
+        // Once no action names them: the run's own actions go first, in earlier batches.
+        delete: "DELETE FROM mutations WHERE id IN
+                     (SELECT id FROM mutations m WHERE run_id = ?1
+                        AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.mutation_id = m.id)
+                      LIMIT ?2)",
+    },
+];
+
+/// One table's part of pruning a run.
+struct Step {
+    table: &'static str,
+    count: &'static str,
+    delete: &'static str,
+}
+
+/// Every table pruning deletes from, for the metrics' `table` label.
+pub fn pruned_tables() -> impl Iterator<Item = &'static str> {
+    STEPS.iter().map(|s| s.table).chain(["runs"])
+}
+
+/// How long runs are kept, from `[audit]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Runs that acted on nothing: days after they finished.
+    pub days: u32,
+    /// Runs that acted: days after they finished; `None` keeps them forever.
+    pub mutations_days: Option<u32>,
+}
+
+impl Retention {
+    pub fn of(settings: &AuditSettings) -> Self {
+        Retention {
+            days: settings.retain_days,
+            mutations_days: settings.retain_mutations,
+        }
+    }
+
+    /// Runs that acted on nothing and finished before this are due.
+    pub fn cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - TimeDelta::days(i64::from(self.days))
+    }
+
+    /// Runs that acted and finished before this are due; `None`: never.
+    pub fn mutations_cutoff(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.mutations_days
+            .map(|days| now - TimeDelta::days(i64::from(days)))
+    }
+}
+
+/// What started a prune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PruneTrigger {
+    /// The start of a cycle.
+    Cycle,
+    /// `zt-janitor audit prune`.
+    Command,
+}
+
+impl PruneTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneTrigger::Cycle => "cycle",
+            PruneTrigger::Command => "command",
+        }
+    }
+}
+
+/// How much one prune does.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneLimits {
+    /// Rows per table per transaction.
+    pub batch: usize,
+    /// Rows in all, checked between transactions; `None`: until every due run is gone.
+    pub max_rows: Option<u64>,
+}
+
+impl PruneLimits {
+    /// At the start of a cycle: a bounded share of any backlog.
+    pub const CYCLE: PruneLimits = PruneLimits {
+        batch: PRUNE_BATCH,
+        max_rows: Some(CYCLE_PRUNE_ROWS),
+    };
+    /// `audit prune`: everything due.
+    pub const COMMAND: PruneLimits = PruneLimits {
+        batch: PRUNE_BATCH,
+        max_rows: None,
+    };
+}
+
+/// What the retention policy knows of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunFacts {
+    pub id: i64,
+    /// When it finished; `None` while it runs, or when the time cannot be read (kept: its
+    /// age is unknown).
+    pub finished: Option<DateTime<Utc>>,
+    /// It has an outcome.
+    pub closed: bool,
+    /// It made API mutations (deleted, revoked, or tried to).
+    pub acted: bool,
+    /// One of its mutations has no recorded outcome: the next start reconciles it.
+    pub unknown_outcome: bool,
+    /// A grace-period mark names it, or one of its actions.
+    pub marked: bool,
+    /// Runs whose rows name rows of this one (an undo names the run and the actions it
+    /// reverses; a stuck action names the failed call of an earlier run).
+    pub named_by: Vec<i64>,
+}
+
+/// Why a run old enough to go is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Held {
+    /// Still running, or left without an outcome by a crash (the next start closes it).
+    Open,
+    /// A mutation of it has no recorded outcome: the next start reconciles it.
+    UnknownOutcome,
+    /// The latest run.
+    Latest,
+    /// A grace-period mark names it or one of its actions.
+    Marked,
+    /// A kept run names it (an undo of it, an action stuck on its call).
+    Named,
+}
+
+impl Held {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Held::Open => "still open",
+            Held::UnknownOutcome => "a call of it has no recorded outcome yet",
+            Held::Latest => "the latest run",
+            Held::Marked => "a grace-period mark names it",
+            Held::Named => "a kept run names it",
+        }
+    }
+}
+
+/// Which runs go, and which are old enough but kept, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// Newest first: a run that names another goes before it.
+    pub due: Vec<i64>,
+    pub held: Vec<(i64, Held)>,
+}
+
+/// Decides which of `runs` are due under `retention` at `now`. A run is due once it finished
+/// longer ago than its retention (runs that acted: `mutations_days`; others: `days`), unless
+/// it is open, has a call of unknown outcome, is the latest, is named by a mark, or is named
+/// by a run that stays.
+pub fn plan(runs: &[RunFacts], retention: Retention, now: DateTime<Utc>) -> PrunePlan {
+    let latest = runs.iter().map(|r| r.id).max();
+    let cutoff = retention.cutoff(now);
+    let mutations_cutoff = retention.mutations_cutoff(now);
+    let mut held = Vec::new();
+    let mut due = BTreeSet::new();
+    for run in runs {
+        let old = |finished: DateTime<Utc>| {
+            let cutoff = if run.acted {
+                mutations_cutoff
+            } else {
+                Some(cutoff)
+            };
+            cutoff.is_some_and(|c| finished < c)
+        };
+        let verdict = match run.finished {
+            _ if !run.closed => Some(Held::Open),
+            None => Some(Held::Open),
+            Some(_) if run.unknown_outcome => Some(Held::UnknownOutcome),
+            Some(finished) if !old(finished) => continue,
+            Some(_) if Some(run.id) == latest => Some(Held::Latest),
+            Some(_) if run.marked => Some(Held::Marked),
+            Some(_) => None,
+        };
+        match verdict {
+            Some(why) => held.push((run.id, why)),
+            None => {
+                due.insert(run.id);
+            }
+        }
+    }
+    // A run named by one that stays stays too, and may hold others in turn.
+    loop {
+        let named: Vec<i64> = runs
+            .iter()
+            .filter(|r| due.contains(&r.id))
+            .filter(|r| r.named_by.iter().any(|by| !due.contains(by)))
+            .map(|r| r.id)
+            .collect();
+        if named.is_empty() {
+            break;
+        }
+        for id in named {
+            due.remove(&id);
+            held.push((id, Held::Named));
+        }
+    }
+    held.sort_unstable_by_key(|&(id, _)| id);
+    PrunePlan {
+        due: due.into_iter().rev().collect(),
+        held,
+    }
+}
+
+/// A run old enough to go but kept, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldRun {
+    pub run_id: i64,
+    pub reason: Held,
+}
+
+/// What one prune did (or, dry, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub triggered_by: PruneTrigger,
+    pub started_at: String,
+    pub retain_days: u32,
+    /// `None`: forever.
+    pub retain_mutations: Option<u32>,
+    pub cutoff: String,
+    pub mutations_cutoff: Option<String>,
+    /// The runs pruned (would be), newest first.
+    pub runs: Vec<i64>,
+    /// Runs old enough but kept.
+    pub held: Vec<HeldRun>,
+    /// Rows deleted (would be) per table.
+    pub deleted: BTreeMap<&'static str, u64>,
+    /// Every due run is gone (dry: would be).
+    pub complete: bool,
+    /// Why it stopped early, if it failed part-way.
+    pub error: Option<String>,
+    /// The database's size on disk (file and write-ahead log) before and after, in bytes.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+impl PruneReport {
+    pub fn rows(&self) -> u64 {
+        self.deleted.values().sum()
+    }
+}
+
+/// Turning an existing database to incremental vacuum could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum VacuumError {
+    #[error("converting the audit database {path} to incremental vacuum rewrites it whole and needs about {needed} bytes free beside it, but its file system has {free}; free some space, or move the database to a larger file system, and run `zt-janitor audit prune --vacuum` again")]
+    NoRoom {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
+    #[error("cannot tell how much space is free beside the audit database {path}: {source}; nothing was converted")]
+    FreeSpace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl AuditStore {
+    /// The facts [`plan`] needs about every run: a few queries over the runs and the few rows
+    /// that name across runs, never a scan of all actions.
+    async fn run_facts(&self) -> Result<Vec<RunFacts>, AuditError> {
+        let read = AuditError::Read;
+        let rows = sqlx::query("SELECT id, finished_at, outcome IS NOT NULL FROM runs ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read)?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let finished: Option<String> = row.try_get(1).unwrap_or(None);
+            runs.push(RunFacts {
+                id: row.try_get(0).map_err(read)?,
+                finished: finished
+                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                closed: row.try_get::<bool, _>(2).map_err(read)?,
+                ..RunFacts::default()
+            });
+        }
+        let index: HashMap<i64, usize> = runs.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        let calls: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT run_id, sum(outcome IS NULL) FROM mutations GROUP BY run_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(read)?;
+        for (run, unknown) in calls {
+            if let Some(&i) = index.get(&run) {
+                runs[i].acted = true;
+                runs[i].unknown_outcome = unknown > 0;
+            }
+        }
+        let marked: Vec<i64> = sqlx::query_scalar(
+            "SELECT first_run_id FROM marks UNION SELECT last_run_id FROM marks
+             UNION SELECT a.run_id FROM marks m JOIN actions a ON a.id = m.first_action_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read)?;
+        for run in marked {
+            if let Some(&i) = index.get(&run) {
+                runs[i].marked = true;
+            }
+        }
+        // (naming run, named run). Undo actions exist only in undo runs; an action names a
+        // call of another run only when it is stuck on an earlier run's failure.
+        let names: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, undoes_run FROM runs WHERE undoes_run IS NOT NULL
+             UNION
+             SELECT a.run_id, t.run_id FROM runs r
+                 JOIN actions a ON a.run_id = r.id
+                 JOIN actions t ON t.id = a.undoes_action_id
+             WHERE r.mode = 'undo' AND t.run_id != a.run_id
+             UNION
+             SELECT a.run_id, m.run_id FROM actions a JOIN mutations m ON m.id = a.mutation_id
+             WHERE a.mutation_id IS NOT NULL AND m.run_id != a.run_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read)?;
+        for (by, run) in names {
+            if let Some(&i) = index.get(&run) {
+                runs[i].named_by.push(by);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Which runs are due under `retention` at `now`, and which are held.
+    pub async fn prune_plan(
+        &self,
+        retention: Retention,
+        now: DateTime<Utc>,
+    ) -> Result<PrunePlan, AuditError> {
+        Ok(plan(&self.run_facts().await?, retention, now))
+    }
+
+    fn empty_report(
+        &self,
+        plan: &PrunePlan,
+        retention: Retention,
+        now: DateTime<Utc>,
+        trigger: PruneTrigger,
+        dry_run: bool,
+    ) -> PruneReport {
+        let bytes = self.disk_bytes();
+        PruneReport {
+            dry_run,
+            triggered_by: trigger,
+            started_at: ts(now),
+            retain_days: retention.days,
+            retain_mutations: retention.mutations_days,
+            cutoff: ts(retention.cutoff(now)),
+            mutations_cutoff: retention.mutations_cutoff(now).map(ts),
+            runs: Vec::new(),
+            held: plan
+                .held
+                .iter()
+                .map(|&(run_id, reason)| HeldRun { run_id, reason })
+                .collect(),
+            deleted: pruned_tables().map(|t| (t, 0)).collect(),
+            complete: true,
+            error: None,
+            bytes_before: bytes,
+            bytes_after: bytes,
+        }
+    }
+
+    /// What [`AuditStore::prune`] would delete now, without deleting anything.
+    pub async fn prune_preview(
+        &self,
+        retention: Retention,
+        now: DateTime<Utc>,
+    ) -> Result<PruneReport, AuditError> {
+        let plan = self.prune_plan(retention, now).await?;
+        let mut report = self.empty_report(&plan, retention, now, PruneTrigger::Command, true);
+        for &run in &plan.due {
+            for step in STEPS {
+                let n: i64 = sqlx::query_scalar(step.count)
+                    .bind(run)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(AuditError::Read)?;
+                *report.deleted.entry(step.table).or_default() += u64::try_from(n).unwrap_or(0);
+            }
+            *report.deleted.entry("runs").or_default() += 1;
+        }
+        report.runs = plan.due;
+        Ok(report)
+    }
+
+    /// Deletes the runs due under `retention` at `now` with everything that hangs off them,
+    /// newest first, in transactions of at most `limits.batch` rows per table; stops early
+    /// once `limits.max_rows` are gone (the next prune goes on). Records the prune in
+    /// `prunes` when it deleted anything, then gives the freed pages back. A failure part-way
+    /// is in the report's `error`, with what was deleted before it; `Err` only when nothing
+    /// could be read or the record could not be written.
+    pub async fn prune(
+        &self,
+        retention: Retention,
+        now: DateTime<Utc>,
+        trigger: PruneTrigger,
+        limits: PruneLimits,
+    ) -> Result<PruneReport, AuditError> {
+        let plan = self.prune_plan(retention, now).await?;
+        let mut report = self.empty_report(&plan, retention, now, trigger, false);
+        let batch = limits.batch.max(1);
+        'runs: for &run in &plan.due {
+            loop {
+                if limits.max_rows.is_some_and(|max| report.rows() >= max) {
+                    report.complete = false;
+                    break 'runs;
+                }
+                match self.prune_batch(run, batch).await {
+                    Ok((deleted, gone)) => {
+                        for (table, n) in deleted {
+                            *report.deleted.entry(table).or_default() += n;
+                        }
+                        if gone {
+                            report.runs.push(run);
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        report.complete = false;
+                        report.error = Some(e.to_string());
+                        break 'runs;
+                    }
+                }
+            }
+        }
+        if report.rows() > 0 {
+            self.record_prune(&report, Utc::now()).await?;
+            self.reclaim_space().await?;
+        }
+        report.bytes_after = self.disk_bytes();
+        Ok(report)
+    }
+
+    /// One transaction: up to `batch` rows of each of run `run`'s tables, and the run itself
+    /// once nothing hangs off it. Returns the rows deleted per table, and whether the run is
+    /// gone.
+    async fn prune_batch(
+        &self,
+        run: i64,
+        batch: usize,
+    ) -> Result<(Vec<(&'static str, u64)>, bool), AuditError> {
+        let _timer = self.timer();
+        let write = AuditError::Write;
+        let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await.map_err(write)?;
+        let mut deleted = Vec::with_capacity(STEPS.len() + 1);
+        let mut emptied = true;
+        for step in STEPS {
+            let n = sqlx::query(step.delete)
+                .bind(run)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await
+                .map_err(write)?
+                .rows_affected();
+            // Fewer than asked: nothing of this table is left (the steps before it ran).
+            emptied &= n < batch as u64;
+            deleted.push((step.table, n));
+        }
+        if emptied {
+            let n = sqlx::query("DELETE FROM runs WHERE id = ?1")
+                .bind(run)
+                .execute(&mut *tx)
+                .await
+                .map_err(write)?
+                .rows_affected();
+            deleted.push(("runs", n));
+        }
+        tx.commit().await.map_err(write)?;
+        Ok((deleted, emptied))
+    }
+
+    /// Writes the durable record of a prune: when, what started it, the cutoffs, the runs and
+    /// the rows per table it deleted, and whether it finished.
+    pub async fn record_prune(
+        &self,
+        report: &PruneReport,
+        finished: DateTime<Utc>,
+    ) -> Result<i64, AuditError> {
+        let _timer = self.timer();
+        let deleted = serde_json::to_string(&report.deleted).unwrap_or_else(|_| "{}".to_owned());
+        let id = sqlx::query(
+            "INSERT INTO prunes (started_at, finished_at, triggered_by, retain_days,
+                 retain_mutations, cutoff, mutations_cutoff, runs, first_run_id, last_run_id,
+                 deleted, complete, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .bind(&report.started_at)
+        .bind(ts(finished))
+        .bind(report.triggered_by.as_str())
+        .bind(i64::from(report.retain_days))
+        .bind(report.retain_mutations.map(i64::from))
+        .bind(&report.cutoff)
+        .bind(&report.mutations_cutoff)
+        .bind(report.runs.len() as i64)
+        .bind(report.runs.iter().min())
+        .bind(report.runs.iter().max())
+        .bind(deleted)
+        .bind(report.complete)
+        .bind(&report.error)
+        .execute(&self.pool)
+        .await
+        .map_err(AuditError::Write)?
+        .last_insert_rowid();
+        Ok(id)
+    }
+
+    /// Gives free pages back to the file system, [`VACUUM_STEP`] pages per statement, when
+    /// the database is in incremental auto-vacuum mode (new databases are; older ones after
+    /// `audit prune --vacuum`), then checkpoints so that the file shrinks now. Returns the
+    /// pages given back.
+    pub async fn reclaim_space(&self) -> Result<u64, AuditError> {
+        let _timer = self.timer();
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(AuditError::Read)?;
+        if mode != 2 {
+            return Ok(0);
+        }
+        let mut freed = 0;
+        for _ in 0..VACUUM_STEPS {
+            let free = self.freelist_pages().await?;
+            if free == 0 {
+                break;
+            }
+            sqlx::query(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))
+                .execute(&self.pool)
+                .await
+                .map_err(AuditError::Write)?;
+            freed += free.saturating_sub(self.freelist_pages().await?);
+        }
+        self.checkpoint().await;
+        Ok(freed)
+    }
+
+    async fn freelist_pages(&self) -> Result<u64, AuditError> {
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(AuditError::Read)?;
+        Ok(u64::try_from(free).unwrap_or(0))
+    }
+
+    /// Copies the write-ahead log into the file and truncates it. A reader in the way (an
+    /// `audit` query) only makes it partial: the next automatic checkpoint finishes it.
+    async fn checkpoint(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "audit checkpoint after pruning did not complete");
+        }
+    }
+
+    /// Whether free pages can be given back without a full VACUUM.
+    pub async fn incremental_vacuum(&self) -> Result<bool, AuditError> {
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(AuditError::Read)?;
+        Ok(mode == 2)
+    }
+
+    /// Turns a database created before incremental vacuum into one that has it: a full
+    /// VACUUM, which rewrites the file (through a temporary copy and the write-ahead log), so
+    /// it is refused unless twice the database's size is free on its file system. Returns
+    /// false when it already had it.
+    pub async fn convert_to_incremental_vacuum(&self) -> Result<bool, VacuumError> {
+        if self.incremental_vacuum().await? {
+            return Ok(false);
+        }
+        let size: i64 = sqlx::query_scalar(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        let needed = u64::try_from(size).unwrap_or(0).saturating_mul(2);
+        let real = canonical(&self.path)?;
+        let dir = real.parent().unwrap_or(Path::new("."));
+        let free = free_bytes(dir).map_err(|source| VacuumError::FreeSpace {
+            path: self.path.clone(),
+            source,
+        })?;
+        if free < needed {
+            return Err(VacuumError::NoRoom {
+                path: self.path.clone(),
+                needed,
+                free,
+            });
+        }
+        let _timer = self.timer();
+        // Outside any transaction, as VACUUM must be; the mode takes effect through it.
+        for statement in ["PRAGMA auto_vacuum = INCREMENTAL", "VACUUM"] {
+            sqlx::query(statement)
+                .execute(&self.pool)
+                .await
+                .map_err(AuditError::Write)?;
+        }
+        self.checkpoint().await;
+        Ok(true)
+    }
+
+    /// The database's size on disk: the file and its write-ahead log, in bytes.
+    pub fn disk_bytes(&self) -> u64 {
+        let Ok(real) = canonical(&self.path) else {
+            return 0;
+        };
+        let mut wal = real.as_os_str().to_owned();
+        wal.push("-wal");
+        [real, PathBuf::from(wal)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// Bytes an unprivileged process may still write on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid C string and `stat` is written by statvfs before it is read.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    const NOW: &str = "2026-12-01T00:00:00Z";
+
+    /// A closed run that finished `days` (fractional) before NOW.
+    fn run(id: i64, days: f64) -> RunFacts {
+        RunFacts {
+            id,
+            finished: Some(at(NOW) - TimeDelta::seconds((days * 86_400.0) as i64)),
+            closed: true,
+            ..RunFacts::default()
+        }
+    }
+
+    /// Runs 1..: the cases; run 99 is the latest, young, so that none of the cases is the
+    /// latest unless it says so.
+    #[test]
+    fn the_policy_keeps_what_is_young_open_unsettled_latest_or_named() {
+        let retention = Retention {
+            days: 90,
+            mutations_days: None,
+        };
+        let acting = |id, days| RunFacts {
+            acted: true,
+            ..run(id, days)
+        };
+        // (case, run, expected: None = due, Some(held) = kept and listed, "young" = not listed)
+        let cases: Vec<(&str, RunFacts, Result<Option<Held>, &str>)> = vec![
+            ("just inside retain_days", run(1, 89.99), Err("young")),
+            ("just outside retain_days", run(2, 90.01), Ok(None)),
+            (
+                "acted, very old, kept forever",
+                acting(3, 3650.0),
+                Err("young"),
+            ),
+            (
+                "still running",
+                RunFacts {
+                    closed: false,
+                    finished: None,
+                    ..run(4, 0.0)
+                },
+                Ok(Some(Held::Open)),
+            ),
+            (
+                "closed without a readable time",
+                RunFacts {
+                    finished: None,
+                    ..run(5, 0.0)
+                },
+                Ok(Some(Held::Open)),
+            ),
+            (
+                "a call of unknown outcome",
+                RunFacts {
+                    unknown_outcome: true,
+                    ..acting(6, 400.0)
+                },
+                Ok(Some(Held::UnknownOutcome)),
+            ),
+            (
+                "named by a mark",
+                RunFacts {
+                    marked: true,
+                    ..run(7, 400.0)
+                },
+                Ok(Some(Held::Marked)),
+            ),
+            (
+                "undone by a young run",
+                RunFacts {
+                    named_by: vec![98],
+                    ..run(8, 400.0)
+                },
+                Ok(Some(Held::Named)),
+            ),
+            (
+                "undone by a run that goes too",
+                RunFacts {
+                    named_by: vec![2],
+                    ..run(9, 400.0)
+                },
+                Ok(None),
+            ),
+        ];
+        let mut runs: Vec<RunFacts> = cases.iter().map(|c| c.1.clone()).collect();
+        runs.push(run(98, 1.0));
+        runs.push(run(99, 0.5));
+        let plan = plan(&runs, retention, at(NOW));
+        let mut failures = Vec::new();
+        for (case, facts, expected) in &cases {
+            let got = if plan.due.contains(&facts.id) {
+                Ok(None)
+            } else if let Some((_, why)) = plan.held.iter().find(|(id, _)| *id == facts.id) {
+                Ok(Some(*why))
+            } else {
+                Err("young")
+            };
+            if &got != expected {
+                failures.push(format!("{case}: got {got:?}, expected {expected:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_eq!(plan.due, [9, 2], "newest first");
+    }
+
+    #[test]
+    fn acting_runs_go_once_retain_mutations_passes_and_the_latest_never() {
+        let retention = Retention {
+            days: 0,
+            mutations_days: Some(30),
+        };
+        let acting = |id, days| RunFacts {
+            acted: true,
+            ..run(id, days)
+        };
+        let runs = [
+            acting(1, 30.01),
+            acting(2, 29.99),
+            run(3, 0.01),
+            run(4, 400.0),
+        ];
+        let plan = plan(&runs, retention, at(NOW));
+        assert_eq!(plan.due, [3, 1]);
+        assert_eq!(plan.held, [(4, Held::Latest)]);
+    }
+
+    /// An undo names the run it reverses; a run named by a kept run is kept, and so is what
+    /// that one names in turn.
+    #[test]
+    fn a_chain_of_names_holds_every_run_it_reaches() {
+        let retention = Retention {
+            days: 1,
+            mutations_days: Some(1),
+        };
+        let runs = [
+            RunFacts {
+                named_by: vec![2],
+                ..run(1, 10.0)
+            },
+            RunFacts {
+                named_by: vec![3],
+                ..run(2, 10.0)
+            },
+            RunFacts {
+                marked: true,
+                ..run(3, 10.0)
+            },
+            run(4, 0.0),
+        ];
+        let plan = plan(&runs, retention, at(NOW));
+        assert!(plan.due.is_empty(), "{plan:?}");
+        assert_eq!(
+            plan.held,
+            [(1, Held::Named), (2, Held::Named), (3, Held::Marked)]
+        );
+    }
+}

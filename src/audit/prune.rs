@@ -304,6 +304,9 @@ pub struct PruneReport {
     /// The database's size on disk (file and write-ahead log) before and after, in bytes.
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Freed pages go back to the file system; otherwise they are only reused (a database
+    /// created before incremental vacuum, until `audit prune --vacuum`).
+    pub incremental_vacuum: bool,
 }
 
 impl PruneReport {
@@ -437,6 +440,7 @@ impl AuditStore {
             error: None,
             bytes_before: bytes,
             bytes_after: bytes,
+            incremental_vacuum: false,
         }
     }
 
@@ -448,6 +452,7 @@ impl AuditStore {
     ) -> Result<PruneReport, AuditError> {
         let plan = self.prune_plan(retention, now).await?;
         let mut report = self.empty_report(&plan, retention, now, PruneTrigger::Command, true);
+        report.incremental_vacuum = self.incremental_vacuum().await?;
         for &run in &plan.due {
             for step in STEPS {
                 let n: i64 = sqlx::query_scalar(step.count)
@@ -476,8 +481,10 @@ impl AuditStore {
         trigger: PruneTrigger,
         limits: PruneLimits,
     ) -> Result<PruneReport, AuditError> {
+        let started = std::time::Instant::now();
         let plan = self.prune_plan(retention, now).await?;
         let mut report = self.empty_report(&plan, retention, now, trigger, false);
+        report.incremental_vacuum = self.incremental_vacuum().await?;
         let batch = limits.batch.max(1);
         'runs: for &run in &plan.due {
             loop {
@@ -504,7 +511,8 @@ impl AuditStore {
             }
         }
         if report.rows() > 0 {
-            self.record_prune(&report, Utc::now()).await?;
+            let took = TimeDelta::from_std(started.elapsed()).unwrap_or_default();
+            self.record_prune(&report, now + took).await?;
             self.reclaim_space().await?;
         }
         report.bytes_after = self.disk_bytes();
@@ -746,8 +754,9 @@ mod tests {
             acted: true,
             ..run(id, days)
         };
-        // (case, run, expected: None = due, Some(held) = kept and listed, "young" = not listed)
-        let cases: Vec<(&str, RunFacts, Result<Option<Held>, &str>)> = vec![
+        // (case, run, expected: Ok(None) = due, Ok(Some(why)) = held, Err("young") = not listed)
+        type Expected = Result<Option<Held>, &'static str>;
+        let cases: Vec<(&str, RunFacts, Expected)> = vec![
             ("just inside retain_days", run(1, 89.99), Err("young")),
             ("just outside retain_days", run(2, 90.01), Ok(None)),
             (
@@ -845,6 +854,341 @@ mod tests {
         let plan = plan(&runs, retention, at(NOW));
         assert_eq!(plan.due, [3, 1]);
         assert_eq!(plan.held, [(4, Held::Latest)]);
+    }
+
+    const OLD: &str = "2026-01-01T00:00:00.000000Z";
+
+    async fn store(dir: &tempfile::TempDir) -> AuditStore {
+        AuditStore::open(&dir.path().join("a.db")).await.unwrap()
+    }
+
+    async fn exec(audit: &AuditStore, sql: &str) {
+        sqlx::query(sql)
+            .execute(&audit.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// A closed run `id` that finished at `finished`, with `actions` decisions (each with its
+    /// snapshot of `snapshot_bytes`), one mutation carrying the first of them when `acted`,
+    /// a run_kinds row, a mark event and a notification attempt.
+    async fn add_run(
+        audit: &AuditStore,
+        id: i64,
+        finished: &str,
+        actions: i64,
+        acted: bool,
+        snapshot_bytes: usize,
+    ) {
+        let mode = if acted { "apply" } else { "plan" };
+        exec(
+            audit,
+            &format!(
+                "INSERT INTO runs (id, started_at, finished_at, mode, outcome)
+                 VALUES ({id}, '{finished}', '{finished}', '{mode}', 'planned')"
+            ),
+        )
+        .await;
+        if acted {
+            exec(
+                audit,
+                &format!(
+                    "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path,
+                         resource_ids, intent_at, completed_at, outcome)
+                     VALUES ({id}, {id}, 'device_registration', 'delete', 'DELETE', '/x',
+                         '[\"r-{id}-0\"]', 't', 't', 'ok')"
+                ),
+            )
+            .await;
+        }
+        if actions > 0 {
+            // One statement each (not one per row): every commit is an fsync.
+            let ids = format!(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {})",
+                actions - 1
+            );
+            let mutation = if acted {
+                id.to_string()
+            } else {
+                "NULL".to_owned()
+            };
+            exec(
+                audit,
+                &format!(
+                    "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                         resource_id, reason, status, mutation_id)
+                     {ids} SELECT {id} * 10000 + i, {id}, 't', 'idle', 'delete',
+                         'device_registration', 'r-{id}-' || i, 'idle', 'planned',
+                         CASE WHEN i = 0 THEN {mutation} END FROM n"
+                ),
+            )
+            .await;
+            exec(
+                audit,
+                &format!(
+                    "INSERT INTO snapshots (action_id, body)
+                     {ids} SELECT {id} * 10000 + i,
+                         '{{\"b\":\"' || replace(hex(zeroblob({snapshot_bytes})), '00', 'x') || '\"}}'
+                     FROM n"
+                ),
+            )
+            .await;
+        }
+        for sql in [
+            format!(
+                "INSERT INTO run_kinds (run_id, kind, outcome, done, failed)
+                 VALUES ({id}, 'device_registration', 'planned', 0, 0)"
+            ),
+            format!(
+                "INSERT INTO mark_events (run_id, at, event, resource_kind, resource_id, rule,
+                     first_marked_at) VALUES ({id}, 't', 'marked', 'device_registration', 'r', 'idle', 't')"
+            ),
+            format!(
+                "INSERT INTO notification_attempts (run_id, target, attempt, started_at,
+                     finished_at, outcome) VALUES ({id}, 'ops', 1, 't', 't', 'delivered')"
+            ),
+        ] {
+            exec(audit, &sql).await;
+        }
+    }
+
+    async fn count(audit: &AuditStore, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&audit.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn runs(audit: &AuditStore) -> Vec<i64> {
+        sqlx::query_scalar("SELECT id FROM runs ORDER BY id")
+            .fetch_all(&audit.pool)
+            .await
+            .unwrap()
+    }
+
+    /// What must hold after every committed batch: every reference resolves, every action
+    /// has its snapshot, and every run that lost rows is either whole in what it still has
+    /// or gone.
+    async fn assert_consistent(audit: &AuditStore, when: &str) {
+        let broken = count(audit, "SELECT count(*) FROM pragma_foreign_key_check").await;
+        assert_eq!(broken, 0, "{when}: a reference dangles");
+        let bare = count(
+            audit,
+            "SELECT count(*) FROM actions a
+             WHERE NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.action_id = a.id)",
+        )
+        .await;
+        assert_eq!(bare, 0, "{when}: an action lost its snapshot");
+    }
+
+    const FOREVER: Retention = Retention {
+        days: 0,
+        mutations_days: None,
+    };
+
+    /// Issue 14: pruning commits in small transactions, and the database is consistent after
+    /// each of them; a prune that stops at its budget is taken up by the next.
+    #[tokio::test]
+    async fn each_batch_leaves_a_consistent_database_and_the_next_prune_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = store(&dir).await;
+        add_run(&audit, 1, OLD, 7, false, 10).await;
+        add_run(&audit, 2, OLD, 5, true, 10).await;
+        add_run(&audit, 3, OLD, 8, false, 10).await;
+        add_run(&audit, 4, OLD, 2, false, 10).await;
+        let now = at(NOW);
+        let retention = Retention {
+            days: 30,
+            mutations_days: Some(30),
+        };
+        let preview = audit.prune_preview(retention, now).await.unwrap();
+        assert_eq!(preview.runs, [3, 2, 1], "the latest (4) stays");
+        let one_batch = PruneLimits {
+            batch: 3,
+            max_rows: Some(1),
+        };
+        let mut deleted: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            assert!(calls < 100, "pruning does not end");
+            let report = audit
+                .prune(retention, now, PruneTrigger::Cycle, one_batch)
+                .await
+                .unwrap();
+            assert_eq!(report.error, None);
+            assert_consistent(&audit, &format!("after prune {calls}")).await;
+            for (table, n) in &report.deleted {
+                *deleted.entry(table).or_default() += n;
+            }
+            if report.complete {
+                break;
+            }
+        }
+        assert!(calls > 5, "one batch per prune: {calls}");
+        assert_eq!(runs(&audit).await, [4]);
+        assert_eq!(deleted, preview.deleted, "the preview counted what went");
+        assert_eq!(deleted["actions"], 20);
+        assert_eq!(deleted["snapshots"], 20);
+        assert_eq!(deleted["mutations"], 1);
+        let left = count(&audit, "SELECT count(*) FROM actions WHERE run_id != 4").await;
+        assert_eq!(left, 0);
+        let records = count(
+            &audit,
+            "SELECT count(*) FROM prunes WHERE triggered_by = 'cycle' AND retain_days = 30",
+        )
+        .await;
+        assert_eq!(
+            records,
+            i64::from(calls),
+            "one record per prune (each deleted rows)"
+        );
+        let last: (Option<i64>, Option<i64>, i64) = sqlx::query_as(
+            "SELECT first_run_id, last_run_id, complete FROM prunes ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_one(&audit.pool)
+        .await
+        .unwrap();
+        assert_eq!(last, (Some(1), Some(1), 1));
+        audit.close().await;
+    }
+
+    /// Open runs, calls without an outcome, marks, undos and stuck actions keep what they
+    /// name; foreign keys are enforced, so a mistake here would fail the delete.
+    #[tokio::test]
+    async fn what_is_still_named_or_unsettled_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = store(&dir).await;
+        for id in 1..=7 {
+            add_run(&audit, id, OLD, 2, id == 2, 10).await;
+        }
+        let young = ts(at(NOW));
+        add_run(&audit, 8, &young, 2, false, 10).await;
+        add_run(&audit, 9, &young, 1, false, 10).await;
+        // 1: due. 2: a call of unknown outcome. 3: open. 4: named by a mark.
+        // 5: undone by the young run 8. 6: its call is what 9's stuck action names.
+        // 7: an undo of 1, and old: both go, the undo first.
+        for sql in [
+            "UPDATE mutations SET outcome = NULL, completed_at = NULL WHERE run_id = 2",
+            "UPDATE runs SET outcome = NULL, finished_at = NULL WHERE id = 3",
+            "INSERT INTO marks (resource_kind, zone_key, id_key, resource_id, rule, action,
+                 first_marked_at, first_run_id, first_action_id, last_run_id)
+             VALUES ('device_registration', '', 'r-8-0', 'r-8-0', 'idle', 'delete', 't', 8,
+                 40000, 8)",
+            "UPDATE runs SET mode = 'undo', undoes_run = 5 WHERE id = 8",
+            "UPDATE actions SET undoes_action_id = 50000 WHERE id = 80000",
+            "INSERT INTO mutations (id, run_id, resource_kind, kind, method, path, resource_ids,
+                 intent_at, completed_at, outcome)
+             VALUES (6, 6, 'device_registration', 'delete', 'DELETE', '/x', '[]', 't', 't',
+                 'rejected')",
+            "UPDATE actions SET status = 'stuck', mutation_id = 6 WHERE id = 90000",
+            "UPDATE runs SET mode = 'undo', undoes_run = 1 WHERE id = 7",
+        ] {
+            exec(&audit, sql).await;
+        }
+        let report = audit
+            .prune(
+                Retention {
+                    days: 1,
+                    mutations_days: Some(1),
+                },
+                at(NOW),
+                PruneTrigger::Command,
+                PruneLimits::COMMAND,
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.error, None);
+        assert_eq!(report.runs, [7, 1]);
+        let held: Vec<(i64, Held)> = report.held.iter().map(|h| (h.run_id, h.reason)).collect();
+        assert_eq!(
+            held,
+            [
+                (2, Held::UnknownOutcome),
+                (3, Held::Open),
+                (4, Held::Marked),
+                (5, Held::Named),
+                (6, Held::Named)
+            ]
+        );
+        assert_eq!(runs(&audit).await, [2, 3, 4, 5, 6, 8, 9]);
+        assert_consistent(&audit, "after pruning").await;
+        audit.close().await;
+    }
+
+    /// New databases give freed pages back: the file shrinks once old runs are pruned. One
+    /// created before that only reuses them, until it is converted once.
+    #[tokio::test]
+    async fn pruning_gives_the_space_back_and_an_old_database_can_be_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = store(&dir).await;
+        assert!(audit.incremental_vacuum().await.unwrap(), "new databases");
+        add_run(&audit, 1, OLD, 1500, false, 2000).await;
+        add_run(&audit, 2, &ts(at(NOW)), 1, false, 10).await;
+        audit.checkpoint().await;
+        let before = audit.disk_bytes();
+        assert!(before > 3_000_000, "{before}");
+        let report = audit
+            .prune(
+                FOREVER,
+                at(NOW),
+                PruneTrigger::Command,
+                PruneLimits::COMMAND,
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.runs, [1]);
+        assert_eq!(report.bytes_before, before);
+        assert!(
+            report.bytes_after < before / 4,
+            "{} bytes left of {before}",
+            report.bytes_after
+        );
+        assert_eq!(report.bytes_after, audit.disk_bytes());
+        audit.close().await;
+
+        let old_dir = tempfile::tempdir().unwrap();
+        let path = old_dir.path().join("old.db");
+        // A database from before incremental vacuum: made without it.
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
+            )
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let old = AuditStore::open(&path).await.unwrap();
+        assert!(!old.incremental_vacuum().await.unwrap());
+        add_run(&old, 1, OLD, 1500, false, 2000).await;
+        add_run(&old, 2, &ts(at(NOW)), 1, false, 10).await;
+        old.checkpoint().await;
+        let before = old.disk_bytes();
+        let report = old
+            .prune(
+                FOREVER,
+                at(NOW),
+                PruneTrigger::Command,
+                PruneLimits::COMMAND,
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.runs, [1]);
+        assert!(!report.incremental_vacuum);
+        assert!(report.bytes_after > before / 2, "not given back yet");
+        assert!(old.convert_to_incremental_vacuum().await.unwrap());
+        assert!(old.incremental_vacuum().await.unwrap());
+        assert!(old.disk_bytes() < before / 4, "the VACUUM rewrote it small");
+        assert!(!old.convert_to_incremental_vacuum().await.unwrap(), "once");
+        assert_eq!(runs(&old).await, [2]);
+        old.close().await;
     }
 
     /// An undo names the run it reverses; a run named by a kept run is kept, and so is what

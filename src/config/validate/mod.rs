@@ -911,6 +911,15 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// "a" or "an" before a TOML type name.
+fn article(type_name: &str) -> &'static str {
+    if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -1197,14 +1206,5 @@ mod tests {
                 (got, expected) => panic!("{case}: got {got:?}, expected {expected:?}"),
             }
         }
-    }
-}
-
-/// "a" or "an" before a TOML type name.
-fn article(type_name: &str) -> &'static str {
-    if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        "an"
-    } else {
-        "a"
     }
 }

@@ -595,19 +595,17 @@ impl AuditStore {
 
     /// Gives free pages back to the file system, [`VACUUM_STEP`] pages per statement, when
     /// the database is in incremental auto-vacuum mode (new databases are; older ones after
-    /// `audit prune --vacuum`), then checkpoints so that the file shrinks now. Returns the
-    /// pages given back.
+    /// `audit prune --vacuum`), then checkpoints so that the file shrinks now and the
+    /// write-ahead log the deletions filled is emptied. Returns the pages given back.
     pub async fn reclaim_space(&self) -> Result<u64, AuditError> {
         let _timer = self.timer();
         let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
             .fetch_one(&self.pool)
             .await
             .map_err(AuditError::Read)?;
-        if mode != 2 {
-            return Ok(0);
-        }
         let mut freed = 0;
-        for _ in 0..VACUUM_STEPS {
+        // Without incremental vacuum the freed pages stay in the file, for reuse.
+        for _ in 0..VACUUM_STEPS * usize::from(mode == 2) {
             let free = self.freelist_pages().await?;
             if free == 0 {
                 break;

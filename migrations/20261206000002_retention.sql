@@ -24,6 +24,5 @@ CREATE TABLE prunes (
     error            TEXT
 );
 
--- A run's mutations are found by run when it is pruned, and counted per run to tell the runs
--- that acted from the others.
-CREATE INDEX mutations_run ON mutations (run_id);
+-- No index on mutations (run_id) for pruning: the table holds calls, not decisions, and stays
+-- small enough to scan.

@@ -183,7 +183,8 @@ pub struct RunFacts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Held {
-    /// Still running, or left without an outcome by a crash (the next start closes it).
+    /// Still running, or left without an outcome by a crash (the next start closes it); or
+    /// its end time cannot be read, so its age is unknown.
     Open,
     /// A mutation of it has no recorded outcome: the next start reconciles it.
     UnknownOutcome,
@@ -198,7 +199,7 @@ pub enum Held {
 impl Held {
     pub fn describe(self) -> &'static str {
         match self {
-            Held::Open => "still open",
+            Held::Open => "still open, or its end time cannot be read",
             Held::UnknownOutcome => "a call of it has no recorded outcome yet",
             Held::Latest => "the latest run",
             Held::Marked => "a grace-period mark names it",

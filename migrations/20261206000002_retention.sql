@@ -24,5 +24,9 @@ CREATE TABLE prunes (
     error            TEXT
 );
 
+-- Deleting an action makes SQLite check that no action names it in undoes_action_id (a foreign
+-- key): without an index, that is a scan of every action for each action deleted (pruning a
+-- run of 50,000 decisions did not finish in 10 minutes). Only undo actions have a value.
+CREATE INDEX actions_undoes ON actions (undoes_action_id) WHERE undoes_action_id IS NOT NULL;
 -- No index on mutations (run_id) for pruning: the table holds calls, not decisions, and stays
 -- small enough to scan.

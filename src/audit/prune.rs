@@ -1190,6 +1190,28 @@ mod tests {
         old.close().await;
     }
 
+    /// Each action deleted makes SQLite look for actions naming it (`undoes_action_id`, a
+    /// foreign key); without this index every look is a scan of all actions, and pruning a
+    /// large run takes hours instead of seconds.
+    #[tokio::test]
+    async fn the_foreign_key_check_of_a_deleted_action_uses_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = store(&dir).await;
+        let plan: Vec<String> =
+            sqlx::query("EXPLAIN QUERY PLAN SELECT 1 FROM actions WHERE undoes_action_id = 5")
+                .fetch_all(&audit.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>("detail"))
+                .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("actions_undoes")),
+            "{plan:?}"
+        );
+        audit.close().await;
+    }
+
     /// An undo names the run it reverses; a run named by a kept run is kept, and so is what
     /// that one names in turn.
     #[test]

@@ -349,6 +349,31 @@ mod tests {
     }
 
     #[test]
+    fn describe_says_how_long_the_audit_log_keeps_runs() {
+        let describe = |audit: &str| {
+            let text = format!(
+                "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+                 [audit]\n{audit}\n\
+                 [[rule]]\nname = \"r\"\nresource = \"device_registration\"\n\
+                 action = \"delete\"\nidle_days = 90\n"
+            );
+            Config::from_toml_str(&text, std::path::Path::new("zt.toml"))
+                .unwrap()
+                .describe()
+        };
+        assert!(describe("").contains(
+            "audit retention: runs that acted on nothing kept 90 days after they finished, runs \
+             that acted forever; pruned at the start of each cycle"
+        ));
+        assert!(
+            describe("retain_days = 1\nretain_mutations = 365").contains(
+                "runs that acted on nothing kept 1 day after they finished, runs that acted 365 \
+             days after they finished;"
+            )
+        );
+    }
+
+    #[test]
     fn one_day_is_singular() {
         // (settings, expected line)
         let rule = |extra: &str| {

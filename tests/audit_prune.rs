@@ -482,6 +482,12 @@ async fn a_failed_prune_is_counted_and_the_cycle_goes_on() {
         metric(&scrape, "zt_janitor_audit_prune_failures_total"),
         Some(1.0)
     );
+    // A refused delete is rolled back whole: not a failed write of the store.
+    assert_eq!(metric(&scrape, "zt_janitor_audit_writable"), Some(1.0));
+    assert_eq!(
+        metric(&scrape, "zt_janitor_audit_write_errors_total"),
+        Some(0.0)
+    );
     assert_eq!(run_ids(&env).await, [1, 2, 3]);
     let pool = env.sql().await;
     assert_eq!(

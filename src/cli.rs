@@ -259,6 +259,26 @@ enum CycleFormat {
 
 #[derive(Subcommand)]
 enum AuditQuery {
+    /// Delete the runs older than the config's retention ([audit] retain_days and
+    /// retain_mutations) with everything that hangs off them, and give the space back. Takes
+    /// the audit database's writer lock: stop the daemon first (it prunes by itself at the
+    /// start of each cycle).
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Say what would be deleted and delete nothing (reads only, so it may run beside a
+        /// daemon).
+        #[arg(long)]
+        dry_run: bool,
+        /// Also convert a database created before incremental vacuum, once: a full VACUUM,
+        /// refused unless twice the database's size is free beside it. From then on pruning
+        /// gives the space back by itself.
+        #[arg(long, conflicts_with = "dry_run")]
+        vacuum: bool,
+        /// Text, or one JSON document (schemas/audit-prune.schema.json).
+        #[arg(long, value_enum, default_value = "text")]
+        output: CycleFormat,
+    },
     /// Recent runs.
     Runs {
         #[command(flatten)]
@@ -966,6 +986,12 @@ fn filters_given(f: &ActionFilter) -> Vec<&'static str> {
 async fn audit(query: AuditQuery) -> Result<ExitCode> {
     let (common, filter) = match query {
         AuditQuery::Export(args) => return audit_export(args).await,
+        AuditQuery::Prune {
+            config,
+            dry_run,
+            vacuum,
+            output,
+        } => return audit_prune(&config, dry_run, vacuum, output).await,
         AuditQuery::Runs { common } => (common, None),
         AuditQuery::Marks {
             common,
@@ -1150,6 +1176,170 @@ async fn audit_export(args: ExportArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `audit prune`: the config's retention applied now, or (dry) what it would delete.
+async fn audit_prune(
+    config: &ConfigArg,
+    dry_run: bool,
+    vacuum: bool,
+    output: CycleFormat,
+) -> Result<ExitCode> {
+    use crate::audit::{PruneLimits, PruneTrigger, Retention};
+    let config = load(&config.config, Some("warn"))?;
+    let path = &config.audit.path;
+    if !path.exists() {
+        anyhow::bail!(
+            "no audit database at {}: nothing has run with this config yet, so nothing to prune",
+            path.display()
+        );
+    }
+    let retention = Retention::of(&config.audit);
+    let now = Utc::now();
+    let (report, converted) = if dry_run {
+        let store = AuditStore::open_read_only(path).await?;
+        let report = store.prune_preview(retention, now).await;
+        store.close().await;
+        (report?, None)
+    } else {
+        let store = AuditStore::open(path).await.map_err(|e| {
+            let locked = matches!(e, crate::audit::AuditError::Locked { .. });
+            let error = anyhow::Error::new(e);
+            if locked {
+                error.context(
+                    "audit prune needs the audit database to itself (a running daemon prunes \
+                     it at the start of each cycle; --dry-run reads beside it)",
+                )
+            } else {
+                error
+            }
+        })?;
+        let report = store
+            .prune(retention, now, PruneTrigger::Command, PruneLimits::COMMAND)
+            .await;
+        // After pruning, so that the rewrite leaves the pruned pages out.
+        let converted = match (&report, vacuum) {
+            (Ok(_), true) => Some(store.convert_to_incremental_vacuum().await),
+            _ => None,
+        };
+        let mut report = report?;
+        if converted.is_some() {
+            report.bytes_after = store.disk_bytes();
+            report.incremental_vacuum = true;
+        }
+        store.close().await;
+        (report, converted.transpose()?)
+    };
+    let mut out = std::io::stdout().lock();
+    match output {
+        CycleFormat::Json => {
+            #[derive(serde::Serialize)]
+            struct PruneJson<'a> {
+                #[serde(flatten)]
+                header: report::Header<'a>,
+                database: String,
+                #[serde(flatten)]
+                report: &'a crate::audit::PruneReport,
+                /// `--vacuum`: whether the database was converted (false: it already had it).
+                vacuum_converted: Option<bool>,
+            }
+            let doc = PruneJson {
+                header: report::Header::new(Some(&config), now),
+                database: path.display().to_string(),
+                report: &report,
+                vacuum_converted: converted,
+            };
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
+        }
+        CycleFormat::Text => prune_text(&mut out, path, &report, converted)?,
+    }
+    if let Some(error) = &report.error {
+        anyhow::bail!(
+            "pruning stopped part-way: {error}; what was deleted before it is recorded, and the \
+             next prune goes on"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit prune`'s text: what went (or would), what was kept although old enough, and the
+/// size on disk.
+fn prune_text(
+    out: &mut dyn Write,
+    path: &Path,
+    r: &crate::audit::PruneReport,
+    converted: Option<bool>,
+) -> std::io::Result<()> {
+    let verb = if r.dry_run { "Would prune" } else { "Pruned" };
+    let db = report::escape(&path.to_string_lossy()).into_owned();
+    let kept = match r.retain_mutations {
+        Some(days) => format!(
+            "{} after they finished",
+            report::plural(u64::from(days), "day", "days")
+        ),
+        None => "forever".to_owned(),
+    };
+    writeln!(
+        out,
+        "Retention: runs that acted on nothing {} after they finished, runs that acted {kept}.",
+        report::plural(u64::from(r.retain_days), "day", "days")
+    )?;
+    match (r.runs.iter().min(), r.runs.iter().max()) {
+        (Some(first), Some(last)) => {
+            let tables: Vec<String> = r
+                .deleted
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(table, n)| format!("{table} {n}"))
+                .collect();
+            writeln!(
+                out,
+                "{verb} {} (ids {first} to {last}) from {db}: {} ({}).",
+                report::plural(r.runs.len() as u64, "run", "runs"),
+                report::plural(r.rows(), "row", "rows"),
+                tables.join(", ")
+            )?;
+        }
+        _ if r.rows() > 0 => writeln!(
+            out,
+            "{verb} {} of runs not yet gone from {db}.",
+            report::plural(r.rows(), "row", "rows")
+        )?,
+        _ => writeln!(out, "Nothing to prune in {db}.")?,
+    }
+    if !r.complete && r.error.is_none() {
+        writeln!(out, "Stopped at its row budget; the next prune goes on.")?;
+    }
+    if !r.held.is_empty() {
+        let held: Vec<String> = r
+            .held
+            .iter()
+            .map(|h| format!("run {} ({})", h.run_id, h.reason.describe()))
+            .collect();
+        writeln!(out, "Kept although old enough: {}.", held.join(", "))?;
+    }
+    match converted {
+        Some(true) => writeln!(
+            out,
+            "Converted to incremental vacuum: pruning gives space back from now on."
+        )?,
+        Some(false) => writeln!(out, "Incremental vacuum was already on.")?,
+        None if !r.incremental_vacuum => writeln!(
+            out,
+            "This database predates incremental vacuum: pruned space is reused, but the file \
+             does not shrink until `zt-janitor audit prune --vacuum` converts it once."
+        )?,
+        None => {}
+    }
+    if !r.dry_run {
+        writeln!(
+            out,
+            "Size on disk: {} bytes, was {} bytes.",
+            r.bytes_after, r.bytes_before
+        )?;
+    }
+    Ok(())
 }
 
 /// `audit marks`: the current marks, each with the day it acts on under the config's rules

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub marked: IntGaugeVec,
     pub marks_set: IntCounterVec,
     pub marks_cleared: IntCounterVec,
+    pub audit_db_bytes: IntGauge,
+    pub audit_pruned_rows: IntCounterVec,
+    pub audit_prune_failures: IntCounter,
 }
 
 impl Metrics {
@@ -267,6 +270,26 @@ impl Metrics {
                 &["resource"],
             )
             .expect("valid metric"),
+            audit_db_bytes: IntGauge::new(
+                "zt_janitor_audit_db_bytes",
+                "Size of the audit database on disk (file and write-ahead log), set at each \
+                 cycle and after each prune.",
+            )
+            .expect("valid metric"),
+            audit_pruned_rows: IntCounterVec::new(
+                Opts::new(
+                    "zt_janitor_audit_pruned_rows_total",
+                    "Audit log rows deleted by retention pruning, by table.",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
+            audit_prune_failures: IntCounter::new(
+                "zt_janitor_audit_prune_failures_total",
+                "Prunes of the audit log at a cycle's start that failed or stopped on an error \
+                 (the cycle went on).",
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -298,6 +321,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);
+        }
+        for table in crate::audit::pruned_tables() {
+            self.audit_pruned_rows.with_label_values(&[table]);
         }
     }
 
@@ -394,6 +420,9 @@ impl Metrics {
             Box::new(self.marked.clone()),
             Box::new(self.marks_set.clone()),
             Box::new(self.marks_cleared.clone()),
+            Box::new(self.audit_db_bytes.clone()),
+            Box::new(self.audit_pruned_rows.clone()),
+            Box::new(self.audit_prune_failures.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

@@ -135,6 +135,9 @@ pub async fn run_daemon(
             tracing::warn!(error = %e, "cannot read the last runs from the audit log; the last-run metrics start at 0")
         }
     }
+    metrics
+        .audit_db_bytes
+        .set(i64::try_from(audit.disk_bytes()).unwrap_or(i64::MAX));
     let listen = loaded.config.metrics.listen;
     let cron = loaded.config.schedule.cron.clone();
     let run_on_start = loaded.config.schedule.run_on_start;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::cloudflare::ZoneId;
@@ -28,6 +30,11 @@ use serde_json::value::RawValue;
 
 mod export;
 pub use export::{ExportAction, ExportMutation, ExportReader, ExportRun};
+mod prune;
+pub use prune::{
+    plan as prune_plan, pruned_tables, Held, HeldRun, PruneLimits, PrunePlan, PruneReport,
+    PruneTrigger, Retention, RunFacts, VacuumError,
+};
 
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
 /// Statements whose row count changes from call to call are built with `persistent(false)`: a
@@ -857,6 +864,9 @@ impl AuditStore {
         let health = Arc::<StoreHealth>::default();
         let pool = connect(&real, &health, |o| {
             o.create_if_missing(true)
+                // Takes effect only in a database without tables yet: a new one gives pages
+                // freed by pruning back (older ones: `audit prune --vacuum`).
+                .auto_vacuum(SqliteAutoVacuum::Incremental)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a committed intent must survive power loss, not only a process crash.
                 .synchronous(SqliteSynchronous::Full)

@@ -40,6 +40,7 @@ impl Config {
             ),
             self.limits(),
             format!("audit: {}", self.audit.path.display()),
+            self.retention(),
             format!(
                 "schedule: {:?}{}",
                 self.schedule.cron,
@@ -108,6 +109,21 @@ impl Config {
 
 impl Config {
     /// The caps, which apply to each kind on its own.
+    fn retention(&self) -> String {
+        let acted = match self.audit.retain_mutations {
+            Some(days) => format!(
+                "{} after they finished",
+                plural(u64::from(days), "day", "days")
+            ),
+            None => "forever".to_owned(),
+        };
+        format!(
+            "audit retention: runs that acted on nothing kept {} after they finished, runs \
+             that acted {acted}; pruned at the start of each cycle",
+            plural(u64::from(self.audit.retain_days), "day", "days"),
+        )
+    }
+
     fn limits(&self) -> String {
         let mut kinds: Vec<Kind> = self.rules.iter().map(|r| r.resource).collect();
         kinds.dedup();
@@ -329,6 +345,31 @@ mod tests {
         assert!(
             text.contains("executives: user_email matches *@board.example.com | ceo@example.com"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn describe_says_how_long_the_audit_log_keeps_runs() {
+        let describe = |audit: &str| {
+            let text = format!(
+                "[cloudflare]\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+                 [audit]\n{audit}\n\
+                 [[rule]]\nname = \"r\"\nresource = \"device_registration\"\n\
+                 action = \"delete\"\nidle_days = 90\n"
+            );
+            Config::from_toml_str(&text, std::path::Path::new("zt.toml"))
+                .unwrap()
+                .describe()
+        };
+        assert!(describe("").contains(
+            "audit retention: runs that acted on nothing kept 90 days after they finished, runs \
+             that acted forever; pruned at the start of each cycle"
+        ));
+        assert!(
+            describe("retain_days = 1\nretain_mutations = 365").contains(
+                "runs that acted on nothing kept 1 day after they finished, runs that acted 365 \
+             days after they finished;"
+            )
         );
     }
 

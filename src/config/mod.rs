@@ -365,6 +365,16 @@ mod tests {
                 10, 9, "[logging] level", "unknown level \"inof\""),
             ("no rules", format!("{CF}[safety]\nmode = \"plan\"\n"),
                 1, 1, "[[rule]]", "add at least one [[rule]]"),
+            ("negative retain_days", format!("{MINIMAL}[audit]\nretain_days = -1\n"),
+                10, 15, "[audit] retain_days", "-1 is out of range; use a whole number from 0 to 36500"),
+            ("retain_days as text", format!("{MINIMAL}[audit]\nretain_days = \"90d\"\n"),
+                10, 15, "[audit] retain_days", "a whole number"),
+            ("retain_mutations of 0 days", format!("{MINIMAL}[audit]\nretain_mutations = 0\n"),
+                10, 20, "[audit] retain_mutations", "use a whole number from 1 to 36500 (days a run that acted is kept after it finished), or \"forever\""),
+            ("retain_mutations misspelt", format!("{MINIMAL}[audit]\nretain_mutations = \"forevr\"\n"),
+                10, 20, "[audit] retain_mutations", "unknown value \"forevr\"; use a whole number of days from 1 to 36500, or \"forever\""),
+            ("retain_mutations as a boolean", format!("{MINIMAL}[audit]\nretain_mutations = false\n"),
+                10, 20, "[audit] retain_mutations", "is a boolean; use a whole number of days"),
         ];
         let mut failures = Vec::new();
         for (case, text, line, col, key, fragment) in &cases {
@@ -393,6 +403,21 @@ mod tests {
             cases.len(),
             failures.join("\n")
         );
+    }
+
+    #[test]
+    fn retention_reads_days_or_forever() {
+        let retention = |lines: &str| {
+            let config = load(&format!("{MINIMAL}[audit]\n{lines}")).unwrap();
+            (config.audit.retain_days, config.audit.retain_mutations)
+        };
+        assert_eq!(retention("retain_days = 0\n"), (0, None));
+        assert_eq!(
+            retention("retain_days = 30\nretain_mutations = 365\n"),
+            (30, Some(365))
+        );
+        assert_eq!(retention("retain_mutations = \"forever\"\n"), (90, None));
+        assert_eq!(retention("retain_days = 36500\n"), (36500, None));
     }
 
     #[test]
@@ -531,6 +556,11 @@ mod tests {
         assert_eq!(config.safety.mode, Mode::Apply);
         assert_eq!(config.safety.max_fraction_per_run, 1.0);
         assert_eq!(config.audit.path, Path::new("audit.db"));
+        assert_eq!(
+            (config.audit.retain_days, config.audit.retain_mutations),
+            (90, None),
+            "defaults: 90 days, and runs that acted forever"
+        );
         assert_eq!(
             config.schedule,
             ScheduleSettings {

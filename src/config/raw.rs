@@ -63,6 +63,9 @@ pub(super) struct RawSafety {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAudit {
     pub(super) path: Option<Sp<String>>,
+    pub(super) retain_days: Option<Sp<i64>>,
+    /// A number of days or "forever": read as any value, judged in `validate`.
+    pub(super) retain_mutations: Option<Sp<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]

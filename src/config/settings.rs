@@ -28,6 +28,9 @@ pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
 pub(super) const DEFAULT_MAX_ACTIONS_PER_RUN: u64 = 50;
 pub(super) const DEFAULT_MAX_FRACTION_PER_RUN: f64 = 0.10;
 const DEFAULT_AUDIT_PATH: &str = "/var/lib/zt-janitor/audit.db";
+pub(super) const DEFAULT_RETAIN_DAYS: u32 = 90;
+/// Longest retention accepted, in days: a hundred years, as for the rules' day counts.
+pub(super) const MAX_RETAIN_DAYS: u32 = 36_500;
 pub(super) const DEFAULT_CRON: &str = "0 0 */6 * * *";
 pub(super) const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9847);
 pub(super) const DEFAULT_LOG_LEVEL: &str = "info";
@@ -156,6 +159,12 @@ pub struct AuditSettings {
     /// `StateDirectory=` sets `STATE_DIRECTORY`, else `/var/lib/zt-janitor/audit.db`. A relative
     /// path is relative to the current directory.
     pub path: PathBuf,
+    /// `retain_days`: runs that acted on nothing (no API mutation: plan runs, refused or
+    /// aborted runs) are pruned this many days after they finished, 0 to 36500. Default: 90.
+    pub retain_days: u32,
+    /// `retain_mutations`: runs that acted (their actions and mutations) are pruned this many
+    /// days after they finished, 1 to 36500, or `"forever"` (`None`). Default: forever.
+    pub retain_mutations: Option<u32>,
 }
 
 /// `[schedule]`

@@ -28,7 +28,7 @@ use super::settings::{
     DEFAULT_CRON, DEFAULT_CYCLE_DEADLINE_SECS, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_ACTIONS_PER_RUN, DEFAULT_MAX_FRACTION_PER_RUN, DEFAULT_MAX_REQUESTS_PER_CYCLE,
     DEFAULT_MAX_RETRIES, DEFAULT_PER_PAGE, DEFAULT_RATE_SHARE, DEFAULT_REQUEST_TIMEOUT_SECS,
-    MAX_CYCLE_DEADLINE_SECS, MAX_REQUEST_TIMEOUT_SECS,
+    DEFAULT_RETAIN_DAYS, MAX_CYCLE_DEADLINE_SECS, MAX_REQUEST_TIMEOUT_SECS, MAX_RETAIN_DAYS,
 };
 use super::{Config, ConfigError, Diagnostic, RuleSettings};
 use rule::MAX_GRACE_DAYS;
@@ -153,6 +153,18 @@ impl<'a> Validator<'a> {
                     .map_or_else(|| PathBuf::from("?"), PathBuf::from),
                 None => default_audit_path(env("STATE_DIRECTORY")),
             },
+            retain_days: self.number_or(
+                &raw.audit.retain_days,
+                &table_key("audit", "retain_days"),
+                0..=i64::from(MAX_RETAIN_DAYS),
+                DEFAULT_RETAIN_DAYS,
+                " (days a run that acted on nothing is kept after it finished)",
+            ),
+            retain_mutations: raw
+                .audit
+                .retain_mutations
+                .as_ref()
+                .and_then(|value| self.note(self.retain_mutations(value)).flatten()),
         };
         let schedule =
             self.note(self.schedule(&raw.schedule))
@@ -611,6 +623,42 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// `[audit] retain_mutations`: days, or `"forever"` (`None`).
+    fn retain_mutations(&self, value: &Sp<toml::Value>) -> Result<Option<u32>, Diagnostic> {
+        let key = table_key("audit", "retain_mutations");
+        let expected = format!(
+            "use a whole number of days from 1 to {MAX_RETAIN_DAYS}, or \"forever\" (the \
+             default: runs that acted are never pruned)"
+        );
+        match value.get_ref() {
+            toml::Value::String(word) if word == "forever" => Ok(None),
+            toml::Value::Integer(days) => {
+                let days = Sp::new(value.span(), *days);
+                self.number(
+                    &days,
+                    &key,
+                    1..=i64::from(MAX_RETAIN_DAYS),
+                    " (days a run that acted is kept after it finished), or \"forever\"",
+                )
+                .map(Some)
+            }
+            toml::Value::String(word) => Err(self.error(
+                value.span(),
+                key,
+                format!("unknown value {word:?}; {expected}"),
+            )),
+            other => Err(self.error(
+                value.span(),
+                key,
+                format!(
+                    "is {} {}; {expected}",
+                    article(other.type_str()),
+                    other.type_str()
+                ),
+            )),
+        }
+    }
+
     /// A whole number in `range`; `why` is appended to the out-of-range message.
     fn number<T: TryFrom<i64>>(
         &self,
@@ -861,6 +909,15 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// "a" or "an" before a TOML type name.
+fn article(type_name: &str) -> &'static str {
+    if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 #[cfg(test)]

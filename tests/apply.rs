@@ -436,9 +436,9 @@ async fn the_audit_answers_who_deleted_my_laptop() {
 
     let pool = env.sql().await;
     let row = sqlx::query(
-        "SELECT a.rule, a.reason, s.body, m.completed_at, m.kind, m.outcome, r.mode
+        "SELECT a.rule, a.reason, b.body, m.completed_at, m.kind, m.outcome, r.mode
          FROM actions a
-         JOIN snapshots s ON s.action_id = a.id
+         JOIN snapshots s ON s.action_id = a.id JOIN snapshot_bodies b ON b.id = s.body_id
          JOIN mutations m ON m.id = a.mutation_id
          JOIN runs r ON r.id = a.run_id
          WHERE a.user_email = 'dana@example.com' AND a.device_name = 'dana-thinkpad'

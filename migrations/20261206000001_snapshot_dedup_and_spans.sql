@@ -23,9 +23,11 @@ CREATE TABLE snapshot_bodies (
     body            TEXT    NOT NULL
 );
 INSERT INTO snapshot_bodies (body) SELECT DISTINCT body FROM snapshots;
--- Marks and undo actions need the 'null' body even when no snapshot was ever stored.
+-- A mark whose first action has no snapshot (a damaged database) points at 'null'.
 INSERT INTO snapshot_bodies (body)
-    SELECT 'null' WHERE NOT EXISTS (SELECT 1 FROM snapshot_bodies WHERE body = 'null');
+    SELECT 'null' WHERE NOT EXISTS (SELECT 1 FROM snapshot_bodies WHERE body = 'null')
+        AND EXISTS (SELECT 1 FROM marks m WHERE NOT EXISTS (
+                        SELECT 1 FROM snapshots s WHERE s.action_id = m.first_action_id));
 -- For the joins by text below only.
 CREATE INDEX snapshot_bodies_text ON snapshot_bodies (body);
 

@@ -426,3 +426,199 @@ pub(super) const RUN_DECISIONS: &str = "(SELECT id, resource_kind, zone_id, reso
      SELECT id, resource_kind, zone_id, resource_id, device_name, user_email, rule, action,
         status, CASE WHEN last_run_id = ?1 THEN last_status_detail ELSE status_detail END
      FROM decision_spans WHERE last_run_id >= ?1 AND first_run_id <= ?1) AS decisions";
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::audit::{RunOutcome, RunSummary};
+    use crate::cloudflare::Stamp;
+    use crate::config::{Action, Mode};
+    use crate::plan::Candidate;
+    use crate::resource::{Kind, ResourceId};
+    use crate::rules::Why;
+
+    fn candidate(id: &str, days: i64, excluded: bool) -> Candidate {
+        let body = format!(r#"{{"id":"{id}","revoked_at":"2026-01-01T00:00:00Z","n":1}}"#);
+        Candidate {
+            kind: Kind::DeviceRegistration,
+            rule: "revoked".to_owned(),
+            action: Action::Delete,
+            id: ResourceId::parse(id).unwrap(),
+            zone: None,
+            user_email: Some("Élise@example.com".to_owned()),
+            name: format!("laptop-{id}"),
+            last_seen_at: Stamp::parse("2026-01-01T00:00:00Z"),
+            why: Why::Revoked { days },
+            excluded_by: excluded.then(|| "board".to_owned()),
+            snapshot: Some(RawValue::from_string(body).unwrap()),
+            grace: None,
+        }
+    }
+
+    /// What a reader sees of a decision, whatever row holds it.
+    type Seen = (String, String, String, String, Option<String>, String, String, String);
+
+    async fn seen(audit: &AuditStore, run: RunId) -> Vec<Seen> {
+        let mut rows: Vec<Seen> = audit
+            .actions(&ActionFilter {
+                run_id: Some(run.0),
+                limit: 100,
+                ..ActionFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.run_id, run.0);
+                (
+                    r.resource_id,
+                    r.rule,
+                    r.status,
+                    r.reason,
+                    r.excluded_by,
+                    r.decided_at,
+                    r.user_email.unwrap_or_default() + &r.device_name.unwrap_or_default(),
+                    r.snapshot,
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    async fn plan_run(audit: &AuditStore, at: &str, days: i64) -> (RunId, Vec<Seen>) {
+        let at: DateTime<Utc> = at.parse().unwrap();
+        let run = audit.begin_run(Mode::Plan, at).await.unwrap();
+        let mut candidates = vec![
+            candidate("aaaaaaaa-0000-4000-8000-000000000001", days, false),
+            candidate("aaaaaaaa-0000-4000-8000-000000000002", days, true),
+            candidate("aaaaaaaa-0000-4000-8000-000000000003", days, false),
+        ];
+        audit
+            .record_decisions(run, at, &mut candidates)
+            .await
+            .unwrap();
+        let before = seen(audit, run).await;
+        audit
+            .finish_run(
+                run,
+                RunOutcome::Planned,
+                None,
+                &RunSummary::default(),
+                &[],
+                at,
+            )
+            .await
+            .unwrap();
+        (run, before)
+    }
+
+    async fn count(audit: &AuditStore, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&audit.pool)
+            .await
+            .unwrap()
+    }
+
+    /// A run that did not act reads back, once folded, as it read before: the same objects,
+    /// rules, statuses, reasons, times and snapshots. The next run's equal decisions extend
+    /// its spans, and each run still reads as itself (its own reason text).
+    #[tokio::test]
+    async fn a_folded_run_reads_back_as_it_did_before_folding() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        let (first, first_before) = plan_run(&audit, "2026-11-01T00:00:00Z", 300).await;
+        assert_eq!(first_before.len(), 3);
+        assert_eq!(seen(&audit, first).await, first_before);
+        assert_eq!(count(&audit, "actions").await, 0, "folded");
+        assert_eq!(count(&audit, "snapshots").await, 0);
+        assert_eq!(count(&audit, "decision_spans").await, 3);
+        assert_eq!(count(&audit, "snapshot_bodies").await, 3);
+
+        let (second, second_before) = plan_run(&audit, "2026-11-02T00:00:00Z", 301).await;
+        assert_eq!(seen(&audit, second).await, second_before);
+        assert_eq!(seen(&audit, first).await, first_before, "run 1 still reads as run 1");
+        assert_ne!(first_before[0].3, second_before[0].3, "the reasons differ");
+        assert_eq!(count(&audit, "decision_spans").await, 3, "extended, not added");
+        assert_eq!(count(&audit, "snapshot_bodies").await, 3, "no body stored twice");
+
+        let (third, third_before) = plan_run(&audit, "2026-11-03T00:00:00Z", 302).await;
+        // A run inside a span reads its own time, and the texts of the span's first run: only
+        // the first and the latest reason are kept.
+        let inside: Vec<Seen> = second_before
+            .iter()
+            .zip(&first_before)
+            .map(|(second, first)| (second.0.clone(), second.1.clone(), second.2.clone(),
+                first.3.clone(), second.4.clone(), second.5.clone(), second.6.clone(),
+                second.7.clone()))
+            .collect();
+        assert_eq!(seen(&audit, second).await, inside, "a run inside a span");
+        assert_eq!(seen(&audit, third).await, third_before);
+        let all = audit
+            .actions(&ActionFilter {
+                limit: 100,
+                ..ActionFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3, "one row per span without --run");
+        assert!(all.iter().all(|r| r.id.is_none()
+            && r.span_first_run_id == Some(first.0)
+            && r.span_last_run_id == Some(third.0)));
+        let filter = ActionFilter {
+            user_email: Some("élise@EXAMPLE.com".to_owned()),
+            limit: 1,
+            ..ActionFilter::default()
+        };
+        assert_eq!(audit.count_actions(&filter).await.unwrap(), 3);
+        audit.close().await;
+    }
+
+    /// Identical bodies are stored once, and each action's snapshot reads back byte for byte.
+    #[tokio::test]
+    async fn identical_snapshots_share_one_body_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        let run = audit.begin_run(Mode::Apply, Utc::now()).await.unwrap();
+        let same = r#"{"id": "x",  "name":"ünïcode \u0000 ☃"}"#;
+        let mut tx = audit.pool.begin().await.unwrap();
+        for id in 1..=3 {
+            sqlx::query(
+                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                     resource_id, reason, status)
+                 VALUES (?1, ?2, 't', 'r', 'delete', 'device_registration', 'x', 'r', 'done')",
+            )
+            .bind(id)
+            .bind(run.0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        AuditStore::insert_snapshots(&mut tx, &[(1, same), (2, same), (3, "{}")])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(count(&audit, "snapshot_bodies").await, 2);
+        let hash: Vec<u8> = sqlx::query_scalar(
+            "SELECT b.sha256 FROM snapshots s JOIN snapshot_bodies b ON b.id = s.body_id
+             WHERE s.action_id = 2",
+        )
+        .fetch_one(&audit.pool)
+        .await
+        .unwrap();
+        assert_eq!(hash, Sha256::digest(same.as_bytes()).to_vec());
+        let rows = audit
+            .actions(&ActionFilter {
+                limit: 10,
+                ..ActionFilter::default()
+            })
+            .await
+            .unwrap();
+        let bodies: Vec<&str> = rows.iter().map(|r| r.snapshot.as_str()).collect();
+        assert_eq!(bodies, ["{}", same, same]);
+        audit.close().await;
+    }
+}

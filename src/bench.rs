@@ -124,9 +124,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         };
         fake.stop();
         std::fs::remove_dir_all(&dir).ok();
-        return finished.unwrap_or_else(|| {
-            bail!("interrupted by a signal before the figures were complete")
-        });
+        return finished
+            .unwrap_or_else(|| bail!("interrupted by a signal before the figures were complete"));
     }
     let phase =
         |mode: Mode, db: &str| cycle(&args, &fake.base_url, &token_file, dir.join(db), mode);

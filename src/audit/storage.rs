@@ -6,8 +6,8 @@
 use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Row};
 
-use super::{push_action_filter, ts, ActionFilter, ActionRow, AuditError, AuditStore, RunId};
 use super::INSERT_BATCH;
+use super::{push_action_filter, ts, ActionFilter, ActionRow, AuditError, AuditStore, RunId};
 
 /// Bodies whose hash a migration left unset, filled per transaction at open.
 const HASH_BATCH: i64 = 1_000;
@@ -210,7 +210,8 @@ impl AuditStore {
                 let body: Vec<u8> = row.try_get(1).map_err(AuditError::Read)?;
                 hashed.push((id, <[u8; 32]>::from(Sha256::digest(&body))));
             }
-            let mut q = QueryBuilder::new("UPDATE OR IGNORE snapshot_bodies SET sha256 = v.column2 FROM (");
+            let mut q =
+                QueryBuilder::new("UPDATE OR IGNORE snapshot_bodies SET sha256 = v.column2 FROM (");
             q.push_values(&hashed, |mut row, (id, hash)| {
                 row.push_bind(*id).push_bind(&hash[..]);
             });
@@ -459,7 +460,16 @@ mod tests {
     }
 
     /// What a reader sees of a decision, whatever row holds it.
-    type Seen = (String, String, String, String, Option<String>, String, String, String);
+    type Seen = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+    );
 
     async fn seen(audit: &AuditStore, run: RunId) -> Vec<Seen> {
         let mut rows: Vec<Seen> = audit
@@ -540,10 +550,22 @@ mod tests {
 
         let (second, second_before) = plan_run(&audit, "2026-11-02T00:00:00Z", 301).await;
         assert_eq!(seen(&audit, second).await, second_before);
-        assert_eq!(seen(&audit, first).await, first_before, "run 1 still reads as run 1");
+        assert_eq!(
+            seen(&audit, first).await,
+            first_before,
+            "run 1 still reads as run 1"
+        );
         assert_ne!(first_before[0].3, second_before[0].3, "the reasons differ");
-        assert_eq!(count(&audit, "decision_spans").await, 3, "extended, not added");
-        assert_eq!(count(&audit, "snapshot_bodies").await, 3, "no body stored twice");
+        assert_eq!(
+            count(&audit, "decision_spans").await,
+            3,
+            "extended, not added"
+        );
+        assert_eq!(
+            count(&audit, "snapshot_bodies").await,
+            3,
+            "no body stored twice"
+        );
 
         let (third, third_before) = plan_run(&audit, "2026-11-03T00:00:00Z", 302).await;
         // A run inside a span reads its own time, and the texts of the span's first run: only
@@ -551,9 +573,18 @@ mod tests {
         let inside: Vec<Seen> = second_before
             .iter()
             .zip(&first_before)
-            .map(|(second, first)| (second.0.clone(), second.1.clone(), second.2.clone(),
-                first.3.clone(), second.4.clone(), second.5.clone(), second.6.clone(),
-                second.7.clone()))
+            .map(|(second, first)| {
+                (
+                    second.0.clone(),
+                    second.1.clone(),
+                    second.2.clone(),
+                    first.3.clone(),
+                    second.4.clone(),
+                    second.5.clone(),
+                    second.6.clone(),
+                    second.7.clone(),
+                )
+            })
             .collect();
         assert_eq!(seen(&audit, second).await, inside, "a run inside a span");
         assert_eq!(seen(&audit, third).await, third_before);

@@ -300,7 +300,7 @@ async fn plan_cycles(
     let empty = janitor.audit.storage_figures().await?;
     let mb = |bytes: u64| bytes as f64 / 1e6;
     println!();
-    println!("| cycle | wall | candidates | fold + close | main file | WAL before checkpoint | actions | bodies | spans | growth since cycle 1 |");
+    println!("| cycle | wall | candidates | audit write time | main file | WAL before checkpoint | actions | bodies | spans | growth since cycle 1 |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let start = Utc::now();
     let mut first = None;
@@ -328,7 +328,7 @@ async fn plan_cycles(
         let base = *first.get_or_insert(size);
         walls.push(wall);
         println!(
-            "| {} | {wall:.2} s | {} | {audit_time:.2} s (audit, all) | {:.2} MB | {:.2} MB | {} | {} | {} | {:+.3} MB |",
+            "| {} | {wall:.2} s | {} | {audit_time:.2} s | {:.2} MB | {:.2} MB | {} | {} | {} | {:+.3} MB |",
             i + 1,
             report.summary.candidates.unwrap_or(0),
             mb(figures.main_bytes),

@@ -89,6 +89,7 @@ impl AuditStore {
         if !foldable {
             return Ok(0);
         }
+        let started = std::time::Instant::now();
         let previous: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM runs WHERE id < ?1")
             .bind(run.0)
             .fetch_one(&mut **tx)
@@ -155,7 +156,7 @@ impl AuditStore {
         .execute(&mut **tx)
         .await
         .map_err(write)?;
-        sqlx::query(
+        let started_spans = sqlx::query(
             "INSERT INTO decision_spans (resource_kind, zone_id, resource_id, rule, action,
                  excluded_by, status, body_id, user_email, user_email_folded, device_name,
                  last_seen_at, first_run_id, last_run_id, first_decided_at, last_decided_at,
@@ -170,7 +171,8 @@ impl AuditStore {
         .bind(run.0)
         .execute(&mut **tx)
         .await
-        .map_err(write)?;
+        .map_err(write)?
+        .rows_affected();
         for statement in [
             "DELETE FROM snapshots WHERE action_id IN (SELECT action_id FROM temp.fold)",
             "DELETE FROM actions WHERE id IN (SELECT action_id FROM temp.fold)",
@@ -181,6 +183,13 @@ impl AuditStore {
                 .await
                 .map_err(write)?;
         }
+        tracing::debug!(
+            run = run.0,
+            decisions = folded,
+            spans_started = started_spans,
+            ms = started.elapsed().as_millis() as u64,
+            "folded the decisions of a run that did not act into spans"
+        );
         Ok(folded)
     }
 

@@ -743,18 +743,13 @@ struct ActionJson<'a> {
     mutation_completed_at: Option<&'a str>,
     http_status: Option<i64>,
     undoes_action_id: Option<i64>,
-    /// For decisions of runs that did not act, folded: the span of runs they cover.
-    span: Option<SpanJson>,
+    /// For decisions of runs that did not act, folded: the span and the runs it covers.
+    span_id: Option<i64>,
+    span_first_run_id: Option<i64>,
+    span_last_run_id: Option<i64>,
     snapshot: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_error: Option<String>,
-}
-
-#[derive(Serialize)]
-struct SpanJson {
-    id: i64,
-    first_run_id: i64,
-    last_run_id: i64,
 }
 
 impl<'a> ActionJson<'a> {
@@ -782,14 +777,9 @@ impl<'a> ActionJson<'a> {
             mutation_completed_at: a.mutation_completed_at.as_deref(),
             http_status: a.http_status,
             undoes_action_id: a.undoes_action_id,
-            span: match (a.span_id, a.span_first_run_id, a.span_last_run_id) {
-                (Some(id), Some(first_run_id), Some(last_run_id)) => Some(SpanJson {
-                    id,
-                    first_run_id,
-                    last_run_id,
-                }),
-                _ => None,
-            },
+            span_id: a.span_id,
+            span_first_run_id: a.span_first_run_id,
+            span_last_run_id: a.span_last_run_id,
             snapshot,
             snapshot_error,
         }

@@ -337,7 +337,7 @@ async fn audit_actions_lists_a_folded_runs_decisions() {
     assert!(first.iter().any(|r| r["status"] == "excluded"));
     assert!(first
         .iter()
-        .all(|r| r["span"]["first_run_id"] == r1 && r["span"]["last_run_id"] == r2));
+        .all(|r| r["span_first_run_id"] == r1 && r["span_last_run_id"] == r2));
     assert!(first.iter().all(|r| r["run_id"] == r1));
     assert_eq!(decisions(&first), decisions(&only_run), "as before run 2");
     assert_eq!(decisions(&run_actions_json(&env, r2)), decisions(&first));

@@ -2057,12 +2057,17 @@ impl AuditStore {
             let action_id: i64 = row.get(0);
             let resource: String = row.get(1);
             let action: String = row.get(2);
+            // A span (decisions of runs that did not act, folded) reads as its last run's row.
             let history = sqlx::query(
-                "SELECT p.run_id, p.status, p.action, p.mutation_id, p.status_detail,
-                        m.outcome, m.http_status, m.cf_error_code
+                "SELECT p.run_id AS run_id, p.status, p.action, p.mutation_id, p.status_detail,
+                        m.outcome, m.http_status, m.cf_error_code, p.id AS sort_id
                  FROM actions p LEFT JOIN mutations m ON m.id = p.mutation_id
                  WHERE p.resource_id = ?1 AND p.run_id < ?2
-                 ORDER BY p.run_id DESC, p.id DESC LIMIT 64",
+                 UNION ALL
+                 SELECT d.last_run_id, d.status, d.action, NULL, d.last_status_detail, NULL,
+                        NULL, NULL, d.id
+                 FROM decision_spans d WHERE d.resource_id = ?1 AND d.last_run_id < ?2
+                 ORDER BY run_id DESC, sort_id DESC LIMIT 64",
             )
             .bind(&resource)
             .bind(run.0)

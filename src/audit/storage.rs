@@ -70,7 +70,7 @@ impl AuditStore {
     /// Folds the decisions of `run` into spans if the run did not act (it has no mutation row)
     /// and is a cycle (an undo's actions name what they undo, which a span does not keep).
     /// A decision equal in its key to a span the previous run ended extends it; any other
-    /// starts a span. The run's action and snapshot rows are then deleted. Set-based: a few
+    /// starts a span. The folded action and snapshot rows are then deleted. Set-based: a few
     /// statements whatever the number of decisions. Returns how many decisions were folded.
     pub(super) async fn fold_run(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -105,8 +105,9 @@ impl AuditStore {
                 .await
                 .map_err(write)?;
         }
-        // Each decision with the span it extends, if any. An action without a snapshot row
-        // (a damaged database) is not folded: it stays as it is.
+        // Each decision with the span it extends, if any. An action that names a call stays a
+        // row: a `stuck` one points at the failed call of an earlier run, which the failure
+        // streaks of later runs read. So does one without a snapshot row (a damaged database).
         let folded = sqlx::query(
             "INSERT INTO temp.fold (action_id, body_id, span_id)
              SELECT a.id, s.body_id,
@@ -118,7 +119,7 @@ impl AuditStore {
                     AND d.body_id = s.body_id
                   LIMIT 1)
              FROM actions a JOIN snapshots s ON s.action_id = a.id
-             WHERE a.run_id = ?1",
+             WHERE a.run_id = ?1 AND a.mutation_id IS NULL",
         )
         .bind(run.0)
         .bind(previous)

@@ -7,7 +7,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Row};
 
 use super::INSERT_BATCH;
-use super::{push_action_filter, ts, ActionFilter, ActionRow, AuditError, AuditStore, RunId};
+use super::{
+    next_ids, push_action_filter, ts, ActionFilter, ActionRow, AuditError, AuditStore, RunId,
+};
 
 /// Bodies whose hash a migration left unset, filled per transaction at open.
 const HASH_BATCH: i64 = 1_000;
@@ -40,26 +42,41 @@ impl AuditStore {
     ) -> Result<(), AuditError> {
         for batch in rows.chunks(INSERT_BATCH) {
             let hashes: Vec<[u8; 32]> = batch.iter().map(|(_, body)| body_sha256(body)).collect();
-            let mut q = QueryBuilder::new("INSERT INTO snapshot_bodies (sha256, body) ");
-            q.push_values(batch.iter().zip(&hashes), |mut row, ((_, body), hash)| {
-                row.push_bind(&hash[..]).push_bind(*body);
-            });
+            // Ids for the bodies in case all are new (a first sight, an apply run's objects):
+            // then the snapshot rows need no lookup by hash.
+            let ids = next_ids(tx, "snapshot_bodies", batch.len()).await?;
+            let mut q = QueryBuilder::new("INSERT INTO snapshot_bodies (id, sha256, body) ");
+            q.push_values(
+                batch.iter().zip(&hashes).zip(ids.clone()),
+                |mut row, (((_, body), hash), id)| {
+                    row.push_bind(id).push_bind(&hash[..]).push_bind(*body);
+                },
+            );
             q.push(" ON CONFLICT (sha256) DO NOTHING");
-            q.build()
-                .persistent(false)
+            let stored = q
+                .build()
                 .execute(&mut **tx)
                 .await
-                .map_err(AuditError::Write)?;
-            let mut q = QueryBuilder::new(
-                "INSERT INTO snapshots (action_id, body_id)
-                 SELECT v.column1, b.id FROM (",
-            );
-            q.push_values(batch.iter().zip(&hashes), |mut row, ((id, _), hash)| {
-                row.push_bind(*id).push_bind(&hash[..]);
-            });
-            q.push(") AS v JOIN snapshot_bodies b ON b.sha256 = v.column2");
+                .map_err(AuditError::Write)?
+                .rows_affected();
+            let mut q = if stored == batch.len() as u64 {
+                let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body_id) ");
+                q.push_values(batch.iter().zip(ids), |mut row, ((action, _), id)| {
+                    row.push_bind(*action).push_bind(id);
+                });
+                q
+            } else {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO snapshots (action_id, body_id)
+                     SELECT v.column1, b.id FROM (",
+                );
+                q.push_values(batch.iter().zip(&hashes), |mut row, ((action, _), hash)| {
+                    row.push_bind(*action).push_bind(&hash[..]);
+                });
+                q.push(") AS v JOIN snapshot_bodies b ON b.sha256 = v.column2");
+                q
+            };
             q.build()
-                .persistent(false)
                 .execute(&mut **tx)
                 .await
                 .map_err(AuditError::Write)?;

@@ -26,7 +26,7 @@ CREATE TABLE prunes (
 
 -- Deleting an action makes SQLite check that no action names it in undoes_action_id (a foreign
 -- key): without an index, that is a scan of every action for each action deleted (pruning a
--- run of 50,000 decisions did not finish in 10 minutes). Only undo actions have a value.
-CREATE INDEX actions_undoes ON actions (undoes_action_id) WHERE undoes_action_id IS NOT NULL;
+-- run of 50,000 decisions did not finish in 10 minutes). 20261206000001 made that index
+-- (actions_undoes) for folding decisions, which deletes actions too.
 -- No index on mutations (run_id) for pruning: the table holds calls, not decisions, and stays
 -- small enough to scan.

@@ -1,6 +1,8 @@
 //! `zt-janitor bench`: one plan-only cycle and one apply cycle over N registrations served by
 //! the fake API in a child process (so that this process's peak RSS is the janitor's alone),
-//! each into a fresh audit database, with the figures the performance targets are stated in.
+//! each into a fresh audit database, with the figures the performance targets are stated in;
+//! or (`--plan-cycles K`) K plan cycles over the same unchanged account into one database, 6
+//! hours apart on an injected clock, with the database's size after each.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -60,6 +62,11 @@ pub struct BenchArgs {
     /// The janitor's `[cloudflare] rate_share`.
     #[arg(long, default_value_t = 0.5)]
     rate_share: f64,
+    /// Instead of the two cycles: this many plan cycles over the same unchanged account, into
+    /// one audit database, 6 hours apart (an injected clock), printing the database's size
+    /// (main file and WAL, after a checkpoint) after each and the growth in all.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    plan_cycles: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,6 +116,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         fake.base_url
     );
 
+    if let Some(cycles) = args.plan_cycles {
+        let db = dir.join("cycles.db");
+        let finished = tokio::select! {
+            finished = plan_cycles(&args, &fake.base_url, &token_file, &db, cycles) => Some(finished),
+            () = shutdown.recv() => None,
+        };
+        fake.stop();
+        std::fs::remove_dir_all(&dir).ok();
+        return finished
+            .unwrap_or_else(|| bail!("interrupted by a signal before the figures were complete"));
+    }
     let phase =
         |mode: Mode, db: &str| cycle(&args, &fake.base_url, &token_file, dir.join(db), mode);
     let phases = async {
@@ -216,13 +234,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-async fn cycle(
+/// The bench's config: two rules and an exclusion over device registrations.
+fn config(
     args: &BenchArgs,
     base_url: &str,
     token_file: &Path,
-    db: PathBuf,
+    db: &Path,
     mode: Mode,
-) -> Result<Figures> {
+) -> Result<Config> {
     let text = format!(
         r#"
 [cloudflare]
@@ -265,7 +284,89 @@ user_email = ["*@board.example.com"]
         rate_share = args.rate_share,
         db = db.display(),
     );
-    let config = Config::from_toml_str(&text, Path::new("bench.toml"))?;
+    Ok(Config::from_toml_str(&text, Path::new("bench.toml"))?)
+}
+
+/// `--plan-cycles K`: K plan cycles into one database, the clock 6 hours on each time.
+async fn plan_cycles(
+    args: &BenchArgs,
+    base_url: &str,
+    token_file: &Path,
+    db: &Path,
+    cycles: u32,
+) -> Result<()> {
+    let config = config(args, base_url, token_file, db, Mode::Plan)?;
+    let janitor = crate::startup::open(config).await?;
+    let empty = janitor.audit.storage_figures().await?;
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    println!();
+    println!("| cycle | wall | candidates | audit write time | main file | WAL before checkpoint | actions | bodies | spans | growth since cycle 1 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let start = Utc::now();
+    let mut first = None;
+    let mut last = empty;
+    let mut wal_peak = 0;
+    let mut walls = Vec::new();
+    for i in 0..cycles {
+        let now = start + chrono::TimeDelta::hours(6 * i64::from(i));
+        let written = janitor.audit.write_time();
+        let started = Instant::now();
+        let report = janitor.cycle().run(now).await?;
+        let wall = started.elapsed().as_secs_f64();
+        if report.reason.is_some() {
+            bail!(
+                "plan cycle {} ended {}: {}",
+                i + 1,
+                report.outcome,
+                report.reason.unwrap_or_default()
+            );
+        }
+        let audit_time = (janitor.audit.write_time() - written).as_secs_f64();
+        let figures = janitor.audit.storage_figures().await?;
+        wal_peak = wal_peak.max(figures.wal_bytes_before);
+        let size = figures.main_bytes + figures.wal_bytes;
+        let base = *first.get_or_insert(size);
+        walls.push(wall);
+        println!(
+            "| {} | {wall:.2} s | {} | {audit_time:.2} s | {:.2} MB | {:.2} MB | {} | {} | {} | {:+.3} MB |",
+            i + 1,
+            report.summary.candidates.unwrap_or(0),
+            mb(figures.main_bytes),
+            mb(figures.wal_bytes_before),
+            figures.actions,
+            figures.bodies,
+            figures.spans,
+            (size as f64 - base as f64) / 1e6,
+        );
+        last = figures;
+    }
+    let size = last.main_bytes + last.wal_bytes;
+    let from_empty = size.saturating_sub(empty.main_bytes + empty.wal_bytes);
+    walls.sort_by(f64::total_cmp);
+    println!();
+    println!(
+        "{cycles} plan cycles: database {:.2} MB (main file and WAL after a truncating checkpoint), \
+         {:.2} MB more than the empty database, {:+.3} MB since the first cycle ({:.1} KB a cycle \
+         after the first); WAL at most {:.2} MB between checkpoints; median cycle {:.2} s",
+        mb(size),
+        mb(from_empty),
+        (size as f64 - first.unwrap_or(size) as f64) / 1e6,
+        (size as f64 - first.unwrap_or(size) as f64) / 1e3 / f64::from(cycles.max(2) - 1),
+        mb(wal_peak),
+        walls[walls.len() / 2],
+    );
+    janitor.audit.close().await;
+    Ok(())
+}
+
+async fn cycle(
+    args: &BenchArgs,
+    base_url: &str,
+    token_file: &Path,
+    db: PathBuf,
+    mode: Mode,
+) -> Result<Figures> {
+    let config = config(args, base_url, token_file, &db, mode)?;
     let janitor = crate::startup::open(config).await?;
     let started = Instant::now();
     let report = janitor.cycle().run(Utc::now()).await?;

@@ -571,7 +571,13 @@ pub fn actions_fit(
                 .iter()
                 .map(|a| {
                     [
-                        a.run_id.to_string(),
+                        // A span's row covers runs a..b.
+                        match (a.span_first_run_id, a.span_last_run_id) {
+                            (Some(first), Some(last)) if first != last => {
+                                format!("{first}..{last}")
+                            }
+                            _ => a.run_id.to_string(),
+                        },
                         a.decided_at.clone(),
                         a.rule.clone(),
                         a.action.clone(),
@@ -718,7 +724,8 @@ struct ActionsJson<'a> {
 /// database) is `null`, and `snapshot_error` says why; the row is still printed.
 #[derive(Serialize)]
 struct ActionJson<'a> {
-    id: i64,
+    /// `None` for a span (see `span`).
+    id: Option<i64>,
     run_id: i64,
     decided_at: &'a str,
     rule: &'a str,
@@ -736,6 +743,10 @@ struct ActionJson<'a> {
     mutation_completed_at: Option<&'a str>,
     http_status: Option<i64>,
     undoes_action_id: Option<i64>,
+    /// For decisions of runs that did not act, folded: the span and the runs it covers.
+    span_id: Option<i64>,
+    span_first_run_id: Option<i64>,
+    span_last_run_id: Option<i64>,
     snapshot: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_error: Option<String>,
@@ -766,6 +777,9 @@ impl<'a> ActionJson<'a> {
             mutation_completed_at: a.mutation_completed_at.as_deref(),
             http_status: a.http_status,
             undoes_action_id: a.undoes_action_id,
+            span_id: a.span_id,
+            span_first_run_id: a.span_first_run_id,
+            span_last_run_id: a.span_last_run_id,
             snapshot,
             snapshot_error,
         }
@@ -1175,7 +1189,7 @@ mod tests {
 
     fn action_row(device: &str, email: &str, detail: Option<&str>) -> ActionRow {
         ActionRow {
-            id: 1,
+            id: Some(1),
             run_id: 1,
             decided_at: "2026-11-24T19:58:21Z".into(),
             rule: "idle-90d".into(),
@@ -1194,6 +1208,9 @@ mod tests {
             http_status: Some(400),
             snapshot: "{\"id\":\"00b3324e-cfe5-4df6-b4ab-faba846cc16b\"}".into(),
             undoes_action_id: None,
+            span_id: None,
+            span_first_run_id: None,
+            span_last_run_id: None,
         }
     }
 

@@ -336,9 +336,9 @@ async fn plan_then_apply_over_all_four_kinds() {
     // id, the action's zone, the mutation's zone, status detail, snapshot
     type CertRow = (String, Option<String>, Option<String>, String, String);
     let zones: Vec<CertRow> = sqlx::query(
-        "SELECT a.resource_id, a.zone_id, m.zone_id, a.status_detail, s.body
+        "SELECT a.resource_id, a.zone_id, m.zone_id, a.status_detail, b.body
          FROM actions a JOIN mutations m ON m.id = a.mutation_id
-         JOIN snapshots s ON s.action_id = a.id
+         JOIN snapshots s ON s.action_id = a.id JOIN snapshot_bodies b ON b.id = s.body_id
          WHERE a.resource_kind = 'client_certificate' ORDER BY a.resource_id",
     )
     .fetch_all(&pool)

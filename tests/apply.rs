@@ -173,8 +173,9 @@ async fn a_plan_over_the_caps_refuses_the_whole_run() {
     let outcomes = env.run_outcomes().await;
     assert_eq!(outcomes[0].0, "refused");
     let pool = env.sql().await;
+    // A refused run did not act: its decisions are folded into spans when it closes.
     let statuses: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT status FROM actions WHERE excluded_by IS NULL")
+        sqlx::query_scalar("SELECT DISTINCT status FROM decision_spans WHERE excluded_by IS NULL")
             .fetch_all(&pool)
             .await
             .unwrap();
@@ -333,13 +334,14 @@ async fn an_intent_left_by_a_crash_is_reconciled_on_the_next_run() {
         .await
         .unwrap();
     for id in [&gone, &kept] {
-        // The crashed run decided them too: copy the plan run's decisions into it.
+        // The crashed run decided them too: copy the plan run's decisions (folded into spans
+        // when it closed) into it.
         sqlx::query(
             "INSERT INTO actions (run_id, decided_at, rule, action, resource_kind, resource_id,
                  user_email, device_name, last_seen_at, reason, status)
-             SELECT ?1, decided_at, rule, action, resource_kind, resource_id, user_email,
+             SELECT ?1, first_decided_at, rule, action, resource_kind, resource_id, user_email,
                  device_name, last_seen_at, reason, 'planned'
-             FROM actions WHERE resource_id = ?2",
+             FROM decision_spans WHERE resource_id = ?2",
         )
         .bind(run.0)
         .bind(id)
@@ -436,9 +438,9 @@ async fn the_audit_answers_who_deleted_my_laptop() {
 
     let pool = env.sql().await;
     let row = sqlx::query(
-        "SELECT a.rule, a.reason, s.body, m.completed_at, m.kind, m.outcome, r.mode
+        "SELECT a.rule, a.reason, b.body, m.completed_at, m.kind, m.outcome, r.mode
          FROM actions a
-         JOIN snapshots s ON s.action_id = a.id
+         JOIN snapshots s ON s.action_id = a.id JOIN snapshot_bodies b ON b.id = s.body_id
          JOIN mutations m ON m.id = a.mutation_id
          JOIN runs r ON r.id = a.run_id
          WHERE a.user_email = 'dana@example.com' AND a.device_name = 'dana-thinkpad'
@@ -523,8 +525,9 @@ async fn decisions_recorded_before_a_listing_failure_are_never_acted_on() {
     assert_eq!(report.outcome, RunOutcome::Aborted);
     assert!(env.fake.mutations().is_empty(), "nothing may be deleted");
     let pool = env.sql().await;
+    // An aborted run did not act: its decisions are folded into spans when it closes.
     let statuses: Vec<(String, i64)> =
-        sqlx::query("SELECT status, count(*) FROM actions GROUP BY status")
+        sqlx::query("SELECT status, count(*) FROM decision_spans GROUP BY status")
             .fetch_all(&pool)
             .await
             .unwrap()

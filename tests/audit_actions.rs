@@ -46,7 +46,11 @@ async fn two_kinds(db: &Path) {
         .execute(&pool)
         .await
         .unwrap();
-        sqlx::query("INSERT INTO snapshots (action_id, body) VALUES (?1, '{}')")
+        sqlx::query("INSERT OR IGNORE INTO snapshot_bodies (id, body) VALUES (1, '{}')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO snapshots (action_id, body_id) VALUES (?1, 1)")
             .bind(id)
             .execute(&pool)
             .await

@@ -472,10 +472,11 @@ async fn large_log(db: &Path, actions: i64) {
              printf('laptop-%d', i), '2026-05-01T00:00:00Z', 'idle 184d >= 90d', 'done',
              (i - 1) / 100 + 1
          FROM n",
-        "INSERT INTO snapshots (action_id, body)
+        "INSERT INTO snapshot_bodies (id, body)
          SELECT id, json_object('id', resource_id, 'device', json_object('name', device_name),
              'user', json_object('email', user_email), 'key', hex(randomblob(200)))
          FROM actions",
+        "INSERT INTO snapshots (action_id, body_id) SELECT id, id FROM actions",
     ];
     for statement in statements {
         sqlx::query(statement)

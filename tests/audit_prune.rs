@@ -13,7 +13,7 @@ use common::{metric, Env, Settings};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::SqlitePool;
-use zt_janitor::audit::{ActionFilter, AuditStore, PruneLimits, PruneTrigger, Retention};
+use zt_janitor::audit::{AuditStore, PruneLimits, PruneTrigger, Retention};
 use zt_janitor::fake::FakeOptions;
 use zt_janitor::metrics::Metrics;
 
@@ -94,10 +94,16 @@ async fn runs_are_pruned_at_the_cycle_start_once_their_retention_has_passed() {
     set_finished(&env.db_path, 2, now - day * 100).await;
     set_finished(&env.db_path, 3, now - day * 10 + second).await;
     let pool = env.sql().await;
-    let run1_actions = scalar(&pool, "SELECT count(*) FROM actions WHERE run_id = 1").await;
+    // A plan run's decisions are folded into spans at its close; the apply run between
+    // breaks them, so run 1's spans are its own.
+    let run1_spans = scalar(
+        &pool,
+        "SELECT count(*) FROM decision_spans WHERE first_run_id = 1 AND last_run_id = 1",
+    )
+    .await;
     let run2_mutations = scalar(&pool, "SELECT count(*) FROM mutations WHERE run_id = 2").await;
     pool.close().await;
-    assert!(run1_actions > 0 && run2_mutations > 0);
+    assert!(run1_spans > 0 && run2_mutations > 0);
 
     let metrics = Metrics::new();
     cycle_at(&env, "plan", "retain_days = 10\n", now, &metrics).await; // 4
@@ -114,8 +120,8 @@ async fn runs_are_pruned_at_the_cycle_start_once_their_retention_has_passed() {
         )
     };
     assert_eq!(pruned("runs"), Some(1.0));
-    assert_eq!(pruned("actions"), Some(run1_actions as f64));
-    assert_eq!(pruned("snapshots"), Some(run1_actions as f64));
+    assert_eq!(pruned("decision_spans"), Some(run1_spans as f64));
+    assert_eq!(pruned("actions"), Some(0.0));
     assert_eq!(pruned("mutations"), Some(0.0));
     assert_eq!(
         metric(&scrape, "zt_janitor_audit_prune_failures_total"),
@@ -136,7 +142,7 @@ async fn runs_are_pruned_at_the_cycle_start_once_their_retention_has_passed() {
         ("cycle", 1, 1, 1)
     );
     let deleted: BTreeMap<String, i64> = serde_json::from_str(&record.4).unwrap();
-    assert_eq!(deleted["actions"], run1_actions);
+    assert_eq!(deleted["decision_spans"], run1_spans);
 
     cycle_at(
         &env,
@@ -355,8 +361,8 @@ async fn the_database_of_todays_code_migrates_and_prunes_to_what_is_still_named(
     .await
     .unwrap();
     let all: i64 = scalar(&pool, "SELECT count(*) FROM runs").await;
-    let marks: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT m.first_action_id, s.body FROM marks m JOIN snapshots s
+    let marks: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.resource_id, s.body FROM marks m JOIN snapshots s
              ON s.action_id = m.first_action_id ORDER BY 1",
     )
     .fetch_all(&pool)
@@ -395,22 +401,17 @@ async fn the_database_of_todays_code_migrates_and_prunes_to_what_is_still_named(
         .map(|r| r.id)
         .collect();
     assert_eq!(kept, expected);
-    let rows = audit
-        .actions(&ActionFilter {
-            limit: 100_000,
-            ..ActionFilter::default()
-        })
-        .await
-        .unwrap();
-    for (action, body) in &marks {
-        let row = rows
-            .iter()
-            .find(|r| r.id == *action)
-            .expect("a marked decision stays");
-        assert_eq!(&row.snapshot, body, "and looks as it did");
-    }
     audit.close().await;
     let pool = writable(&db).await;
+    // A mark keeps the object as first marked: its body is not swept.
+    let kept_marks: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.resource_id, b.body FROM marks m JOIN snapshot_bodies b
+             ON b.id = m.first_body_id ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept_marks, marks, "each mark looks as it did");
     assert_eq!(
         scalar(&pool, "SELECT count(*) FROM pragma_foreign_key_check").await,
         0
@@ -445,7 +446,7 @@ async fn the_database_of_todays_code_migrates_and_prunes_to_what_is_still_named(
     }
 }
 
-/// A prune that fails (here: a row no version writes names a decision of a due run, and the
+/// A prune that fails (here: a row of a table no version writes names a due run, and the
 /// enforced foreign key refuses its delete) is counted and logged, and the cycle runs all the
 /// same; the due run is left whole.
 #[tokio::test]
@@ -457,14 +458,18 @@ async fn a_failed_prune_is_counted_and_the_cycle_goes_on() {
     cycle_at(&env, "plan", "", now, &quiet).await;
     set_finished(&env.db_path, 1, now - TimeDelta::days(30)).await;
     let pool = writable(&env.db_path).await;
-    sqlx::query(
-        "UPDATE actions SET undoes_action_id = (SELECT min(id) FROM actions WHERE run_id = 1)
-         WHERE id = (SELECT min(id) FROM actions WHERE run_id = 2)",
+    for sql in [
+        "CREATE TABLE unknown_ref (run_id INTEGER REFERENCES runs(id))",
+        "INSERT INTO unknown_ref VALUES (1)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let spans = scalar(
+        &pool,
+        "SELECT count(*) FROM decision_spans WHERE first_run_id = 1",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let actions = scalar(&pool, "SELECT count(*) FROM actions WHERE run_id = 1").await;
+    .await;
+    assert!(spans > 0);
     pool.close().await;
 
     let metrics = Metrics::new();
@@ -491,8 +496,12 @@ async fn a_failed_prune_is_counted_and_the_cycle_goes_on() {
     assert_eq!(run_ids(&env).await, [1, 2, 3]);
     let pool = env.sql().await;
     assert_eq!(
-        scalar(&pool, "SELECT count(*) FROM actions WHERE run_id = 1").await,
-        actions
+        scalar(
+            &pool,
+            "SELECT count(*) FROM decision_spans WHERE first_run_id = 1"
+        )
+        .await,
+        spans
     );
     pool.close().await;
 }

@@ -7,7 +7,7 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{days_ago, Env, Settings};
-use zt_janitor::audit::RunOutcome;
+use zt_janitor::audit::{ActionFilter, AuditStore, RunOutcome};
 use zt_janitor::cycle::CycleReport;
 use zt_janitor::fake::{Endpoint, FakeOptions, FakeRegistration, Fault, FaultRule};
 use zt_janitor::metrics::Metrics;
@@ -81,15 +81,22 @@ async fn a_candidate_is_marked_then_acted_on_exactly_once_after_its_grace_days()
     assert_eq!(grace(&waiting), (0, 0, 0, 1), "still in its grace period");
     assert!(env.fake.mutations().is_empty());
     assert_eq!(marks(&env).await, marked, "the mark keeps its first date");
-    let db = env.sql().await;
-    let detail: String = sqlx::query_scalar(
-        "SELECT status_detail FROM actions WHERE run_id = ?1 AND resource_id = ?2",
-    )
-    .bind(waiting.run_id)
-    .bind(LAPTOP)
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    // A run that did not act keeps its decisions as spans: read as `audit actions --run` does.
+    let store = AuditStore::open_read_only(&env.config().audit.path)
+        .await
+        .unwrap();
+    let rows = store
+        .actions(&ActionFilter {
+            run_id: Some(waiting.run_id),
+            resource_id: Some(LAPTOP.to_owned()),
+            limit: 10,
+            ..ActionFilter::default()
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let detail = rows[0].status_detail.clone().unwrap_or_default();
     let acts_on = (t0 + TimeDelta::days(7)).format("%Y-%m-%d").to_string();
     assert!(
         detail.contains("in the grace period") && detail.contains(&format!("acts on {acts_on}")),

@@ -270,11 +270,18 @@ async fn damage_two_snapshots(env: &Env) {
         .await
         .unwrap();
     for (offset, body) in [(0, r#"{"id": "a", "id": "b"}"#), (1, "{\"id\": ")] {
+        // Bodies are shared by identical snapshots: give the action a damaged body of its own.
+        let body_id = sqlx::query("INSERT INTO snapshot_bodies (body) VALUES (?)")
+            .bind(body)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .last_insert_rowid();
         let changed = sqlx::query(
-            "UPDATE snapshots SET body = ? WHERE action_id = \
+            "UPDATE snapshots SET body_id = ? WHERE action_id = \
              (SELECT id FROM actions ORDER BY id DESC LIMIT 1 OFFSET ?)",
         )
-        .bind(body)
+        .bind(body_id)
         .bind(offset)
         .execute(&pool)
         .await

@@ -297,9 +297,16 @@ async fn a_database_from_before_resource_kinds_reads_back_as_device_registration
             "actions_run",
             "actions_undoes",
             "actions_user_folded",
+            "decision_spans_body",
+            "decision_spans_last_run",
+            "decision_spans_resource",
+            "decision_spans_user_folded",
             "mark_events_run",
+            "marks_first_body",
             "mutations_pending",
+            "mutations_run",
             "notification_attempts_run",
+            "snapshots_body",
         ]
     );
     pool.close().await;
@@ -363,7 +370,7 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
             a.rule.as_str(),
             a.action.as_str()
         ),
-        (3, 1, "t", "idle-90d", "delete")
+        (Some(3), 1, "t", "idle-90d", "delete")
     );
     assert_eq!(a.resource_kind, "device_registration");
     assert_eq!(a.resource_id, id);
@@ -463,9 +470,16 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
             "actions_run",
             "actions_undoes",
             "actions_user_folded",
+            "decision_spans_body",
+            "decision_spans_last_run",
+            "decision_spans_resource",
+            "decision_spans_user_folded",
             "mark_events_run",
+            "marks_first_body",
             "mutations_pending",
+            "mutations_run",
             "notification_attempts_run",
+            "snapshots_body",
         ]
     );
     pool.close().await;
@@ -520,7 +534,7 @@ async fn a_database_from_before_undo_keeps_every_row_and_takes_undo_runs() {
     let a = &rows[0];
     assert_eq!(
         (a.id, a.action.as_str(), a.status.as_str(), a.mutation_id),
-        (3, "revoke", "done", Some(7))
+        (Some(3), "revoke", "done", Some(7))
     );
     assert_eq!(
         (a.http_status, a.snapshot.as_str(), a.undoes_action_id),

@@ -129,7 +129,8 @@ impl ExportReader {
         rows.iter().map(run).collect()
     }
 
-    /// The actions of `run` in id order, each with its snapshot, one row at a time.
+    /// The actions of `run` in id order, each with its snapshot, one row at a time. The
+    /// decisions of a run that did not act are folded into spans at its close: not exported.
     pub fn actions(
         &mut self,
         run: i64,
@@ -139,8 +140,9 @@ impl ExportReader {
             "SELECT a.id, a.run_id, a.decided_at, a.rule, a.action, a.resource_kind,
                     a.resource_id, a.zone_id, a.user_email, a.device_name, a.last_seen_at,
                     a.reason, a.excluded_by, a.status, a.status_detail, a.mutation_id,
-                    a.undoes_action_id, s.body AS snapshot
+                    a.undoes_action_id, b.body AS snapshot
              FROM actions a LEFT JOIN snapshots s ON s.action_id = a.id
+                  LEFT JOIN snapshot_bodies b ON b.id = s.body_id
              WHERE a.run_id = ?1 ORDER BY a.id",
         )
         .bind(run)

@@ -35,6 +35,8 @@ pub use prune::{
     plan as prune_plan, pruned_tables, Held, HeldRun, PruneLimits, PrunePlan, PruneReport,
     PruneTrigger, Retention, RunFacts, VacuumError,
 };
+mod storage;
+pub use storage::{body_sha256, StorageFigures};
 
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
 /// Statements whose row count changes from call to call are built with `persistent(false)`: a
@@ -452,7 +454,8 @@ pub struct RunRow {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionRow {
-    pub id: i64,
+    /// `None` for a span: decisions of runs that did not act, folded (see `span_*`).
+    pub id: Option<i64>,
     pub run_id: i64,
     pub decided_at: String,
     pub rule: String,
@@ -471,6 +474,11 @@ pub struct ActionRow {
     pub http_status: Option<i64>,
     /// In an undo run: the action (of the run undone) this one reverses.
     pub undoes_action_id: Option<i64>,
+    /// For a span: its id, and the runs it covers, each of which decided the same about the
+    /// object as listed the same.
+    pub span_id: Option<i64>,
+    pub span_first_run_id: Option<i64>,
+    pub span_last_run_id: Option<i64>,
     /// Last, so that the CSV's widest column ends each row.
     pub snapshot: String,
 }
@@ -884,14 +892,17 @@ impl AuditStore {
             path: path.to_owned(),
             source: sqlx::Error::Io(source),
         })?;
-        Ok(AuditStore {
+        let store = AuditStore {
             pool,
             path: path.to_owned(),
             lock: Arc::new(Mutex::new(Some(lock))),
             clock: Arc::default(),
             health,
             identity: Some(identity),
-        })
+        };
+        // Bodies migrated from before de-duplication get their hash (SQL cannot compute it).
+        store.fill_body_hashes().await?;
+        Ok(store)
     }
 
     /// Opens an existing database for reading only: no lock, no migration, no write. For
@@ -1231,6 +1242,7 @@ impl AuditStore {
         .await
         .map_err(write)?;
         let new_marks = "FROM temp.candidates c JOIN actions a ON a.id = c.action_id
+                 JOIN snapshots s ON s.action_id = a.id
              WHERE NOT EXISTS (SELECT 1 FROM marks m WHERE m.resource_kind = ?3
                                  AND m.zone_key = ?5 AND m.id_key = c.id_key)";
         tally.marked = sqlx::query(&format!(
@@ -1249,9 +1261,9 @@ impl AuditStore {
         .rows_affected();
         sqlx::query(&format!(
             "INSERT INTO marks (resource_kind, zone_key, id_key, resource_id, name, user_email,
-                 rule, action, first_marked_at, first_run_id, first_action_id, last_run_id)
+                 rule, action, first_marked_at, first_run_id, first_body_id, last_run_id)
              SELECT ?3, ?5, c.id_key, a.resource_id, a.device_name, a.user_email, a.rule,
-                 a.action, ?2, ?1, a.id, ?1 {new_marks}"
+                 a.action, ?2, ?1, s.body_id, ?1 {new_marks}"
         ))
         .bind(part.run.0)
         .bind(&at)
@@ -1530,13 +1542,10 @@ impl AuditStore {
             .execute(&mut *tx)
             .await
             .map_err(AuditError::Write)?;
-            // No snapshot: the object is as the run undone recorded it, under `undoes_action_id`.
-            sqlx::query("INSERT INTO snapshots (action_id, body) VALUES (?1, 'null')")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(AuditError::Write)?;
         }
+        // No snapshot: the object is as the run undone recorded it, under `undoes_action_id`.
+        let none: Vec<(i64, &str)> = ids.iter().map(|id| (*id, "null")).collect();
+        Self::insert_snapshots(&mut tx, &none).await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(ids)
     }
@@ -1607,14 +1616,8 @@ impl AuditStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?;
-            let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body) ");
-            q.push_values(batch_ids, |mut row, id| {
-                row.push_bind(*id).push_bind("null");
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(AuditError::Write)?;
+            let none: Vec<(i64, &str)> = batch_ids.iter().map(|id| (*id, "null")).collect();
+            Self::insert_snapshots(&mut tx, &none).await?;
         }
         tx.commit().await.map_err(AuditError::Write)
     }
@@ -1678,6 +1681,8 @@ impl AuditStore {
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
+        // A run that did not act keeps its decisions as spans (storage.rs).
+        Self::fold_run(&mut tx, run).await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(())
     }
@@ -1735,15 +1740,12 @@ impl AuditStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?;
-            let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body) ");
-            q.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
-                row.push_bind(*id)
-                    .push_bind(c.snapshot.as_deref().map_or("null", RawValue::get));
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(AuditError::Write)?;
+            let snapshots: Vec<(i64, &str)> = batch
+                .iter()
+                .zip(batch_ids)
+                .map(|(c, id)| (*id, c.snapshot.as_deref().map_or("null", RawValue::get)))
+                .collect();
+            Self::insert_snapshots(&mut tx, &snapshots).await?;
         }
         tx.commit().await.map_err(AuditError::Write)?;
         for c in candidates.iter_mut() {
@@ -2067,12 +2069,17 @@ impl AuditStore {
             let action_id: i64 = row.get(0);
             let resource: String = row.get(1);
             let action: String = row.get(2);
+            // A span (decisions of runs that did not act, folded) reads as its last run's row.
             let history = sqlx::query(
-                "SELECT p.run_id, p.status, p.action, p.mutation_id, p.status_detail,
-                        m.outcome, m.http_status, m.cf_error_code
+                "SELECT p.run_id AS run_id, p.status, p.action, p.mutation_id, p.status_detail,
+                        m.outcome, m.http_status, m.cf_error_code, p.id AS sort_id
                  FROM actions p LEFT JOIN mutations m ON m.id = p.mutation_id
                  WHERE p.resource_id = ?1 AND p.run_id < ?2
-                 ORDER BY p.run_id DESC, p.id DESC LIMIT 64",
+                 UNION ALL
+                 SELECT d.last_run_id, d.status, d.action, NULL, d.last_status_detail, NULL,
+                        NULL, NULL, d.id
+                 FROM decision_spans d WHERE d.resource_id = ?1 AND d.last_run_id < ?2
+                 ORDER BY run_id DESC, sort_id DESC LIMIT 64",
             )
             .bind(&resource)
             .bind(run.0)
@@ -2082,12 +2089,17 @@ impl AuditStore {
             let Some(oldest) = history.last().map(|h| h.get::<i64, _>(0)) else {
                 continue;
             };
-            // Runs that listed everything: one without a row for this id did not select it.
+            // Runs that listed everything: one without a row for this id did not select it. A
+            // run whose decisions were folded into spans (it did not act) has its row there.
             let listed: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM runs WHERE id > ?1 AND id < ?2 AND seen_total IS NOT NULL",
+                "SELECT r.id FROM runs r WHERE r.id > ?1 AND r.id < ?2
+                   AND r.seen_total IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM decision_spans d WHERE d.resource_id = ?3
+                                     AND r.id BETWEEN d.first_run_id AND d.last_run_id)",
             )
             .bind(oldest)
             .bind(run.0)
+            .bind(&resource)
             .fetch_all(&self.pool)
             .await
             .map_err(AuditError::Read)?;
@@ -2312,60 +2324,6 @@ impl AuditStore {
             .collect())
     }
 
-    pub async fn actions(&self, f: &ActionFilter) -> Result<Vec<ActionRow>, AuditError> {
-        let mut q = QueryBuilder::new(
-            "SELECT a.id, a.run_id, a.decided_at, a.rule, a.action, a.resource_id, a.user_email,
-                    a.device_name, a.last_seen_at, a.reason, a.excluded_by, a.status,
-                    a.status_detail, a.mutation_id, m.completed_at, m.http_status, s.body,
-                    a.resource_kind, a.undoes_action_id
-             FROM actions a LEFT JOIN mutations m ON m.id = a.mutation_id
-                  LEFT JOIN snapshots s ON s.action_id = a.id
-             WHERE 1 = 1",
-        );
-        push_action_filter(&mut q, f);
-        q.push(" ORDER BY a.id DESC LIMIT ").push_bind(f.limit);
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(AuditError::Read)?;
-        Ok(rows
-            .iter()
-            .map(|r| ActionRow {
-                id: r.get(0),
-                run_id: r.get(1),
-                decided_at: r.get(2),
-                rule: r.get(3),
-                action: r.get(4),
-                resource_kind: r.get(17),
-                resource_id: r.get(5),
-                user_email: r.get(6),
-                device_name: r.get(7),
-                last_seen_at: r.get(8),
-                reason: r.get(9),
-                excluded_by: r.get(10),
-                status: r.get(11),
-                status_detail: r.get(12),
-                mutation_id: r.get(13),
-                mutation_completed_at: r.get(14),
-                http_status: r.get(15),
-                snapshot: r.get(16),
-                undoes_action_id: r.get(18),
-            })
-            .collect())
-    }
-
-    /// How many actions match `f`, whatever its limit: what a limited [`AuditStore::actions`]
-    /// left out.
-    pub async fn count_actions(&self, f: &ActionFilter) -> Result<i64, AuditError> {
-        let mut q = QueryBuilder::new("SELECT COUNT(*) FROM actions a WHERE 1 = 1");
-        push_action_filter(&mut q, f);
-        q.build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(AuditError::Read)
-    }
-
     /// How many runs the log holds.
     pub async fn count_runs(&self) -> Result<i64, AuditError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM runs")
@@ -2516,8 +2474,9 @@ impl AuditStore {
         let rows = sqlx::query(&format!(
             "SELECT resource_kind, zone_id, resource_id, device_name, user_email, rule, action,
                     status, status_detail
-             FROM actions WHERE run_id = ?1 AND status IN ({statuses})
-             ORDER BY CASE status{order} END, id LIMIT ?2"
+             FROM {} WHERE status IN ({statuses})
+             ORDER BY CASE status{order} END, id LIMIT ?2",
+            storage::RUN_DECISIONS
         ))
         .bind(run.0)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -2544,8 +2503,9 @@ impl AuditStore {
             });
         }
         let counts = sqlx::query(&format!(
-            "SELECT status, count(*) FROM actions WHERE run_id = ?1 AND status IN ({statuses})
-             GROUP BY status ORDER BY CASE status{order} END"
+            "SELECT status, count(*) FROM {} WHERE status IN ({statuses})
+             GROUP BY status ORDER BY CASE status{order} END",
+            storage::RUN_DECISIONS
         ))
         .bind(run.0)
         .fetch_all(&self.pool)
@@ -2721,7 +2681,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].id, ids[0]);
+        assert_eq!(rows[0].id, Some(ids[0]));
         assert_eq!(
             (
                 rows[0].action.as_str(),

@@ -41,30 +41,64 @@ const STEPS: &[Step] = &[
         // The same actions as the next step deletes: a snapshot goes with its action.
         delete: "DELETE FROM snapshots WHERE action_id IN
                      (SELECT id FROM actions WHERE run_id = ?1 ORDER BY id LIMIT ?2)",
+        trims: false,
     },
     Step {
         table: "actions",
         count: "SELECT count(*) FROM actions WHERE run_id = ?1",
         delete: "DELETE FROM actions WHERE id IN
                      (SELECT id FROM actions WHERE run_id = ?1 ORDER BY id LIMIT ?2)",
+        trims: false,
+    },
+    // A span of decisions names its first and last run: one of this run alone goes; one
+    // that goes on past it starts (or ends) at the next (or previous) run still there.
+    Step {
+        table: "decision_spans",
+        // Counted over all the due runs at once (see `prune_preview`): a span over several
+        // of them goes once the others have trimmed it.
+        count: "SELECT 0",
+        delete: "DELETE FROM decision_spans WHERE id IN (SELECT id FROM decision_spans
+                     WHERE first_run_id = ?1 AND last_run_id = ?1 LIMIT ?2)",
+        trims: false,
+    },
+    Step {
+        table: "decision_spans",
+        count: "SELECT 0",
+        delete: "UPDATE decision_spans SET first_run_id = (SELECT min(r.id) FROM runs r
+                     WHERE r.id > ?1 AND r.id <= decision_spans.last_run_id)
+                 WHERE id IN (SELECT id FROM decision_spans
+                     WHERE first_run_id = ?1 AND last_run_id > ?1 LIMIT ?2)",
+        trims: true,
+    },
+    Step {
+        table: "decision_spans",
+        count: "SELECT 0",
+        delete: "UPDATE decision_spans SET last_run_id = (SELECT max(r.id) FROM runs r
+                     WHERE r.id < ?1 AND r.id >= decision_spans.first_run_id)
+                 WHERE id IN (SELECT id FROM decision_spans
+                     WHERE last_run_id = ?1 AND first_run_id < ?1 LIMIT ?2)",
+        trims: true,
     },
     Step {
         table: "mark_events",
         count: "SELECT count(*) FROM mark_events WHERE run_id = ?1",
         delete: "DELETE FROM mark_events WHERE id IN
                      (SELECT id FROM mark_events WHERE run_id = ?1 LIMIT ?2)",
+        trims: false,
     },
     Step {
         table: "notification_attempts",
         count: "SELECT count(*) FROM notification_attempts WHERE run_id = ?1",
         delete: "DELETE FROM notification_attempts WHERE id IN
                      (SELECT id FROM notification_attempts WHERE run_id = ?1 LIMIT ?2)",
+        trims: false,
     },
     Step {
         table: "run_kinds",
         count: "SELECT count(*) FROM run_kinds WHERE run_id = ?1",
         delete: "DELETE FROM run_kinds WHERE rowid IN
                      (SELECT rowid FROM run_kinds WHERE run_id = ?1 LIMIT ?2)",
+        trims: false,
     },
     Step {
         table: "mutations",
@@ -74,6 +108,7 @@ const STEPS: &[Step] = &[
                      (SELECT id FROM mutations m WHERE run_id = ?1
                         AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.mutation_id = m.id)
                       LIMIT ?2)",
+        trims: false,
     },
 ];
 
@@ -82,11 +117,16 @@ struct Step {
     table: &'static str,
     count: &'static str,
     delete: &'static str,
+    /// Updates rows that name the run rather than deleting them: not counted as pruned.
+    trims: bool,
 }
 
 /// Every table pruning deletes from, for the metrics' `table` label.
 pub fn pruned_tables() -> impl Iterator<Item = &'static str> {
-    STEPS.iter().map(|s| s.table).chain(["runs"])
+    let mut tables: Vec<&'static str> =
+        STEPS.iter().filter(|s| !s.trims).map(|s| s.table).collect();
+    tables.dedup();
+    tables.into_iter().chain(["runs", "snapshot_bodies"])
 }
 
 /// How long runs are kept, from `[audit]`.
@@ -369,8 +409,7 @@ impl AuditStore {
             }
         }
         let marked: Vec<i64> = sqlx::query_scalar(
-            "SELECT first_run_id FROM marks UNION SELECT last_run_id FROM marks
-             UNION SELECT a.run_id FROM marks m JOIN actions a ON a.id = m.first_action_id",
+            "SELECT first_run_id FROM marks UNION SELECT last_run_id FROM marks",
         )
         .fetch_all(&self.pool)
         .await
@@ -465,6 +504,18 @@ impl AuditStore {
             }
             *report.deleted.entry("runs").or_default() += 1;
         }
+        let due = serde_json::to_string(&plan.due).unwrap_or_else(|_| "[]".to_owned());
+        let spans: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM decision_spans d
+             WHERE d.last_run_id IN (SELECT value FROM json_each(?1))
+               AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id BETWEEN d.first_run_id
+                   AND d.last_run_id AND r.id NOT IN (SELECT value FROM json_each(?1)))",
+        )
+        .bind(due)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        *report.deleted.entry("decision_spans").or_default() += u64::try_from(spans).unwrap_or(0);
         report.runs = plan.due;
         Ok(report)
     }
@@ -511,6 +562,15 @@ impl AuditStore {
                 }
             }
         }
+        if !report.runs.is_empty() {
+            match self.sweep_bodies(batch).await {
+                Ok(n) => *report.deleted.entry("snapshot_bodies").or_default() += n,
+                Err(e) => {
+                    report.complete = false;
+                    report.error.get_or_insert(e.to_string());
+                }
+            }
+        }
         if report.rows() > 0 {
             let took = TimeDelta::from_std(started.elapsed()).unwrap_or_default();
             self.record_prune(&report, now + took).await?;
@@ -518,6 +578,32 @@ impl AuditStore {
         }
         report.bytes_after = self.disk_bytes();
         Ok(report)
+    }
+
+    /// Deletes the snapshot bodies nothing names any more (no snapshot, span or mark), `batch`
+    /// per transaction; returns how many.
+    async fn sweep_bodies(&self, batch: usize) -> Result<u64, AuditError> {
+        let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+        let mut swept = 0;
+        loop {
+            let _timer = self.timer();
+            let n = sqlx::query(
+                "DELETE FROM snapshot_bodies WHERE id IN (SELECT b.id FROM snapshot_bodies b
+                     WHERE NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.body_id = b.id)
+                       AND NOT EXISTS (SELECT 1 FROM decision_spans d WHERE d.body_id = b.id)
+                       AND NOT EXISTS (SELECT 1 FROM marks m WHERE m.first_body_id = b.id)
+                     LIMIT ?1)",
+            )
+            .bind(limit)
+            .execute(&self.pool)
+            .await
+            .map_err(AuditError::Write)?
+            .rows_affected();
+            swept += n;
+            if n < batch as u64 {
+                return Ok(swept);
+            }
+        }
     }
 
     /// One transaction: up to `batch` rows of each of run `run`'s tables, and the run itself
@@ -544,7 +630,9 @@ impl AuditStore {
                 .rows_affected();
             // Fewer than asked: nothing of this table is left (the steps before it ran).
             emptied &= n < batch as u64;
-            deleted.push((step.table, n));
+            if !step.trims {
+                deleted.push((step.table, n));
+            }
         }
         if emptied {
             let n = sqlx::query("DELETE FROM runs WHERE id = ?1")
@@ -925,10 +1013,18 @@ mod tests {
             exec(
                 audit,
                 &format!(
-                    "INSERT INTO snapshots (action_id, body)
+                    "INSERT INTO snapshot_bodies (id, body)
                      {ids} SELECT {id} * 10000 + i,
                          '{{\"b\":\"' || replace(hex(zeroblob({snapshot_bytes})), '00', 'x') || '\"}}'
                      FROM n"
+                ),
+            )
+            .await;
+            exec(
+                audit,
+                &format!(
+                    "INSERT INTO snapshots (action_id, body_id)
+                     {ids} SELECT {id} * 10000 + i, {id} * 10000 + i FROM n"
                 ),
             )
             .await;
@@ -1026,7 +1122,15 @@ mod tests {
         }
         assert!(calls > 5, "one batch per prune: {calls}");
         assert_eq!(runs(&audit).await, [4]);
-        assert_eq!(deleted, preview.deleted, "the preview counted what went");
+        // Bodies are swept once nothing names them; the preview does not count them.
+        assert_eq!(
+            deleted.remove("snapshot_bodies"),
+            Some(20),
+            "the bodies went too"
+        );
+        let mut previewed = preview.deleted.clone();
+        previewed.remove("snapshot_bodies");
+        assert_eq!(deleted, previewed, "the preview counted what went");
         assert_eq!(deleted["actions"], 20);
         assert_eq!(deleted["snapshots"], 20);
         assert_eq!(deleted["mutations"], 1);
@@ -1071,8 +1175,8 @@ mod tests {
             "UPDATE mutations SET outcome = NULL, completed_at = NULL WHERE run_id = 2",
             "UPDATE runs SET outcome = NULL, finished_at = NULL WHERE id = 3",
             "INSERT INTO marks (resource_kind, zone_key, id_key, resource_id, rule, action,
-                 first_marked_at, first_run_id, first_action_id, last_run_id)
-             VALUES ('device_registration', '', 'r-8-0', 'r-8-0', 'idle', 'delete', 't', 8,
+                 first_marked_at, first_run_id, first_body_id, last_run_id)
+             VALUES ('device_registration', '', 'r-8-0', 'r-8-0', 'idle', 'delete', 't', 4,
                  40000, 8)",
             "UPDATE runs SET mode = 'undo', undoes_run = 5 WHERE id = 8",
             "UPDATE actions SET undoes_action_id = 50000 WHERE id = 80000",

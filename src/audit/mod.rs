@@ -26,6 +26,9 @@ use crate::resource::{Kind, ResourceId};
 use crate::saved_plan::{SavedPlan, Skipped};
 use serde_json::value::RawValue;
 
+mod chain;
+pub use chain::{Broken, ChainHead, Verification};
+
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
 /// Statements whose row count changes from call to call are built with `persistent(false)`: a
 /// prepared statement of hundreds of rows holds a lot of memory, and the cache would keep one
@@ -568,6 +571,8 @@ pub struct AuditStore {
     health: Arc<StoreHealth>,
     /// Device and inode of the database file this store opened for writing.
     identity: Option<(u64, u64)>,
+    /// The hash chain's row encodings, read from the schema once.
+    exprs: Arc<chain::Exprs>,
 }
 
 /// Whether the store's writes can be trusted; shared by every clone and by the pool's
@@ -871,14 +876,17 @@ impl AuditStore {
             path: path.to_owned(),
             source: sqlx::Error::Io(source),
         })?;
-        Ok(AuditStore {
+        let store = AuditStore {
             pool,
             path: path.to_owned(),
             lock: Arc::new(Mutex::new(Some(lock))),
             clock: Arc::default(),
             health,
             identity: Some(identity),
-        })
+            exprs: Arc::default(),
+        };
+        store.chain_genesis().await?;
+        Ok(store)
     }
 
     /// Opens an existing database for reading only: no lock, no migration, no write. For
@@ -893,6 +901,7 @@ impl AuditStore {
             clock: Arc::default(),
             health,
             identity: None,
+            exprs: Arc::default(),
         })
     }
 
@@ -1080,6 +1089,10 @@ impl AuditStore {
     ) -> Result<u64, AuditError> {
         let _timer = self.timer();
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        let closing: Vec<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE outcome IS NULL")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?;
         sqlx::query(
             "UPDATE actions SET status = 'not_attempted', status_detail = ?1
              WHERE status = 'planned'
@@ -1110,19 +1123,27 @@ impl AuditStore {
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
+        for run in closing {
+            self.rechain_closed_run(&mut tx, "closed_unfinished", run)
+                .await?;
+        }
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(done.rows_affected())
     }
 
     pub async fn begin_run(&self, mode: Mode, started: DateTime<Utc>) -> Result<RunId, AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         let id = sqlx::query("INSERT INTO runs (started_at, mode) VALUES (?1, ?2)")
             .bind(ts(started))
             .bind(mode.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(AuditError::Write)?
             .last_insert_rowid();
+        self.rechain(&mut tx, "begun", &[chain::Scope::Run(id)])
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)?;
         Ok(RunId(id))
     }
 
@@ -1147,6 +1168,10 @@ impl AuditStore {
         let zone_key = zone.unwrap_or("");
         let write = AuditError::Write;
         let mut tx = self.pool.begin().await.map_err(write)?;
+        let events_before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM mark_events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(write)?;
         sqlx::query("DROP TABLE IF EXISTS temp.candidates")
             .execute(&mut *tx)
             .await
@@ -1281,6 +1306,8 @@ impl AuditStore {
             .execute(&mut *tx)
             .await
             .map_err(write)?;
+        self.rechain_marks(&mut tx, part.run, events_before, kind, zone_key)
+            .await?;
         tx.commit().await.map_err(write)?;
         Ok(tally)
     }
@@ -1308,6 +1335,11 @@ impl AuditStore {
         let mut cleared = 0;
         for (kind, zone) in present.iter().filter(|(k, z)| !kept(k, z)) {
             let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+            let events_before: i64 =
+                sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM mark_events")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(AuditError::Write)?;
             cleared += sqlx::query(
                 "INSERT INTO mark_events (run_id, at, event, resource_kind, zone_id, resource_id,
                      rule, first_marked_at, reason)
@@ -1329,6 +1361,8 @@ impl AuditStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?;
+            self.rechain_marks(&mut tx, run, events_before, kind, zone)
+                .await?;
             tx.commit().await.map_err(AuditError::Write)?;
         }
         Ok(cleared)
@@ -1418,14 +1452,18 @@ impl AuditStore {
         started: DateTime<Utc>,
     ) -> Result<RunId, AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         let id =
             sqlx::query("INSERT INTO runs (started_at, mode, undoes_run) VALUES (?1, 'undo', ?2)")
                 .bind(ts(started))
                 .bind(undoes.0)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?
                 .last_insert_rowid();
+        self.rechain(&mut tx, "begun", &[chain::Scope::Run(id)])
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)?;
         Ok(RunId(id))
     }
 
@@ -1524,6 +1562,8 @@ impl AuditStore {
                 .await
                 .map_err(AuditError::Write)?;
         }
+        self.rechain(&mut tx, "decided", &chain::decision_scopes(run, &ids))
+            .await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(ids)
     }
@@ -1537,6 +1577,7 @@ impl AuditStore {
         max_actions_override: Option<u64>,
     ) -> Result<(), AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         sqlx::query(
             "UPDATE runs SET saved_plan_path = ?2, saved_plan_sha256 = ?3,
                  max_actions_override = ?4 WHERE id = ?1",
@@ -1545,10 +1586,12 @@ impl AuditStore {
         .bind(plan.path.display().to_string())
         .bind(&plan.sha256)
         .bind(max_actions_override.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
-        Ok(())
+        self.rechain(&mut tx, "saved_plan", &[chain::Scope::Run(run.0)])
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)
     }
 
     /// Records the targets of a saved plan that a run did not act on, each as a decision
@@ -1603,6 +1646,8 @@ impl AuditStore {
                 .await
                 .map_err(AuditError::Write)?;
         }
+        self.rechain(&mut tx, "decided", &chain::decision_scopes(part.run, &ids))
+            .await?;
         tx.commit().await.map_err(AuditError::Write)
     }
 
@@ -1665,6 +1710,7 @@ impl AuditStore {
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
+        self.rechain_closed_run(&mut tx, "finished", run.0).await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(())
     }
@@ -1683,6 +1729,8 @@ impl AuditStore {
         let ids: Vec<i64> = next_ids(&mut tx, "actions", candidates.len())
             .await?
             .collect();
+        // The chain's digest of each decision is taken from the values bound, not read back.
+        let mut digests = chain::DecisionDigests::new(run);
         for (batch, batch_ids) in candidates
             .chunks(INSERT_BATCH)
             .zip(ids.chunks(INSERT_BATCH))
@@ -1698,6 +1746,31 @@ impl AuditStore {
                 } else {
                     ActionStatus::Planned
                 };
+                let folded = c
+                    .user_email
+                    .as_deref()
+                    .map(|e| crate::rules::fold_case(e).into_owned());
+                let last_seen = c.last_seen_at.to_string();
+                let why = c.why.to_string();
+                let zone = c.zone.as_ref().map(ZoneId::as_str);
+                let snapshot = c.snapshot.as_deref().map_or("null", RawValue::get);
+                // Columns in byte order of their names; `status` is chained when the run closes.
+                digests.add(*id, snapshot.as_bytes(), |r| {
+                    r.text("action", Some(c.action.as_str()))
+                        .text("decided_at", Some(&decided_at))
+                        .text("device_name", Some(&c.name))
+                        .text("excluded_by", c.excluded_by.as_deref())
+                        .int("id", Some(*id))
+                        .text("last_seen_at", Some(&last_seen))
+                        .text("reason", Some(&why))
+                        .text("resource_id", Some(c.id.as_str()))
+                        .text("resource_kind", Some(c.kind.as_str()))
+                        .text("rule", Some(&c.rule))
+                        .int("run_id", Some(run.0))
+                        .text("user_email", c.user_email.as_deref())
+                        .text("user_email_folded", folded.as_deref())
+                        .text("zone_id", zone);
+                });
                 row.push_bind(*id)
                     .push_bind(run.0)
                     .push_bind(&decided_at)
@@ -1706,17 +1779,13 @@ impl AuditStore {
                     .push_bind(c.kind.as_str())
                     .push_bind(c.id.as_str())
                     .push_bind(c.user_email.as_deref())
-                    .push_bind(
-                        c.user_email
-                            .as_deref()
-                            .map(|e| crate::rules::fold_case(e).into_owned()),
-                    )
+                    .push_bind(folded)
                     .push_bind(&c.name)
-                    .push_bind(c.last_seen_at.to_string())
-                    .push_bind(c.why.to_string())
+                    .push_bind(last_seen)
+                    .push_bind(why)
                     .push_bind(c.excluded_by.as_deref())
                     .push_bind(status.as_str())
-                    .push_bind(c.zone.as_ref().map(ZoneId::as_str));
+                    .push_bind(zone);
             });
             q.build()
                 .execute(&mut *tx)
@@ -1732,6 +1801,9 @@ impl AuditStore {
                 .await
                 .map_err(AuditError::Write)?;
         }
+        chain::append(&mut tx, &digests.finish())
+            .await
+            .map_err(AuditError::Write)?;
         tx.commit().await.map_err(AuditError::Write)?;
         for c in candidates.iter_mut() {
             c.snapshot = None;
@@ -1963,6 +2035,27 @@ impl AuditStore {
                     .map_err(AuditError::Write)?;
             }
         }
+        let answered: Vec<i64> = entry.outcomes.iter().map(|o| o.mutation.0).collect();
+        self.rechain_mutations(&mut tx, "outcome", run, &answered)
+            .await?;
+        if let Some(w) = &entry.withdrawal {
+            let withdrawn: Vec<i64> = w.mutations.iter().map(|m| m.0).collect();
+            self.rechain_mutations(&mut tx, "withdrawn", run, &withdrawn)
+                .await?;
+        }
+        // Reconciliation settles the actions of a run already closed: their status is chained
+        // again (an open run's is chained when it closes).
+        let touched: Vec<i64> = settled
+            .iter()
+            .map(|(_, _, a)| *a)
+            .chain(
+                entry
+                    .withdrawal
+                    .iter()
+                    .flat_map(|w| w.actions.iter().copied()),
+            )
+            .collect();
+        self.rechain_settled(&mut tx, run, &touched).await?;
         if entry.intents.is_empty() {
             tx.commit().await.map_err(AuditError::Write)?;
             return Ok(Vec::new());
@@ -1995,6 +2088,9 @@ impl AuditStore {
                 .await
                 .map_err(AuditError::Write)?;
         }
+        let intents: Vec<i64> = ids.iter().map(|m| m.0).collect();
+        self.rechain_mutations(&mut tx, "intent", run, &intents)
+            .await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(ids)
     }
@@ -2008,20 +2104,23 @@ impl AuditStore {
         detail: &str,
     ) -> Result<(), AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         // A registration is decided at most once per run, so run and id name the action.
-        sqlx::query(
+        let settled: Vec<i64> = sqlx::query_scalar(
             "UPDATE actions SET status = ?4, status_detail = ?5, mutation_id = ?1
-             WHERE run_id = ?2 AND resource_id = ?3",
+             WHERE run_id = ?2 AND resource_id = ?3 RETURNING id",
         )
         .bind(mutation.id.0)
         .bind(mutation.run_id.0)
         .bind(resource_id.as_str())
         .bind(status.as_str())
         .bind(detail)
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
-        Ok(())
+        self.rechain_settled(&mut tx, mutation.run_id, &settled)
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)
     }
 
     /// The candidates of `run` (still planned) whose registration failed in each of the runs

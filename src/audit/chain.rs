@@ -731,19 +731,90 @@ impl AuditStore {
         append(conn, &entries).await.map_err(write)
     }
 
-    /// Chains mutations `ids` of `run` (a missing one, withdrawn, as empty).
-    pub(crate) async fn rechain_mutations(
+    /// Chains what one journal entry changed, with one read of its calls and one append:
+    /// each call (`mutations`: id and event; a withdrawn one, gone, as empty) and, when `run`
+    /// is already closed (reconciliation), the status of the actions it settled.
+    pub(crate) async fn chain_journal(
         &self,
         conn: &mut SqliteConnection,
-        event: &'static str,
+        run: RunId,
+        mutations: &[(i64, &'static str)],
+        settled: &[i64],
+    ) -> Result<(), AuditError> {
+        let mut entries = Vec::with_capacity(mutations.len());
+        if !mutations.is_empty() {
+            let expr = self.exprs.get(conn, "mutations").await.map_err(write)?;
+            let mut found: HashMap<i64, String> = HashMap::with_capacity(mutations.len());
+            for batch in mutations.chunks(500) {
+                let mut q = QueryBuilder::new(format!(
+                    "SELECT t.id, {expr} FROM mutations t WHERE t.id IN ("
+                ));
+                let mut ids = q.separated(", ");
+                for (id, _) in batch {
+                    ids.push_bind(*id);
+                }
+                q.push(")");
+                let rows: Vec<(i64, String)> = q
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(write)?;
+                found.extend(rows);
+            }
+            for (id, event) in mutations {
+                let mut h = content_hasher("mutations");
+                let row = found.get(id);
+                if let Some(row) = row {
+                    h.update(row);
+                    h.update("\n");
+                }
+                let scope = Scope::Mutation {
+                    run: run.0,
+                    id: *id,
+                };
+                entries.push(NewEntry::of(
+                    &scope,
+                    event,
+                    i64::from(row.is_some()),
+                    hex_lower(&h.finalize()),
+                ));
+            }
+        }
+        entries.extend(self.settled_entries(conn, run, settled).await?);
+        append(conn, &entries).await.map_err(write)
+    }
+
+    /// Entries for the status chunks of actions `ids` of `run` if the run is closed; an open
+    /// run's statuses are chained when it closes.
+    async fn settled_entries(
+        &self,
+        conn: &mut SqliteConnection,
         run: RunId,
         ids: &[i64],
-    ) -> Result<(), AuditError> {
-        let scopes: Vec<Scope> = ids
-            .iter()
-            .map(|&id| Scope::Mutation { run: run.0, id })
+    ) -> Result<Vec<NewEntry>, AuditError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let closed: Option<bool> =
+            sqlx::query_scalar("SELECT outcome IS NOT NULL FROM runs WHERE id = ?1")
+                .bind(run.0)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(write)?;
+        if closed != Some(true) {
+            return Ok(Vec::new());
+        }
+        let mut chunks: Vec<i64> = ids.iter().map(|id| id / CHUNK).collect();
+        chunks.sort_unstable();
+        chunks.dedup();
+        let scopes: Vec<Scope> = chunks
+            .into_iter()
+            .map(|chunk| Scope::Status { run: run.0, chunk })
             .collect();
-        self.rechain(conn, event, &scopes).await
+        entries_for(conn, &self.exprs, "settled", &scopes)
+            .await
+            .map_err(write)
     }
 
     /// Re-chains the status chunks of actions `ids` of `run` if the run is closed; an open
@@ -754,26 +825,8 @@ impl AuditStore {
         run: RunId,
         ids: &[i64],
     ) -> Result<(), AuditError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let closed: Option<bool> =
-            sqlx::query_scalar("SELECT outcome IS NOT NULL FROM runs WHERE id = ?1")
-                .bind(run.0)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(write)?;
-        if closed != Some(true) {
-            return Ok(());
-        }
-        let mut chunks: Vec<i64> = ids.iter().map(|id| id / CHUNK).collect();
-        chunks.sort_unstable();
-        chunks.dedup();
-        let scopes: Vec<Scope> = chunks
-            .into_iter()
-            .map(|chunk| Scope::Status { run: run.0, chunk })
-            .collect();
-        self.rechain(conn, "settled", &scopes).await
+        let entries = self.settled_entries(conn, run, ids).await?;
+        append(conn, &entries).await.map_err(write)
     }
 
     /// Chains the mark events written since `after` (by run `run`) and the marks of one part.

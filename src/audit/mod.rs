@@ -2035,16 +2035,19 @@ impl AuditStore {
                     .map_err(AuditError::Write)?;
             }
         }
-        let answered: Vec<i64> = entry.outcomes.iter().map(|o| o.mutation.0).collect();
-        self.rechain_mutations(&mut tx, "outcome", run, &answered)
-            .await?;
-        if let Some(w) = &entry.withdrawal {
-            let withdrawn: Vec<i64> = w.mutations.iter().map(|m| m.0).collect();
-            self.rechain_mutations(&mut tx, "withdrawn", run, &withdrawn)
-                .await?;
-        }
-        // Reconciliation settles the actions of a run already closed: their status is chained
-        // again (an open run's is chained when it closes).
+        // The chain: each call answered or withdrawn; the actions settled, when reconciliation
+        // settles those of a run already closed (an open run's are chained when it closes).
+        let mut calls: Vec<(i64, &'static str)> = entry
+            .outcomes
+            .iter()
+            .map(|o| (o.mutation.0, "outcome"))
+            .collect();
+        calls.extend(
+            entry
+                .withdrawal
+                .iter()
+                .flat_map(|w| w.mutations.iter().map(|m| (m.0, "withdrawn"))),
+        );
         let touched: Vec<i64> = settled
             .iter()
             .map(|(_, _, a)| *a)
@@ -2055,8 +2058,8 @@ impl AuditStore {
                     .flat_map(|w| w.actions.iter().copied()),
             )
             .collect();
-        self.rechain_settled(&mut tx, run, &touched).await?;
         if entry.intents.is_empty() {
+            self.chain_journal(&mut tx, run, &calls, &touched).await?;
             tx.commit().await.map_err(AuditError::Write)?;
             return Ok(Vec::new());
         }
@@ -2088,9 +2091,8 @@ impl AuditStore {
                 .await
                 .map_err(AuditError::Write)?;
         }
-        let intents: Vec<i64> = ids.iter().map(|m| m.0).collect();
-        self.rechain_mutations(&mut tx, "intent", run, &intents)
-            .await?;
+        calls.extend(ids.iter().map(|m| (m.0, "intent")));
+        self.chain_journal(&mut tx, run, &calls, &touched).await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(ids)
     }

@@ -432,3 +432,76 @@ async fn the_head_is_a_metric_label() {
         "{scrape}"
     );
 }
+
+/// The other writers keep the chain whole too: a saved plan applied (its file and hash noted
+/// on the run, a target gone since recorded as skipped) and an undo of that run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_plan_apply_and_its_undo_verify() {
+    let env = Env::start(
+        FakeOptions {
+            registrations: 120,
+            seed: 2727,
+            ..FakeOptions::default()
+        },
+        Settings {
+            mode: "plan",
+            rules: r#"
+[[rule]]
+name = "idle-90d-revoke"
+resource = "device_registration"
+action = "revoke"
+idle_days = 90
+"#,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let file = env.dir.path().join("plan.json");
+    let out = env.binary(&["plan", "--out", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let gone = plan["parts"][0]["targets"][0]["id"]
+        .as_str()
+        .expect("a target")
+        .to_owned();
+    assert!(env.fake.remove(&gone));
+    let out = env.binary(&["apply", file.to_str().unwrap(), "--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 3: the skipped target was not revoked, so there is nothing to reverse for it.
+    let out = env.binary(&["undo", "--run", "1", "--yes"]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = env.sql().await;
+    for (what, sql) in [
+        (
+            "a saved plan noted",
+            "SELECT count(*) FROM runs WHERE saved_plan_sha256 IS NOT NULL",
+        ),
+        (
+            "a skipped target",
+            "SELECT count(*) FROM actions WHERE run_id = 1 AND status = 'not_attempted'",
+        ),
+        (
+            "undo actions",
+            "SELECT count(*) FROM actions WHERE undoes_action_id IS NOT NULL",
+        ),
+    ] {
+        assert!(scalar(&pool, sql).await > 0, "the history has {what}");
+    }
+    pool.close().await;
+    let (code, doc) = verify(&env, &env.db_path);
+    assert_eq!(code, 0, "{doc:#}");
+}

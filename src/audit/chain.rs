@@ -859,6 +859,34 @@ impl AuditStore {
         self.rechain(conn, "marks", &scopes).await
     }
 
+    /// Re-chains every scope of run `run` of the given records (all when empty), with their
+    /// content now: e.g. `actions` and `action_status` once its decisions are folded into
+    /// spans and their rows deleted. Returns the entries appended.
+    pub(crate) async fn rechain_run_scopes(
+        &self,
+        conn: &mut SqliteConnection,
+        event: &'static str,
+        run: RunId,
+        records: &[&str],
+    ) -> Result<Vec<NewEntry>, AuditError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT DISTINCT record, scope FROM audit_chain WHERE run_id = ?1")
+                .bind(run.0)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(write)?;
+        let scopes: Vec<Scope> = rows
+            .iter()
+            .filter(|(record, _)| records.is_empty() || records.contains(&record.as_str()))
+            .filter_map(|(record, scope)| Scope::parse(record, scope, Some(run.0)))
+            .collect();
+        let entries = entries_for(conn, &self.exprs, event, &scopes)
+            .await
+            .map_err(write)?;
+        append(conn, &entries).await.map_err(write)?;
+        Ok(entries)
+    }
+
     /// For pruning, inside its transaction, once every row of `runs` (the run rows, their
     /// actions and snapshots, mutations, run_kinds and mark events) is deleted: appends an
     /// entry per pruned scope (now empty), deletes those scopes' entries, and appends an
@@ -870,23 +898,10 @@ impl AuditStore {
         conn: &mut SqliteConnection,
         runs: &[RunId],
     ) -> Result<u64, AuditError> {
-        let mut scopes = Vec::new();
+        let mut entries = Vec::new();
         for run in runs {
-            let rows: Vec<(String, String)> =
-                sqlx::query_as("SELECT DISTINCT record, scope FROM audit_chain WHERE run_id = ?1")
-                    .bind(run.0)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(write)?;
-            scopes.extend(
-                rows.iter()
-                    .filter_map(|(record, scope)| Scope::parse(record, scope, Some(run.0))),
-            );
+            entries.extend(self.rechain_run_scopes(conn, "pruned", *run, &[]).await?);
         }
-        let entries = entries_for(conn, &self.exprs, "pruned", &scopes)
-            .await
-            .map_err(write)?;
-        append(conn, &entries).await.map_err(write)?;
         let mut deleted = 0;
         for e in entries.iter().filter(|e| e.rows == 0) {
             deleted += sqlx::query("DELETE FROM audit_chain WHERE record = ?1 AND scope = ?2")
@@ -1047,8 +1062,14 @@ impl AuditStore {
     /// `zt-janitor audit verify`: walks the chain in one read transaction and reports the
     /// first broken link, if any.
     pub async fn verify_chain(&self) -> Result<Verification, AuditError> {
+        let mut tx = self.pool.begin().await.map_err(AuditError::Read)?;
+        let v = self.verify_chain_in(&mut tx).await;
+        tx.rollback().await.map_err(AuditError::Read)?;
+        v
+    }
+
+    async fn verify_chain_in(&self, tx: &mut SqliteConnection) -> Result<Verification, AuditError> {
         let read = AuditError::Read;
-        let mut tx = self.pool.begin().await.map_err(read)?;
         let has_chain: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_chain'",
         )
@@ -1068,7 +1089,7 @@ impl AuditStore {
             });
             return Ok(v);
         }
-        let entries = load_entries(&mut tx).await.map_err(read)?;
+        let entries = load_entries(tx).await.map_err(read)?;
         v.entries = entries.len() as u64;
         v.head = entries.last().map(|e| ChainHead {
             seq: e.seq,
@@ -1092,12 +1113,11 @@ impl AuditStore {
         }
         // Coverage first: a row inserted into a chained range is named exactly.
         if v.broken.is_none() {
-            v.broken = check_coverage(&mut tx).await.map_err(read)?;
+            v.broken = check_coverage(tx).await.map_err(read)?;
         }
         if v.broken.is_none() {
-            v.broken = self.check_contents(&mut tx, &entries, &mut v).await?;
+            v.broken = self.check_contents(tx, &entries, &mut v).await?;
         }
-        tx.rollback().await.map_err(read)?;
         Ok(v)
     }
 
@@ -1398,6 +1418,80 @@ impl Verification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed run's decisions folded away (their rows deleted, as decision spans will) and
+    /// re-chained verify; deleted without it, verify names them.
+    #[tokio::test]
+    async fn folding_a_runs_decisions_is_a_chained_event() {
+        use crate::audit::{MutationKind, RunOutcome, RunSummary, UndoDecision};
+        use crate::resource::{Kind, ResourceId};
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        let now = Utc::now();
+        let plan = store
+            .begin_run(crate::config::Mode::Plan, now)
+            .await
+            .unwrap();
+        let decisions: Vec<UndoDecision> = (0..3)
+            .map(|n| UndoDecision {
+                // Itself: the first ids of a fresh database (the reference must exist).
+                undoes: n + 1,
+                mutation: MutationKind::Unrevoke,
+                kind: Kind::DeviceRegistration,
+                id: ResourceId::parse(&format!("d0000000-0000-4000-8000-{n:012}")).unwrap(),
+                zone: None,
+                rule: "r".to_owned(),
+                user_email: None,
+                name: Some(String::new()),
+                reason: "because".to_owned(),
+            })
+            .collect();
+        let run = store.begin_undo_run(plan, now).await.unwrap();
+        store
+            .record_undo_actions(run, now, &decisions)
+            .await
+            .unwrap();
+        let summary = RunSummary::default();
+        for r in [plan, run] {
+            store
+                .finish_run(r, RunOutcome::Planned, None, &summary, &[], now)
+                .await
+                .unwrap();
+        }
+        assert!(store.verify_chain().await.unwrap().intact());
+        let fold = |rechain: bool| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.pool.begin().await.unwrap();
+                sqlx::raw_sql(
+                    "PRAGMA defer_foreign_keys = ON;
+                     DELETE FROM snapshots; DELETE FROM actions;",
+                )
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                if rechain {
+                    let entries = store
+                        .rechain_run_scopes(&mut tx, "folded", run, &["actions", "action_status"])
+                        .await
+                        .unwrap();
+                    assert_eq!(entries.len(), 2, "one range, one chunk");
+                    assert!(entries.iter().all(|e| e.rows == 0));
+                }
+                let v = store.verify_chain_in(&mut tx).await.unwrap();
+                tx.rollback().await.unwrap();
+                v
+            }
+        };
+        assert!(fold(true).await.intact());
+        let broken = fold(false)
+            .await
+            .broken
+            .expect("deleted without a chain entry");
+        assert_eq!(broken.table, "actions");
+        assert!(broken.what.contains("deleted"), "{broken:?}");
+        store.close().await;
+    }
 
     #[test]
     fn ranges_split_at_gaps_and_at_a_chunk() {

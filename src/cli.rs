@@ -32,7 +32,8 @@ pub enum Exit {
     Refused = 3,
     /// `once`: the run aborted (a listing could not be trusted, or a stop was requested).
     Aborted = 4,
-    /// `once`: actions failed, the run could not be audited, or the cycle panicked.
+    /// `once`: actions failed, the run could not be audited, or the cycle panicked;
+    /// `audit verify`: the hash chain is broken.
     Failed = 5,
 }
 

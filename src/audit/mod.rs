@@ -824,38 +824,6 @@ async fn connect(
     Ok(pool)
 }
 
-/// Adds decision `id` to the chain's digests: the values [`AuditStore::record_decisions`]
-/// binds, columns in byte order of their names; `status` is chained when the run closes.
-fn decision_digest(
-    digests: &mut chain::DecisionDigests,
-    run: RunId,
-    decided_at: &str,
-    c: &Candidate,
-    id: i64,
-) {
-    let folded = c
-        .user_email
-        .as_deref()
-        .map(|e| crate::rules::fold_case(e).into_owned());
-    let snapshot = c.snapshot.as_deref().map_or("null", RawValue::get);
-    digests.add(id, snapshot.as_bytes(), |r| {
-        r.text("action", Some(c.action.as_str()))
-            .text("decided_at", Some(decided_at))
-            .text("device_name", Some(&c.name))
-            .text("excluded_by", c.excluded_by.as_deref())
-            .int("id", Some(id))
-            .text("last_seen_at", Some(&c.last_seen_at.to_string()))
-            .text("reason", Some(&c.why.to_string()))
-            .text("resource_id", Some(c.id.as_str()))
-            .text("resource_kind", Some(c.kind.as_str()))
-            .text("rule", Some(&c.rule))
-            .int("run_id", Some(run.0))
-            .text("user_email", c.user_email.as_deref())
-            .text("user_email_folded", folded.as_deref())
-            .text("zone_id", c.zone.as_ref().map(ZoneId::as_str));
-    });
-}
-
 /// The next `n` row ids of `table`. This connection is the only writer (the lock file), so
 /// within the transaction the ids after the current maximum are ours to assign; a multi-row
 /// INSERT then needs no id handed back per row.
@@ -1778,6 +1746,31 @@ impl AuditStore {
                 } else {
                     ActionStatus::Planned
                 };
+                let folded = c
+                    .user_email
+                    .as_deref()
+                    .map(|e| crate::rules::fold_case(e).into_owned());
+                let last_seen = c.last_seen_at.to_string();
+                let why = c.why.to_string();
+                let zone = c.zone.as_ref().map(ZoneId::as_str);
+                let snapshot = c.snapshot.as_deref().map_or("null", RawValue::get);
+                // Columns in byte order of their names; `status` is chained when the run closes.
+                digests.add(*id, snapshot.as_bytes(), |r| {
+                    r.text("action", Some(c.action.as_str()))
+                        .text("decided_at", Some(&decided_at))
+                        .text("device_name", Some(&c.name))
+                        .text("excluded_by", c.excluded_by.as_deref())
+                        .int("id", Some(*id))
+                        .text("last_seen_at", Some(&last_seen))
+                        .text("reason", Some(&why))
+                        .text("resource_id", Some(c.id.as_str()))
+                        .text("resource_kind", Some(c.kind.as_str()))
+                        .text("rule", Some(&c.rule))
+                        .int("run_id", Some(run.0))
+                        .text("user_email", c.user_email.as_deref())
+                        .text("user_email_folded", folded.as_deref())
+                        .text("zone_id", zone);
+                });
                 row.push_bind(*id)
                     .push_bind(run.0)
                     .push_bind(&decided_at)
@@ -1786,35 +1779,27 @@ impl AuditStore {
                     .push_bind(c.kind.as_str())
                     .push_bind(c.id.as_str())
                     .push_bind(c.user_email.as_deref())
-                    .push_bind(
-                        c.user_email
-                            .as_deref()
-                            .map(|e| crate::rules::fold_case(e).into_owned()),
-                    )
+                    .push_bind(folded)
                     .push_bind(&c.name)
-                    .push_bind(c.last_seen_at.to_string())
-                    .push_bind(c.why.to_string())
+                    .push_bind(last_seen)
+                    .push_bind(why)
                     .push_bind(c.excluded_by.as_deref())
                     .push_bind(status.as_str())
-                    .push_bind(c.zone.as_ref().map(ZoneId::as_str));
+                    .push_bind(zone);
             });
-            let mut snapshots = QueryBuilder::new("INSERT INTO snapshots (action_id, body) ");
-            snapshots.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+            let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body) ");
+            q.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
                 row.push_bind(*id)
                     .push_bind(c.snapshot.as_deref().map_or("null", RawValue::get));
             });
-            // Hashed here while SQLite, on its own thread, inserts the same rows.
-            let written = async {
-                q.build().execute(&mut *tx).await?;
-                snapshots.build().execute(&mut *tx).await
-            };
-            let hashed = async {
-                for (c, id) in batch.iter().zip(batch_ids) {
-                    decision_digest(&mut digests, run, &decided_at, c, *id);
-                }
-            };
-            let (written, ()) = tokio::join!(written, hashed);
-            written.map_err(AuditError::Write)?;
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
         }
         chain::append(&mut tx, &digests.finish())
             .await

@@ -32,7 +32,8 @@ pub enum Exit {
     Refused = 3,
     /// `once`: the run aborted (a listing could not be trusted, or a stop was requested).
     Aborted = 4,
-    /// `once`: actions failed, the run could not be audited, or the cycle panicked.
+    /// `once`: actions failed, the run could not be audited, or the cycle panicked;
+    /// `audit verify`: the hash chain is broken.
     Failed = 5,
 }
 
@@ -62,7 +63,8 @@ Exit status:
   2  usage error (the command line)
   3  `once`: refused by the safety caps or blocked; nothing was done
   4  `once`: aborted: a listing could not be trusted, or a stop was requested
-  5  `once`: failed: actions failed, or the run could not be audited";
+  5  `once`: failed: actions failed, or the run could not be audited;
+     `audit verify`: the audit log's hash chain is broken";
 
 #[derive(Parser)]
 #[command(
@@ -283,6 +285,19 @@ enum AuditQuery {
     Runs {
         #[command(flatten)]
         common: AuditArgs,
+    },
+    /// Walk the audit log's hash chain and report the first broken link (table, row, what
+    /// differs). Exit status: 0 intact, 5 broken, 1 the database cannot be read.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Verify this audit database instead of the one the config names.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Text, or one JSON document (schemas/audit-verify.schema.json).
+        #[arg(long, value_enum, default_value = "text")]
+        output: CycleFormat,
     },
     /// The grace period's current marks: what each object waits for, since when, and when it
     /// will be acted on if it stays a candidate.
@@ -993,6 +1008,15 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
             output,
         } => return audit_prune(&config, dry_run, vacuum, output).await,
         AuditQuery::Runs { common } => (common, None),
+        AuditQuery::Verify { config, db, output } => {
+            let common = AuditArgs {
+                config,
+                db,
+                output: Format::Text,
+                limit: 1,
+            };
+            return audit_verify(common, output).await;
+        }
         AuditQuery::Marks {
             common,
             resource,
@@ -1073,6 +1097,66 @@ async fn audit(query: AuditQuery) -> Result<ExitCode> {
         eprintln!("{notice}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `audit verify`: the chain's verdict on stdout, the exit status 5 when it is broken.
+async fn audit_verify(common: AuditArgs, output: CycleFormat) -> Result<ExitCode> {
+    let (store, _) = open_audit(&common).await?;
+    let verdict = store.verify_chain().await;
+    store.close().await;
+    let verdict = verdict.with_context(|| {
+        format!(
+            "cannot verify the audit database {}",
+            store.path().display()
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        CycleFormat::Json => {
+            let doc = serde_json::json!({
+                "schema_version": 1,
+                "generated_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "database": store.path().display().to_string(),
+                "intact": verdict.intact(),
+                "entries": verdict.entries,
+                "scopes": verdict.scopes,
+                "anchor": verdict.anchor,
+                "head": verdict.head,
+                "broken": verdict.broken,
+            });
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
+        }
+        CycleFormat::Text => {
+            let head = verdict.head.as_ref().map_or_else(
+                || "no entries".to_owned(),
+                |h| format!("head {} sha256 {}", h.seq, h.sha256),
+            );
+            match &verdict.broken {
+                None => writeln!(
+                    out,
+                    "audit chain intact: {} entries, {} scopes checked, {head}",
+                    verdict.entries, verdict.scopes
+                )?,
+                Some(b) => writeln!(
+                    out,
+                    "audit chain BROKEN: table {}, {}{}: {}\n({} entries, {head})",
+                    report::escape(&b.table),
+                    report::escape(&b.row),
+                    b.seq
+                        .map(|s| format!(", chain entry {s}"))
+                        .unwrap_or_default(),
+                    report::escape(&b.what),
+                    verdict.entries
+                )?,
+            }
+        }
+    }
+    Ok(if verdict.intact() {
+        ExitCode::SUCCESS
+    } else {
+        Exit::Failed.into()
+    })
 }
 
 /// The audit database an `audit` query reads (read only): `--db`, else the config's, with

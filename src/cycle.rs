@@ -830,6 +830,9 @@ impl CycleContext<'_> {
             )
             .await?;
         let m = self.metrics;
+        if let Some(head) = self.audit.chain_head().await? {
+            m.set_chain_head(head.seq, &head.sha256);
+        }
         m.runs.with_label_values(&[report.outcome.as_str()]).inc();
         m.run_duration.observe(report.seconds);
         m.last_run_timestamp.set(finished.timestamp());

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub audit_db_bytes: IntGauge,
     pub audit_pruned_rows: IntCounterVec,
     pub audit_prune_failures: IntCounter,
+    pub audit_chain_head: IntGaugeVec,
 }
 
 impl Metrics {
@@ -290,6 +291,16 @@ impl Metrics {
                  (the cycle went on).",
             )
             .expect("valid metric"),
+            audit_chain_head: IntGaugeVec::new(
+                Opts::new(
+                    "zt_janitor_audit_chain_head",
+                    "The audit log's hash chain head after the last run: its sequence number, \
+                     labelled with its SHA-256. Ship it elsewhere: a rewrite of the whole \
+                     database file changes it (see `zt-janitor audit verify`).",
+                ),
+                &["sha256"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -362,6 +373,12 @@ impl Metrics {
         }
     }
 
+    /// Shows the chain head `sha256` at `seq`, as the one series of its gauge.
+    pub fn set_chain_head(&self, seq: i64, sha256: &str) {
+        self.audit_chain_head.reset();
+        self.audit_chain_head.with_label_values(&[sha256]).set(seq);
+    }
+
     /// Sets the last-run gauges from what the audit log remembers, so that a restart does not
     /// read as "never succeeded".
     pub fn restore(&self, last: &LastRuns) {
@@ -423,6 +440,7 @@ impl Metrics {
             Box::new(self.audit_db_bytes.clone()),
             Box::new(self.audit_pruned_rows.clone()),
             Box::new(self.audit_prune_failures.clone()),
+            Box::new(self.audit_chain_head.clone()),
             Box::new(build_info),
         ];
         for c in collectors {

@@ -297,6 +297,9 @@ async fn a_database_from_before_resource_kinds_reads_back_as_device_registration
             "actions_run",
             "actions_undoes",
             "actions_user_folded",
+            // Issue 14, tamper evidence: the hash chain's own indexes.
+            "audit_chain_run",
+            "audit_chain_scope",
             "decision_spans_body",
             "decision_spans_last_run",
             "decision_spans_resource",
@@ -470,6 +473,9 @@ async fn a_database_from_before_refusals_gains_refused_by_api_with_its_rows_inta
             "actions_run",
             "actions_undoes",
             "actions_user_folded",
+            // Issue 14, tamper evidence: the hash chain's own indexes.
+            "audit_chain_run",
+            "audit_chain_scope",
             "decision_spans_body",
             "decision_spans_last_run",
             "decision_spans_resource",
@@ -633,4 +639,84 @@ async fn migrated_up_to(
         .await
         .unwrap();
     (db, old)
+}
+
+/// Issue 14, tamper evidence: a database filled by the zt-janitor before the hash chain
+/// (tests/data/audit-before-issue14.db) gets its genesis at the first open for writing: every
+/// record it holds is chained, verify finds it intact, and an edit of one of those old rows
+/// is caught. A reader (no genesis yet) is told how to start the chain.
+#[tokio::test]
+async fn a_database_from_before_the_hash_chain_is_chained_at_open_and_verifies() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/audit-before-issue14.db");
+    assert!(
+        fixture.exists(),
+        "{} is missing: make it with tests/data/make-audit-fixture.sh",
+        fixture.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    std::fs::copy(&fixture, &db).unwrap();
+
+    // Read only, before any writer: nothing to verify against, and it says what to do.
+    let reader = AuditStore::open_read_only(&db).await.unwrap();
+    let v = reader.verify_chain().await.unwrap();
+    reader.close().await;
+    let broken = v.broken.expect("no chain yet");
+    assert_eq!(broken.table, "audit_chain");
+    assert!(
+        broken.what.contains("Open it once for writing"),
+        "{}",
+        broken.what
+    );
+
+    let store = AuditStore::open(&db).await.unwrap();
+    let (runs, actions, mutations) = store.row_counts().await.unwrap();
+    assert_eq!(runs, 6, "the fixture's runs");
+    assert!(actions > 0 && mutations > 0);
+    let v = store.verify_chain().await.unwrap();
+    assert!(v.intact(), "{:?}", v.broken);
+    let head = store.chain_head().await.unwrap().expect("a head");
+    store.close().await;
+
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&db))
+        .await
+        .unwrap();
+    let chained: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT scope) FROM audit_chain WHERE record = 'runs' AND event = 'genesis'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(chained, 6, "every run of the fixture is chained");
+    let marks: i64 = sqlx::query_scalar("SELECT count(*) FROM marks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(marks > 0, "the fixture has marks, which are chained too");
+
+    // Opened again: the genesis is not repeated.
+    let store = AuditStore::open(&db).await.unwrap();
+    assert_eq!(store.chain_head().await.unwrap(), Some(head));
+    store.close().await;
+
+    // An old decision edited by hand is caught.
+    let action: i64 = sqlx::query_scalar("SELECT min(id) FROM actions WHERE status = 'done'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE actions SET reason = 'nothing to see' WHERE id = ?1")
+        .bind(action)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let reader = AuditStore::open_read_only(&db).await.unwrap();
+    let v = reader.verify_chain().await.unwrap();
+    reader.close().await;
+    let broken = v.broken.expect("the edit is caught");
+    assert_eq!(broken.table, "actions");
+    assert!(broken.row.starts_with("ids "), "{broken:?}");
 }

@@ -37,6 +37,8 @@ pub use prune::{
 };
 mod storage;
 pub use storage::{body_sha256, StorageFigures};
+mod chain;
+pub use chain::{Broken, ChainHead, Verification};
 
 /// Rows per multi-row statement; 13 bound values each stays far below SQLite's variable limit.
 /// Statements whose row count changes from call to call are built with `persistent(false)`: a
@@ -586,6 +588,8 @@ pub struct AuditStore {
     health: Arc<StoreHealth>,
     /// Device and inode of the database file this store opened for writing.
     identity: Option<(u64, u64)>,
+    /// The hash chain's row encodings, read from the schema once.
+    exprs: Arc<chain::Exprs>,
 }
 
 /// Whether the store's writes can be trusted; shared by every clone and by the pool's
@@ -845,11 +849,26 @@ async fn next_ids(
     table: &'static str,
     n: usize,
 ) -> Result<std::ops::Range<i64>, AuditError> {
-    let last: i64 = sqlx::query_scalar(&format!("SELECT coalesce(max(id), 0) FROM {table}"))
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(AuditError::Write)?;
-    Ok(last + 1..last + 1 + n as i64)
+    // Never an id handed out before, even if its row has since been folded or pruned.
+    let last: i64 = sqlx::query_scalar(&format!(
+        "SELECT max((SELECT coalesce(max(id), 0) FROM {table}),
+                    coalesce((SELECT last FROM id_high_water WHERE name = ?1), 0))"
+    ))
+    .bind(table)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(AuditError::Write)?;
+    let ids = last + 1..last + 1 + n as i64;
+    sqlx::query(
+        "INSERT INTO id_high_water (name, last) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET last = excluded.last",
+    )
+    .bind(table)
+    .bind(ids.end - 1)
+    .execute(&mut **tx)
+    .await
+    .map_err(AuditError::Write)?;
+    Ok(ids)
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -899,9 +918,11 @@ impl AuditStore {
             clock: Arc::default(),
             health,
             identity: Some(identity),
+            exprs: Arc::default(),
         };
         // Bodies migrated from before de-duplication get their hash (SQL cannot compute it).
         store.fill_body_hashes().await?;
+        store.chain_genesis().await?;
         Ok(store)
     }
 
@@ -917,6 +938,7 @@ impl AuditStore {
             clock: Arc::default(),
             health,
             identity: None,
+            exprs: Arc::default(),
         })
     }
 
@@ -1104,6 +1126,10 @@ impl AuditStore {
     ) -> Result<u64, AuditError> {
         let _timer = self.timer();
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+        let closing: Vec<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE outcome IS NULL")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(AuditError::Write)?;
         sqlx::query(
             "UPDATE actions SET status = 'not_attempted', status_detail = ?1
              WHERE status = 'planned'
@@ -1134,19 +1160,27 @@ impl AuditStore {
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
+        for run in closing {
+            self.rechain_closed_run(&mut tx, "closed_unfinished", run)
+                .await?;
+        }
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(done.rows_affected())
     }
 
     pub async fn begin_run(&self, mode: Mode, started: DateTime<Utc>) -> Result<RunId, AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         let id = sqlx::query("INSERT INTO runs (started_at, mode) VALUES (?1, ?2)")
             .bind(ts(started))
             .bind(mode.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(AuditError::Write)?
             .last_insert_rowid();
+        self.rechain(&mut tx, "begun", &[chain::Scope::Run(id)])
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)?;
         Ok(RunId(id))
     }
 
@@ -1171,6 +1205,10 @@ impl AuditStore {
         let zone_key = zone.unwrap_or("");
         let write = AuditError::Write;
         let mut tx = self.pool.begin().await.map_err(write)?;
+        let events_before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM mark_events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(write)?;
         sqlx::query("DROP TABLE IF EXISTS temp.candidates")
             .execute(&mut *tx)
             .await
@@ -1306,6 +1344,8 @@ impl AuditStore {
             .execute(&mut *tx)
             .await
             .map_err(write)?;
+        self.rechain_marks(&mut tx, part.run, events_before, kind, zone_key)
+            .await?;
         tx.commit().await.map_err(write)?;
         Ok(tally)
     }
@@ -1333,6 +1373,11 @@ impl AuditStore {
         let mut cleared = 0;
         for (kind, zone) in present.iter().filter(|(k, z)| !kept(k, z)) {
             let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
+            let events_before: i64 =
+                sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM mark_events")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(AuditError::Write)?;
             cleared += sqlx::query(
                 "INSERT INTO mark_events (run_id, at, event, resource_kind, zone_id, resource_id,
                      rule, first_marked_at, reason)
@@ -1354,6 +1399,8 @@ impl AuditStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?;
+            self.rechain_marks(&mut tx, run, events_before, kind, zone)
+                .await?;
             tx.commit().await.map_err(AuditError::Write)?;
         }
         Ok(cleared)
@@ -1443,14 +1490,18 @@ impl AuditStore {
         started: DateTime<Utc>,
     ) -> Result<RunId, AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         let id =
             sqlx::query("INSERT INTO runs (started_at, mode, undoes_run) VALUES (?1, 'undo', ?2)")
                 .bind(ts(started))
                 .bind(undoes.0)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(AuditError::Write)?
                 .last_insert_rowid();
+        self.rechain(&mut tx, "begun", &[chain::Scope::Run(id)])
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)?;
         Ok(RunId(id))
     }
 
@@ -1546,6 +1597,8 @@ impl AuditStore {
         // No snapshot: the object is as the run undone recorded it, under `undoes_action_id`.
         let none: Vec<(i64, &str)> = ids.iter().map(|id| (*id, "null")).collect();
         Self::insert_snapshots(&mut tx, &none).await?;
+        self.rechain(&mut tx, "decided", &chain::decision_scopes(run, &ids))
+            .await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(ids)
     }
@@ -1559,6 +1612,7 @@ impl AuditStore {
         max_actions_override: Option<u64>,
     ) -> Result<(), AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         sqlx::query(
             "UPDATE runs SET saved_plan_path = ?2, saved_plan_sha256 = ?3,
                  max_actions_override = ?4 WHERE id = ?1",
@@ -1567,10 +1621,12 @@ impl AuditStore {
         .bind(plan.path.display().to_string())
         .bind(&plan.sha256)
         .bind(max_actions_override.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
-        Ok(())
+        self.rechain(&mut tx, "saved_plan", &[chain::Scope::Run(run.0)])
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)
     }
 
     /// Records the targets of a saved plan that a run did not act on, each as a decision
@@ -1619,6 +1675,8 @@ impl AuditStore {
             let none: Vec<(i64, &str)> = batch_ids.iter().map(|id| (*id, "null")).collect();
             Self::insert_snapshots(&mut tx, &none).await?;
         }
+        self.rechain(&mut tx, "decided", &chain::decision_scopes(part.run, &ids))
+            .await?;
         tx.commit().await.map_err(AuditError::Write)
     }
 
@@ -1681,8 +1739,14 @@ impl AuditStore {
         .execute(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
-        // A run that did not act keeps its decisions as spans (storage.rs).
-        Self::fold_run(&mut tx, run).await?;
+        // A run that did not act keeps its decisions as spans (storage.rs); its decisions'
+        // chain entries then say they are gone.
+        let folded = Self::fold_run(&mut tx, run).await?;
+        self.rechain_closed_run(&mut tx, "finished", run.0).await?;
+        if folded > 0 {
+            self.rechain_run_scopes(&mut tx, "folded", run, &["actions"])
+                .await?;
+        }
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(())
     }
@@ -1701,52 +1765,85 @@ impl AuditStore {
         let ids: Vec<i64> = next_ids(&mut tx, "actions", candidates.len())
             .await?
             .collect();
+        // The chain's digest of each decision is taken from the values bound, not read back.
+        let mut digests = chain::DecisionDigests::new(run);
         for (batch, batch_ids) in candidates
             .chunks(INSERT_BATCH)
             .zip(ids.chunks(INSERT_BATCH))
         {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
-                     resource_id, user_email, user_email_folded, device_name, last_seen_at,
-                     reason, excluded_by, status, zone_id) ",
-            );
-            q.push_values(batch.iter().zip(batch_ids), |mut row, (c, id)| {
-                let status = if c.excluded_by.is_some() {
-                    ActionStatus::Excluded
-                } else {
-                    ActionStatus::Planned
-                };
-                row.push_bind(*id)
-                    .push_bind(run.0)
-                    .push_bind(&decided_at)
-                    .push_bind(&c.rule)
-                    .push_bind(c.action.as_str())
-                    .push_bind(c.kind.as_str())
-                    .push_bind(c.id.as_str())
-                    .push_bind(c.user_email.as_deref())
-                    .push_bind(
-                        c.user_email
-                            .as_deref()
-                            .map(|e| crate::rules::fold_case(e).into_owned()),
-                    )
-                    .push_bind(&c.name)
-                    .push_bind(c.last_seen_at.to_string())
-                    .push_bind(c.why.to_string())
-                    .push_bind(c.excluded_by.as_deref())
-                    .push_bind(status.as_str())
-                    .push_bind(c.zone.as_ref().map(ZoneId::as_str));
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(AuditError::Write)?;
             let snapshots: Vec<(i64, &str)> = batch
                 .iter()
                 .zip(batch_ids)
                 .map(|(c, id)| (*id, c.snapshot.as_deref().map_or("null", RawValue::get)))
                 .collect();
-            Self::insert_snapshots(&mut tx, &snapshots).await?;
+            // Each body hashed once: its key in `snapshot_bodies`, and the chain's digest.
+            let hashes: Vec<[u8; 32]> = snapshots
+                .iter()
+                .map(|(_, body)| body_sha256(body))
+                .collect();
+            let mut q = QueryBuilder::new(
+                "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
+                     resource_id, user_email, user_email_folded, device_name, last_seen_at,
+                     reason, excluded_by, status, zone_id) ",
+            );
+            q.push_values(
+                batch.iter().zip(batch_ids).zip(&hashes),
+                |mut row, ((c, id), hash)| {
+                    let status = if c.excluded_by.is_some() {
+                        ActionStatus::Excluded
+                    } else {
+                        ActionStatus::Planned
+                    };
+                    let folded = c
+                        .user_email
+                        .as_deref()
+                        .map(|e| crate::rules::fold_case(e).into_owned());
+                    let last_seen = c.last_seen_at.to_string();
+                    let why = c.why.to_string();
+                    let zone = c.zone.as_ref().map(ZoneId::as_str);
+                    // Columns in byte order of their names; `status` is chained when the run closes.
+                    digests.add(*id, hash, |r| {
+                        r.text("action", Some(c.action.as_str()))
+                            .text("decided_at", Some(&decided_at))
+                            .text("device_name", Some(&c.name))
+                            .text("excluded_by", c.excluded_by.as_deref())
+                            .int("id", Some(*id))
+                            .text("last_seen_at", Some(&last_seen))
+                            .text("reason", Some(&why))
+                            .text("resource_id", Some(c.id.as_str()))
+                            .text("resource_kind", Some(c.kind.as_str()))
+                            .text("rule", Some(&c.rule))
+                            .int("run_id", Some(run.0))
+                            .text("user_email", c.user_email.as_deref())
+                            .text("user_email_folded", folded.as_deref())
+                            .text("zone_id", zone);
+                    });
+                    row.push_bind(*id)
+                        .push_bind(run.0)
+                        .push_bind(&decided_at)
+                        .push_bind(&c.rule)
+                        .push_bind(c.action.as_str())
+                        .push_bind(c.kind.as_str())
+                        .push_bind(c.id.as_str())
+                        .push_bind(c.user_email.as_deref())
+                        .push_bind(folded)
+                        .push_bind(&c.name)
+                        .push_bind(last_seen)
+                        .push_bind(why)
+                        .push_bind(c.excluded_by.as_deref())
+                        .push_bind(status.as_str())
+                        .push_bind(zone);
+                },
+            );
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+            Self::insert_hashed_snapshots(&mut tx, &snapshots, &hashes).await?;
         }
+        chain::append(&mut tx, &digests.finish())
+            .await
+            .map_err(AuditError::Write)?;
         tx.commit().await.map_err(AuditError::Write)?;
         for c in candidates.iter_mut() {
             c.snapshot = None;
@@ -1978,7 +2075,31 @@ impl AuditStore {
                     .map_err(AuditError::Write)?;
             }
         }
+        // The chain: each call answered or withdrawn; the actions settled, when reconciliation
+        // settles those of a run already closed (an open run's are chained when it closes).
+        let mut calls: Vec<(i64, &'static str)> = entry
+            .outcomes
+            .iter()
+            .map(|o| (o.mutation.0, "outcome"))
+            .collect();
+        calls.extend(
+            entry
+                .withdrawal
+                .iter()
+                .flat_map(|w| w.mutations.iter().map(|m| (m.0, "withdrawn"))),
+        );
+        let touched: Vec<i64> = settled
+            .iter()
+            .map(|(_, _, a)| *a)
+            .chain(
+                entry
+                    .withdrawal
+                    .iter()
+                    .flat_map(|w| w.actions.iter().copied()),
+            )
+            .collect();
         if entry.intents.is_empty() {
+            self.chain_journal(&mut tx, run, &calls, &touched).await?;
             tx.commit().await.map_err(AuditError::Write)?;
             return Ok(Vec::new());
         }
@@ -2010,6 +2131,8 @@ impl AuditStore {
                 .await
                 .map_err(AuditError::Write)?;
         }
+        calls.extend(ids.iter().map(|m| (m.0, "intent")));
+        self.chain_journal(&mut tx, run, &calls, &touched).await?;
         tx.commit().await.map_err(AuditError::Write)?;
         Ok(ids)
     }
@@ -2023,20 +2146,23 @@ impl AuditStore {
         detail: &str,
     ) -> Result<(), AuditError> {
         let _timer = self.timer();
+        let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         // A registration is decided at most once per run, so run and id name the action.
-        sqlx::query(
+        let settled: Vec<i64> = sqlx::query_scalar(
             "UPDATE actions SET status = ?4, status_detail = ?5, mutation_id = ?1
-             WHERE run_id = ?2 AND resource_id = ?3",
+             WHERE run_id = ?2 AND resource_id = ?3 RETURNING id",
         )
         .bind(mutation.id.0)
         .bind(mutation.run_id.0)
         .bind(resource_id.as_str())
         .bind(status.as_str())
         .bind(detail)
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(AuditError::Write)?;
-        Ok(())
+        self.rechain_settled(&mut tx, mutation.run_id, &settled)
+            .await?;
+        tx.commit().await.map_err(AuditError::Write)
     }
 
     /// The candidates of `run` (still planned) whose registration failed in each of the runs

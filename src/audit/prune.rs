@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{canonical, ts, AuditError, AuditStore};
+use super::{canonical, ts, AuditError, AuditStore, RunId};
 use crate::config::AuditSettings;
 
 /// Rows per table in one transaction: a few milliseconds of the writer's time.
@@ -642,6 +642,9 @@ impl AuditStore {
                 .map_err(write)?
                 .rows_affected();
             deleted.push(("runs", n));
+            // In the same transaction: the chain says the run's records are gone, and anchors
+            // what it keeps, so that `audit verify` passes over the gap.
+            self.chain_pruned_runs(&mut tx, &[RunId(run)]).await?;
         }
         tx.commit().await.map_err(write)?;
         Ok((deleted, emptied))

@@ -40,14 +40,23 @@ impl AuditStore {
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         rows: &[(i64, &str)],
     ) -> Result<(), AuditError> {
-        for batch in rows.chunks(INSERT_BATCH) {
-            let hashes: Vec<[u8; 32]> = batch.iter().map(|(_, body)| body_sha256(body)).collect();
+        let hashes: Vec<[u8; 32]> = rows.iter().map(|(_, body)| body_sha256(body)).collect();
+        Self::insert_hashed_snapshots(tx, rows, &hashes).await
+    }
+
+    /// [`AuditStore::insert_snapshots`] with each body's [`body_sha256`] already taken.
+    pub(super) async fn insert_hashed_snapshots(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rows: &[(i64, &str)],
+        hashes: &[[u8; 32]],
+    ) -> Result<(), AuditError> {
+        for (batch, hashes) in rows.chunks(INSERT_BATCH).zip(hashes.chunks(INSERT_BATCH)) {
             // Ids for the bodies in case all are new (a first sight, an apply run's objects):
             // then the snapshot rows need no lookup by hash.
             let ids = next_ids(tx, "snapshot_bodies", batch.len()).await?;
             let mut q = QueryBuilder::new("INSERT INTO snapshot_bodies (id, sha256, body) ");
             q.push_values(
-                batch.iter().zip(&hashes).zip(ids.clone()),
+                batch.iter().zip(hashes).zip(ids.clone()),
                 |mut row, (((_, body), hash), id)| {
                     row.push_bind(id).push_bind(&hash[..]).push_bind(*body);
                 },
@@ -70,7 +79,7 @@ impl AuditStore {
                     "INSERT INTO snapshots (action_id, body_id)
                      SELECT v.column1, b.id FROM (",
                 );
-                q.push_values(batch.iter().zip(&hashes), |mut row, ((action, _), hash)| {
+                q.push_values(batch.iter().zip(hashes), |mut row, ((action, _), hash)| {
                     row.push_bind(*action).push_bind(&hash[..]);
                 });
                 q.push(") AS v JOIN snapshot_bodies b ON b.sha256 = v.column2");

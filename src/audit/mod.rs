@@ -1748,6 +1748,13 @@ impl AuditStore {
                 .await?;
         }
         tx.commit().await.map_err(AuditError::Write)?;
+        if folded > 0 {
+            // The folded rows' pages, and the write-ahead log the fold filled, go back to the
+            // file system: a plan cycle leaves the file at what it keeps.
+            if let Err(e) = self.reclaim_space().await {
+                tracing::warn!(error = %e, "could not give the folded decisions' space back; the pages stay in the file for reuse");
+            }
+        }
         Ok(())
     }
 

@@ -36,8 +36,10 @@ const VACUUM_STEPS: usize = 64;
 const STEPS: &[Step] = &[
     Step {
         table: "snapshots",
-        count: "SELECT count(*) FROM snapshots
+        count: Some(
+            "SELECT count(*) FROM snapshots
                 WHERE action_id IN (SELECT id FROM actions WHERE run_id = ?1)",
+        ),
         // The same actions as the next step deletes: a snapshot goes with its action.
         delete: "DELETE FROM snapshots WHERE action_id IN
                      (SELECT id FROM actions WHERE run_id = ?1 ORDER BY id LIMIT ?2)",
@@ -45,7 +47,7 @@ const STEPS: &[Step] = &[
     },
     Step {
         table: "actions",
-        count: "SELECT count(*) FROM actions WHERE run_id = ?1",
+        count: Some("SELECT count(*) FROM actions WHERE run_id = ?1"),
         delete: "DELETE FROM actions WHERE id IN
                      (SELECT id FROM actions WHERE run_id = ?1 ORDER BY id LIMIT ?2)",
         trims: false,
@@ -56,14 +58,14 @@ const STEPS: &[Step] = &[
         table: "decision_spans",
         // Counted over all the due runs at once (see `prune_preview`): a span over several
         // of them goes once the others have trimmed it.
-        count: "SELECT 0",
+        count: None,
         delete: "DELETE FROM decision_spans WHERE id IN (SELECT id FROM decision_spans
                      WHERE first_run_id = ?1 AND last_run_id = ?1 LIMIT ?2)",
         trims: false,
     },
     Step {
         table: "decision_spans",
-        count: "SELECT 0",
+        count: None,
         delete: "UPDATE decision_spans SET first_run_id = (SELECT min(r.id) FROM runs r
                      WHERE r.id > ?1 AND r.id <= decision_spans.last_run_id)
                  WHERE id IN (SELECT id FROM decision_spans
@@ -72,7 +74,7 @@ const STEPS: &[Step] = &[
     },
     Step {
         table: "decision_spans",
-        count: "SELECT 0",
+        count: None,
         delete: "UPDATE decision_spans SET last_run_id = (SELECT max(r.id) FROM runs r
                      WHERE r.id < ?1 AND r.id >= decision_spans.first_run_id)
                  WHERE id IN (SELECT id FROM decision_spans
@@ -81,28 +83,28 @@ const STEPS: &[Step] = &[
     },
     Step {
         table: "mark_events",
-        count: "SELECT count(*) FROM mark_events WHERE run_id = ?1",
+        count: Some("SELECT count(*) FROM mark_events WHERE run_id = ?1"),
         delete: "DELETE FROM mark_events WHERE id IN
                      (SELECT id FROM mark_events WHERE run_id = ?1 LIMIT ?2)",
         trims: false,
     },
     Step {
         table: "notification_attempts",
-        count: "SELECT count(*) FROM notification_attempts WHERE run_id = ?1",
+        count: Some("SELECT count(*) FROM notification_attempts WHERE run_id = ?1"),
         delete: "DELETE FROM notification_attempts WHERE id IN
                      (SELECT id FROM notification_attempts WHERE run_id = ?1 LIMIT ?2)",
         trims: false,
     },
     Step {
         table: "run_kinds",
-        count: "SELECT count(*) FROM run_kinds WHERE run_id = ?1",
+        count: Some("SELECT count(*) FROM run_kinds WHERE run_id = ?1"),
         delete: "DELETE FROM run_kinds WHERE rowid IN
                      (SELECT rowid FROM run_kinds WHERE run_id = ?1 LIMIT ?2)",
         trims: false,
     },
     Step {
         table: "mutations",
-        count: "SELECT count(*) FROM mutations WHERE run_id = ?1",
+        count: Some("SELECT count(*) FROM mutations WHERE run_id = ?1"),
         // Once no action names them: the run's own actions go first, in earlier batches.
         delete: "DELETE FROM mutations WHERE id IN
                      (SELECT id FROM mutations m WHERE run_id = ?1
@@ -115,7 +117,9 @@ const STEPS: &[Step] = &[
 /// One table's part of pruning a run.
 struct Step {
     table: &'static str,
-    count: &'static str,
+    /// What `prune_preview` counts for this step and run; `None`: nothing (a trim), or
+    /// counted over all the due runs at once (the spans).
+    count: Option<&'static str>,
     delete: &'static str,
     /// Updates rows that name the run rather than deleting them: not counted as pruned.
     trims: bool,
@@ -495,7 +499,10 @@ impl AuditStore {
         report.incremental_vacuum = self.incremental_vacuum().await?;
         for &run in &plan.due {
             for step in STEPS {
-                let n: i64 = sqlx::query_scalar(step.count)
+                let Some(count) = step.count else {
+                    continue;
+                };
+                let n: i64 = sqlx::query_scalar(count)
                     .bind(run)
                     .fetch_one(&self.pool)
                     .await

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// (main file and WAL, after a checkpoint) after each and the growth in all.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     plan_cycles: Option<u32>,
+    /// Keep the scratch directory with the audit databases the cycles wrote (its path is
+    /// printed), to inspect them with `sqlite3` or `zt-janitor audit`.
+    #[arg(long)]
+    keep_databases: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,7 +127,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             () = shutdown.recv() => None,
         };
         fake.stop();
-        std::fs::remove_dir_all(&dir).ok();
+        remove_scratch(&args, &dir);
         return finished
             .unwrap_or_else(|| bail!("interrupted by a signal before the figures were complete"));
     }
@@ -151,7 +155,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     };
     let Some(finished) = finished else {
         fake.stop();
-        std::fs::remove_dir_all(&dir).ok();
+        remove_scratch(&args, &dir);
         bail!("interrupted by a signal before the figures were complete");
     };
     let (plan, apply) = finished?;
@@ -230,8 +234,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             },
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
+    remove_scratch(&args, &dir);
     Ok(())
+}
+
+fn remove_scratch(args: &BenchArgs, dir: &std::path::Path) {
+    if args.keep_databases {
+        println!("audit databases kept in {}", dir.display());
+    } else {
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
 
 /// The bench's config: two rules and an exclusion over device registrations.

@@ -336,7 +336,7 @@ async fn plan_then_apply_over_all_four_kinds() {
     // id, the action's zone, the mutation's zone, status detail, snapshot
     type CertRow = (String, Option<String>, Option<String>, String, String);
     let zones: Vec<CertRow> = sqlx::query(
-        "SELECT a.resource_id, a.zone_id, m.zone_id, a.status_detail, b.body
+        "SELECT a.resource_id, a.zone_id, m.zone_id, a.status_detail, CAST(b.body AS BLOB)
          FROM actions a JOIN mutations m ON m.id = a.mutation_id
          JOIN snapshots s ON s.action_id = a.id JOIN snapshot_bodies b ON b.id = s.body_id
          WHERE a.resource_kind = 'client_certificate' ORDER BY a.resource_id",
@@ -345,7 +345,10 @@ async fn plan_then_apply_over_all_four_kinds() {
     .await
     .unwrap()
     .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+    .map(|r| {
+        let body = zt_janitor::audit::decode_body(r.get(4)).unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3), body)
+    })
     .collect();
     assert_eq!(zones.len(), 3);
     for (id, action_zone, mutation_zone, detail, snapshot) in &zones {

@@ -438,7 +438,7 @@ async fn the_audit_answers_who_deleted_my_laptop() {
 
     let pool = env.sql().await;
     let row = sqlx::query(
-        "SELECT a.rule, a.reason, b.body, m.completed_at, m.kind, m.outcome, r.mode
+        "SELECT a.rule, a.reason, CAST(b.body AS BLOB), m.completed_at, m.kind, m.outcome, r.mode
          FROM actions a
          JOIN snapshots s ON s.action_id = a.id JOIN snapshot_bodies b ON b.id = s.body_id
          JOIN mutations m ON m.id = a.mutation_id
@@ -451,7 +451,8 @@ async fn the_audit_answers_who_deleted_my_laptop() {
     .unwrap();
     assert_eq!(row.get::<String, _>(0), "idle-90d");
     assert!(row.get::<String, _>(1).starts_with("idle 120d >= 90d"));
-    let snapshot: serde_json::Value = serde_json::from_str(row.get::<&str, _>(2)).unwrap();
+    let body = zt_janitor::audit::decode_body(row.get(2)).unwrap();
+    let snapshot: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         snapshot, listed,
         "the snapshot is the object exactly as listed"

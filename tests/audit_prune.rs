@@ -361,8 +361,8 @@ async fn the_database_of_todays_code_migrates_and_prunes_to_what_is_still_named(
     .await
     .unwrap();
     let all: i64 = scalar(&pool, "SELECT count(*) FROM runs").await;
-    let marks: Vec<(String, String)> = sqlx::query_as(
-        "SELECT m.resource_id, s.body FROM marks m JOIN snapshots s
+    let marks: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT m.resource_id, CAST(s.body AS BLOB) FROM marks m JOIN snapshots s
              ON s.action_id = m.first_action_id ORDER BY 1",
     )
     .fetch_all(&pool)
@@ -404,8 +404,8 @@ async fn the_database_of_todays_code_migrates_and_prunes_to_what_is_still_named(
     audit.close().await;
     let pool = writable(&db).await;
     // A mark keeps the object as first marked: its body is not swept.
-    let kept_marks: Vec<(String, String)> = sqlx::query_as(
-        "SELECT m.resource_id, b.body FROM marks m JOIN snapshot_bodies b
+    let kept_marks: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT m.resource_id, CAST(b.body AS BLOB) FROM marks m JOIN snapshot_bodies b
              ON b.id = m.first_body_id ORDER BY 1",
     )
     .fetch_all(&pool)

@@ -293,8 +293,8 @@ fn content_hasher(record: &str) -> Sha256 {
     h
 }
 
-/// The SHA-256 (lower-case hex) of a snapshot body, as `snapshot_bodies.sha256` holds it.
-/// The insert path hashes each body once, for both ([`crate::audit::body_sha256`]).
+/// The SHA-256 (lower-case hex) of a snapshot body's text. The insert path hashes each body
+/// as it prepares it ([`crate::audit::body_sha256`]).
 pub(crate) fn snapshot_sha256(body: &[u8]) -> String {
     hex_lower(&Sha256::digest(body))
 }
@@ -520,7 +520,9 @@ async fn content(
                 let enc: String = row.try_get(0)?;
                 let body: Option<Vec<u8>> = row.try_get(1)?;
                 h.update(enc);
-                let digest = body.as_deref().map(snapshot_sha256);
+                let digest = body
+                    .as_deref()
+                    .map(|b| snapshot_sha256(&super::body::decoded_bytes(b)));
                 RowEncoder(&mut h).snapshot(digest.as_deref()).end();
                 rows += 1;
             }

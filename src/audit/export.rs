@@ -140,7 +140,7 @@ impl ExportReader {
             "SELECT a.id, a.run_id, a.decided_at, a.rule, a.action, a.resource_kind,
                     a.resource_id, a.zone_id, a.user_email, a.device_name, a.last_seen_at,
                     a.reason, a.excluded_by, a.status, a.status_detail, a.mutation_id,
-                    a.undoes_action_id, b.body AS snapshot
+                    a.undoes_action_id, CAST(b.body AS BLOB) AS snapshot
              FROM actions a LEFT JOIN snapshots s ON s.action_id = a.id
                   LEFT JOIN snapshot_bodies b ON b.id = s.body_id
              WHERE a.run_id = ?1 ORDER BY a.id",
@@ -227,7 +227,7 @@ fn action(row: &SqliteRow) -> Result<ExportAction, AuditError> {
         status_detail: text(row, "status_detail")?,
         mutation_id: int(row, "mutation_id")?,
         undoes_action_id: int(row, "undoes_action_id")?,
-        snapshot: text(row, "snapshot")?,
+        snapshot: super::storage::stored_body(row, "snapshot").map_err(AuditError::Read)?,
     })
 }
 

@@ -35,6 +35,8 @@ pub use prune::{
     plan as prune_plan, pruned_tables, Held, HeldRun, PruneLimits, PrunePlan, PruneReport,
     PruneTrigger, Retention, RunFacts, VacuumError,
 };
+mod body;
+pub use body::{decode as decode_body, encode as encode_body, BodyError};
 mod storage;
 pub use storage::{body_sha256, StorageFigures};
 mod chain;
@@ -920,8 +922,6 @@ impl AuditStore {
             identity: Some(identity),
             exprs: Arc::default(),
         };
-        // Bodies migrated from before de-duplication get their hash (SQL cannot compute it).
-        store.fill_body_hashes().await?;
         store.chain_genesis().await?;
         Ok(store)
     }
@@ -1766,27 +1766,40 @@ impl AuditStore {
         decided_at: DateTime<Utc>,
         candidates: &mut [Candidate],
     ) -> Result<Vec<i64>, AuditError> {
+        struct Values {
+            status: ActionStatus,
+            folded: Option<String>,
+            last_seen: String,
+            why: String,
+        }
         let _timer = self.timer();
         let decided_at = ts(decided_at);
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         let ids: Vec<i64> = next_ids(&mut tx, "actions", candidates.len())
             .await?
             .collect();
-        // The chain's digest of each decision is taken from the values bound, not read back.
+        // An id for each body in case all are new; a body already stored leaves its id unused.
+        let mut body_ids = next_ids(&mut tx, "snapshot_bodies", candidates.len()).await?;
         let mut digests = chain::DecisionDigests::new(run);
         for (batch, batch_ids) in candidates
             .chunks(INSERT_BATCH)
             .zip(ids.chunks(INSERT_BATCH))
         {
-            let snapshots: Vec<(i64, &str)> = batch
+            let values: Vec<Values> = batch
                 .iter()
-                .zip(batch_ids)
-                .map(|(c, id)| (*id, c.snapshot.as_deref().map_or("null", RawValue::get)))
-                .collect();
-            // Each body hashed once: its key in `snapshot_bodies`, and the chain's digest.
-            let hashes: Vec<[u8; 32]> = snapshots
-                .iter()
-                .map(|(_, body)| body_sha256(body))
+                .map(|c| Values {
+                    status: if c.excluded_by.is_some() {
+                        ActionStatus::Excluded
+                    } else {
+                        ActionStatus::Planned
+                    },
+                    folded: c
+                        .user_email
+                        .as_deref()
+                        .map(|e| crate::rules::fold_case(e).into_owned()),
+                    last_seen: c.last_seen_at.to_string(),
+                    why: c.why.to_string(),
+                })
                 .collect();
             let mut q = QueryBuilder::new(
                 "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
@@ -1794,37 +1807,8 @@ impl AuditStore {
                      reason, excluded_by, status, zone_id) ",
             );
             q.push_values(
-                batch.iter().zip(batch_ids).zip(&hashes),
-                |mut row, ((c, id), hash)| {
-                    let status = if c.excluded_by.is_some() {
-                        ActionStatus::Excluded
-                    } else {
-                        ActionStatus::Planned
-                    };
-                    let folded = c
-                        .user_email
-                        .as_deref()
-                        .map(|e| crate::rules::fold_case(e).into_owned());
-                    let last_seen = c.last_seen_at.to_string();
-                    let why = c.why.to_string();
-                    let zone = c.zone.as_ref().map(ZoneId::as_str);
-                    // Columns in byte order of their names; `status` is chained when the run closes.
-                    digests.add(*id, hash, |r| {
-                        r.text("action", Some(c.action.as_str()))
-                            .text("decided_at", Some(&decided_at))
-                            .text("device_name", Some(&c.name))
-                            .text("excluded_by", c.excluded_by.as_deref())
-                            .int("id", Some(*id))
-                            .text("last_seen_at", Some(&last_seen))
-                            .text("reason", Some(&why))
-                            .text("resource_id", Some(c.id.as_str()))
-                            .text("resource_kind", Some(c.kind.as_str()))
-                            .text("rule", Some(&c.rule))
-                            .int("run_id", Some(run.0))
-                            .text("user_email", c.user_email.as_deref())
-                            .text("user_email_folded", folded.as_deref())
-                            .text("zone_id", zone);
-                    });
+                batch.iter().zip(batch_ids).zip(&values),
+                |mut row, ((c, id), v)| {
                     row.push_bind(*id)
                         .push_bind(run.0)
                         .push_bind(&decided_at)
@@ -1833,20 +1817,53 @@ impl AuditStore {
                         .push_bind(c.kind.as_str())
                         .push_bind(c.id.as_str())
                         .push_bind(c.user_email.as_deref())
-                        .push_bind(folded)
+                        .push_bind(v.folded.as_deref())
                         .push_bind(&c.name)
-                        .push_bind(last_seen)
-                        .push_bind(why)
+                        .push_bind(&v.last_seen)
+                        .push_bind(&v.why)
                         .push_bind(c.excluded_by.as_deref())
-                        .push_bind(status.as_str())
-                        .push_bind(zone);
+                        .push_bind(v.status.as_str())
+                        .push_bind(c.zone.as_ref().map(ZoneId::as_str));
                 },
             );
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(AuditError::Write)?;
-            Self::insert_hashed_snapshots(&mut tx, &snapshots, &hashes).await?;
+            // SQLite inserts the decisions on its thread while this task hashes and compresses
+            // their bodies and takes the chain's digests: the CPU work leaves the writer's path.
+            let prepare = async {
+                let bodies: Vec<storage::NewBody> = batch
+                    .iter()
+                    .zip(batch_ids)
+                    .zip(body_ids.by_ref())
+                    .map(|((c, id), body_id)| {
+                        let body = c.snapshot.as_deref().map_or("null", RawValue::get);
+                        storage::NewBody::new(*id, body_id, body)
+                    })
+                    .collect();
+                for ((c, v), body) in batch.iter().zip(&values).zip(&bodies) {
+                    // Columns in byte order of their names; `status` is chained when the run
+                    // closes.
+                    digests.add(body.action, &body.sha256, |r| {
+                        r.text("action", Some(c.action.as_str()))
+                            .text("decided_at", Some(&decided_at))
+                            .text("device_name", Some(&c.name))
+                            .text("excluded_by", c.excluded_by.as_deref())
+                            .int("id", Some(body.action))
+                            .text("last_seen_at", Some(&v.last_seen))
+                            .text("reason", Some(&v.why))
+                            .text("resource_id", Some(c.id.as_str()))
+                            .text("resource_kind", Some(c.kind.as_str()))
+                            .text("rule", Some(&c.rule))
+                            .int("run_id", Some(run.0))
+                            .text("user_email", c.user_email.as_deref())
+                            .text("user_email_folded", v.folded.as_deref())
+                            .text("zone_id", c.zone.as_ref().map(ZoneId::as_str));
+                    });
+                }
+                bodies
+            };
+            let (inserted, bodies) =
+                futures_util::future::join(q.build().execute(&mut *tx), prepare).await;
+            inserted.map_err(AuditError::Write)?;
+            Self::insert_bodies(&mut tx, &bodies).await?;
         }
         chain::append(&mut tx, &digests.finish())
             .await

@@ -518,11 +518,28 @@ impl AuditStore {
                AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id BETWEEN d.first_run_id
                    AND d.last_run_id AND r.id NOT IN (SELECT value FROM json_each(?1)))",
         )
-        .bind(due)
+        .bind(&due)
         .fetch_one(&self.pool)
         .await
         .map_err(AuditError::Read)?;
         *report.deleted.entry("decision_spans").or_default() += u64::try_from(spans).unwrap_or(0);
+        // The bodies the sweep would take: those no row that stays names.
+        let bodies: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM snapshot_bodies b
+             WHERE NOT EXISTS (SELECT 1 FROM snapshots s JOIN actions a ON a.id = s.action_id
+                               WHERE s.body_id = b.id
+                                 AND a.run_id NOT IN (SELECT value FROM json_each(?1)))
+               AND NOT EXISTS (SELECT 1 FROM decision_spans d WHERE d.body_id = b.id
+                   AND (d.last_run_id NOT IN (SELECT value FROM json_each(?1))
+                        OR EXISTS (SELECT 1 FROM runs r WHERE r.id BETWEEN d.first_run_id
+                            AND d.last_run_id AND r.id NOT IN (SELECT value FROM json_each(?1)))))
+               AND NOT EXISTS (SELECT 1 FROM marks m WHERE m.first_body_id = b.id)",
+        )
+        .bind(&due)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(AuditError::Read)?;
+        *report.deleted.entry("snapshot_bodies").or_default() += u64::try_from(bodies).unwrap_or(0);
         report.runs = plan.due;
         Ok(report)
     }
@@ -1132,15 +1149,9 @@ mod tests {
         }
         assert!(calls > 5, "one batch per prune: {calls}");
         assert_eq!(runs(&audit).await, [4]);
-        // Bodies are swept once nothing names them; the preview does not count them.
-        assert_eq!(
-            deleted.remove("snapshot_bodies"),
-            Some(20),
-            "the bodies went too"
-        );
-        let mut previewed = preview.deleted.clone();
-        previewed.remove("snapshot_bodies");
-        assert_eq!(deleted, previewed, "the preview counted what went");
+        // Bodies are swept once nothing names them, and the preview counts them.
+        assert_eq!(deleted["snapshot_bodies"], 20, "the bodies went too");
+        assert_eq!(deleted, preview.deleted, "the preview counted what went");
         assert_eq!(deleted["actions"], 20);
         assert_eq!(deleted["snapshots"], 20);
         assert_eq!(deleted["mutations"], 1);

@@ -11,12 +11,42 @@ use super::{
     next_ids, push_action_filter, ts, ActionFilter, ActionRow, AuditError, AuditStore, RunId,
 };
 
-/// Bodies whose hash a migration left unset, filled per transaction at open.
-const HASH_BATCH: i64 = 1_000;
-
-/// SHA-256 of a body's UTF-8 bytes: `snapshot_bodies.sha256`.
+/// SHA-256 of a body's UTF-8 bytes, as the hash chain takes it.
 pub fn body_sha256(body: &str) -> [u8; 32] {
     Sha256::digest(body.as_bytes()).into()
+}
+
+/// An action's snapshot body, ready to store: its hash (for the chain's digest) and its stored
+/// form (body.rs), both taken off the database's thread.
+pub(super) struct NewBody {
+    pub(super) action: i64,
+    pub(super) id: i64,
+    pub(super) sha256: [u8; 32],
+    pub(super) stored: Vec<u8>,
+}
+
+impl NewBody {
+    pub(super) fn new(action: i64, id: i64, body: &str) -> NewBody {
+        NewBody {
+            action,
+            id,
+            sha256: body_sha256(body),
+            stored: super::body::encode(body),
+        }
+    }
+}
+
+/// The text of a stored snapshot body read from column `column` (see body.rs): a body that
+/// cannot be decoded is a read error naming it, never a panic or a wrong object.
+pub(super) fn stored_body(
+    row: &sqlx::sqlite::SqliteRow,
+    column: impl sqlx::ColumnIndex<sqlx::sqlite::SqliteRow>,
+) -> Result<Option<String>, sqlx::Error> {
+    let stored: Option<Vec<u8>> = row.try_get(column)?;
+    stored
+        .map(|b| super::body::decode(&b))
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// What the store holds, for the benchmark: file sizes and row counts.
@@ -35,57 +65,49 @@ pub struct StorageFigures {
 
 impl AuditStore {
     /// Stores the snapshots of actions `(action id, body)`: each distinct body once, by its
-    /// hash, and a `snapshots` row naming it. Two statements per batch of rows.
+    /// hash, and a `snapshots` row naming it.
     pub(super) async fn insert_snapshots(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         rows: &[(i64, &str)],
     ) -> Result<(), AuditError> {
-        let hashes: Vec<[u8; 32]> = rows.iter().map(|(_, body)| body_sha256(body)).collect();
-        Self::insert_hashed_snapshots(tx, rows, &hashes).await
+        let ids = next_ids(tx, "snapshot_bodies", rows.len()).await?;
+        let bodies: Vec<NewBody> = rows
+            .iter()
+            .zip(ids)
+            .map(|((action, body), id)| NewBody::new(*action, id, body))
+            .collect();
+        Self::insert_bodies(tx, &bodies).await
     }
 
-    /// [`AuditStore::insert_snapshots`] with each body's [`body_sha256`] already taken.
-    pub(super) async fn insert_hashed_snapshots(
+    /// Stores prepared bodies ([`NewBody`]) and their `snapshots` rows: two statements per
+    /// batch of rows. Every body is stored: one equal to the body of the span its decision
+    /// extends is dropped when the run is folded ([`AuditStore::fold_run`]), which keeps the
+    /// apply path free of a lookup by content.
+    pub(super) async fn insert_bodies(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        rows: &[(i64, &str)],
-        hashes: &[[u8; 32]],
+        bodies: &[NewBody],
     ) -> Result<(), AuditError> {
-        for (batch, hashes) in rows.chunks(INSERT_BATCH).zip(hashes.chunks(INSERT_BATCH)) {
-            // Ids for the bodies in case all are new (a first sight, an apply run's objects):
-            // then the snapshot rows need no lookup by hash.
-            let ids = next_ids(tx, "snapshot_bodies", batch.len()).await?;
-            let mut q = QueryBuilder::new("INSERT INTO snapshot_bodies (id, sha256, body) ");
-            q.push_values(
-                batch.iter().zip(hashes).zip(ids.clone()),
-                |mut row, (((_, body), hash), id)| {
-                    row.push_bind(id).push_bind(&hash[..]).push_bind(*body);
-                },
-            );
-            q.push(" ON CONFLICT (sha256) DO NOTHING");
-            let stored = q
-                .build()
+        for batch in bodies.chunks(INSERT_BATCH) {
+            let mut q = QueryBuilder::new("INSERT INTO snapshot_bodies (id, body) ");
+            q.push_values(batch, |mut row, b| {
+                row.push_bind(b.id);
+                // A body left as it is stays TEXT, readable with `sqlite3`.
+                match std::str::from_utf8(&b.stored) {
+                    Ok(text) if !super::body::is_compressed(&b.stored) => row.push_bind(text),
+                    _ => row.push_bind(&b.stored[..]),
+                };
+            });
+            q.build()
+                .persistent(false)
                 .execute(&mut **tx)
                 .await
-                .map_err(AuditError::Write)?
-                .rows_affected();
-            let mut q = if stored == batch.len() as u64 {
-                let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body_id) ");
-                q.push_values(batch.iter().zip(ids), |mut row, ((action, _), id)| {
-                    row.push_bind(*action).push_bind(id);
-                });
-                q
-            } else {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO snapshots (action_id, body_id)
-                     SELECT v.column1, b.id FROM (",
-                );
-                q.push_values(batch.iter().zip(hashes), |mut row, ((action, _), hash)| {
-                    row.push_bind(*action).push_bind(&hash[..]);
-                });
-                q.push(") AS v JOIN snapshot_bodies b ON b.sha256 = v.column2");
-                q
-            };
+                .map_err(AuditError::Write)?;
+            let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body_id) ");
+            q.push_values(batch, |mut row, b| {
+                row.push_bind(b.action).push_bind(b.id);
+            });
             q.build()
+                .persistent(false)
                 .execute(&mut **tx)
                 .await
                 .map_err(AuditError::Write)?;
@@ -142,7 +164,10 @@ impl AuditStore {
                     AND d.resource_kind = a.resource_kind AND d.zone_id IS a.zone_id
                     AND d.rule = a.rule AND d.action = a.action
                     AND d.excluded_by IS a.excluded_by AND d.status = a.status
-                    AND d.body_id = s.body_id
+                    AND (d.body_id = s.body_id OR (SELECT body FROM snapshot_bodies
+                                                   WHERE id = d.body_id)
+                                                  = (SELECT body FROM snapshot_bodies
+                                                     WHERE id = s.body_id))
                   LIMIT 1)
              FROM actions a JOIN snapshots s ON s.action_id = a.id
              WHERE a.run_id = ?1 AND a.mutation_id IS NULL",
@@ -200,9 +225,26 @@ impl AuditStore {
         .await
         .map_err(write)?
         .rows_affected();
+        // A decision that extends a span stored its body again: the span's is the same bytes
+        // (the same text, compressed the same). A mark first made in this run moves to the
+        // span's body, and the copy goes.
         for statement in [
             "DELETE FROM snapshots WHERE action_id IN (SELECT action_id FROM temp.fold)",
             "DELETE FROM actions WHERE id IN (SELECT action_id FROM temp.fold)",
+            "CREATE TEMP TABLE copies AS
+                 SELECT f.body_id AS copy, d.body_id AS original
+                 FROM temp.fold f JOIN decision_spans d ON d.id = f.span_id
+                 WHERE f.body_id <> d.body_id",
+            "UPDATE marks SET first_body_id = c.original
+                 FROM temp.copies c WHERE marks.first_body_id = c.copy",
+            "DELETE FROM snapshot_bodies
+                 WHERE id IN (SELECT copy FROM temp.copies)
+                   AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.body_id = snapshot_bodies.id)
+                   AND NOT EXISTS (SELECT 1 FROM decision_spans d
+                                   WHERE d.body_id = snapshot_bodies.id)
+                   AND NOT EXISTS (SELECT 1 FROM marks m
+                                   WHERE m.first_body_id = snapshot_bodies.id)",
+            "DROP TABLE temp.copies",
             "DROP TABLE temp.fold",
         ] {
             sqlx::query(statement)
@@ -220,48 +262,6 @@ impl AuditStore {
         Ok(folded)
     }
 
-    /// Fills the hash of every body a migration stored without one, a bounded batch per
-    /// transaction. A body whose hash another body already has (the same bytes stored as
-    /// TEXT and as BLOB by a hand-edited database) keeps none.
-    pub(super) async fn fill_body_hashes(&self) -> Result<u64, AuditError> {
-        let mut after = 0_i64;
-        let mut filled = 0;
-        loop {
-            let rows = sqlx::query(
-                "SELECT id, CAST(body AS BLOB) FROM snapshot_bodies
-                 WHERE sha256 IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
-            )
-            .bind(after)
-            .bind(HASH_BATCH)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(AuditError::Read)?;
-            let Some(last) = rows.last() else {
-                return Ok(filled);
-            };
-            after = last.try_get(0).map_err(AuditError::Read)?;
-            let mut hashed = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let id: i64 = row.try_get(0).map_err(AuditError::Read)?;
-                let body: Vec<u8> = row.try_get(1).map_err(AuditError::Read)?;
-                hashed.push((id, <[u8; 32]>::from(Sha256::digest(&body))));
-            }
-            let mut q =
-                QueryBuilder::new("UPDATE OR IGNORE snapshot_bodies SET sha256 = v.column2 FROM (");
-            q.push_values(&hashed, |mut row, (id, hash)| {
-                row.push_bind(*id).push_bind(&hash[..]);
-            });
-            q.push(") AS v WHERE snapshot_bodies.id = v.column1");
-            filled += q
-                .build()
-                .persistent(false)
-                .execute(&self.pool)
-                .await
-                .map_err(AuditError::Write)?
-                .rows_affected();
-        }
-    }
-
     /// Decisions matching `f`, newest run first: action rows, and spans of folded decisions
     /// (a span is one row, whatever the number of runs it covers). With `f.run_id`, a span's
     /// row reads as that run's decision: its time, and its texts if it is the span's last run
@@ -271,7 +271,7 @@ impl AuditStore {
             "SELECT a.id AS id, a.run_id AS run_id, a.decided_at, a.rule, a.action,
                     a.resource_id, a.user_email, a.device_name, a.last_seen_at, a.reason,
                     a.excluded_by, a.status, a.status_detail, a.mutation_id, m.completed_at,
-                    m.http_status, b.body, a.resource_kind, a.undoes_action_id,
+                    m.http_status, CAST(b.body AS BLOB), a.resource_kind, a.undoes_action_id,
                     NULL AS span_id, NULL AS first_run, NULL AS last_run, a.id AS sort_id
              FROM actions a LEFT JOIN mutations m ON m.id = a.mutation_id
                   LEFT JOIN snapshots s ON s.action_id = a.id
@@ -310,7 +310,7 @@ impl AuditStore {
         q.push(", d.excluded_by, d.status, ");
         last(&mut q, "status_detail");
         q.push(
-            ", NULL, NULL, NULL, b.body, d.resource_kind, NULL, d.id, d.first_run_id,
+            ", NULL, NULL, NULL, CAST(b.body AS BLOB), d.resource_kind, NULL, d.id, d.first_run_id,
                  d.last_run_id, d.id
              FROM decision_spans d JOIN snapshot_bodies b ON b.id = d.body_id
              WHERE 1 = 1",
@@ -348,9 +348,7 @@ impl AuditStore {
                 span_first_run_id: r.try_get(20)?,
                 span_last_run_id: r.try_get(21)?,
                 // An action without a snapshot row (none should be) reads as no object.
-                snapshot: r
-                    .try_get::<Option<String>, _>(16)?
-                    .unwrap_or_else(|| "null".to_owned()),
+                snapshot: stored_body(r, 16)?.unwrap_or_else(|| "null".to_owned()),
             })
         };
         rows.iter()
@@ -379,8 +377,8 @@ impl AuditStore {
         zone: Option<&str>,
         id: &str,
     ) -> Result<Option<String>, AuditError> {
-        sqlx::query_scalar(
-            "SELECT b.body FROM marks m JOIN snapshot_bodies b ON b.id = m.first_body_id
+        let row = sqlx::query(
+            "SELECT CAST(b.body AS BLOB) FROM marks m JOIN snapshot_bodies b ON b.id = m.first_body_id
              WHERE m.resource_kind = ?1 AND m.zone_key = ?2 AND m.id_key = lower(?3)",
         )
         .bind(kind)
@@ -388,7 +386,11 @@ impl AuditStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(AuditError::Read)
+        .map_err(AuditError::Read)?;
+        match row {
+            Some(row) => stored_body(&row, 0).map_err(AuditError::Read),
+            None => Ok(None),
+        }
     }
 
     /// The database's size on disk and what it holds, after a checkpoint that moves the WAL
@@ -644,13 +646,14 @@ mod tests {
         audit.close().await;
     }
 
-    /// Identical bodies are stored once, and each action's snapshot reads back byte for byte.
+    /// Each action's snapshot reads back byte for byte, whether it was stored compressed (a
+    /// body it makes shorter) or as its text.
     #[tokio::test]
-    async fn identical_snapshots_share_one_body_and_read_back_exactly() {
+    async fn snapshots_read_back_exactly_compressed_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
         let run = audit.begin_run(Mode::Apply, Utc::now()).await.unwrap();
-        let same = r#"{"id": "x",  "name":"ünïcode \u0000 ☃"}"#;
+        let same = r#"{"id": "x",  "name":"ünïcode \u0000 ☃", "created_at":"2026-01-01T00:00:00.000000Z","updated_at":"2026-01-01T00:00:00.000000Z"}"#;
         let mut tx = audit.pool.begin().await.unwrap();
         for id in 1..=3 {
             sqlx::query(
@@ -668,15 +671,21 @@ mod tests {
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(count(&audit, "snapshot_bodies").await, 2);
-        let hash: Vec<u8> = sqlx::query_scalar(
-            "SELECT b.sha256 FROM snapshots s JOIN snapshot_bodies b ON b.id = s.body_id
-             WHERE s.action_id = 2",
+        let stored: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT typeof(b.body), CAST(b.body AS BLOB) FROM snapshots s
+             JOIN snapshot_bodies b ON b.id = s.body_id ORDER BY s.action_id",
         )
-        .fetch_one(&audit.pool)
+        .fetch_all(&audit.pool)
         .await
         .unwrap();
-        assert_eq!(hash, Sha256::digest(same.as_bytes()).to_vec());
+        assert_eq!(stored[0].0, "blob", "compressed");
+        assert!(stored[0].1.len() < same.len());
+        assert_eq!(stored[1], stored[0], "the same text, stored the same");
+        assert_eq!(
+            stored[2],
+            ("text".to_owned(), b"{}".to_vec()),
+            "too short to gain"
+        );
         let rows = audit
             .actions(&ActionFilter {
                 limit: 10,

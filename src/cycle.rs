@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::apply::{reconcile_pending, ApplyReport, Executor, StopSignal};
 use crate::audit::{
-    AuditError, AuditStore, BackgroundWrite, KindRun, MarkTally, PlannedAction, PruneLimits,
-    PruneTrigger, Retention, RunId, RunOutcome, RunPart, RunSummary,
+    AuditError, AuditStore, BackgroundWrite, BodyForm, KindRun, MarkTally, PlannedAction,
+    PruneLimits, PruneTrigger, Retention, RunId, RunOutcome, RunPart, RunSummary,
 };
 use crate::cloudflare::{Client, Quota, ZoneId};
 use crate::config::{Config, Mode};
@@ -686,7 +686,12 @@ impl CycleContext<'_> {
         if let Some(saved) = self.saved {
             planner = planner.only(saved.filter(kind, zone.as_ref()));
         }
-        let mut log = DecisionLog::new(self.audit, run, now, self.keep_rows, self.apply_batch);
+        let form = match self.config.safety.mode {
+            Mode::Plan => BodyForm::Compressed,
+            Mode::Apply => BodyForm::AsListed,
+        };
+        let mut log =
+            DecisionLog::new(self.audit, run, now, self.keep_rows, self.apply_batch, form);
         loop {
             log.pace().await?;
             // Listing is read-only, so a stop request may simply abandon it.
@@ -894,6 +899,7 @@ struct DecisionLog<'a> {
     /// read back from the audit log: the read-back is for plans too big to hold.
     planned: Option<Vec<PlannedAction>>,
     limit: usize,
+    form: BodyForm,
 }
 
 impl<'a> DecisionLog<'a> {
@@ -903,12 +909,14 @@ impl<'a> DecisionLog<'a> {
         decided_at: DateTime<Utc>,
         keep: bool,
         limit: usize,
+        form: BodyForm,
     ) -> Self {
         DecisionLog {
             audit,
             run,
             decided_at,
             keep,
+            form,
             recorded: Vec::new(),
             writing: None,
             pending: Vec::new(),
@@ -964,6 +972,7 @@ impl<'a> DecisionLog<'a> {
                 self.run,
                 self.decided_at,
                 batch,
+                self.form,
             ));
         }
         Ok(())
@@ -988,7 +997,7 @@ impl<'a> DecisionLog<'a> {
         let mut rest = std::mem::take(&mut self.pending);
         let ids = self
             .audit
-            .record_decisions(self.run, self.decided_at, &mut rest)
+            .record_decisions(self.run, self.decided_at, &mut rest, self.form)
             .await?;
         self.remember(&rest, &ids);
         if self.keep {

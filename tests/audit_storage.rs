@@ -1,5 +1,5 @@
-//! Issue 14, bounded growth: snapshot bodies are stored once, and the decisions of runs that
-//! did not act are folded into spans when the run closes. Plan cycles over an unchanged account
+//! Issue 14, bounded growth: snapshot bodies are stored compressed and once per span, and the
+//! decisions of runs that did not act are folded into spans when the run closes. Plan cycles over an unchanged account
 //! add nothing; a changed object adds its new body and starts a span; a run that acted keeps
 //! its rows; every reader still answers for every run; and a database written before all this
 //! is carried forward intact.

@@ -341,7 +341,12 @@ async fn after_a_failed_write_a_write_reported_committed_is_on_disk() {
     // Twice, as two cycles would: the second time sqlx's cached statements are reused.
     for _ in 0..2 {
         let recorded = store
-            .record_decisions(run, Utc::now(), &mut plan.candidates)
+            .record_decisions(
+                run,
+                Utc::now(),
+                &mut plan.candidates,
+                zt_janitor::audit::BodyForm::AsListed,
+            )
             .await;
         assert!(
             recorded.is_err(),

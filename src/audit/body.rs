@@ -15,6 +15,7 @@
 //! dictionary v1. The dictionary can therefore never change: a new one needs a new tag byte.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use thiserror::Error;
 
@@ -34,31 +35,63 @@ pub enum BodyError {
     NotText,
 }
 
+/// How a run's snapshot bodies are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyForm {
+    /// Compressed (plan mode): its decisions become spans, kept for as long as the object
+    /// stays as it is, and nothing waits on them.
+    Compressed,
+    /// As listed (apply mode): the run's actions wait for its decisions to be durable, and
+    /// compressing costs the cycle about 5% of its CPU; the rows of a run that acted are
+    /// kept as they were before bodies were compressed.
+    AsListed,
+}
+
+/// One compressor for the process: decisions are recorded one batch at a time, and a context
+/// with the dictionary loaded is worth keeping (and not one per worker thread).
+static COMPRESSOR: Mutex<Option<Compressor>> = Mutex::new(None);
+
 thread_local! {
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+struct Compressor {
+    zstd: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
 }
 
 /// The stored form of `body`: compressed when that is shorter, the text itself otherwise.
 pub fn encode(body: &str) -> Vec<u8> {
-    let compressed = COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        let c = match &mut *c {
-            Some(c) => c,
-            slot => {
-                slot.insert(zstd::bulk::Compressor::with_dictionary(LEVEL, DICTIONARY_V1).ok()?)
-            }
+    let compressed = {
+        let mut guard = COMPRESSOR.lock().unwrap_or_else(|e| e.into_inner());
+        let c = match &mut *guard {
+            Some(c) => Some(c),
+            slot => zstd::bulk::Compressor::with_dictionary(LEVEL, DICTIONARY_V1)
+                .ok()
+                .map(|zstd| {
+                    &mut *slot.insert(Compressor {
+                        zstd,
+                        scratch: Vec::new(),
+                    })
+                }),
         };
-        let mut out = Vec::with_capacity(1 + zstd::zstd_safe::compress_bound(body.len()));
-        out.push(TAG_ZSTD_V1);
-        let mut frame = c.compress(body.as_bytes()).ok()?;
-        out.append(&mut frame);
-        Some(out)
-    });
-    match compressed {
-        Some(out) if out.len() < body.len() => out,
-        _ => body.as_bytes().to_vec(),
-    }
+        c.and_then(|c| {
+            c.scratch.clear();
+            c.scratch
+                .reserve(zstd::zstd_safe::compress_bound(body.len()));
+            let n = c
+                .zstd
+                .compress_to_buffer(body.as_bytes(), &mut c.scratch)
+                .ok()?;
+            (n + 1 < body.len()).then(|| {
+                let mut out = Vec::with_capacity(n + 1);
+                out.push(TAG_ZSTD_V1);
+                out.extend_from_slice(&c.scratch[..n]);
+                out
+            })
+        })
+    };
+    compressed.unwrap_or_else(|| body.as_bytes().to_vec())
 }
 
 /// Whether a stored body is compressed, not its text.

@@ -270,16 +270,13 @@ fn hex_lower(bytes: &[u8]) -> String {
     s
 }
 
-/// Feeds the upper-case hex of `bytes` (as SQLite's `hex()` writes it) into `h`.
-fn hex_into(h: &mut Sha256, bytes: &[u8]) {
+/// Appends the upper-case hex of `bytes` (as SQLite's `hex()` writes it) to `out`.
+fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut buf = [0u8; 256];
-    for chunk in bytes.chunks(buf.len() / 2) {
-        for (i, b) in chunk.iter().enumerate() {
-            buf[2 * i] = DIGITS[usize::from(b >> 4)];
-            buf[2 * i + 1] = DIGITS[usize::from(b & 15)];
-        }
-        h.update(&buf[..2 * chunk.len()]);
+    out.reserve(2 * bytes.len());
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
     }
 }
 
@@ -293,43 +290,50 @@ fn content_hasher(record: &str) -> Sha256 {
     h
 }
 
-/// The SHA-256 (lower-case hex) of a snapshot body's text. The insert path hashes each body
-/// as it prepares it ([`crate::audit::body_sha256`]).
-pub(crate) fn snapshot_sha256(body: &[u8]) -> String {
-    hex_lower(&Sha256::digest(body))
-}
 
 /// The row encoding of version 1, written from Rust values (the insert path), identical to
-/// what [`row_expr`] makes SQLite write for the same row.
-pub(crate) struct RowEncoder<'h>(&'h mut Sha256);
+/// what [`row_expr`] makes SQLite write for the same row. It writes into a buffer, hashed once
+/// per row: feeding the hash field by field cost more than hashing.
+pub(crate) struct RowEncoder<'b>(&'b mut Vec<u8>);
 
 impl RowEncoder<'_> {
     pub(crate) fn text(&mut self, name: &str, value: Option<&str>) -> &mut Self {
         if let Some(v) = value {
-            self.0.update(name);
-            self.0.update("=t");
-            hex_into(self.0, v.as_bytes());
-            self.0.update(",");
+            self.field(name, b't', v.as_bytes());
         }
         self
     }
 
     pub(crate) fn int(&mut self, name: &str, value: Option<i64>) -> &mut Self {
         if let Some(v) = value {
-            self.0.update(name);
-            self.0.update("=i");
-            hex_into(self.0, v.to_string().as_bytes());
-            self.0.update(",");
+            self.field(name, b'i', v.to_string().as_bytes());
         }
         self
     }
 
-    fn snapshot(&mut self, sha256: Option<&str>) -> &mut Self {
-        self.text("snapshot", sha256)
+    fn field(&mut self, name: &str, kind: u8, value: &[u8]) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(&[b'=', kind]);
+        hex_into(self.0, value);
+        self.0.push(b',');
+    }
+
+    /// `snapshot`: the SHA-256 of the snapshot body, written as its lower-case hex text.
+    fn snapshot(&mut self, sha256: Option<&[u8; 32]>) -> &mut Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        if let Some(sha) = sha256 {
+            let mut text = [0u8; 64];
+            for (i, b) in sha.iter().enumerate() {
+                text[2 * i] = DIGITS[usize::from(b >> 4)];
+                text[2 * i + 1] = DIGITS[usize::from(b & 15)];
+            }
+            self.field("snapshot", b't', &text);
+        }
+        self
     }
 
     fn end(&mut self) {
-        self.0.update("\n");
+        self.0.push(b'\n');
     }
 }
 
@@ -339,6 +343,7 @@ pub(crate) struct DecisionDigests {
     run: i64,
     current: Option<(i64, i64, i64, Sha256)>,
     done: Vec<NewEntry>,
+    row: Vec<u8>,
 }
 
 impl DecisionDigests {
@@ -347,6 +352,7 @@ impl DecisionDigests {
             run: run.0,
             current: None,
             done: Vec::new(),
+            row: Vec::new(),
         }
     }
 
@@ -369,9 +375,11 @@ impl DecisionDigests {
             .get_or_insert_with(|| (id, id, 0, content_hasher("actions")));
         *last = id;
         *rows += 1;
-        let mut enc = RowEncoder(h);
+        self.row.clear();
+        let mut enc = RowEncoder(&mut self.row);
         fields(&mut enc);
-        enc.snapshot(Some(&hex_lower(snapshot))).end();
+        enc.snapshot(Some(snapshot)).end();
+        h.update(&self.row);
     }
 
     fn close(&mut self) {
@@ -520,10 +528,12 @@ async fn content(
                 let enc: String = row.try_get(0)?;
                 let body: Option<Vec<u8>> = row.try_get(1)?;
                 h.update(enc);
-                let digest = body
+                let digest: Option<[u8; 32]> = body
                     .as_deref()
-                    .map(|b| snapshot_sha256(&super::body::decoded_bytes(b)));
-                RowEncoder(&mut h).snapshot(digest.as_deref()).end();
+                    .map(|b| Sha256::digest(&*super::body::decoded_bytes(b)).into());
+                let mut row = Vec::with_capacity(80);
+                RowEncoder(&mut row).snapshot(digest.as_ref()).end();
+                h.update(&row);
                 rows += 1;
             }
             rows
@@ -1684,12 +1694,14 @@ mod tests {
             .unwrap();
         let mut from_sql = Sha256::new();
         from_sql.update(&sql);
-        let mut from_rust = Sha256::new();
-        RowEncoder(&mut from_rust)
+        let mut row = Vec::new();
+        RowEncoder(&mut row)
             .int("a", Some(-42))
             .text("b", Some(text))
             .text("c", Some(""))
             .text("d", None);
+        let mut from_rust = Sha256::new();
+        from_rust.update(&row);
         assert_eq!(from_sql.finalize(), from_rust.finalize(), "{sql}");
         assert!(sql.contains("c=t,"), "an empty text is kept: {sql}");
         assert!(!sql.contains("d="), "NULL is left out: {sql}");

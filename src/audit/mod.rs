@@ -36,7 +36,7 @@ pub use prune::{
     PruneTrigger, Retention, RunFacts, VacuumError,
 };
 mod body;
-pub use body::{decode as decode_body, encode as encode_body, BodyError};
+pub use body::{decode as decode_body, encode as encode_body, BodyError, BodyForm};
 mod storage;
 pub use storage::{body_sha256, StorageFigures};
 mod chain;
@@ -1765,6 +1765,7 @@ impl AuditStore {
         run: RunId,
         decided_at: DateTime<Utc>,
         candidates: &mut [Candidate],
+        form: BodyForm,
     ) -> Result<Vec<i64>, AuditError> {
         struct Values {
             status: ActionStatus,
@@ -1835,7 +1836,7 @@ impl AuditStore {
                     .zip(body_ids.by_ref())
                     .map(|((c, id), body_id)| {
                         let body = c.snapshot.as_deref().map_or("null", RawValue::get);
-                        storage::NewBody::new(*id, body_id, body)
+                        storage::NewBody::new(*id, body_id, body, form)
                     })
                     .collect();
                 for ((c, v), body) in batch.iter().zip(&values).zip(&bodies) {
@@ -1882,11 +1883,14 @@ impl AuditStore {
         run: RunId,
         decided_at: DateTime<Utc>,
         mut batch: Vec<Candidate>,
+        form: BodyForm,
     ) -> BackgroundWrite<(Vec<Candidate>, Vec<i64>)> {
         let store = self.clone();
         let handle = tokio::spawn(async move {
             let started = Instant::now();
-            let recorded = store.record_decisions(run, decided_at, &mut batch).await;
+            let recorded = store
+                .record_decisions(run, decided_at, &mut batch, form)
+                .await;
             (recorded.map(|ids| (batch, ids)), started.elapsed())
         });
         BackgroundWrite {

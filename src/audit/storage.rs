@@ -6,10 +6,10 @@
 use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Row};
 
-use super::INSERT_BATCH;
 use super::{
     next_ids, push_action_filter, ts, ActionFilter, ActionRow, AuditError, AuditStore, RunId,
 };
+use super::{BodyForm, INSERT_BATCH};
 
 /// SHA-256 of a body's UTF-8 bytes, as the hash chain takes it.
 pub fn body_sha256(body: &str) -> [u8; 32] {
@@ -26,12 +26,15 @@ pub(super) struct NewBody {
 }
 
 impl NewBody {
-    pub(super) fn new(action: i64, id: i64, body: &str) -> NewBody {
+    pub(super) fn new(action: i64, id: i64, body: &str, form: BodyForm) -> NewBody {
         NewBody {
             action,
             id,
             sha256: body_sha256(body),
-            stored: super::body::encode(body),
+            stored: match form {
+                BodyForm::Compressed => super::body::encode(body),
+                BodyForm::AsListed => body.as_bytes().to_vec(),
+            },
         }
     }
 }
@@ -74,7 +77,7 @@ impl AuditStore {
         let bodies: Vec<NewBody> = rows
             .iter()
             .zip(ids)
-            .map(|((action, body), id)| NewBody::new(*action, id, body))
+            .map(|((action, body), id)| NewBody::new(*action, id, body, BodyForm::AsListed))
             .collect();
         Self::insert_bodies(tx, &bodies).await
     }
@@ -98,7 +101,6 @@ impl AuditStore {
                 };
             });
             q.build()
-                .persistent(false)
                 .execute(&mut **tx)
                 .await
                 .map_err(AuditError::Write)?;
@@ -107,7 +109,6 @@ impl AuditStore {
                 row.push_bind(b.action).push_bind(b.id);
             });
             q.build()
-                .persistent(false)
                 .execute(&mut **tx)
                 .await
                 .map_err(AuditError::Write)?;
@@ -546,7 +547,7 @@ mod tests {
             candidate("aaaaaaaa-0000-4000-8000-000000000003", days, false),
         ];
         audit
-            .record_decisions(run, at, &mut candidates)
+            .record_decisions(run, at, &mut candidates, BodyForm::Compressed)
             .await
             .unwrap();
         let before = seen(audit, run).await;
@@ -569,6 +570,69 @@ mod tests {
             .fetch_one(&audit.pool)
             .await
             .unwrap()
+    }
+
+    /// A decision that extends a span gives up its copy of the body; a mark first made in its
+    /// run moves to the span's body, and reads the same.
+    #[tokio::test]
+    async fn an_extended_spans_copy_of_its_body_goes_and_a_new_mark_moves_to_the_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+        plan_run(&audit, "2026-11-01T00:00:00Z", 300).await;
+        let at: DateTime<Utc> = "2026-11-02T00:00:00Z".parse().unwrap();
+        let run = audit.begin_run(Mode::Plan, at).await.unwrap();
+        let id = "aaaaaaaa-0000-4000-8000-000000000001";
+        let mut candidates = vec![candidate(id, 301, false)];
+        let actions = audit
+            .record_decisions(run, at, &mut candidates, BodyForm::Compressed)
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&audit, "snapshot_bodies").await,
+            4,
+            "stored as decided"
+        );
+        sqlx::query(
+            "INSERT INTO marks (resource_kind, zone_key, id_key, resource_id, rule, action,
+                 first_marked_at, first_run_id, first_body_id, last_run_id)
+             SELECT 'device_registration', '', ?1, ?1, 'revoked', 'delete', 't', ?2, s.body_id, ?2
+             FROM snapshots s WHERE s.action_id = ?3",
+        )
+        .bind(id)
+        .bind(run.0)
+        .bind(actions[0])
+        .execute(&audit.pool)
+        .await
+        .unwrap();
+        audit
+            .finish_run(
+                run,
+                RunOutcome::Planned,
+                None,
+                &RunSummary::default(),
+                &[],
+                at,
+            )
+            .await
+            .unwrap();
+        assert_eq!(count(&audit, "decision_spans").await, 3, "extended");
+        assert_eq!(count(&audit, "snapshot_bodies").await, 3, "the copy went");
+        let shared: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM marks m JOIN decision_spans d ON d.body_id = m.first_body_id
+             WHERE d.resource_id = ?1",
+        )
+        .bind(id)
+        .fetch_one(&audit.pool)
+        .await
+        .unwrap();
+        assert_eq!(shared, 1);
+        let body = audit
+            .mark_first_snapshot("device_registration", None, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body, candidate(id, 301, false).snapshot.unwrap().get());
+        audit.close().await;
     }
 
     /// A run that did not act reads back, once folded, as it read before: the same objects,
@@ -667,9 +731,11 @@ mod tests {
             .await
             .unwrap();
         }
-        AuditStore::insert_snapshots(&mut tx, &[(1, same), (2, same), (3, "{}")])
-            .await
-            .unwrap();
+        let bodies: Vec<NewBody> = [(1, same), (2, same), (3, "{}")]
+            .into_iter()
+            .map(|(id, body)| NewBody::new(id, id, body, BodyForm::Compressed))
+            .collect();
+        AuditStore::insert_bodies(&mut tx, &bodies).await.unwrap();
         tx.commit().await.unwrap();
         let stored: Vec<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT typeof(b.body), CAST(b.body AS BLOB) FROM snapshots s

@@ -62,7 +62,12 @@ struct Compressor {
 
 /// The stored form of `body`: compressed when that is shorter, the text itself otherwise.
 pub fn encode(body: &str) -> Vec<u8> {
-    let compressed = {
+    compress(body).unwrap_or_else(|| body.as_bytes().to_vec())
+}
+
+/// `body` compressed, if that makes it shorter.
+pub(crate) fn compress(body: &str) -> Option<Vec<u8>> {
+    {
         let mut guard = COMPRESSOR.lock().unwrap_or_else(|e| e.into_inner());
         let c = match &mut *guard {
             Some(c) => Some(c),
@@ -90,13 +95,7 @@ pub fn encode(body: &str) -> Vec<u8> {
                 out
             })
         })
-    };
-    compressed.unwrap_or_else(|| body.as_bytes().to_vec())
-}
-
-/// Whether a stored body is compressed, not its text.
-pub(crate) fn is_compressed(stored: &[u8]) -> bool {
-    stored.first() == Some(&TAG_ZSTD_V1)
+    }
 }
 
 /// The body text of a stored body, in either form.

@@ -273,10 +273,11 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// Appends the upper-case hex of `bytes` (as SQLite's `hex()` writes it) to `out`.
 fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    out.reserve(2 * bytes.len());
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
+    let start = out.len();
+    out.resize(start + 2 * bytes.len(), 0);
+    for (pair, b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
 }
 
@@ -289,7 +290,6 @@ fn content_hasher(record: &str) -> Sha256 {
     h.update("\n");
     h
 }
-
 
 /// The row encoding of version 1, written from Rust values (the insert path), identical to
 /// what [`row_expr`] makes SQLite write for the same row. It writes into a buffer, hashed once

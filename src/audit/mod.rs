@@ -26,7 +26,6 @@ use crate::config::{Action, Mode};
 use crate::plan::Candidate;
 use crate::resource::{Kind, ResourceId};
 use crate::saved_plan::{SavedPlan, Skipped};
-use serde_json::value::RawValue;
 
 mod export;
 pub use export::{ExportAction, ExportMutation, ExportReader, ExportRun};
@@ -1767,112 +1766,92 @@ impl AuditStore {
         candidates: &mut [Candidate],
         form: BodyForm,
     ) -> Result<Vec<i64>, AuditError> {
-        struct Values {
-            status: ActionStatus,
-            folded: Option<String>,
-            last_seen: String,
-            why: String,
-        }
         let _timer = self.timer();
         let decided_at = ts(decided_at);
         let mut tx = self.pool.begin().await.map_err(AuditError::Write)?;
         let ids: Vec<i64> = next_ids(&mut tx, "actions", candidates.len())
             .await?
             .collect();
-        // An id for each body in case all are new; a body already stored leaves its id unused.
         let mut body_ids = next_ids(&mut tx, "snapshot_bodies", candidates.len()).await?;
         let mut digests = chain::DecisionDigests::new(run);
         for (batch, batch_ids) in candidates
-            .chunks(INSERT_BATCH)
+            .chunks_mut(INSERT_BATCH)
             .zip(ids.chunks(INSERT_BATCH))
         {
-            let values: Vec<Values> = batch
-                .iter()
-                .map(|c| Values {
-                    status: if c.excluded_by.is_some() {
-                        ActionStatus::Excluded
-                    } else {
-                        ActionStatus::Planned
-                    },
-                    folded: c
-                        .user_email
-                        .as_deref()
-                        .map(|e| crate::rules::fold_case(e).into_owned()),
-                    last_seen: c.last_seen_at.to_string(),
-                    why: c.why.to_string(),
-                })
-                .collect();
+            let mut bodies = Vec::with_capacity(batch.len());
             let mut q = QueryBuilder::new(
                 "INSERT INTO actions (id, run_id, decided_at, rule, action, resource_kind,
                      resource_id, user_email, user_email_folded, device_name, last_seen_at,
                      reason, excluded_by, status, zone_id) ",
             );
+            // Values made here are moved into the statement: sqlx copies what is borrowed.
             q.push_values(
-                batch.iter().zip(batch_ids).zip(&values),
-                |mut row, ((c, id), v)| {
-                    row.push_bind(*id)
-                        .push_bind(run.0)
-                        .push_bind(&decided_at)
-                        .push_bind(&c.rule)
-                        .push_bind(c.action.as_str())
-                        .push_bind(c.kind.as_str())
-                        .push_bind(c.id.as_str())
-                        .push_bind(c.user_email.as_deref())
-                        .push_bind(v.folded.as_deref())
-                        .push_bind(&c.name)
-                        .push_bind(&v.last_seen)
-                        .push_bind(&v.why)
-                        .push_bind(c.excluded_by.as_deref())
-                        .push_bind(v.status.as_str())
-                        .push_bind(c.zone.as_ref().map(ZoneId::as_str));
-                },
-            );
-            // SQLite inserts the decisions on its thread while this task hashes and compresses
-            // their bodies and takes the chain's digests: the CPU work leaves the writer's path.
-            let prepare = async {
-                let bodies: Vec<storage::NewBody> = batch
-                    .iter()
-                    .zip(batch_ids)
-                    .zip(body_ids.by_ref())
-                    .map(|((c, id), body_id)| {
-                        let body = c.snapshot.as_deref().map_or("null", RawValue::get);
-                        storage::NewBody::new(*id, body_id, body, form)
-                    })
-                    .collect();
-                for ((c, v), body) in batch.iter().zip(&values).zip(&bodies) {
+                batch.iter_mut().zip(batch_ids).zip(body_ids.by_ref()),
+                |mut row, ((c, id), body_id)| {
+                    let status = if c.excluded_by.is_some() {
+                        ActionStatus::Excluded
+                    } else {
+                        ActionStatus::Planned
+                    };
+                    let folded = c
+                        .user_email
+                        .as_deref()
+                        .map(|e| crate::rules::fold_case(e).into_owned());
+                    let last_seen = c.last_seen_at.to_string();
+                    let why = c.why.to_string();
+                    let zone = c.zone.as_ref().map(ZoneId::as_str);
+                    // The snapshot leaves memory here, its text moved to the body's row.
+                    let body = c
+                        .snapshot
+                        .take()
+                        .map_or_else(|| "null".to_owned(), |b| String::from(Box::<str>::from(b)));
+                    let body = storage::NewBody::new(*id, body_id, body, form);
                     // Columns in byte order of their names; `status` is chained when the run
                     // closes.
-                    digests.add(body.action, &body.sha256, |r| {
+                    digests.add(*id, &body.sha256, |r| {
                         r.text("action", Some(c.action.as_str()))
                             .text("decided_at", Some(&decided_at))
                             .text("device_name", Some(&c.name))
                             .text("excluded_by", c.excluded_by.as_deref())
-                            .int("id", Some(body.action))
-                            .text("last_seen_at", Some(&v.last_seen))
-                            .text("reason", Some(&v.why))
+                            .int("id", Some(*id))
+                            .text("last_seen_at", Some(&last_seen))
+                            .text("reason", Some(&why))
                             .text("resource_id", Some(c.id.as_str()))
                             .text("resource_kind", Some(c.kind.as_str()))
                             .text("rule", Some(&c.rule))
                             .int("run_id", Some(run.0))
                             .text("user_email", c.user_email.as_deref())
-                            .text("user_email_folded", v.folded.as_deref())
-                            .text("zone_id", c.zone.as_ref().map(ZoneId::as_str));
+                            .text("user_email_folded", folded.as_deref())
+                            .text("zone_id", zone);
                     });
-                }
-                bodies
-            };
-            let (inserted, bodies) =
-                futures_util::future::join(q.build().execute(&mut *tx), prepare).await;
-            inserted.map_err(AuditError::Write)?;
-            Self::insert_bodies(&mut tx, &bodies).await?;
+                    bodies.push(body);
+                    row.push_bind(*id)
+                        .push_bind(run.0)
+                        .push_bind(decided_at.clone())
+                        .push_bind(c.rule.clone())
+                        .push_bind(c.action.as_str())
+                        .push_bind(c.kind.as_str())
+                        .push_bind(c.id.as_str().to_owned())
+                        .push_bind(c.user_email.clone())
+                        .push_bind(folded)
+                        .push_bind(c.name.clone())
+                        .push_bind(last_seen)
+                        .push_bind(why)
+                        .push_bind(c.excluded_by.clone())
+                        .push_bind(status.as_str())
+                        .push_bind(zone.map(str::to_owned));
+                },
+            );
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(AuditError::Write)?;
+            Self::insert_bodies(&mut tx, bodies).await?;
         }
         chain::append(&mut tx, &digests.finish())
             .await
             .map_err(AuditError::Write)?;
         tx.commit().await.map_err(AuditError::Write)?;
-        for c in candidates.iter_mut() {
-            c.snapshot = None;
-        }
         Ok(ids)
     }
 

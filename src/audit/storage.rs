@@ -22,18 +22,27 @@ pub(super) struct NewBody {
     pub(super) action: i64,
     pub(super) id: i64,
     pub(super) sha256: [u8; 32],
-    pub(super) stored: Vec<u8>,
+    pub(super) stored: Stored,
+}
+
+/// Owned, so that the statement takes it without a copy.
+pub(super) enum Stored {
+    Text(String),
+    Compressed(Vec<u8>),
 }
 
 impl NewBody {
-    pub(super) fn new(action: i64, id: i64, body: &str, form: BodyForm) -> NewBody {
+    pub(super) fn new(action: i64, id: i64, body: String, form: BodyForm) -> NewBody {
         NewBody {
             action,
             id,
-            sha256: body_sha256(body),
+            sha256: body_sha256(&body),
             stored: match form {
-                BodyForm::Compressed => super::body::encode(body),
-                BodyForm::AsListed => body.as_bytes().to_vec(),
+                BodyForm::Compressed => match super::body::compress(&body) {
+                    Some(compressed) => Stored::Compressed(compressed),
+                    None => Stored::Text(body),
+                },
+                BodyForm::AsListed => Stored::Text(body),
             },
         }
     }
@@ -77,9 +86,11 @@ impl AuditStore {
         let bodies: Vec<NewBody> = rows
             .iter()
             .zip(ids)
-            .map(|((action, body), id)| NewBody::new(*action, id, body, BodyForm::AsListed))
+            .map(|((action, body), id)| {
+                NewBody::new(*action, id, (*body).to_owned(), BodyForm::AsListed)
+            })
             .collect();
-        Self::insert_bodies(tx, &bodies).await
+        Self::insert_bodies(tx, bodies).await
     }
 
     /// Stores prepared bodies ([`NewBody`]) and their `snapshots` rows: two statements per
@@ -88,16 +99,19 @@ impl AuditStore {
     /// apply path free of a lookup by content.
     pub(super) async fn insert_bodies(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        bodies: &[NewBody],
+        mut bodies: Vec<NewBody>,
     ) -> Result<(), AuditError> {
-        for batch in bodies.chunks(INSERT_BATCH) {
+        while !bodies.is_empty() {
+            let rest = bodies.split_off(bodies.len().min(INSERT_BATCH));
+            let batch = std::mem::replace(&mut bodies, rest);
+            let links: Vec<(i64, i64)> = batch.iter().map(|b| (b.action, b.id)).collect();
             let mut q = QueryBuilder::new("INSERT INTO snapshot_bodies (id, body) ");
             q.push_values(batch, |mut row, b| {
                 row.push_bind(b.id);
                 // A body left as it is stays TEXT, readable with `sqlite3`.
-                match std::str::from_utf8(&b.stored) {
-                    Ok(text) if !super::body::is_compressed(&b.stored) => row.push_bind(text),
-                    _ => row.push_bind(&b.stored[..]),
+                match b.stored {
+                    Stored::Text(text) => row.push_bind(text),
+                    Stored::Compressed(bytes) => row.push_bind(bytes),
                 };
             });
             q.build()
@@ -105,8 +119,8 @@ impl AuditStore {
                 .await
                 .map_err(AuditError::Write)?;
             let mut q = QueryBuilder::new("INSERT INTO snapshots (action_id, body_id) ");
-            q.push_values(batch, |mut row, b| {
-                row.push_bind(b.action).push_bind(b.id);
+            q.push_values(links, |mut row, (action, body)| {
+                row.push_bind(action).push_bind(body);
             });
             q.build()
                 .execute(&mut **tx)
@@ -733,9 +747,9 @@ mod tests {
         }
         let bodies: Vec<NewBody> = [(1, same), (2, same), (3, "{}")]
             .into_iter()
-            .map(|(id, body)| NewBody::new(id, id, body, BodyForm::Compressed))
+            .map(|(id, body)| NewBody::new(id, id, body.to_owned(), BodyForm::Compressed))
             .collect();
-        AuditStore::insert_bodies(&mut tx, &bodies).await.unwrap();
+        AuditStore::insert_bodies(&mut tx, bodies).await.unwrap();
         tx.commit().await.unwrap();
         let stored: Vec<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT typeof(b.body), CAST(b.body AS BLOB) FROM snapshots s

@@ -850,26 +850,21 @@ async fn next_ids(
     table: &'static str,
     n: usize,
 ) -> Result<std::ops::Range<i64>, AuditError> {
-    // Never an id handed out before, even if its row has since been folded or pruned.
-    let last: i64 = sqlx::query_scalar(&format!(
-        "SELECT max((SELECT coalesce(max(id), 0) FROM {table}),
-                    coalesce((SELECT last FROM id_high_water WHERE name = ?1), 0))"
+    // Never an id handed out before, even if its row has since been folded or pruned. One
+    // statement: it runs per batch of decisions, and each is a round trip to SQLite's thread.
+    let end: i64 = sqlx::query_scalar(&format!(
+        "INSERT INTO id_high_water (name, last)
+         VALUES (?1, max((SELECT coalesce(max(id), 0) FROM {table}),
+                         coalesce((SELECT last FROM id_high_water WHERE name = ?1), 0)) + ?2)
+         ON CONFLICT (name) DO UPDATE SET last = excluded.last
+         RETURNING last"
     ))
     .bind(table)
+    .bind(n as i64)
     .fetch_one(&mut **tx)
     .await
     .map_err(AuditError::Write)?;
-    let ids = last + 1..last + 1 + n as i64;
-    sqlx::query(
-        "INSERT INTO id_high_water (name, last) VALUES (?1, ?2)
-         ON CONFLICT (name) DO UPDATE SET last = excluded.last",
-    )
-    .bind(table)
-    .bind(ids.end - 1)
-    .execute(&mut **tx)
-    .await
-    .map_err(AuditError::Write)?;
-    Ok(ids)
+    Ok(end - n as i64 + 1..end + 1)
 }
 
 fn ts(t: DateTime<Utc>) -> String {

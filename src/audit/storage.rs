@@ -565,6 +565,11 @@ mod tests {
             .await
             .unwrap();
         let before = seen(audit, run).await;
+        close_planned(audit, run, at).await;
+        (run, before)
+    }
+
+    async fn close_planned(audit: &AuditStore, run: RunId, at: DateTime<Utc>) {
         audit
             .finish_run(
                 run,
@@ -576,7 +581,6 @@ mod tests {
             )
             .await
             .unwrap();
-        (run, before)
     }
 
     async fn count(audit: &AuditStore, table: &str) -> i64 {
@@ -618,17 +622,7 @@ mod tests {
         .execute(&audit.pool)
         .await
         .unwrap();
-        audit
-            .finish_run(
-                run,
-                RunOutcome::Planned,
-                None,
-                &RunSummary::default(),
-                &[],
-                at,
-            )
-            .await
-            .unwrap();
+        close_planned(&audit, run, at).await;
         assert_eq!(count(&audit, "decision_spans").await, 3, "extended");
         assert_eq!(count(&audit, "snapshot_bodies").await, 3, "the copy went");
         let shared: i64 = sqlx::query_scalar(

@@ -14,6 +14,7 @@
 //! shorter) never starts with byte 0x01; an encoded body is `0x01` and a zstd frame made with
 //! dictionary v1. The dictionary can therefore never change: a new one needs a new tag byte.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -60,62 +61,47 @@ struct Compressor {
     scratch: Vec<u8>,
 }
 
-/// The stored form of `body`: compressed when that is shorter, the text itself otherwise.
-pub fn encode(body: &str) -> Vec<u8> {
-    compress(body).unwrap_or_else(|| body.as_bytes().to_vec())
-}
-
-/// `body` compressed, if that makes it shorter.
+/// `body` compressed, if that makes it shorter; stored as its text otherwise.
 pub(crate) fn compress(body: &str) -> Option<Vec<u8>> {
-    {
-        let mut guard = COMPRESSOR.lock().unwrap_or_else(|e| e.into_inner());
-        let c = match &mut *guard {
-            Some(c) => Some(c),
-            slot => zstd::bulk::Compressor::with_dictionary(LEVEL, DICTIONARY_V1)
-                .ok()
-                .map(|zstd| {
-                    &mut *slot.insert(Compressor {
-                        zstd,
-                        scratch: Vec::new(),
-                    })
-                }),
-        };
-        c.and_then(|c| {
-            c.scratch.clear();
-            c.scratch
-                .reserve(zstd::zstd_safe::compress_bound(body.len()));
-            let n = c
-                .zstd
-                .compress_to_buffer(body.as_bytes(), &mut c.scratch)
-                .ok()?;
-            (n + 1 < body.len()).then(|| {
-                let mut out = Vec::with_capacity(n + 1);
-                out.push(TAG_ZSTD_V1);
-                out.extend_from_slice(&c.scratch[..n]);
-                out
-            })
-        })
-    }
+    let mut guard = COMPRESSOR.lock().unwrap_or_else(|e| e.into_inner());
+    let c = match &mut *guard {
+        Some(c) => c,
+        slot => slot.insert(Compressor {
+            zstd: zstd::bulk::Compressor::with_dictionary(LEVEL, DICTIONARY_V1).ok()?,
+            scratch: Vec::new(),
+        }),
+    };
+    c.scratch.clear();
+    c.scratch
+        .reserve(zstd::zstd_safe::compress_bound(body.len()));
+    let n = c
+        .zstd
+        .compress_to_buffer(body.as_bytes(), &mut c.scratch)
+        .ok()?;
+    (n + 1 < body.len()).then(|| {
+        let mut out = Vec::with_capacity(n + 1);
+        out.push(TAG_ZSTD_V1);
+        out.extend_from_slice(&c.scratch[..n]);
+        out
+    })
 }
 
 /// The body text of a stored body, in either form.
 pub fn decode(stored: &[u8]) -> Result<String, BodyError> {
-    let text = match stored.split_first() {
-        Some((&TAG_ZSTD_V1, frame)) => decompress(frame)?,
-        _ => stored.to_vec(),
-    };
-    String::from_utf8(text).map_err(|_| BodyError::NotText)
+    String::from_utf8(decompressed(stored)?.into_owned()).map_err(|_| BodyError::NotText)
 }
 
 /// The body bytes of a stored body, for hashing: a body that cannot be decoded is hashed as it
 /// is stored, so that verify reports it as changed rather than failing.
-pub(crate) fn decoded_bytes(stored: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub(crate) fn decoded_bytes(stored: &[u8]) -> Cow<'_, [u8]> {
+    decompressed(stored).unwrap_or(Cow::Borrowed(stored))
+}
+
+/// The bytes of a stored body: the frame decompressed, or the text as it is.
+fn decompressed(stored: &[u8]) -> Result<Cow<'_, [u8]>, BodyError> {
     match stored.split_first() {
-        Some((&TAG_ZSTD_V1, frame)) => match decompress(frame) {
-            Ok(text) => std::borrow::Cow::Owned(text),
-            Err(_) => std::borrow::Cow::Borrowed(stored),
-        },
-        _ => std::borrow::Cow::Borrowed(stored),
+        Some((&TAG_ZSTD_V1, frame)) => decompress(frame).map(Cow::Owned),
+        _ => Ok(Cow::Borrowed(stored)),
     }
 }
 
@@ -150,6 +136,10 @@ fn decompress(frame: &[u8]) -> Result<Vec<u8>, BodyError> {
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    fn encode(body: &str) -> Vec<u8> {
+        compress(body).unwrap_or_else(|| body.as_bytes().to_vec())
+    }
 
     const REGISTRATION: &str = r#"{"id":"0000d9a4-5eb8-4bd1-a512-1d1a4650608a","created_at":"2024-06-13T09:17:13.111209Z","updated_at":"2025-02-01T01:46:53.395970Z","last_seen_at":"2025-02-01T01:46:53.395970Z","key":"BOEUGM48ABokUtpnl3z9zQjJ55M50TcpmYfuM5YdxJgUD3SmYa681G/oVGLn5VxO4xEQHi+ucHXf7W9IgwBYaQo=","registration_type":"warp","device":{"id":"9e7d1bb7-61a2-473b-b0c2-63afe376e4b7","name":"laptop-13997","client_version":"2025.9.558.0"},"user":{"id":"06e874dc-292e-4abb-94b5-548271556bef","email":"user5964@example.com","name":"User 5964"},"revoked_at":null,"deleted_at":null,"key_type":"secp256r1","tunnel_type":"masque","virtual_ipv4":"100.64.109.136","virtual_ipv6":"2606:4700:110:8000::6d88"}"#;
 

@@ -260,25 +260,27 @@ fn entry_hash(
     hex_lower(&h.finalize())
 }
 
-fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
+/// Writes the hex of `bytes` into `out` (twice their length) with `digits`.
+fn hex_to(out: &mut [u8], bytes: &[u8], digits: &[u8; 16]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = digits[usize::from(b >> 4)];
+        pair[1] = digits[usize::from(b & 15)];
     }
-    s
+}
+
+const LOWER: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_lower(bytes: &[u8]) -> String {
+    let mut out = vec![0; 2 * bytes.len()];
+    hex_to(&mut out, bytes, LOWER);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// Appends the upper-case hex of `bytes` (as SQLite's `hex()` writes it) to `out`.
 fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let start = out.len();
     out.resize(start + 2 * bytes.len(), 0);
-    for (pair, b) in out[start..].chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
-    }
+    hex_to(&mut out[start..], bytes, b"0123456789ABCDEF");
 }
 
 /// A scope's digest, started with the version and record name.
@@ -320,13 +322,9 @@ impl RowEncoder<'_> {
 
     /// `snapshot`: the SHA-256 of the snapshot body, written as its lower-case hex text.
     fn snapshot(&mut self, sha256: Option<&[u8; 32]>) -> &mut Self {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         if let Some(sha) = sha256 {
             let mut text = [0u8; 64];
-            for (i, b) in sha.iter().enumerate() {
-                text[2 * i] = DIGITS[usize::from(b >> 4)];
-                text[2 * i + 1] = DIGITS[usize::from(b & 15)];
-            }
+            hex_to(&mut text, sha, LOWER);
             self.field("snapshot", b't', &text);
         }
         self
@@ -528,9 +526,9 @@ async fn content(
                 let enc: String = row.try_get(0)?;
                 let body: Option<Vec<u8>> = row.try_get(1)?;
                 h.update(enc);
-                let digest: Option<[u8; 32]> = body
+                let digest = body
                     .as_deref()
-                    .map(|b| Sha256::digest(&*super::body::decoded_bytes(b)).into());
+                    .map(|b| super::body_sha256(&super::body::decoded_bytes(b)));
                 let mut row = Vec::with_capacity(80);
                 RowEncoder(&mut row).snapshot(digest.as_ref()).end();
                 h.update(&row);

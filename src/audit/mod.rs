@@ -35,9 +35,10 @@ pub use prune::{
     PruneTrigger, Retention, RunFacts, VacuumError,
 };
 mod body;
-pub use body::{decode as decode_body, encode as encode_body, BodyError, BodyForm};
+pub use body::{decode as decode_body, BodyError, BodyForm};
 mod storage;
-pub use storage::{body_sha256, StorageFigures};
+use storage::body_sha256;
+pub use storage::StorageFigures;
 mod chain;
 pub use chain::{Broken, ChainHead, Verification};
 

@@ -512,34 +512,31 @@ impl AuditStore {
             *report.deleted.entry("runs").or_default() += 1;
         }
         let due = serde_json::to_string(&plan.due).unwrap_or_else(|_| "[]".to_owned());
-        let spans: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM decision_spans d
-             WHERE d.last_run_id IN (SELECT value FROM json_each(?1))
-               AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id BETWEEN d.first_run_id
-                   AND d.last_run_id AND r.id NOT IN (SELECT value FROM json_each(?1)))",
+        // Spans go when every run they cover goes; bodies when no row that stays names them.
+        let (spans, bodies): (i64, i64) = sqlx::query_as(
+            "WITH due(run) AS (SELECT value FROM json_each(?1)),
+                  going(id) AS (
+                      SELECT d.id FROM decision_spans d
+                      WHERE d.last_run_id IN (SELECT run FROM due)
+                        AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id BETWEEN d.first_run_id
+                            AND d.last_run_id AND r.id NOT IN (SELECT run FROM due)))
+             SELECT (SELECT count(*) FROM going),
+                    (SELECT count(*) FROM snapshot_bodies b
+                     WHERE NOT EXISTS (SELECT 1 FROM snapshots s JOIN actions a
+                                           ON a.id = s.action_id
+                                       WHERE s.body_id = b.id
+                                         AND a.run_id NOT IN (SELECT run FROM due))
+                       AND NOT EXISTS (SELECT 1 FROM decision_spans d WHERE d.body_id = b.id
+                                         AND d.id NOT IN (SELECT id FROM going))
+                       AND NOT EXISTS (SELECT 1 FROM marks m WHERE m.first_body_id = b.id))",
         )
-        .bind(&due)
+        .bind(due)
         .fetch_one(&self.pool)
         .await
         .map_err(AuditError::Read)?;
-        *report.deleted.entry("decision_spans").or_default() += u64::try_from(spans).unwrap_or(0);
-        // The bodies the sweep would take: those no row that stays names.
-        let bodies: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM snapshot_bodies b
-             WHERE NOT EXISTS (SELECT 1 FROM snapshots s JOIN actions a ON a.id = s.action_id
-                               WHERE s.body_id = b.id
-                                 AND a.run_id NOT IN (SELECT value FROM json_each(?1)))
-               AND NOT EXISTS (SELECT 1 FROM decision_spans d WHERE d.body_id = b.id
-                   AND (d.last_run_id NOT IN (SELECT value FROM json_each(?1))
-                        OR EXISTS (SELECT 1 FROM runs r WHERE r.id BETWEEN d.first_run_id
-                            AND d.last_run_id AND r.id NOT IN (SELECT value FROM json_each(?1)))))
-               AND NOT EXISTS (SELECT 1 FROM marks m WHERE m.first_body_id = b.id)",
-        )
-        .bind(&due)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(AuditError::Read)?;
-        *report.deleted.entry("snapshot_bodies").or_default() += u64::try_from(bodies).unwrap_or(0);
+        for (table, n) in [("decision_spans", spans), ("snapshot_bodies", bodies)] {
+            *report.deleted.entry(table).or_default() += u64::try_from(n).unwrap_or(0);
+        }
         report.runs = plan.due;
         Ok(report)
     }

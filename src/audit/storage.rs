@@ -11,9 +11,9 @@ use super::{
 };
 use super::{BodyForm, INSERT_BATCH};
 
-/// SHA-256 of a body's UTF-8 bytes, as the hash chain takes it.
-pub fn body_sha256(body: &str) -> [u8; 32] {
-    Sha256::digest(body.as_bytes()).into()
+/// SHA-256 of a body's bytes (its text, not its stored form), as the hash chain takes it.
+pub(super) fn body_sha256(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
 }
 
 /// An action's snapshot body, ready to store: its hash (for the chain's digest) and its stored
@@ -36,7 +36,7 @@ impl NewBody {
         NewBody {
             action,
             id,
-            sha256: body_sha256(&body),
+            sha256: body_sha256(body.as_bytes()),
             stored: match form {
                 BodyForm::Compressed => match super::body::compress(&body) {
                     Some(compressed) => Stored::Compressed(compressed),

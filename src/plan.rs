@@ -6,7 +6,10 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::task::Poll;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -512,7 +515,7 @@ pub async fn scopes(client: &Client, zones: &[ZoneId], kind: Kind) -> Vec<(Scope
 
 /// Lists everything from `source` and evaluates it at `now`, for display: snapshots are
 /// dropped as pages arrive. The cycle uses [`Planner`] directly to hand them to the audit log.
-pub async fn build_plan<S: PageSource>(
+pub async fn build_plan<S: PageSource + Sync>(
     source: &S,
     kind: Kind,
     rules: &RuleSet,
@@ -528,6 +531,15 @@ pub async fn build_plan<S: PageSource>(
         }));
     }
     Ok(planner.finish(candidates, safety))
+}
+
+/// A page's request on its way.
+type PageFetch<'a> = Pin<Box<dyn Future<Output = Result<Page, ApiError>> + Send + 'a>>;
+
+/// The next page, asked for before the current one is evaluated.
+enum Ahead<'a> {
+    Sent(PageFetch<'a>),
+    Answered(Result<Page, ApiError>),
 }
 
 /// The listing, one page at a time. Each call to [`Planner::next_page`] fetches and evaluates
@@ -554,9 +566,13 @@ pub struct Planner<'a, S> {
     /// the whole listing must hold.
     total: Option<u64>,
     done: bool,
+    /// The request for the next page, sent as soon as its cursor is known: the API prepares
+    /// the page while this one is evaluated. Listing is read-only, so an error or a stop
+    /// simply drops it.
+    ahead: Option<Ahead<'a>>,
 }
 
-impl<'a, S: PageSource> Planner<'a, S> {
+impl<'a, S: PageSource + Sync> Planner<'a, S> {
     pub fn new(source: &'a S, kind: Kind, rules: &'a RuleSet, now: DateTime<Utc>) -> Self {
         Planner {
             source,
@@ -574,7 +590,13 @@ impl<'a, S: PageSource> Planner<'a, S> {
             pages: 0,
             total: None,
             done: false,
+            ahead: None,
         }
+    }
+
+    fn fetch(&self, token: Option<PageToken>) -> PageFetch<'a> {
+        let (source, kind, scope) = (self.source, self.kind, self.scope.clone());
+        Box::pin(async move { source.page(kind, &scope, token.as_ref()).await })
     }
 
     /// Lists within `scope` (a zone, the janitor's own token).
@@ -606,14 +628,15 @@ impl<'a, S: PageSource> Planner<'a, S> {
         }
         self.pages += 1;
         let page_no = self.pages;
-        let page = self
-            .source
-            .page(self.kind, &self.scope, self.token.as_ref())
-            .await
-            .map_err(|error| PlanError::Listing {
-                page: page_no,
-                error,
-            })?;
+        let page = match self.ahead.take() {
+            Some(Ahead::Answered(page)) => page,
+            Some(Ahead::Sent(fetch)) => fetch.await,
+            None => self.fetch(self.token.clone()).await,
+        }
+        .map_err(|error| PlanError::Listing {
+            page: page_no,
+            error,
+        })?;
         match (self.total, page.total) {
             (_, None) => {}
             (None, total) => self.total = total,
@@ -625,6 +648,19 @@ impl<'a, S: PageSource> Planner<'a, S> {
                 })
             }
             (Some(_), Some(_)) => {}
+        }
+        let looped = page
+            .next
+            .as_ref()
+            .is_some_and(|next| !self.cursors_seen.insert(fingerprint(next)));
+        if let (Some(next), false) = (&page.next, looped) {
+            // One poll hands the request to the connection; it is answered meanwhile.
+            let mut fetch = self.fetch(Some(next.clone()));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(fetch.as_mut().poll(cx))).await;
+            self.ahead = Some(match polled {
+                Poll::Ready(page) => Ahead::Answered(page),
+                Poll::Pending => Ahead::Sent(fetch),
+            });
         }
         let mut candidates = Vec::new();
         for (index, raw) in page.items.into_iter().enumerate() {
@@ -702,12 +738,8 @@ impl<'a, S: PageSource> Planner<'a, S> {
                     });
                 }
             }
-            Some(next) => {
-                if !self.cursors_seen.insert(fingerprint(&next)) {
-                    return Err(PlanError::CursorLoop { page: page_no });
-                }
-                self.token = Some(next);
-            }
+            Some(_) if looped => return Err(PlanError::CursorLoop { page: page_no }),
+            Some(next) => self.token = Some(next),
         }
         Ok(Some(candidates))
     }

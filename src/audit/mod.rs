@@ -1156,7 +1156,7 @@ impl AuditStore {
         .await
         .map_err(AuditError::Write)?;
         for run in closing {
-            self.rechain_closed_run(&mut tx, "closed_unfinished", run)
+            self.rechain_closed_run(&mut tx, "closed_unfinished", run, chain::Statuses::Found)
                 .await?;
         }
         tx.commit().await.map_err(AuditError::Write)?;
@@ -1737,7 +1737,8 @@ impl AuditStore {
         // A run that did not act keeps its decisions as spans (storage.rs); its decisions'
         // chain entries then say they are gone.
         let folded = Self::fold_run(&mut tx, run).await?;
-        self.rechain_closed_run(&mut tx, "finished", run.0).await?;
+        self.rechain_closed_run(&mut tx, "finished", run.0, chain::Statuses::Written)
+            .await?;
         if folded > 0 {
             self.rechain_run_scopes(&mut tx, "folded", run, &["actions"])
                 .await?;

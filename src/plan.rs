@@ -1065,6 +1065,39 @@ mod tests {
         assert!(matches!(err, PlanError::CursorLoop { page: 2 }), "{err}");
     }
 
+    /// The next page is asked for once a page is read, before its candidates are returned;
+    /// nothing is asked after the last page, nor for a cursor seen before.
+    #[tokio::test]
+    async fn the_next_page_is_asked_for_while_this_one_is_evaluated() {
+        let source = Pages::new(vec![vec![item("a", OLD)], vec![item("b", OLD)], vec![]]);
+        let asked = || source.asked.lock().unwrap().len();
+        let rules = rules();
+        let mut planner = Planner::new(&source, Kind::DeviceRegistration, &rules, now());
+        assert_eq!(planner.next_page().await.unwrap().unwrap().len(), 1);
+        assert_eq!(
+            asked(),
+            2,
+            "page 2 is on its way when page 1's candidates return"
+        );
+        assert_eq!(planner.next_page().await.unwrap().unwrap().len(), 1);
+        assert_eq!(asked(), 3);
+        assert_eq!(planner.next_page().await.unwrap().unwrap().len(), 0);
+        assert!(planner.next_page().await.unwrap().is_none());
+        assert_eq!(asked(), 3, "nothing after the last page");
+
+        let mut looping = Pages::new(vec![vec![item("a", OLD)], vec![item("b", OLD)]]);
+        looping.cursors[1] = Some("c1".into());
+        let mut planner = Planner::new(&looping, Kind::DeviceRegistration, &rules, now());
+        planner.next_page().await.unwrap();
+        let err = planner.next_page().await.unwrap_err();
+        assert!(matches!(err, PlanError::CursorLoop { page: 2 }), "{err}");
+        assert_eq!(
+            looping.asked.lock().unwrap().len(),
+            2,
+            "a repeated cursor is not followed"
+        );
+    }
+
     #[tokio::test]
     async fn a_total_count_that_changes_or_is_not_met_aborts() {
         let plan = |totals: [Option<u64>; 2]| {

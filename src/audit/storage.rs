@@ -1,7 +1,8 @@
-//! How the audit log stores decisions compactly (issue 14, bounded growth): snapshot bodies
-//! de-duplicated by their SHA-256 (`snapshot_bodies`), and the decisions of runs that did not
-//! act folded into run-length spans (`decision_spans`) when the run closes. The readers of
-//! decisions (`audit actions`, `explain`, notifications) read both action rows and spans.
+//! How the audit log stores decisions compactly (issue 14, bounded growth): snapshot bodies in
+//! a table of their own (`snapshot_bodies`, compressed for plan runs), and the decisions of
+//! runs that did not act folded into run-length spans (`decision_spans`) when the run closes,
+//! which drops the bodies a span already holds. The readers of decisions (`audit actions`,
+//! `explain`, notifications) read both action rows and spans.
 
 use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Row};
@@ -76,8 +77,8 @@ pub struct StorageFigures {
 }
 
 impl AuditStore {
-    /// Stores the snapshots of actions `(action id, body)`: each distinct body once, by its
-    /// hash, and a `snapshots` row naming it.
+    /// Stores the snapshots of actions `(action id, body)`: a body row each, as listed, and a
+    /// `snapshots` row naming it.
     pub(super) async fn insert_snapshots(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         rows: &[(i64, &str)],

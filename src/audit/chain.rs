@@ -412,13 +412,37 @@ fn row_expr(columns: &[String], t: &str) -> String {
     }
     sorted
         .iter()
-        .map(|c| {
-            format!(
-                "(CASE WHEN {t}.\"{c}\" IS NULL THEN '' ELSE '{c}=' || substr(typeof({t}.\"{c}\"), 1, 1) || hex({t}.\"{c}\") || ',' END)"
-            )
-        })
+        .map(|c| column_expr(t, c, ColumnType::Asked))
         .collect::<Vec<_>>()
         .join(" || ")
+}
+
+/// Where a column's type letter comes from in [`column_expr`].
+#[derive(Clone, Copy)]
+enum ColumnType {
+    /// SQLite's `typeof()` of each value.
+    Asked,
+    /// The type this process writes the column with, and whether it may be NULL.
+    Written { letter: char, nullable: bool },
+}
+
+/// One column's part of version 1's row encoding: `name=<t><HEX>,`, or nothing for NULL.
+fn column_expr(t: &str, c: &str, ty: ColumnType) -> String {
+    let (field, nullable) = match ty {
+        ColumnType::Asked => (
+            format!("'{c}=' || substr(typeof({t}.\"{c}\"), 1, 1) || hex({t}.\"{c}\") || ','"),
+            true,
+        ),
+        ColumnType::Written { letter, nullable } => (
+            format!("'{c}={letter}' || hex({t}.\"{c}\") || ','"),
+            nullable,
+        ),
+    };
+    if nullable {
+        format!("(CASE WHEN {t}.\"{c}\" IS NULL THEN '' ELSE {field} END)")
+    } else {
+        field
+    }
 }
 
 /// The row expressions of the covered tables, read once per store from the schema (so that
@@ -660,10 +684,18 @@ pub(crate) enum Statuses {
 /// The same bytes as [`row_expr`] for those types, without asking SQLite each value's type,
 /// which was a third of the closing run's time; `verify` uses [`row_expr`], so a value stored
 /// with another type shows as a break there.
-const WRITTEN_STATUS_EXPR: &str = "'id=i' || hex(t.id) || ',' || \
-     (CASE WHEN t.mutation_id IS NULL THEN '' ELSE 'mutation_id=i' || hex(t.mutation_id) || ',' END) || \
-     'status=t' || hex(t.status) || ',' || \
-     (CASE WHEN t.status_detail IS NULL THEN '' ELSE 'status_detail=t' || hex(t.status_detail) || ',' END)";
+fn written_status_expr() -> String {
+    let written = |letter, nullable| ColumnType::Written { letter, nullable };
+    // In byte order of the names, as `row_expr` sorts them.
+    [
+        ("id", written('i', false)),
+        ("mutation_id", written('i', true)),
+        ("status", written('t', false)),
+        ("status_detail", written('t', true)),
+    ]
+    .map(|(c, ty)| column_expr("t", c, ty))
+    .join(" || ")
+}
 
 /// Entries for the status of every action of `run`, chunk by chunk, in one query.
 async fn run_status_entries(
@@ -674,7 +706,7 @@ async fn run_status_entries(
     statuses: Statuses,
 ) -> Result<Vec<NewEntry>, sqlx::Error> {
     let expr = match statuses {
-        Statuses::Written => WRITTEN_STATUS_EXPR.to_owned(),
+        Statuses::Written => written_status_expr(),
         Statuses::Found => exprs.get(conn, "status").await?,
     };
     let chunks: Vec<(i64, i64, Option<String>)> = sqlx::query_as(&format!(
@@ -1689,21 +1721,26 @@ mod tests {
         }
     }
 
-    /// The closing run's status encoding writes version 1's bytes for every value this process
-    /// writes, and differs (so verify breaks) for a value stored with another type.
-    #[tokio::test]
-    async fn the_written_status_encoding_is_version_1_for_the_types_written() {
+    /// An in-memory database holding table `t` with `columns`.
+    async fn table_t(columns: &str) -> sqlx::SqliteConnection {
         use sqlx::Connection;
         let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
             .await
             .unwrap();
-        sqlx::query(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY, mutation_id INTEGER, status TEXT,
-                 status_detail TEXT)",
-        )
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        sqlx::query(&format!("CREATE TABLE t ({columns})"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+
+    /// The closing run's status encoding writes version 1's bytes for every value this process
+    /// writes, and differs (so verify breaks) for a value stored with another type.
+    #[tokio::test]
+    async fn the_written_status_encoding_is_version_1_for_the_types_written() {
+        let mut conn =
+            table_t("id INTEGER PRIMARY KEY, mutation_id INTEGER, status TEXT, status_detail TEXT")
+                .await;
         let rows: [(i64, Option<i64>, &str, Option<&str>); 4] = [
             (1, None, "planned", None),
             (2, Some(7), "done", Some("é'\"\n\0,=;x")),
@@ -1728,7 +1765,8 @@ mod tests {
         let columns = ["id", "mutation_id", "status", "status_detail"].map(String::from);
         let general = row_expr(&columns, "t");
         let pairs: Vec<(i64, String, String)> = sqlx::query_as(&format!(
-            "SELECT t.id, {general}, {WRITTEN_STATUS_EXPR} FROM t t ORDER BY t.id"
+            "SELECT t.id, {general}, {} FROM t t ORDER BY t.id",
+            written_status_expr()
         ))
         .fetch_all(&mut conn)
         .await
@@ -1747,14 +1785,7 @@ mod tests {
     /// the same values, NULL left out and an empty text kept, hostile text included.
     #[tokio::test]
     async fn the_rust_encoding_matches_the_sql_encoding() {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (b TEXT, a INTEGER, c TEXT, d TEXT)")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        let mut conn = table_t("b TEXT, a INTEGER, c TEXT, d TEXT").await;
         let text = "é'\"\n\0,=;x";
         sqlx::query("INSERT INTO t VALUES (?1, ?2, ?3, NULL)")
             .bind(text)
